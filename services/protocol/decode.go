@@ -1,0 +1,161 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Error codes carried by "error" frames. They are stable: clients switch on
+// them, humans read Message.
+const (
+	CodeBadJSON       = "bad_json"       // frame is not a JSON object
+	CodeUnknownType   = "unknown_type"   // type missing or not known
+	CodeBadRequest    = "bad_request"    // a field is missing or malformed
+	CodeBadRoom       = "bad_room"       // room name breaks the rules
+	CodeBadNick       = "bad_nick"       // nickname breaks the rules
+	CodeTooLarge      = "too_large"      // message text over the limit
+	CodeRateLimited   = "rate_limited"   // too many frames per second
+	CodeTooManyRooms  = "too_many_rooms" // room limit per connection reached
+	CodeNotJoined     = "not_joined"     // the room was not joined
+	CodeAlreadyJoined = "already_joined" // the room is joined already
+	CodeUnavailable   = "unavailable"    // relay down and its queue full
+	CodeHelloFirst    = "hello_first"    // hello after other frames
+	CodeHistoryGap    = "history_gap"    // messages were lost to this member
+	CodeInternal      = "internal"       // a server fault; retry
+	CodeShuttingDown  = "shutting_down"  // the instance is stopping
+)
+
+// Error is the "error" frame. It is also a Go error, so handlers can return
+// it and the connection loop sends it to the client.
+type Error struct {
+	Type    string `json:"type"` // always TypeError
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	ID      string `json:"id,omitempty"`   // the offending client message id
+	Room    string `json:"room,omitempty"` // the room concerned, if any
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// Errorf builds an error frame.
+func Errorf(code, format string, args ...any) *Error {
+	return &Error{Type: TypeError, Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// Rules are the limits Decode enforces on names and text. Zero fields mean
+// the defaults below.
+type Rules struct {
+	MaxRoomBytes    int // default 64
+	MaxNickBytes    int // default 32
+	MaxMessageBytes int // default 4096
+	MaxIDBytes      int // default 64
+}
+
+func (r Rules) withDefaults() Rules {
+	if r.MaxRoomBytes <= 0 {
+		r.MaxRoomBytes = 64
+	}
+	if r.MaxNickBytes <= 0 {
+		r.MaxNickBytes = 32
+	}
+	if r.MaxMessageBytes <= 0 {
+		r.MaxMessageBytes = 4096
+	}
+	if r.MaxIDBytes <= 0 {
+		r.MaxIDBytes = 64
+	}
+	return r
+}
+
+// Decode parses and validates one client frame. On failure the returned
+// *Error is ready to send; its ID is set when the frame got far enough to
+// have one, so the client can tell which of its frames failed.
+func Decode(data []byte, rules Rules) (Inbound, *Error) {
+	rules = rules.withDefaults()
+	var in Inbound
+	data = bytes.TrimSpace(data)
+	if len(data) == 0 || data[0] != '{' {
+		return in, Errorf(CodeBadJSON, "frame must be a JSON object")
+	}
+	if err := json.Unmarshal(data, &in); err != nil {
+		in = Inbound{}
+		return in, Errorf(CodeBadJSON, "invalid JSON: %v", err)
+	}
+	bad := func(code, format string, args ...any) (Inbound, *Error) {
+		e := Errorf(code, format, args...)
+		if len(in.ID) <= rules.MaxIDBytes && utf8.ValidString(in.ID) {
+			e.ID = in.ID
+		}
+		if len(in.Room) <= rules.MaxRoomBytes && utf8.ValidString(in.Room) {
+			e.Room = in.Room
+		}
+		return in, e
+	}
+	if len(in.ID) > rules.MaxIDBytes || !utf8.ValidString(in.ID) {
+		return bad(CodeBadRequest, "id must be valid UTF-8 of at most %d bytes", rules.MaxIDBytes)
+	}
+	if in.Limit < 0 {
+		return bad(CodeBadRequest, "limit must not be negative")
+	}
+	switch in.Type {
+	case TypeHello:
+		if err := ValidName(in.Nick, rules.MaxNickBytes); err != nil {
+			return bad(CodeBadNick, "nick %v", err)
+		}
+	case TypeJoin, TypeJoinRoom, TypeLeave, TypeHistory:
+		if err := ValidName(in.Room, rules.MaxRoomBytes); err != nil {
+			return bad(CodeBadRoom, "room %v", err)
+		}
+	case TypeChat:
+		if err := ValidName(in.Room, rules.MaxRoomBytes); err != nil {
+			return bad(CodeBadRoom, "room %v", err)
+		}
+		if in.Message == "" {
+			return bad(CodeBadRequest, "message must not be empty")
+		}
+		if len(in.Message) > rules.MaxMessageBytes {
+			return bad(CodeTooLarge, "message is %d bytes; the limit is %d", len(in.Message), rules.MaxMessageBytes)
+		}
+		if !utf8.ValidString(in.Message) {
+			return bad(CodeBadRequest, "message must be valid UTF-8")
+		}
+	case TypePing:
+	case "":
+		return bad(CodeUnknownType, "frame has no type")
+	default:
+		if len(in.Type) > 32 || !utf8.ValidString(in.Type) {
+			return bad(CodeUnknownType, "unknown frame type")
+		}
+		return bad(CodeUnknownType, "unknown frame type %q", in.Type)
+	}
+	return in, nil
+}
+
+// ValidName checks a room name or nickname: 1 to max bytes of UTF-8, no
+// control or format characters, no leading or trailing space. The error
+// completes a sentence starting with the field's name.
+func ValidName(s string, max int) error {
+	if s == "" {
+		return fmt.Errorf("must not be empty")
+	}
+	if len(s) > max {
+		return fmt.Errorf("must be at most %d bytes, got %d", max, len(s))
+	}
+	if !utf8.ValidString(s) {
+		return fmt.Errorf("must be valid UTF-8")
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			return fmt.Errorf("must not contain control characters (found %U)", r)
+		}
+	}
+	first, _ := utf8.DecodeRuneInString(s)
+	last, _ := utf8.DecodeLastRuneInString(s)
+	if unicode.IsSpace(first) || unicode.IsSpace(last) {
+		return fmt.Errorf("must not start or end with white space")
+	}
+	return nil
+}

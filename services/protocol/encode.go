@@ -1,0 +1,98 @@
+package protocol
+
+import (
+	"encoding/json"
+	"strconv"
+	"unicode/utf8"
+)
+
+// AppendChat appends the "chat" frame of m to dst. It is the hot path of
+// every broadcast (encoded once, sent to every member), so it is written by
+// hand instead of through reflection; TestAppendChatMatchesJSON keeps it
+// equivalent to encoding/json.
+func AppendChat(dst []byte, m *Message) []byte {
+	dst = append(dst, `{"type":"chat","room":`...)
+	dst = AppendString(dst, m.Room)
+	dst = append(dst, `,"message":`...)
+	dst = AppendString(dst, m.Text)
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendUint(dst, m.Seq, 10)
+	if m.ID != "" {
+		dst = append(dst, `,"id":`...)
+		dst = AppendString(dst, m.ID)
+	}
+	if m.From != "" {
+		dst = append(dst, `,"from":`...)
+		dst = AppendString(dst, m.From)
+	}
+	if m.UID != "" {
+		dst = append(dst, `,"uid":`...)
+		dst = AppendString(dst, m.UID)
+	}
+	dst = append(dst, `,"ts":`...)
+	dst = strconv.AppendInt(dst, m.TS, 10)
+	return append(dst, '}')
+}
+
+// Encode marshals any outbound frame that is not on a hot path.
+func Encode(v any) []byte {
+	b, err := json.Marshal(v)
+	if err != nil {
+		// Every frame type here marshals; reaching this is a programming
+		// error worth a loud, but not fatal, answer.
+		return []byte(`{"type":"error","code":"internal","message":"cannot encode frame"}`)
+	}
+	return b
+}
+
+const hex = "0123456789abcdef"
+
+// AppendString appends s as a JSON string. Invalid UTF-8 becomes U+FFFD and
+// U+2028/U+2029 are escaped, as encoding/json does, so the output is also
+// safe to embed in JavaScript.
+func AppendString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if b := s[i]; b < utf8.RuneSelf {
+			if b >= 0x20 && b != '"' && b != '\\' {
+				i++
+				continue
+			}
+			dst = append(dst, s[start:i]...)
+			switch b {
+			case '"', '\\':
+				dst = append(dst, '\\', b)
+			case '\n':
+				dst = append(dst, '\\', 'n')
+			case '\r':
+				dst = append(dst, '\\', 'r')
+			case '\t':
+				dst = append(dst, '\\', 't')
+			default:
+				dst = append(dst, '\\', 'u', '0', '0', hex[b>>4], hex[b&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			dst = append(dst, s[start:i]...)
+			dst = append(dst, '\\', 'u', '2', '0', '2', hex[r&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	dst = append(dst, s[start:]...)
+	return append(dst, '"')
+}

@@ -1,0 +1,143 @@
+// Package link defines the relay link: the protocol between ws-user
+// instances and ws-relayer.
+//
+// A ws-user dials the relayer's Path with the shared secret in the
+// Authorization header ("Bearer <secret>") and its instance id in
+// HeaderInstance. Each WebSocket text message on the link carries one or
+// more frames, each a JSON object on its own line (newline-delimited JSON):
+// under load many frames share one WebSocket message, and a frame that many
+// instances receive is encoded once and its bytes appended to each link.
+//
+// Ordering is the contract the rest of the system leans on: the relayer
+// emits every frame of a room to a link in sequence order, and a ws-user
+// handles the frames of its link in the order received.
+package link
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+
+	"github.com/wschat/wschat/services/protocol"
+)
+
+// Path is the relayer's link endpoint.
+const Path = "/link"
+
+// HeaderInstance carries the dialling ws-user's instance id.
+const HeaderInstance = "X-Wschat-Instance"
+
+// Frame ops. ws-user to relayer:
+const (
+	// OpSync is the first frame after every (re)connect: the instance's
+	// whole state (Rooms). The relayer replaces all presence it holds for
+	// the instance and answers with one OpSubscribed per room.
+	OpSync = "sync"
+	// OpSub subscribes one room (Rooms holds exactly one RoomState).
+	OpSub = "sub"
+	// OpUnsub drops the subscription of Room and the instance's members in it.
+	OpUnsub = "unsub"
+	// OpJoin and OpLeave change the instance's members of Room.
+	OpJoin  = "join"
+	OpLeave = "leave"
+	// OpPub publishes Msg (Seq and TS unset) under the unique MID.
+	OpPub = "pub"
+	// OpFetch asks for history of Room: After/Before/Limit, answered by
+	// OpFetched with the same Req.
+	OpFetch = "fetch"
+)
+
+// Frame ops. Relayer to ws-user:
+const (
+	// OpSubscribed answers OpSync/OpSub for Room: Seq is the room's last
+	// sequence number, Members every member on every instance, Msgs the
+	// catch-up (see RoomState), First the oldest kept seq, and Gap is true
+	// when messages after Since were too old to send.
+	OpSubscribed = "subscribed"
+	// OpMsg delivers one sequenced message, Msg.
+	OpMsg = "msg"
+	// OpAck tells the publishing instance that MID was sequenced as Seq.
+	OpAck = "ack"
+	// OpNack refuses MID with Code and Error.
+	OpNack = "nack"
+	// OpPresence carries Event (protocol.PresenceJoin/Leave) for Member.
+	OpPresence = "presence"
+	// OpFetched answers OpFetch: Msgs ascending, First the oldest kept seq.
+	OpFetched = "fetched"
+)
+
+// RoomState is an instance's view of one room, sent in OpSync and OpSub.
+type RoomState struct {
+	Room string `json:"room"`
+	// Since is the last seq the instance delivered locally; 0 for a new
+	// subscription.
+	Since uint64 `json:"since,omitempty"`
+	// Tail is how many recent messages the instance keeps for the room.
+	// The relayer answers with every message after min(Since, last-Tail)
+	// when Since > 0, else with the last Tail messages.
+	Tail int `json:"tail,omitempty"`
+	// Members are the instance's own members of the room.
+	Members []protocol.Member `json:"members"`
+}
+
+// Frame is every link frame; T says which fields matter (see the Op
+// constants). One flat struct keeps the link to one decoder.
+type Frame struct {
+	T       string             `json:"t"`
+	Room    string             `json:"room,omitempty"`
+	Rooms   []RoomState        `json:"rooms,omitempty"`
+	MID     string             `json:"mid,omitempty"`
+	Msg     *protocol.Message  `json:"msg,omitempty"`
+	Msgs    []protocol.Message `json:"msgs,omitempty"`
+	Member  *protocol.Member   `json:"member,omitempty"`
+	Members []protocol.Member  `json:"members,omitempty"`
+	Event   string             `json:"event,omitempty"`
+	Seq     uint64             `json:"seq,omitempty"`
+	First   uint64             `json:"first,omitempty"`
+	Gap     bool               `json:"gap,omitempty"`
+	Req     uint64             `json:"req,omitempty"`
+	After   uint64             `json:"after,omitempty"`
+	Before  uint64             `json:"before,omitempty"`
+	Limit   int                `json:"limit,omitempty"`
+	Code    string             `json:"code,omitempty"`
+	Error   string             `json:"error,omitempty"`
+}
+
+// Append appends f and its terminating newline to dst.
+func Append(dst []byte, f *Frame) ([]byte, error) {
+	b, err := json.Marshal(f)
+	if err != nil {
+		return dst, fmt.Errorf("encode %s frame: %w", f.T, err)
+	}
+	dst = append(dst, b...)
+	return append(dst, '\n'), nil
+}
+
+// Split calls fn for each frame of one link message, in order, and stops at
+// the first error. A frame that does not decode is an error: the link is
+// between trusted peers, so a bad frame means a bug or a version mismatch,
+// and the caller closes the link.
+func Split(data []byte, fn func(*Frame) error) error {
+	for len(data) > 0 {
+		line := data
+		if i := bytes.IndexByte(data, '\n'); i >= 0 {
+			line, data = data[:i], data[i+1:]
+		} else {
+			data = nil
+		}
+		if len(bytes.TrimSpace(line)) == 0 {
+			continue
+		}
+		var f Frame
+		if err := json.Unmarshal(line, &f); err != nil {
+			return fmt.Errorf("decode link frame: %w", err)
+		}
+		if f.T == "" {
+			return fmt.Errorf("decode link frame: missing op")
+		}
+		if err := fn(&f); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,155 @@
+// Package protocol defines the wire protocol between chat clients and ws-user.
+//
+// It is the only place where client frames are declared: ws-user decodes
+// every untrusted client frame with Decode and encodes every outbound frame
+// with the Append* functions or Encode, and the relay link (package link)
+// reuses Message and Member, so no message type is declared twice.
+//
+// Two dialects share one decoder. Seed clients (the original proof of
+// concept) only send "join-room" and "chat" and must only ever receive
+// "chat" and "error" frames. Extended clients opt in by sending "hello" as
+// their first frame and then get the whole protocol (docs/protocol.md).
+package protocol
+
+// Version is the extended protocol version announced in "welcome".
+const Version = 1
+
+// Frame types, client to server.
+const (
+	TypeHello    = "hello"
+	TypeJoinRoom = "join-room" // seed protocol; an alias of TypeJoin
+	TypeJoin     = "join"
+	TypeLeave    = "leave"
+	TypeChat     = "chat"
+	TypeHistory  = "history"
+	TypePing     = "ping"
+)
+
+// Frame types, server to client. TypeChat and TypeHistory are used in both
+// directions.
+const (
+	TypeWelcome  = "welcome"
+	TypeJoined   = "joined"
+	TypeLeft     = "left"
+	TypeAck      = "ack"
+	TypePresence = "presence"
+	TypeError    = "error"
+	TypePong     = "pong"
+)
+
+// Presence events.
+const (
+	PresenceJoin  = "join"
+	PresenceLeave = "leave"
+)
+
+// Message is one sequenced chat message of a room. Its JSON form is the
+// body of the "chat" frame every member receives (see AppendChat).
+type Message struct {
+	Room string `json:"room"`
+	Seq  uint64 `json:"seq"`
+	// ID is the sender's own client message id, echoed so that the sender
+	// can match its message; empty when the client gave none.
+	ID   string `json:"id,omitempty"`
+	From string `json:"from,omitempty"` // sender's nickname
+	UID  string `json:"uid,omitempty"`  // sender's member id
+	Text string `json:"message"`
+	TS   int64  `json:"ts"` // sequencing time, Unix milliseconds
+}
+
+// Member is one connection present in a room.
+type Member struct {
+	ID       string `json:"id"`
+	Nick     string `json:"nick"`
+	Instance string `json:"instance,omitempty"`
+}
+
+// Inbound is any frame a client sends. It is one flat struct, decoded once
+// by Decode, because a single decoder is the single place to get untrusted
+// input right.
+type Inbound struct {
+	Type    string `json:"type"`
+	ID      string `json:"id,omitempty"`
+	Room    string `json:"room,omitempty"`
+	Message string `json:"message,omitempty"`
+	Nick    string `json:"nick,omitempty"`
+	// Since asks join to recover every message after this sequence number.
+	Since *uint64 `json:"since,omitempty"`
+	// Before pages history backwards: messages with seq < Before.
+	Before uint64 `json:"before,omitempty"`
+	Limit  int    `json:"limit,omitempty"`
+}
+
+// Welcome answers hello.
+type Welcome struct {
+	Type     string `json:"type"`
+	Version  int    `json:"version"`
+	Instance string `json:"instance"`
+	ID       string `json:"id"` // this connection's member id
+	Nick     string `json:"nick"`
+	Limits   Limits `json:"limits"`
+}
+
+// Limits tells an extended client what the server enforces, so a good client
+// never hits them by surprise.
+type Limits struct {
+	MaxFrameBytes   int     `json:"max_frame_bytes"`
+	MaxMessageBytes int     `json:"max_message_bytes"`
+	MaxRooms        int     `json:"max_rooms"`
+	RatePerSecond   float64 `json:"rate_per_second"`
+	RateBurst       int     `json:"rate_burst"`
+	History         int     `json:"history"`
+}
+
+// Joined answers join for extended clients.
+type Joined struct {
+	Type    string    `json:"type"`
+	ID      string    `json:"id,omitempty"`
+	Room    string    `json:"room"`
+	Seq     uint64    `json:"seq"` // last sequence number of the room
+	Members []Member  `json:"members"`
+	History []Message `json:"history"`
+	// Recovered is set only when the join asked for recovery (since): true
+	// when History holds every message after since, false when some were
+	// too old to recover and History holds only the most recent ones.
+	Recovered *bool `json:"recovered,omitempty"`
+}
+
+// Left answers leave.
+type Left struct {
+	Type string `json:"type"`
+	ID   string `json:"id,omitempty"`
+	Room string `json:"room"`
+}
+
+// Ack tells the sender that its chat message was sequenced.
+type Ack struct {
+	Type string `json:"type"`
+	ID   string `json:"id,omitempty"`
+	Room string `json:"room"`
+	Seq  uint64 `json:"seq"`
+}
+
+// History answers a history request: Messages in ascending seq order, and
+// First, the oldest sequence number still kept for the room.
+type History struct {
+	Type     string    `json:"type"`
+	ID       string    `json:"id,omitempty"`
+	Room     string    `json:"room"`
+	Messages []Message `json:"messages"`
+	First    uint64    `json:"first"`
+}
+
+// Presence is a live change of a room's members.
+type Presence struct {
+	Type   string `json:"type"`
+	Room   string `json:"room"`
+	Event  string `json:"event"` // PresenceJoin or PresenceLeave
+	Member Member `json:"member"`
+}
+
+// Pong answers ping.
+type Pong struct {
+	Type string `json:"type"`
+	ID   string `json:"id,omitempty"`
+}

@@ -1,0 +1,12 @@
+module github.com/wschat/wschat/services/relayer
+
+go 1.26.8
+
+require (
+	github.com/caarlos0/env/v11 v11.4.2 // indirect
+	github.com/coder/websocket v1.8.15 // indirect
+	github.com/prometheus/client_golang v1.25.0 // indirect
+	github.com/wschat/wschat/services/protocol v0.0.0
+)
+
+replace github.com/wschat/wschat/services/protocol => ../protocol
