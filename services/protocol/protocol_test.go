@@ -1,0 +1,145 @@
+package protocol
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+	"unicode/utf8"
+)
+
+func TestDecode(t *testing.T) {
+	cases := []struct {
+		in   string
+		code string // "" means valid
+		id   string
+	}{
+		{`{"type":"join-room","room":"Room 1"}`, "", ""},
+		{`{"type":"chat","room":"Room 1","message":"hi"}`, "", ""},
+		{`{"type":"hello","nick":"alice"}`, "", ""},
+		{`{"type":"join","room":"r","since":0,"id":"j"}`, "", ""},
+		{`  {"type":"ping"}  `, "", ""},
+		{``, CodeBadJSON, ""},
+		{`null`, CodeBadJSON, ""},
+		{`"chat"`, CodeBadJSON, ""},
+		{`{"type":"chat"`, CodeBadJSON, ""},
+		{`{"type":5}`, CodeBadJSON, ""},
+		{`{}`, CodeUnknownType, ""},
+		{`{"type":"nope","id":"q"}`, CodeUnknownType, "q"},
+		{`{"type":"hello","nick":""}`, CodeBadNick, ""},
+		{`{"type":"hello","nick":"` + strings.Repeat("n", 33) + `"}`, CodeBadNick, ""},
+		{`{"type":"join","room":"tab\there","id":"t"}`, CodeBadRoom, "t"},
+		{`{"type":"join","room":"zero\u200bwidth"}`, CodeBadRoom, ""},
+		{`{"type":"join","room":"trailing "}`, CodeBadRoom, ""},
+		{`{"type":"chat","room":"r"}`, CodeBadRequest, ""},
+		{`{"type":"chat","room":"r","message":"` + strings.Repeat("m", 4097) + `"}`, CodeTooLarge, ""},
+		{`{"type":"chat","room":"r","message":"x","id":"` + strings.Repeat("i", 65) + `"}`, CodeBadRequest, ""},
+		{`{"type":"history","room":"r","limit":-1}`, CodeBadRequest, ""},
+	}
+	for _, c := range cases {
+		_, err := Decode([]byte(c.in), Rules{})
+		switch {
+		case c.code == "" && err != nil:
+			t.Errorf("%s: unexpected %v", c.in, err)
+		case c.code != "" && (err == nil || err.Code != c.code):
+			t.Errorf("%s: want %s, got %v", c.in, c.code, err)
+		case err != nil && (err.ID != c.id || err.Type != TypeError):
+			t.Errorf("%s: error %+v should carry id %q", c.in, err, c.id)
+		}
+	}
+}
+
+func TestDecodeAcceptsUnicodeNames(t *testing.T) {
+	in, err := Decode([]byte(`{"type":"join","room":"Café ☕ 1"}`), Rules{})
+	if err != nil || in.Room != "Café ☕ 1" {
+		t.Fatalf("got %+v, %v", in, err)
+	}
+}
+
+func TestAppendChatMatchesJSON(t *testing.T) {
+	msgs := []Message{
+		{Room: "Room 1", Seq: 1, Text: "Hi there", TS: 1700000000000},
+		{Room: "r", Seq: 18446744073709551615, ID: "c\"1", From: "ålice", UID: "u1", Text: "<script>\n\t\\\u2028\u2029\x01\x7f é", TS: -1},
+		{Room: "bad\xffutf8", Seq: 2, Text: "\xc3", TS: 0},
+	}
+	for _, m := range msgs {
+		b := AppendChat(nil, &m)
+		var got struct {
+			Type string `json:"type"`
+			Message
+		}
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatalf("%q is not JSON: %v", b, err)
+		}
+		want := m
+		want.Room = strings.ToValidUTF8(m.Room, "\uFFFD")
+		want.Text = strings.ToValidUTF8(m.Text, "\uFFFD")
+		if got.Type != TypeChat || got.Message != want {
+			t.Fatalf("round trip: got %+v, want %+v", got, want)
+		}
+	}
+}
+
+func FuzzAppendString(f *testing.F) {
+	for _, s := range []string{"", "plain", "\"\\\n", "\u2028", "\xff\xfe", "é☕"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		var got string
+		if err := json.Unmarshal(AppendString(nil, s), &got); err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+		if want := strings.ToValidUTF8(s, "\uFFFD"); utf8.ValidString(s) && got != want {
+			t.Fatalf("%q decoded as %q", s, got)
+		}
+	})
+}
+
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"type":"chat","room":"r","message":"m","id":"1"}`))
+	f.Add([]byte(`{"type":"join","room":"r","since":3}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		in, err := Decode(data, Rules{})
+		if err != nil {
+			if err.Code == "" || err.Message == "" {
+				t.Fatalf("error without code or message: %+v", err)
+			}
+			return
+		}
+		if in.Type == "" {
+			t.Fatalf("accepted a frame without type: %q", data)
+		}
+	})
+}
+
+func BenchmarkAppendChat(b *testing.B) {
+	m := Message{Room: "Room 1", Seq: 123456, ID: "c-42", From: "alice", UID: "u0a1b2c3d.1f", Text: strings.Repeat("hello world ", 8), TS: 1764400000000}
+	buf := make([]byte, 0, 512)
+	b.ReportAllocs()
+	for b.Loop() {
+		buf = AppendChat(buf[:0], &m)
+	}
+	b.SetBytes(int64(len(buf)))
+}
+
+func BenchmarkEncodeChatWithEncodingJSON(b *testing.B) {
+	m := struct {
+		Type string `json:"type"`
+		Message
+	}{TypeChat, Message{Room: "Room 1", Seq: 123456, ID: "c-42", From: "alice", UID: "u0a1b2c3d.1f", Text: strings.Repeat("hello world ", 8), TS: 1764400000000}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := json.Marshal(&m); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDecodeChat(b *testing.B) {
+	data := []byte(`{"type":"chat","room":"Room 1","message":"hello world hello world","id":"c-42"}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(data, Rules{}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
