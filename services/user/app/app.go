@@ -1,0 +1,165 @@
+// Package app is the ws-user service as a function: Run starts it and
+// returns when ctx ends, so a test can start as many instances as it needs.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/user/internal/bus"
+	"github.com/wschat/wschat/services/user/internal/hub"
+	"github.com/wschat/wschat/services/user/internal/relay"
+	"github.com/wschat/wschat/services/user/internal/web"
+)
+
+// Run runs ws-user until ctx ends. args[1] "healthcheck" probes a running
+// instance instead (for container health checks, which have no shell).
+func Run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) > 1 && args[1] == "healthcheck" {
+		return healthcheck(ctx, getenv, stdout)
+	}
+	cfg, err := loadConfig(getenv)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.LogLevel)); err != nil {
+		return fmt.Errorf("config: LOG_LEVEL must be debug, info, warn or error: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level})).
+		With("service", "ws-user", "instance", cfg.InstanceID)
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h := hub.New(hub.Config{
+		Instance:   cfg.InstanceID,
+		History:    cfg.HistorySize,
+		FetchLimit: cfg.HistoryLimit,
+		MaxRooms:   cfg.MaxRooms,
+		SendQueue:  cfg.SendQueue,
+		RatePerSec: cfg.RatePerSec,
+		RateBurst:  cfg.RateBurst,
+		MaxFrame:   int64(cfg.MaxFrameBytes),
+		Rules: protocol.Rules{
+			MaxRoomBytes: cfg.MaxRoomBytes, MaxNickBytes: cfg.MaxNickBytes, MaxMessageBytes: cfg.MaxMessageBytes,
+		},
+		Logger:  log,
+		Metrics: hub.NewMetrics(reg),
+	})
+	var b bus.Bus
+	if cfg.RelayerURL == "" {
+		b = bus.NewLocal(h, cfg.HistoryLimit)
+	} else {
+		b = relay.New(relay.Config{
+			URL: cfg.RelayerURL, Secret: cfg.RelaySecret, Instance: cfg.InstanceID,
+			PendingMax: cfg.PendingMax, QueueBytes: cfg.RelayQueueBytes, MaxFrame: 64 << 20,
+			PingInterval: cfg.RelayPing, MinBackoff: cfg.ReconnectMin, MaxBackoff: cfg.ReconnectMax,
+			Logger: log,
+		}, h)
+	}
+	h.SetBus(b)
+
+	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	srv := &http.Server{Handler: routes(h, b, reg, cfg.AllowedOrigins), ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
+
+	busCtx, stopBus := context.WithCancel(context.Background())
+	busDone := make(chan struct{})
+	go func() {
+		defer close(busDone)
+		if err := b.Run(busCtx); err != nil {
+			log.Error("bus stopped", "err", err)
+		}
+	}()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	mode := "standalone"
+	if cfg.RelayerURL != "" {
+		mode = "relay " + cfg.RelayerURL
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "mode", mode)
+
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		log.Error("server failed", "err", err)
+	}
+	log.Info("shutting down", "timeout", cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+	defer cancel()
+	if serr := srv.Shutdown(sctx); serr != nil {
+		log.Warn("http shutdown", "err", serr)
+	}
+	h.Shutdown(sctx)
+	stopBus()
+	<-busDone
+	log.Info("stopped")
+	if errors.Is(err, http.ErrServerClosed) {
+		err = nil
+	}
+	return err
+}
+
+func routes(h *hub.Hub, b bus.Bus, reg *prometheus.Registry, origins []string) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !b.Ready() {
+			http.Error(w, "relay link down", http.StatusServiceUnavailable)
+			return
+		}
+		io.WriteString(w, "ready\n")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	accept := func(w http.ResponseWriter, r *http.Request) { h.Accept(w, r, origins) }
+	mux.HandleFunc("/ws", accept)
+	page := web.Handler()
+	// "/" also upgrades, for the original clients that dial ws://host:8080.
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
+			accept(w, r)
+			return
+		}
+		page.ServeHTTP(w, r)
+	})
+	return mux
+}
+
+func healthcheck(ctx context.Context, getenv func(string) string, stdout io.Writer) error {
+	port := getenv("PORT")
+	if port == "" {
+		port = "8080"
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+port+"/healthz", nil)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("healthcheck: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("healthcheck: /healthz answered %s", resp.Status)
+	}
+	fmt.Fprintln(stdout, "ok")
+	return nil
+}

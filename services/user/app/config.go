@@ -1,0 +1,101 @@
+package app
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/caarlos0/env/v11"
+)
+
+// Config is ws-user's whole configuration, read from the environment only.
+type Config struct {
+	Host            string        `env:"HOST"`
+	Port            int           `env:"PORT" envDefault:"8080"`
+	RelayerURL      string        `env:"RELAYER_URL"`
+	RelaySecret     string        `env:"RELAY_SECRET"`
+	InstanceID      string        `env:"INSTANCE_ID"`
+	AllowedOrigins  []string      `env:"ALLOWED_ORIGINS" envSeparator:","`
+	HistorySize     int           `env:"HISTORY_SIZE" envDefault:"50"`
+	HistoryLimit    int           `env:"HISTORY_LIMIT" envDefault:"1000"`
+	MaxFrameBytes   int           `env:"MAX_FRAME_BYTES" envDefault:"16384"`
+	MaxMessageBytes int           `env:"MAX_MESSAGE_BYTES" envDefault:"4096"`
+	MaxRoomBytes    int           `env:"MAX_ROOM_NAME_BYTES" envDefault:"64"`
+	MaxNickBytes    int           `env:"MAX_NICK_BYTES" envDefault:"32"`
+	MaxRooms        int           `env:"MAX_ROOMS" envDefault:"32"`
+	RatePerSec      float64       `env:"RATE_PER_SEC" envDefault:"20"`
+	RateBurst       int           `env:"RATE_BURST" envDefault:"40"`
+	SendQueue       int           `env:"SEND_QUEUE" envDefault:"256"`
+	PendingMax      int           `env:"RELAY_PENDING_MAX" envDefault:"10000"`
+	RelayQueueBytes int           `env:"RELAY_QUEUE_BYTES" envDefault:"67108864"`
+	RelayPing       time.Duration `env:"RELAY_PING_INTERVAL" envDefault:"5s"`
+	ReconnectMin    time.Duration `env:"RELAY_RECONNECT_MIN" envDefault:"100ms"`
+	ReconnectMax    time.Duration `env:"RELAY_RECONNECT_MAX" envDefault:"5s"`
+	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
+	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+}
+
+// loadConfig reads Config through getenv, so tests need no process
+// environment, and checks it before anything listens.
+func loadConfig(getenv func(string) string) (Config, error) {
+	var cfg Config
+	params, err := env.GetFieldParams(&cfg)
+	if err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	vars := map[string]string{}
+	for _, p := range params {
+		if v := getenv(p.Key); v != "" {
+			vars[p.Key] = v
+		}
+	}
+	if err := env.ParseWithOptions(&cfg, env.Options{Environment: vars}); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	if cfg.InstanceID == "" {
+		host, err := os.Hostname()
+		if err != nil {
+			return cfg, fmt.Errorf("config: INSTANCE_ID is empty and the hostname is unknown (%w); set INSTANCE_ID", err)
+		}
+		cfg.InstanceID = host
+	}
+	if err := cfg.validate(); err != nil {
+		return cfg, fmt.Errorf("config: %w", err)
+	}
+	return cfg, nil
+}
+
+func (c Config) validate() error {
+	var errs []error
+	check := func(ok bool, format string, args ...any) {
+		if !ok {
+			errs = append(errs, fmt.Errorf(format, args...))
+		}
+	}
+	check(c.Port >= 0 && c.Port <= 65535, "PORT must be 0..65535, got %d", c.Port)
+	if c.RelayerURL != "" {
+		u, err := url.Parse(c.RelayerURL)
+		check(err == nil && (u.Scheme == "ws" || u.Scheme == "wss") && u.Host != "",
+			"RELAYER_URL must look like ws://host:port, got %q", c.RelayerURL)
+		check(len(c.RelaySecret) >= 8, "RELAY_SECRET must be set (8 bytes or more, the same as the relayer's) when RELAYER_URL is set")
+	}
+	check(c.HistorySize >= 0 && c.HistorySize <= 10000, "HISTORY_SIZE must be 0..10000, got %d", c.HistorySize)
+	check(c.HistoryLimit >= c.HistorySize, "HISTORY_LIMIT (%d) must be at least HISTORY_SIZE (%d)", c.HistoryLimit, c.HistorySize)
+	check(c.MaxFrameBytes >= 256, "MAX_FRAME_BYTES must be at least 256, got %d", c.MaxFrameBytes)
+	check(c.MaxMessageBytes >= 1 && c.MaxMessageBytes < c.MaxFrameBytes,
+		"MAX_MESSAGE_BYTES must be 1..MAX_FRAME_BYTES-1, got %d", c.MaxMessageBytes)
+	check(c.MaxRoomBytes >= 1, "MAX_ROOM_NAME_BYTES must be positive, got %d", c.MaxRoomBytes)
+	check(c.MaxNickBytes >= 1, "MAX_NICK_BYTES must be positive, got %d", c.MaxNickBytes)
+	check(c.MaxRooms >= 1, "MAX_ROOMS must be positive, got %d", c.MaxRooms)
+	check(c.RatePerSec > 0, "RATE_PER_SEC must be positive, got %g", c.RatePerSec)
+	check(c.RateBurst >= 1, "RATE_BURST must be positive, got %d", c.RateBurst)
+	check(c.SendQueue >= 1, "SEND_QUEUE must be positive, got %d", c.SendQueue)
+	check(c.PendingMax >= 1, "RELAY_PENDING_MAX must be positive, got %d", c.PendingMax)
+	check(c.RelayQueueBytes >= 1<<16, "RELAY_QUEUE_BYTES must be at least 65536, got %d", c.RelayQueueBytes)
+	check(c.RelayPing > 0, "RELAY_PING_INTERVAL must be positive")
+	check(c.ReconnectMin > 0 && c.ReconnectMax >= c.ReconnectMin, "RELAY_RECONNECT_MIN must be positive and at most RELAY_RECONNECT_MAX")
+	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT must be positive")
+	return errors.Join(errs...)
+}

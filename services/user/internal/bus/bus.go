@@ -1,0 +1,71 @@
+// Package bus is the seam between a ws-user instance and whatever orders and
+// spreads its rooms' messages: the in-process Local bus for a standalone
+// instance, package relay for ws-relayer, and later other backends.
+//
+// Every method of Bus only queues work and returns at once: the hub calls
+// them while holding its lock, so that the order of its state changes is the
+// order in which the bus sees them. Results come back through Handler, from
+// one goroutine of the bus, in the order the backend produced them; a
+// Handler method may call Bus methods.
+package bus
+
+import (
+	"context"
+	"errors"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/protocol/link"
+)
+
+// ErrUnavailable is returned by Publish when the backend is unreachable and
+// the bounded queue of unacknowledged messages is full.
+var ErrUnavailable = errors.New("message queue full while the relay is unreachable; retry later")
+
+// Bus orders and spreads room traffic between instances.
+type Bus interface {
+	// Subscribe starts (or refreshes) delivery of a room; answered by
+	// Handler.Subscribed. Calling it for a subscribed room is harmless.
+	Subscribe(rs link.RoomState)
+	// Unsubscribe stops delivery of room and removes this instance's
+	// members from its presence.
+	Unsubscribe(room string)
+	// Join and Leave change this instance's members of a room.
+	Join(room string, m protocol.Member)
+	Leave(room string, memberID string)
+	// Publish queues m under the instance-unique mid; answered by
+	// Handler.Ack or Handler.Nack exactly once, possibly after a reconnect.
+	Publish(mid string, m protocol.Message) error
+	// Fetch asks for history (see link.OpFetch); answered by Handler.Fetched.
+	Fetch(req uint64, room string, after, before uint64, limit int)
+	// Ready reports whether messages currently flow to the backend.
+	Ready() bool
+	// Run drives the bus until ctx ends.
+	Run(ctx context.Context) error
+}
+
+// Subscription is the answer to Subscribe (see link.OpSubscribed).
+type Subscription struct {
+	Room    string
+	Seq     uint64
+	First   uint64
+	Gap     bool
+	Members []protocol.Member
+	Msgs    []protocol.Message
+}
+
+// Handler receives what the bus delivers.
+type Handler interface {
+	Subscribed(s Subscription)
+	Message(m *protocol.Message)
+	Ack(mid, room string, seq uint64)
+	Nack(mid string, err *protocol.Error)
+	Presence(room, event string, m protocol.Member)
+	// Fetched answers Fetch; err is non-nil when the answer will never come
+	// (the link dropped), and then msgs is empty.
+	Fetched(req uint64, msgs []protocol.Message, first uint64, err error)
+	// State returns this instance's rooms, for the bus to resynchronise
+	// the backend after a reconnect. It is called without bus locks held.
+	State() []link.RoomState
+	// LinkState reports the backend link going up or down.
+	LinkState(up bool)
+}

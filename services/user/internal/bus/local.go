@@ -1,0 +1,174 @@
+package bus
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/protocol/link"
+)
+
+// Local is the bus of a standalone instance: it sequences every room in
+// process and keeps the last limit messages of each in memory. Its
+// ordering and answers follow the relay link's contract, so the hub cannot
+// tell it from a relayer.
+type Local struct {
+	h     Handler
+	limit int
+	now   func() time.Time
+
+	mu    sync.Mutex
+	ops   []func()
+	wake  chan struct{}
+	rooms map[string]*localRoom
+}
+
+type localRoom struct {
+	last uint64
+	msgs []protocol.Message // ascending, at most limit
+}
+
+// NewLocal returns a standalone bus keeping limit messages per room.
+func NewLocal(h Handler, limit int) *Local {
+	return &Local{h: h, limit: limit, now: time.Now, wake: make(chan struct{}, 1), rooms: map[string]*localRoom{}}
+}
+
+func (l *Local) enqueue(op func()) {
+	l.mu.Lock()
+	l.ops = append(l.ops, op)
+	l.mu.Unlock()
+	select {
+	case l.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Run applies queued operations in order until ctx ends.
+func (l *Local) Run(ctx context.Context) error {
+	l.h.LinkState(true)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-l.wake:
+		}
+		l.mu.Lock()
+		ops := l.ops
+		l.ops = nil
+		l.mu.Unlock()
+		for _, op := range ops {
+			op()
+		}
+	}
+}
+
+// Ready is always true: there is nothing to be cut off from.
+func (l *Local) Ready() bool { return true }
+
+func (l *Local) room(name string) *localRoom {
+	r := l.rooms[name]
+	if r == nil {
+		r = &localRoom{}
+		l.rooms[name] = r
+	}
+	return r
+}
+
+// first is the oldest kept seq, or last+1 when nothing is kept.
+func (r *localRoom) first() uint64 {
+	if len(r.msgs) == 0 {
+		return r.last + 1
+	}
+	return r.msgs[0].Seq
+}
+
+// after returns the kept messages with seq > after, in order.
+func (r *localRoom) after(after uint64) []protocol.Message {
+	if len(r.msgs) == 0 || after >= r.last {
+		return nil
+	}
+	i := 0
+	if f := r.first(); after >= f {
+		i = int(after - f + 1)
+	}
+	return append([]protocol.Message(nil), r.msgs[i:]...)
+}
+
+// Subscribe answers with the room's catch-up as a relayer would.
+func (l *Local) Subscribe(rs link.RoomState) {
+	l.enqueue(func() {
+		r := l.room(rs.Room)
+		tail := uint64(min(max(rs.Tail, 0), l.limit))
+		from := r.last - min(tail, r.last)
+		if rs.Since > 0 {
+			from = min(rs.Since, from)
+		}
+		l.h.Subscribed(Subscription{
+			Room:  rs.Room,
+			Seq:   r.last,
+			First: r.first(),
+			Gap:   rs.Since > 0 && rs.Since+1 < r.first(),
+			Msgs:  r.after(from),
+		})
+	})
+}
+
+// Unsubscribe keeps the room's history: a later subscriber still gets it.
+func (l *Local) Unsubscribe(string) {}
+
+// Join needs no bookkeeping: every member is local and the hub knows them.
+func (l *Local) Join(string, protocol.Member) {}
+
+// Leave needs no bookkeeping, as Join.
+func (l *Local) Leave(string, string) {}
+
+// Publish sequences m.
+func (l *Local) Publish(mid string, m protocol.Message) error {
+	l.enqueue(func() {
+		r := l.room(m.Room)
+		r.last++
+		m.Seq = r.last
+		m.TS = l.now().UnixMilli()
+		r.msgs = append(r.msgs, m)
+		if len(r.msgs) > l.limit {
+			// Copy down rather than reslice so the backing array does not
+			// grow without bound.
+			n := copy(r.msgs, r.msgs[len(r.msgs)-l.limit:])
+			clear(r.msgs[n:])
+			r.msgs = r.msgs[:n]
+		}
+		l.h.Message(&m)
+		l.h.Ack(mid, m.Room, m.Seq)
+	})
+	return nil
+}
+
+// Fetch answers from memory.
+func (l *Local) Fetch(req uint64, room string, after, before uint64, limit int) {
+	l.enqueue(func() {
+		r := l.room(room)
+		l.h.Fetched(req, Window(r.msgs, after, before, limit), r.first(), nil)
+	})
+}
+
+// Window applies the link.OpFetch rules to msgs (ascending): a copy of the
+// messages with after < seq < before (before 0: no bound), at most limit of
+// them — the last ones when paging back (after 0), else the first ones.
+func Window(msgs []protocol.Message, after, before uint64, limit int) []protocol.Message {
+	lo, hi := 0, len(msgs)
+	for lo < hi && msgs[lo].Seq <= after {
+		lo++
+	}
+	for hi > lo && before != 0 && msgs[hi-1].Seq >= before {
+		hi--
+	}
+	if limit > 0 && hi-lo > limit {
+		if after == 0 {
+			lo = hi - limit
+		} else {
+			hi = lo + limit
+		}
+	}
+	return append([]protocol.Message(nil), msgs[lo:hi]...)
+}

@@ -1,0 +1,260 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/wschat/wschat/services/protocol"
+)
+
+const statusServiceRestart = websocket.StatusServiceRestart
+
+// Client is one WebSocket connection.
+type Client struct {
+	h      *Hub
+	conn   *websocket.Conn
+	member protocol.Member
+	nick   string
+
+	// Owned by the reader goroutine.
+	started  bool // a valid frame was received
+	extended bool // written once before any room is joined, then only read
+	bucket   tokenBucket
+
+	rooms map[string]struct{} // guarded by h.mu
+
+	out       chan []byte
+	done      chan struct{}
+	closeOnce sync.Once
+	code      websocket.StatusCode
+	reason    string
+	flush     bool
+}
+
+// Accept upgrades r to a WebSocket client of the hub and serves it until it
+// closes. origins are the allowed Origin host patterns; empty means the
+// request's own host only.
+func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+		OriginPatterns:  origins,
+		CompressionMode: websocket.CompressionDisabled,
+	})
+	if err != nil {
+		h.log.Debug("websocket upgrade refused", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	conn.SetReadLimit(h.cfg.MaxFrame)
+	c := &Client{
+		h: h, conn: conn,
+		rooms:  map[string]struct{}{},
+		out:    make(chan []byte, h.cfg.SendQueue),
+		done:   make(chan struct{}),
+		bucket: tokenBucket{rate: h.cfg.RatePerSec, burst: float64(h.cfg.RateBurst), tokens: float64(h.cfg.RateBurst)},
+	}
+	c.member = protocol.Member{ID: h.newID("u"), Instance: h.cfg.Instance}
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
+		conn.Close(statusServiceRestart, "service restart: reconnect to another instance")
+		return
+	}
+	h.clients[c] = struct{}{}
+	h.m.Connections.Set(float64(len(h.clients)))
+	h.wg.Add(1)
+	h.mu.Unlock()
+	defer h.wg.Done()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		c.writeLoop(ctx)
+	}()
+	err = c.readLoop(ctx)
+	h.disconnect(c)
+	h.mu.Lock()
+	c.closeLocked(websocket.StatusNormalClosure, "", false)
+	h.mu.Unlock()
+	t := time.NewTimer(5 * time.Second)
+	select {
+	case <-writerDone:
+	case <-t.C:
+		cancel() // the writer is stuck on a dead peer
+		c.conn.CloseNow()
+		<-writerDone
+	}
+	t.Stop()
+	if websocket.CloseStatus(err) == -1 && !errors.Is(err, context.Canceled) {
+		h.log.Debug("client read ended", "member", c.member.ID, "err", err)
+	}
+}
+
+func (c *Client) readLoop(ctx context.Context) error {
+	rules := c.h.cfg.Rules
+	for {
+		typ, data, err := c.conn.Read(ctx)
+		if err != nil {
+			return err
+		}
+		c.h.m.FramesIn.Inc()
+		if typ != websocket.MessageText {
+			c.sendError(protocol.Errorf(protocol.CodeBadRequest, "binary frames are not supported; send JSON text frames"))
+			continue
+		}
+		in, perr := protocol.Decode(data, rules)
+		if perr != nil {
+			c.sendError(perr)
+			continue
+		}
+		if !c.bucket.allow(time.Now()) {
+			e := protocol.Errorf(protocol.CodeRateLimited, "more than %g frames per second (burst %d); frame dropped, slow down",
+				c.h.cfg.RatePerSec, c.h.cfg.RateBurst)
+			e.ID, e.Room = in.ID, in.Room
+			c.sendError(e)
+			continue
+		}
+		first := !c.started
+		c.started = true
+		switch in.Type {
+		case protocol.TypeHello:
+			if !first {
+				e := protocol.Errorf(protocol.CodeHelloFirst, "hello must be the first frame of a connection; reconnect to change nickname")
+				e.ID = in.ID
+				c.sendError(e)
+				continue
+			}
+			c.h.mu.Lock()
+			c.extended = true
+			c.nick = in.Nick
+			c.member.Nick = in.Nick
+			c.h.mu.Unlock()
+			c.send(protocol.Encode(protocol.Welcome{
+				Type: protocol.TypeWelcome, Version: protocol.Version, Instance: c.h.cfg.Instance,
+				ID: c.member.ID, Nick: c.nick, Limits: c.h.Limits(),
+			}))
+		case protocol.TypeJoin, protocol.TypeJoinRoom:
+			c.h.join(c, in)
+		case protocol.TypeLeave:
+			c.h.leave(c, in)
+		case protocol.TypeChat:
+			c.h.chat(c, in)
+		case protocol.TypeHistory:
+			c.h.history(c, in)
+		case protocol.TypePing:
+			c.send(protocol.Encode(protocol.Pong{Type: protocol.TypePong, ID: in.ID}))
+		}
+	}
+}
+
+func (c *Client) writeLoop(ctx context.Context) {
+	write := func(b []byte) bool {
+		if err := c.conn.Write(ctx, websocket.MessageText, b); err != nil {
+			c.conn.CloseNow()
+			return false
+		}
+		c.h.m.FramesOut.Inc()
+		return true
+	}
+	for {
+		select {
+		case b := <-c.out:
+			if !write(b) {
+				return
+			}
+		case <-c.done:
+			if !c.flush {
+				return // closeLocked closes the connection itself
+			}
+			for {
+				select {
+				case b := <-c.out:
+					if !write(b) {
+						return
+					}
+					continue
+				default:
+				}
+				break
+			}
+			c.conn.Close(c.code, c.reason)
+			return
+		}
+	}
+}
+
+// sendLocked queues a frame; a client whose queue is full is too slow to
+// keep up with its rooms and is disconnected rather than allowed to hold
+// the room back or grow memory. h.mu must be held.
+func (c *Client) sendLocked(b []byte) {
+	select {
+	case c.out <- b:
+	default:
+		select {
+		case <-c.done:
+			return // closing already
+		default:
+		}
+		c.h.m.SlowConsumers.Inc()
+		c.h.log.Info("slow consumer disconnected", "member", c.member.ID, "queue", cap(c.out))
+		c.closeLocked(websocket.StatusPolicyViolation,
+			fmt.Sprintf("slow consumer: more than %d frames queued; read faster", cap(c.out)), false)
+	}
+}
+
+func (c *Client) send(b []byte) {
+	c.h.mu.Lock()
+	c.sendLocked(b)
+	c.h.mu.Unlock()
+}
+
+func (c *Client) sendError(e *protocol.Error) {
+	c.h.m.Errors.WithLabelValues(e.Code).Inc()
+	c.send(protocol.Encode(e))
+}
+
+func (c *Client) sendErrorLocked(in protocol.Inbound, code, format string, args ...any) {
+	e := protocol.Errorf(code, format, args...)
+	e.ID, e.Room = in.ID, in.Room
+	c.h.m.Errors.WithLabelValues(code).Inc()
+	c.sendLocked(protocol.Encode(e))
+}
+
+// closeLocked closes the connection with code and reason: at once, or when
+// flush is set, by the writer after it wrote what is queued. Only the first
+// call counts. h.mu must be held (it orders the fields with the writer).
+func (c *Client) closeLocked(code websocket.StatusCode, reason string, flush bool) {
+	c.closeOnce.Do(func() {
+		c.code, c.reason, c.flush = code, reason, flush
+		close(c.done)
+		if !flush {
+			// Close may wait on a writer blocked by a slow peer; it gives
+			// up on the handshake after a few seconds by itself.
+			go c.conn.Close(code, reason)
+		}
+	})
+}
+
+// tokenBucket limits a client's frame rate.
+type tokenBucket struct {
+	rate, burst, tokens float64
+	last                time.Time
+}
+
+func (b *tokenBucket) allow(now time.Time) bool {
+	if !b.last.IsZero() {
+		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
+}

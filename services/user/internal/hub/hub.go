@@ -1,0 +1,620 @@
+// Package hub holds an instance's client connections and rooms: it turns
+// client frames into bus operations and bus deliveries into client frames.
+//
+// One mutex guards all hub state. Every bus call is made under it, so the
+// bus sees state changes in the order they happened; every client send
+// under it is a non-blocking queue operation, so the lock is never held
+// across I/O.
+package hub
+
+import (
+	"cmp"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/user/internal/bus"
+)
+
+// Config sets the hub's limits.
+type Config struct {
+	Instance   string
+	History    int // messages cached per room; default and cap of a join's history
+	FetchLimit int // most messages one recovery may fetch from the bus
+	MaxRooms   int // rooms per connection
+	SendQueue  int // frames queued per connection before it counts as too slow
+	RatePerSec float64
+	RateBurst  int
+	MaxFrame   int64
+	Rules      protocol.Rules
+	Logger     *slog.Logger
+	Metrics    *Metrics
+}
+
+// Hub is the state of one ws-user instance.
+type Hub struct {
+	cfg   Config
+	log   *slog.Logger
+	m     *Metrics
+	bus   bus.Bus
+	nonce string
+	ids   atomic.Uint64
+	wg    sync.WaitGroup // client goroutines
+
+	mu      sync.Mutex
+	rooms   map[string]*room
+	clients map[*Client]struct{}
+	pubs    map[string]pubWaiter
+	fetches map[uint64]fetchFunc
+	nextReq uint64
+	closing bool
+	// memberships counts (client, room) pairs receiving messages.
+	memberships int
+	pubsDone    chan struct{} // closed when closing and no publish is in flight
+}
+
+type joinState uint8
+
+const (
+	waiting  joinState = iota // until the room is subscribed
+	fetching                  // until its recovery is fetched
+	joined                    // receives the room's messages
+)
+
+type room struct {
+	name     string
+	synced   bool
+	local    map[*Client]joinState
+	waiting  []pendingJoin
+	cache    []protocol.Message // the last cfg.History messages, ascending
+	last     uint64             // last seq delivered locally
+	first    uint64             // oldest seq the bus still keeps
+	presence map[string]protocol.Member
+}
+
+type pendingJoin struct {
+	c  *Client
+	in protocol.Inbound
+}
+
+type pubWaiter struct {
+	c    *Client
+	id   string
+	room string
+	t0   time.Time
+}
+
+type fetchFunc func(msgs []protocol.Message, first uint64, err error)
+
+// New returns a hub; SetBus must be called before it serves clients.
+func New(cfg Config) *Hub {
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	return &Hub{
+		cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
+		nonce:   hex.EncodeToString(b),
+		rooms:   map[string]*room{},
+		clients: map[*Client]struct{}{},
+		pubs:    map[string]pubWaiter{},
+		fetches: map[uint64]fetchFunc{},
+	}
+}
+
+// SetBus connects the hub to its bus (the bus needs the hub as handler, so
+// the two are built in two steps).
+func (h *Hub) SetBus(b bus.Bus) { h.bus = b }
+
+func (h *Hub) newID(prefix string) string {
+	return prefix + h.nonce + "." + strconv.FormatUint(h.ids.Add(1), 36)
+}
+
+// Limits returns what the hub enforces, as announced in welcome.
+func (h *Hub) Limits() protocol.Limits {
+	return protocol.Limits{
+		MaxFrameBytes:   int(h.cfg.MaxFrame),
+		MaxMessageBytes: h.cfg.Rules.MaxMessageBytes,
+		MaxRooms:        h.cfg.MaxRooms,
+		RatePerSecond:   h.cfg.RatePerSec,
+		RateBurst:       h.cfg.RateBurst,
+		History:         h.cfg.History,
+	}
+}
+
+// ---- client operations (called from a client's reader goroutine) ----
+
+func (h *Hub) join(c *Client, in protocol.Inbound) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := c.rooms[in.Room]; ok {
+		c.sendErrorLocked(in, protocol.CodeAlreadyJoined, "room %q is joined already", in.Room)
+		return
+	}
+	if len(c.rooms) >= h.cfg.MaxRooms {
+		c.sendErrorLocked(in, protocol.CodeTooManyRooms, "at most %d rooms per connection; leave one first", h.cfg.MaxRooms)
+		return
+	}
+	c.rooms[in.Room] = struct{}{}
+	r := h.rooms[in.Room]
+	if r == nil {
+		r = &room{name: in.Room, local: map[*Client]joinState{}, presence: map[string]protocol.Member{}}
+		h.rooms[in.Room] = r
+		h.m.Rooms.Set(float64(len(h.rooms)))
+		r.local[c] = waiting
+		r.presence[c.member.ID] = c.member
+		h.bus.Subscribe(link.RoomState{Room: in.Room, Tail: h.cfg.History, Members: []protocol.Member{c.member}})
+	} else {
+		r.local[c] = waiting
+		h.bus.Join(in.Room, c.member)
+		if _, ok := r.presence[c.member.ID]; !ok {
+			r.presence[c.member.ID] = c.member
+			h.presenceLocked(r, protocol.PresenceJoin, c.member)
+		}
+	}
+	if !r.synced {
+		r.waiting = append(r.waiting, pendingJoin{c, in})
+		return
+	}
+	h.completeJoinLocked(r, c, in)
+}
+
+// completeJoinLocked answers a join once its room is subscribed.
+func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
+	if !c.extended {
+		h.setJoinedLocked(r, c)
+		return
+	}
+	if in.Since == nil {
+		h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.History), nil)
+		return
+	}
+	since := *in.Since
+	cacheFirst := r.cacheFirst()
+	switch {
+	case since >= r.last:
+		h.joinedLocked(r, c, in, nil, ptr(true))
+	case since+1 >= cacheFirst:
+		h.joinedLocked(r, c, in, r.after(since), ptr(true))
+	case since+1 < r.first:
+		h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.History), ptr(false))
+	default:
+		r.local[c] = fetching
+		h.fetchLocked(r.name, since, cacheFirst, h.cfg.FetchLimit, func(msgs []protocol.Message, _ uint64, err error) {
+			if h.rooms[r.name] != r || r.local[c] != fetching {
+				return // left or gone meanwhile
+			}
+			// The fetched messages and the cache must meet without a hole:
+			// the cache only moves forward while the fetch is in flight.
+			if err != nil || len(msgs) == 0 || msgs[0].Seq != since+1 || msgs[len(msgs)-1].Seq+1 < r.cacheFirst() {
+				if err != nil {
+					h.log.Warn("recovery fetch failed", "room", r.name, "err", err)
+				}
+				h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.History), ptr(false))
+				return
+			}
+			h.joinedLocked(r, c, in, append(msgs, r.after(msgs[len(msgs)-1].Seq)...), ptr(true))
+		})
+	}
+}
+
+func ptr[T any](v T) *T { return &v }
+
+// setJoinedLocked makes c receive the room's messages from now on.
+func (h *Hub) setJoinedLocked(r *room, c *Client) {
+	if r.local[c] != joined {
+		h.memberships++
+		h.m.Memberships.Set(float64(h.memberships))
+	}
+	r.local[c] = joined
+}
+
+func (h *Hub) joinedLocked(r *room, c *Client, in protocol.Inbound, history []protocol.Message, recovered *bool) {
+	h.setJoinedLocked(r, c)
+	if history == nil {
+		history = []protocol.Message{}
+	}
+	members := slices.SortedFunc(maps.Values(r.presence), func(a, b protocol.Member) int {
+		return cmp.Or(cmp.Compare(a.Nick, b.Nick), cmp.Compare(a.ID, b.ID))
+	})
+	c.sendLocked(protocol.Encode(protocol.Joined{
+		Type: protocol.TypeJoined, ID: in.ID, Room: r.name, Seq: r.last,
+		Members: members, History: history, Recovered: recovered,
+	}))
+}
+
+func (h *Hub) leave(c *Client, in protocol.Inbound) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if _, ok := c.rooms[in.Room]; !ok {
+		c.sendErrorLocked(in, protocol.CodeNotJoined, "room %q is not joined", in.Room)
+		return
+	}
+	h.leaveLocked(c, in.Room)
+	c.sendLocked(protocol.Encode(protocol.Left{Type: protocol.TypeLeft, ID: in.ID, Room: in.Room}))
+}
+
+func (h *Hub) leaveLocked(c *Client, name string) {
+	delete(c.rooms, name)
+	r := h.rooms[name]
+	if r == nil {
+		return
+	}
+	if st, ok := r.local[c]; ok && st == joined {
+		h.memberships--
+		h.m.Memberships.Set(float64(h.memberships))
+	}
+	delete(r.local, c)
+	r.waiting = slices.DeleteFunc(r.waiting, func(p pendingJoin) bool { return p.c == c })
+	if _, ok := r.presence[c.member.ID]; ok {
+		delete(r.presence, c.member.ID)
+		h.presenceLocked(r, protocol.PresenceLeave, c.member)
+	}
+	if len(r.local) == 0 {
+		delete(h.rooms, name)
+		h.m.Rooms.Set(float64(len(h.rooms)))
+		h.bus.Unsubscribe(name)
+		return
+	}
+	h.bus.Leave(name, c.member.ID)
+}
+
+func (h *Hub) chat(c *Client, in protocol.Inbound) {
+	h.mu.Lock()
+	if h.closing {
+		c.sendErrorLocked(in, protocol.CodeShuttingDown, "this instance is shutting down; reconnect and send again")
+		h.mu.Unlock()
+		return
+	}
+	if _, ok := c.rooms[in.Room]; !ok && c.extended {
+		c.sendErrorLocked(in, protocol.CodeNotJoined, "join room %q before sending to it", in.Room)
+		h.mu.Unlock()
+		return
+	}
+	mid := h.newID("m")
+	h.pubs[mid] = pubWaiter{c: c, id: in.ID, room: in.Room, t0: time.Now()}
+	h.mu.Unlock()
+	h.m.ChatsIn.Inc()
+	err := h.bus.Publish(mid, protocol.Message{Room: in.Room, ID: in.ID, From: c.nick, UID: c.member.ID, Text: in.Message})
+	if err != nil {
+		h.mu.Lock()
+		delete(h.pubs, mid)
+		code := protocol.CodeInternal
+		if errors.Is(err, bus.ErrUnavailable) {
+			code = protocol.CodeUnavailable
+		}
+		c.sendErrorLocked(in, code, "message not sent: %v", err)
+		h.checkPubsDoneLocked()
+		h.mu.Unlock()
+	}
+}
+
+func (h *Hub) history(c *Client, in protocol.Inbound) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.rooms[in.Room]
+	if _, ok := c.rooms[in.Room]; !ok || r == nil || r.local[c] != joined {
+		c.sendErrorLocked(in, protocol.CodeNotJoined, "join room %q before asking for its history", in.Room)
+		return
+	}
+	limit := h.cfg.History
+	if in.Limit > 0 {
+		limit = min(in.Limit, h.cfg.History)
+	}
+	answer := func(msgs []protocol.Message, first uint64) {
+		if msgs == nil {
+			msgs = []protocol.Message{}
+		}
+		c.sendLocked(protocol.Encode(protocol.History{Type: protocol.TypeHistory, ID: in.ID, Room: in.Room, Messages: msgs, First: first}))
+	}
+	before := in.Before
+	if before == 0 {
+		before = r.last + 1
+	}
+	// Served from the cache when it holds the whole page.
+	if cf := r.cacheFirst(); before <= r.last+1 && (before-min(before, uint64(limit)) >= cf || cf <= r.first) {
+		answer(bus.Window(r.cache, 0, before, limit), r.first)
+		return
+	}
+	h.fetchLocked(in.Room, 0, before, limit, func(msgs []protocol.Message, first uint64, err error) {
+		if err != nil {
+			c.sendErrorLocked(in, protocol.CodeUnavailable, "history is unavailable right now: %v", err)
+			return
+		}
+		answer(msgs, first)
+	})
+}
+
+func (h *Hub) fetchLocked(room string, after, before uint64, limit int, fn fetchFunc) {
+	h.nextReq++
+	h.fetches[h.nextReq] = fn
+	h.bus.Fetch(h.nextReq, room, after, before, limit)
+}
+
+// disconnect removes a closed client from every room.
+func (h *Hub) disconnect(c *Client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for name := range c.rooms {
+		h.leaveLocked(c, name)
+	}
+	delete(h.clients, c)
+	h.m.Connections.Set(float64(len(h.clients)))
+}
+
+// ---- room helpers ----
+
+func (r *room) cacheFirst() uint64 {
+	if len(r.cache) == 0 {
+		return r.last + 1
+	}
+	return r.cache[0].Seq
+}
+
+// after returns the cached messages with seq > since.
+func (r *room) after(since uint64) []protocol.Message {
+	i, _ := slices.BinarySearchFunc(r.cache, since+1, func(m protocol.Message, s uint64) int { return cmp.Compare(m.Seq, s) })
+	return slices.Clone(r.cache[i:])
+}
+
+// tail returns the last n cached messages (n <= 0 or > max means max).
+func (r *room) tail(n, max int) []protocol.Message {
+	if n <= 0 || n > max {
+		n = max
+	}
+	return slices.Clone(r.cache[len(r.cache)-min(n, len(r.cache)):])
+}
+
+func (r *room) remember(m *protocol.Message, keep int) {
+	if len(r.cache) >= keep && keep > 0 {
+		n := copy(r.cache, r.cache[len(r.cache)-keep+1:])
+		r.cache = r.cache[:n]
+	}
+	if keep > 0 {
+		r.cache = append(r.cache, *m)
+	}
+	r.last = m.Seq
+}
+
+// presenceLocked tells the room's other local extended members about m.
+func (h *Hub) presenceLocked(r *room, event string, m protocol.Member) {
+	var frame []byte
+	for c, st := range r.local {
+		if st != joined || !c.extended || c.member.ID == m.ID {
+			continue
+		}
+		if frame == nil {
+			frame = protocol.Encode(protocol.Presence{Type: protocol.TypePresence, Room: r.name, Event: event, Member: m})
+		}
+		c.sendLocked(frame)
+	}
+}
+
+// deliverLocked queues m, encoded once, to every joined local member.
+func (h *Hub) deliverLocked(r *room, m *protocol.Message) {
+	if m.Seq <= r.last {
+		return // already delivered, e.g. re-sent after a reconnect
+	}
+	if m.Seq != r.last+1 && r.synced {
+		h.log.Warn("sequence gap", "room", r.name, "last", r.last, "got", m.Seq)
+	}
+	r.remember(m, h.cfg.History)
+	var frame []byte
+	n := 0
+	for c, st := range r.local {
+		if st != joined {
+			continue
+		}
+		if frame == nil {
+			frame = protocol.AppendChat(make([]byte, 0, 128+len(m.Text)), m)
+		}
+		c.sendLocked(frame)
+		n++
+	}
+	h.m.Delivered.Add(float64(n))
+	h.m.Fanout.Observe(max(0, time.Since(time.UnixMilli(m.TS)).Seconds()))
+}
+
+// ---- bus.Handler ----
+
+// Subscribed implements bus.Handler.
+func (h *Hub) Subscribed(s bus.Subscription) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.rooms[s.Room]
+	if r == nil {
+		return // unsubscribed meanwhile; the unsubscribe follows on the bus
+	}
+	if r.synced && s.Gap {
+		// A resync could not bring back everything this instance missed.
+		for c, st := range r.local {
+			if st == joined && c.extended {
+				c.sendErrorLocked(protocol.Inbound{Room: r.name}, protocol.CodeHistoryGap,
+					"some messages of room %q were lost while the relay was unreachable", r.name)
+			}
+		}
+	}
+	for i := range s.Msgs {
+		h.deliverLocked(r, &s.Msgs[i])
+	}
+	if s.Seq > r.last {
+		r.last = s.Seq
+	}
+	r.first = s.First
+	// Presence: the backend's view for other instances, our own for ours.
+	next := map[string]protocol.Member{}
+	for _, m := range s.Members {
+		if m.Instance != h.cfg.Instance {
+			next[m.ID] = m
+		}
+	}
+	for c := range r.local {
+		next[c.member.ID] = c.member
+	}
+	if r.synced {
+		for id, m := range r.presence {
+			if _, ok := next[id]; !ok {
+				h.presenceLocked(r, protocol.PresenceLeave, m)
+			}
+		}
+		for id, m := range next {
+			if _, ok := r.presence[id]; !ok {
+				h.presenceLocked(r, protocol.PresenceJoin, m)
+			}
+		}
+	}
+	r.presence = next
+	r.synced = true
+	pend := r.waiting
+	r.waiting = nil
+	for _, p := range pend {
+		if r.local[p.c] == waiting {
+			h.completeJoinLocked(r, p.c, p.in)
+		}
+	}
+}
+
+// Message implements bus.Handler.
+func (h *Hub) Message(m *protocol.Message) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if r := h.rooms[m.Room]; r != nil && r.synced {
+		h.deliverLocked(r, m)
+	}
+}
+
+// Ack implements bus.Handler.
+func (h *Hub) Ack(mid, room string, seq uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w, ok := h.pubs[mid]
+	if !ok {
+		return
+	}
+	delete(h.pubs, mid)
+	h.m.AckLatency.Observe(time.Since(w.t0).Seconds())
+	if w.c.extended {
+		w.c.sendLocked(protocol.Encode(protocol.Ack{Type: protocol.TypeAck, ID: w.id, Room: room, Seq: seq}))
+	}
+	h.checkPubsDoneLocked()
+}
+
+// Nack implements bus.Handler.
+func (h *Hub) Nack(mid string, err *protocol.Error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	w, ok := h.pubs[mid]
+	if !ok {
+		return
+	}
+	delete(h.pubs, mid)
+	w.c.sendErrorLocked(protocol.Inbound{ID: w.id, Room: w.room}, err.Code, "message refused: %s", err.Message)
+	h.checkPubsDoneLocked()
+}
+
+// Presence implements bus.Handler.
+func (h *Hub) Presence(room, event string, m protocol.Member) {
+	if m.Instance == h.cfg.Instance {
+		return // this instance's own members are known first-hand
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.rooms[room]
+	if r == nil || !r.synced {
+		return
+	}
+	_, present := r.presence[m.ID]
+	switch {
+	case event == protocol.PresenceJoin && !present:
+		r.presence[m.ID] = m
+	case event == protocol.PresenceLeave && present:
+		delete(r.presence, m.ID)
+	default:
+		return
+	}
+	h.presenceLocked(r, event, m)
+}
+
+// Fetched implements bus.Handler.
+func (h *Hub) Fetched(req uint64, msgs []protocol.Message, first uint64, err error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	fn, ok := h.fetches[req]
+	if !ok {
+		return
+	}
+	delete(h.fetches, req)
+	fn(msgs, first, err)
+}
+
+// State implements bus.Handler.
+func (h *Hub) State() []link.RoomState {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := make([]link.RoomState, 0, len(h.rooms))
+	for _, r := range h.rooms {
+		rs := link.RoomState{Room: r.name, Tail: h.cfg.History, Members: make([]protocol.Member, 0, len(r.local))}
+		if r.synced {
+			rs.Since = r.last
+		}
+		for c := range r.local {
+			rs.Members = append(rs.Members, c.member)
+		}
+		out = append(out, rs)
+	}
+	return out
+}
+
+// LinkState implements bus.Handler.
+func (h *Hub) LinkState(up bool) {
+	if up {
+		h.m.LinkUp.Set(1)
+	} else {
+		h.m.LinkUp.Set(0)
+	}
+}
+
+// ---- shutdown ----
+
+func (h *Hub) checkPubsDoneLocked() {
+	if h.closing && len(h.pubs) == 0 && h.pubsDone != nil {
+		close(h.pubsDone)
+		h.pubsDone = nil
+	}
+}
+
+// Shutdown refuses new messages, waits (until ctx ends) for the ones in
+// flight to be acknowledged, then closes every client with 1012 after
+// flushing its queue, and waits for the client goroutines.
+func (h *Hub) Shutdown(ctx context.Context) {
+	h.mu.Lock()
+	h.closing = true
+	done := make(chan struct{})
+	h.pubsDone = done
+	h.checkPubsDoneLocked()
+	h.mu.Unlock()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		h.log.Warn("shutdown: messages still unacknowledged", "err", ctx.Err())
+	}
+	h.mu.Lock()
+	for c := range h.clients {
+		c.closeLocked(statusServiceRestart, "service restart: reconnect to another instance", true)
+	}
+	h.mu.Unlock()
+	wait := make(chan struct{})
+	go func() { h.wg.Wait(); close(wait) }()
+	select {
+	case <-wait:
+	case <-ctx.Done():
+	}
+}

@@ -1,0 +1,45 @@
+package hub
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Metrics are the hub's Prometheus collectors.
+type Metrics struct {
+	Connections   prometheus.Gauge
+	Rooms         prometheus.Gauge
+	Memberships   prometheus.Gauge
+	FramesIn      prometheus.Counter
+	FramesOut     prometheus.Counter
+	ChatsIn       prometheus.Counter
+	Delivered     prometheus.Counter
+	Errors        *prometheus.CounterVec
+	SlowConsumers prometheus.Counter
+	LinkUp        prometheus.Gauge
+	Fanout        prometheus.Histogram // seconds from sequencing to queued for members
+	AckLatency    prometheus.Histogram // seconds from a client's chat to its ack
+}
+
+// NewMetrics registers the hub's collectors with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	buckets := []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5}
+	m := &Metrics{
+		Connections: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wschat_user_connections", Help: "Open client WebSocket connections."}),
+		Rooms:       prometheus.NewGauge(prometheus.GaugeOpts{Name: "wschat_user_rooms", Help: "Rooms with local members."}),
+		Memberships: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wschat_user_memberships",
+			Help: "Local (connection, room) memberships receiving messages."}),
+		FramesIn:  prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_frames_in_total", Help: "Frames received from clients."}),
+		FramesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_frames_out_total", Help: "Frames written to clients."}),
+		ChatsIn:   prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_messages_in_total", Help: "Chat messages accepted from clients."}),
+		Delivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_messages_out_total", Help: "Chat messages queued to local members."}),
+		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wschat_user_errors_total", Help: "Error frames sent to clients, by code."},
+			[]string{"code"}),
+		SlowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_queue_drops_total", Help: "Clients disconnected because their send queue overflowed."}),
+		LinkUp:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "wschat_user_relay_link_up", Help: "1 when the relay link (or the standalone bus) is up."}),
+		Fanout: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wschat_user_delivery_latency_seconds",
+			Help: "Time from sequencing a message to queueing it for local members.", Buckets: buckets}),
+		AckLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wschat_user_ack_latency_seconds",
+			Help: "Time from receiving a client's chat to its acknowledgement.", Buckets: buckets}),
+	}
+	reg.MustRegister(m.Connections, m.Rooms, m.Memberships, m.FramesIn, m.FramesOut, m.ChatsIn, m.Delivered, m.Errors,
+		m.SlowConsumers, m.LinkUp, m.Fanout, m.AckLatency)
+	return m
+}

@@ -1,0 +1,368 @@
+// Package relay is the bus that connects a ws-user instance to ws-relayer
+// over the relay link (package link).
+package relay
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/user/internal/bus"
+)
+
+// Config configures the link.
+type Config struct {
+	URL          string // ws://host:port, the link path is added when absent
+	Secret       string
+	Instance     string
+	PendingMax   int           // unacknowledged publishes kept for re-sending
+	QueueBytes   int           // output bytes queued before the link counts as stuck
+	MaxFrame     int64         // read limit for one link message
+	PingInterval time.Duration // keepalive; a missed pong drops the link
+	MinBackoff   time.Duration
+	MaxBackoff   time.Duration
+	Logger       *slog.Logger
+}
+
+// Bus is a bus.Bus over the relay link. Its methods only queue; Run dials,
+// resynchronises after every reconnect and moves the frames.
+type Bus struct {
+	cfg Config
+	h   bus.Handler
+	log *slog.Logger
+
+	mu      sync.Mutex
+	up      bool   // connected: ops go to out; otherwise they are dropped and the next sync carries their effect
+	out     []byte // frames waiting for the writer
+	spare   []byte
+	pending map[string]pendingPub
+	nextPub uint64
+	fetches map[uint64]struct{}
+	wake    chan struct{}
+
+	ready atomic.Bool
+}
+
+type pendingPub struct {
+	n     uint64 // publish order, for re-sending in the original order
+	frame []byte
+}
+
+// New returns a relay bus delivering to h.
+func New(cfg Config, h bus.Handler) *Bus {
+	if !strings.Contains(strings.TrimPrefix(strings.TrimPrefix(cfg.URL, "ws://"), "wss://"), "/") {
+		cfg.URL = strings.TrimSuffix(cfg.URL, "/") + link.Path
+	}
+	return &Bus{
+		cfg: cfg, h: h, log: cfg.Logger,
+		pending: map[string]pendingPub{},
+		fetches: map[uint64]struct{}{},
+		wake:    make(chan struct{}, 1),
+	}
+}
+
+// Ready reports whether the link is up and synchronised.
+func (b *Bus) Ready() bool { return b.ready.Load() }
+
+func (b *Bus) send(f *link.Frame) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.up {
+		return
+	}
+	b.appendLocked(f)
+}
+
+func (b *Bus) appendLocked(f *link.Frame) {
+	out, err := link.Append(b.out, f)
+	if err != nil {
+		b.log.Error("relay link: cannot encode frame", "err", err)
+		return
+	}
+	b.out = out
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Subscribe implements bus.Bus.
+func (b *Bus) Subscribe(rs link.RoomState) {
+	b.send(&link.Frame{T: link.OpSub, Rooms: []link.RoomState{rs}})
+}
+
+// Unsubscribe implements bus.Bus.
+func (b *Bus) Unsubscribe(room string) { b.send(&link.Frame{T: link.OpUnsub, Room: room}) }
+
+// Join implements bus.Bus.
+func (b *Bus) Join(room string, m protocol.Member) {
+	b.send(&link.Frame{T: link.OpJoin, Room: room, Member: &m})
+}
+
+// Leave implements bus.Bus.
+func (b *Bus) Leave(room, memberID string) {
+	b.send(&link.Frame{T: link.OpLeave, Room: room, Member: &protocol.Member{ID: memberID}})
+}
+
+// Publish implements bus.Bus: the message is kept until the relayer
+// acknowledges it, and re-sent after every reconnect until then.
+func (b *Bus) Publish(mid string, m protocol.Message) error {
+	frame, err := link.Append(nil, &link.Frame{T: link.OpPub, MID: mid, Msg: &m})
+	if err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.pending) >= b.cfg.PendingMax {
+		return bus.ErrUnavailable
+	}
+	b.nextPub++
+	b.pending[mid] = pendingPub{n: b.nextPub, frame: frame}
+	if b.up {
+		b.out = append(b.out, frame...)
+		select {
+		case b.wake <- struct{}{}:
+		default:
+		}
+	}
+	return nil
+}
+
+var errLinkDown = errors.New("relay link is down; retry when the instance is ready")
+
+// Fetch implements bus.Bus.
+func (b *Bus) Fetch(req uint64, room string, after, before uint64, limit int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.up {
+		// The handler must not be called under the caller's locks.
+		go b.h.Fetched(req, nil, 0, errLinkDown)
+		return
+	}
+	b.fetches[req] = struct{}{}
+	b.appendLocked(&link.Frame{T: link.OpFetch, Req: req, Room: room, After: after, Before: before, Limit: limit})
+}
+
+// Run keeps the link up until ctx ends, reconnecting with jittered backoff.
+func (b *Bus) Run(ctx context.Context) error {
+	backoff := b.cfg.MinBackoff
+	for ctx.Err() == nil {
+		conn, err := b.dial(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				break
+			}
+			wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
+			b.log.Warn("relay link: dial failed", "url", b.cfg.URL, "err", err, "retry_in", wait)
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+			case <-t.C:
+			}
+			backoff = min(backoff*2, b.cfg.MaxBackoff)
+			continue
+		}
+		backoff = b.cfg.MinBackoff
+		err = b.serve(ctx, conn)
+		b.down()
+		if ctx.Err() == nil {
+			b.log.Warn("relay link: lost, reconnecting", "err", err)
+		}
+	}
+	return nil
+}
+
+func (b *Bus) dial(ctx context.Context) (*websocket.Conn, error) {
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	hdr := http.Header{}
+	hdr.Set("Authorization", "Bearer "+b.cfg.Secret)
+	hdr.Set(link.HeaderInstance, b.cfg.Instance)
+	conn, resp, err := websocket.Dial(dctx, b.cfg.URL, &websocket.DialOptions{HTTPHeader: hdr})
+	if err != nil {
+		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
+			return nil, fmt.Errorf("relayer refused the link (401): RELAY_SECRET differs from the relayer's: %w", err)
+		}
+		return nil, fmt.Errorf("dial relayer: %w", err)
+	}
+	conn.SetReadLimit(b.cfg.MaxFrame)
+	return conn, nil
+}
+
+// serve runs one connected link: sync first, then frames both ways until
+// either side fails.
+func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer conn.CloseNow()
+
+	// From here on every operation is queued behind the sync frame. An
+	// operation that raced with the snapshot may be sent twice; every link
+	// operation is idempotent, so that is harmless.
+	b.mu.Lock()
+	b.up = true
+	b.out = b.out[:0]
+	b.mu.Unlock()
+	state := b.h.State()
+	if state == nil {
+		state = []link.RoomState{}
+	}
+	head, err := link.Append(nil, &link.Frame{T: link.OpSync, Rooms: state})
+	if err != nil {
+		return fmt.Errorf("encode sync: %w", err)
+	}
+	b.mu.Lock()
+	resend := make([]pendingPub, 0, len(b.pending))
+	for _, p := range b.pending {
+		resend = append(resend, p)
+	}
+	slices.SortFunc(resend, func(x, y pendingPub) int { return cmp.Compare(x.n, y.n) })
+	for _, p := range resend {
+		head = append(head, p.frame...)
+	}
+	b.out = append(head, b.out...)
+	b.mu.Unlock()
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+	b.ready.Store(true)
+	b.h.LinkState(true)
+	b.log.Info("relay link: up", "url", b.cfg.URL, "rooms", len(state), "resent", len(resend))
+
+	errc := make(chan error, 3)
+	go func() { errc <- b.writeLoop(ctx, conn) }()
+	go func() { errc <- b.readLoop(ctx, conn) }()
+	go func() { errc <- b.pingLoop(ctx, conn) }()
+	err = <-errc
+	cancel()
+	if ctx.Err() != nil {
+		conn.Close(websocket.StatusGoingAway, "instance shutting down")
+	}
+	return err
+}
+
+func (b *Bus) down() {
+	b.ready.Store(false)
+	b.mu.Lock()
+	b.up = false
+	b.out = b.out[:0]
+	failed := b.fetches
+	b.fetches = map[uint64]struct{}{}
+	b.mu.Unlock()
+	for req := range failed {
+		b.h.Fetched(req, nil, 0, errLinkDown)
+	}
+	b.h.LinkState(false)
+}
+
+func (b *Bus) writeLoop(ctx context.Context, conn *websocket.Conn) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-b.wake:
+		}
+		b.mu.Lock()
+		data := b.out
+		b.out = b.spare[:0]
+		b.mu.Unlock()
+		if len(data) == 0 {
+			b.spare = data
+			continue
+		}
+		if len(data) > b.cfg.QueueBytes {
+			return fmt.Errorf("relay link stuck: %d bytes queued, limit %d", len(data), b.cfg.QueueBytes)
+		}
+		if err := conn.Write(ctx, websocket.MessageText, data); err != nil {
+			return fmt.Errorf("write link: %w", err)
+		}
+		b.spare = data
+	}
+}
+
+func (b *Bus) readLoop(ctx context.Context, conn *websocket.Conn) error {
+	for {
+		_, data, err := conn.Read(ctx)
+		if err != nil {
+			return fmt.Errorf("read link: %w", err)
+		}
+		if err := link.Split(data, b.handle); err != nil {
+			conn.Close(websocket.StatusPolicyViolation, "bad link frame")
+			return err
+		}
+	}
+}
+
+func (b *Bus) pingLoop(ctx context.Context, conn *websocket.Conn) error {
+	t := time.NewTicker(b.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+		pctx, cancel := context.WithTimeout(ctx, 2*b.cfg.PingInterval)
+		err := conn.Ping(pctx)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("relay link keepalive: %w", err)
+		}
+	}
+}
+
+func (b *Bus) handle(f *link.Frame) error {
+	switch f.T {
+	case link.OpSubscribed:
+		b.h.Subscribed(bus.Subscription{Room: f.Room, Seq: f.Seq, First: f.First, Gap: f.Gap, Members: f.Members, Msgs: f.Msgs})
+	case link.OpMsg:
+		if f.Msg == nil {
+			return fmt.Errorf("msg frame without msg")
+		}
+		b.h.Message(f.Msg)
+	case link.OpAck, link.OpNack:
+		b.mu.Lock()
+		_, ok := b.pending[f.MID]
+		delete(b.pending, f.MID)
+		b.mu.Unlock()
+		if !ok {
+			return nil // a duplicate answer to a re-sent publish
+		}
+		if f.T == link.OpAck {
+			b.h.Ack(f.MID, f.Room, f.Seq)
+		} else {
+			b.h.Nack(f.MID, protocol.Errorf(f.Code, "%s", f.Error))
+		}
+	case link.OpPresence:
+		if f.Member == nil {
+			return fmt.Errorf("presence frame without member")
+		}
+		b.h.Presence(f.Room, f.Event, *f.Member)
+	case link.OpFetched:
+		b.mu.Lock()
+		_, ok := b.fetches[f.Req]
+		delete(b.fetches, f.Req)
+		b.mu.Unlock()
+		if ok {
+			b.h.Fetched(f.Req, f.Msgs, f.First, nil)
+		}
+	default:
+		b.log.Warn("relay link: unknown frame ignored", "op", f.T)
+	}
+	return nil
+}
