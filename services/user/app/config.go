@@ -27,7 +27,7 @@ type Config struct {
 	MaxRooms        int           `env:"MAX_ROOMS" envDefault:"32"`
 	RatePerSec      float64       `env:"RATE_PER_SEC" envDefault:"20"`
 	RateBurst       int           `env:"RATE_BURST" envDefault:"40"`
-	SendQueue       int           `env:"SEND_QUEUE" envDefault:"256"`
+	SendQueue       int           `env:"SEND_QUEUE" envDefault:"1024"`
 	PendingMax      int           `env:"RELAY_PENDING_MAX" envDefault:"10000"`
 	RelayQueueBytes int           `env:"RELAY_QUEUE_BYTES" envDefault:"67108864"`
 	RelayPing       time.Duration `env:"RELAY_PING_INTERVAL" envDefault:"5s"`

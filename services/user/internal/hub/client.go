@@ -29,7 +29,7 @@ type Client struct {
 
 	rooms map[string]struct{} // guarded by h.mu
 
-	out       chan []byte
+	q         queue
 	done      chan struct{}
 	closeOnce sync.Once
 	code      websocket.StatusCode
@@ -53,7 +53,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	c := &Client{
 		h: h, conn: conn,
 		rooms:  map[string]struct{}{},
-		out:    make(chan []byte, h.cfg.SendQueue),
+		q:      queue{limit: h.cfg.SendQueue, wake: make(chan struct{}, 1)},
 		done:   make(chan struct{}),
 		bucket: tokenBucket{rate: h.cfg.RatePerSec, burst: float64(h.cfg.RateBurst), tokens: float64(h.cfg.RateBurst)},
 	}
@@ -154,37 +154,34 @@ func (c *Client) readLoop(ctx context.Context) error {
 }
 
 func (c *Client) writeLoop(ctx context.Context) {
-	write := func(b []byte) bool {
-		if err := c.conn.Write(ctx, websocket.MessageText, b); err != nil {
-			c.conn.CloseNow()
-			return false
+	var batch [][]byte
+	// writeAll writes what is queued; false when the connection failed.
+	writeAll := func() bool {
+		batch = c.q.take(batch)
+		for i, b := range batch {
+			if err := c.conn.Write(ctx, websocket.MessageText, b); err != nil {
+				c.conn.CloseNow()
+				return false
+			}
+			batch[i] = nil
 		}
-		c.h.m.FramesOut.Inc()
+		c.h.m.FramesOut.Add(float64(len(batch)))
+		if cap(batch) > 64 {
+			batch = nil // an idle connection keeps no burst-sized buffer
+		}
 		return true
 	}
 	for {
 		select {
-		case b := <-c.out:
-			if !write(b) {
+		case <-c.q.wake:
+			if !writeAll() {
 				return
 			}
 		case <-c.done:
-			if !c.flush {
-				return // closeLocked closes the connection itself
+			if c.flush && writeAll() {
+				c.conn.Close(c.code, c.reason)
 			}
-			for {
-				select {
-				case b := <-c.out:
-					if !write(b) {
-						return
-					}
-					continue
-				default:
-				}
-				break
-			}
-			c.conn.Close(c.code, c.reason)
-			return
+			return // without flush, closeLocked closes the connection itself
 		}
 	}
 }
@@ -193,19 +190,51 @@ func (c *Client) writeLoop(ctx context.Context) {
 // keep up with its rooms and is disconnected rather than allowed to hold
 // the room back or grow memory. h.mu must be held.
 func (c *Client) sendLocked(b []byte) {
-	select {
-	case c.out <- b:
-	default:
-		select {
-		case <-c.done:
-			return // closing already
-		default:
-		}
-		c.h.m.SlowConsumers.Inc()
-		c.h.log.Info("slow consumer disconnected", "member", c.member.ID, "queue", cap(c.out))
-		c.closeLocked(websocket.StatusPolicyViolation,
-			fmt.Sprintf("slow consumer: more than %d frames queued; read faster", cap(c.out)), false)
+	if c.q.push(b) {
+		return
 	}
+	select {
+	case <-c.done:
+		return // closing already
+	default:
+	}
+	c.h.m.SlowConsumers.Inc()
+	c.h.log.Info("slow consumer disconnected", "member", c.member.ID, "queue", c.q.limit)
+	c.closeLocked(websocket.StatusPolicyViolation,
+		fmt.Sprintf("slow consumer: more than %d frames queued; read faster", c.q.limit), false)
+}
+
+// queue is a client's bounded frame queue. Unlike a channel sized for the
+// worst burst, it holds no memory while the connection is idle.
+type queue struct {
+	mu    sync.Mutex
+	items [][]byte
+	limit int
+	wake  chan struct{} // capacity 1: "there is something to write"
+}
+
+func (q *queue) push(b []byte) bool {
+	q.mu.Lock()
+	if len(q.items) >= q.limit {
+		q.mu.Unlock()
+		return false
+	}
+	q.items = append(q.items, b)
+	q.mu.Unlock()
+	select {
+	case q.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+
+// take returns everything queued and leaves spare (emptied) in its place.
+func (q *queue) take(spare [][]byte) [][]byte {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	out := q.items
+	q.items = spare[:0]
+	return out
 }
 
 func (c *Client) send(b []byte) {

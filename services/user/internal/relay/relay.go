@@ -249,10 +249,14 @@ func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
 	go func() { errc <- b.readLoop(ctx, conn) }()
 	go func() { errc <- b.pingLoop(ctx, conn) }()
 	err = <-errc
-	cancel()
 	if ctx.Err() != nil {
 		conn.Close(websocket.StatusGoingAway, "instance shutting down")
 	}
+	cancel()
+	conn.CloseNow()
+	// The next link must not share the writer's buffers with this one.
+	<-errc
+	<-errc
 	return err
 }
 

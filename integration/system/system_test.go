@@ -1,0 +1,468 @@
+package system
+
+import (
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	user "github.com/wschat/wschat/services/user/app"
+)
+
+// The original proof of concept's end-to-end test, unchanged on the wire:
+// two seed clients, one per instance, join "Room 1"; the first says
+// "Hi there"; the first frame the second receives is that message.
+func TestSeedClientsAcrossInstances(t *testing.T) {
+	r := startRelayer(t, nil)
+	a := startUser(t, "user-a", r, nil)
+	b := startUser(t, "user-b", r, nil)
+
+	c1 := dial(t, a.Addr, "") // the original clients dial ws://host:port
+	c2 := dial(t, b.Addr, "")
+	c1.send(map[string]any{"type": "join-room", "room": "Room 1"})
+	c2.send(map[string]any{"type": "join-room", "room": "Room 1"})
+	// Seed clients get no join acknowledgement; wait until both
+	// instances count the membership (the join reached the relayer).
+	waitFor(t, 10*time.Second, "both joins", func() bool {
+		return metric(a.Addr, "wschat_user_memberships") == 1 && metric(b.Addr, "wschat_user_memberships") == 1
+	})
+
+	c1.send(map[string]any{"type": "chat", "room": "Room 1", "message": "Hi there"})
+	for _, c := range []*client{c2, c1} {
+		f := c.next()
+		if f.Type != "chat" || f.Room != "Room 1" || f.Message != "Hi there" {
+			t.Fatalf("first frame: want the chat message, got %s", f.Raw)
+		}
+	}
+	// Nothing else was sent to a seed client (no acks, no presence).
+	if f, err := c2.read(300 * time.Millisecond); err == nil {
+		t.Fatalf("seed client got an extra frame: %s", f.Raw)
+	}
+
+	// Bad JSON gets an error frame and the connection stays usable.
+	c2.sendRaw([]byte(`{"type":"chat",`))
+	if f := c2.next(); f.Type != "error" || f.Code != "bad_json" {
+		t.Fatalf("want a bad_json error, got %s", f.Raw)
+	}
+	c2.send(map[string]any{"type": "chat", "room": "Room 1", "message": "still here"})
+	if f := c1.next(); f.Message != "still here" {
+		t.Fatalf("want the second message, got %s", f.Raw)
+	}
+}
+
+func TestStandaloneInstanceIsAChat(t *testing.T) {
+	u := startUser(t, "solo", nil, nil)
+	alice, w := hello(t, u.Addr, "alice")
+	if w.Instance != "solo" {
+		t.Fatalf("welcome instance = %q", w.Instance)
+	}
+	bob, _ := hello(t, u.Addr, "bob")
+	alice.join("lobby", nil)
+	bob.join("lobby", nil)
+	alice.send(map[string]any{"type": "chat", "room": "lobby", "message": "hello bob", "id": "a1"})
+	// The sender gets its ack and its own message, in either order.
+	for _, f := range []frame{alice.expectNot("presence"), alice.expectNot("presence")} {
+		if f.Type == "ack" && (f.ID != "a1" || f.Seq != 1) || f.Type == "chat" && f.Seq != 1 || f.Type != "ack" && f.Type != "chat" {
+			t.Fatalf("alice got %s", f.Raw)
+		}
+	}
+	got := bob.chats("lobby", 1)[0]
+	if got.Message != "hello bob" || got.From != "alice" || got.Seq != 1 || got.ID != "a1" {
+		t.Fatalf("bob got %s", got.Raw)
+	}
+}
+
+// Concurrent senders on three instances: every member everywhere sees the
+// same messages in the same order, numbered without gaps.
+func TestPerRoomOrderIsIdenticalEverywhere(t *testing.T) {
+	r := startRelayer(t, nil)
+	env := map[string]string{"RATE_PER_SEC": "1000", "RATE_BURST": "1000"}
+	users := []*proc{startUser(t, "u1", r, env), startUser(t, "u2", r, env), startUser(t, "u3", r, env)}
+	const perSender = 60
+	var members, senders []*client
+	for i, u := range users {
+		for j := range 2 {
+			c, _ := hello(t, u.Addr, fmt.Sprintf("m%d-%d", i, j))
+			c.join("order", nil)
+			members = append(members, c)
+		}
+		s, _ := hello(t, u.Addr, fmt.Sprintf("sender%d", i))
+		s.join("order", nil)
+		senders = append(senders, s)
+	}
+	var wg sync.WaitGroup
+	for i, s := range senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range perSender {
+				s.send(map[string]any{"type": "chat", "room": "order", "message": fmt.Sprintf("s%d-%d", i, k), "id": fmt.Sprint(k)})
+			}
+		}()
+	}
+	wg.Wait()
+	total := perSender * len(senders)
+	var want []string
+	for i, c := range append(members, senders...) {
+		got := c.chats("order", total)
+		var seqs []string
+		for k, f := range got {
+			if k > 0 && f.Seq != got[k-1].Seq+1 {
+				t.Fatalf("%s: seq %d after %d", c.name, f.Seq, got[k-1].Seq)
+			}
+			seqs = append(seqs, fmt.Sprintf("%d:%s", f.Seq, f.Message))
+		}
+		if i == 0 {
+			want = seqs
+			continue
+		}
+		if !slices.Equal(seqs, want) {
+			t.Fatalf("%s saw a different order than %s", c.name, members[0].name)
+		}
+	}
+	// Each sender's own messages keep its sending order.
+	for i := range senders {
+		last := -1
+		for _, s := range want {
+			var si, k int
+			if _, err := fmt.Sscanf(s[strings.Index(s, ":")+1:], "s%d-%d", &si, &k); err == nil && si == i {
+				if k != last+1 {
+					t.Fatalf("sender %d: message %d after %d", i, k, last)
+				}
+				last = k
+			}
+		}
+	}
+}
+
+// A client reads some messages, disconnects, misses some, and reconnects
+// to another instance asking for everything after the last seq it saw.
+func TestHistoryAndRecoveryAcrossInstances(t *testing.T) {
+	r := startRelayer(t, map[string]string{"HISTORY_LIMIT": "40"})
+	env := map[string]string{"HISTORY_SIZE": "5", "RATE_PER_SEC": "1000", "RATE_BURST": "1000"}
+	a := startUser(t, "user-a", r, env)
+	b := startUser(t, "user-b", r, env)
+
+	talker, _ := hello(t, a.Addr, "talker")
+	talker.join("news", nil)
+	reader, _ := hello(t, a.Addr, "reader")
+	reader.join("news", nil)
+	say := func(from, to int) {
+		for k := from; k < to; k++ {
+			talker.send(map[string]any{"type": "chat", "room": "news", "message": fmt.Sprint("n", k), "id": fmt.Sprint(k)})
+		}
+		talker.chats("news", to-from)
+	}
+	say(0, 10)
+	seen := reader.chats("news", 10)
+	lastSeen := seen[len(seen)-1].Seq
+	reader.conn.Close(websocket.StatusNormalClosure, "")
+
+	say(10, 22) // 12 missed: more than b's cache of 5, so b fetches from the relayer
+
+	// A fresh join gets the last HISTORY_SIZE messages.
+	fresh, _ := hello(t, b.Addr, "fresh")
+	j := fresh.join("news", nil)
+	if len(j.History) != 5 || j.History[4].Text != "n21" || j.Seq != 22 {
+		t.Fatalf("fresh join history: %+v (seq %d)", j.History, j.Seq)
+	}
+
+	back, _ := hello(t, b.Addr, "reader")
+	j = back.join("news", map[string]any{"since": lastSeen})
+	if j.Recovered == nil || !*j.Recovered {
+		t.Fatalf("recovery: want recovered=true, got %s", j.Raw)
+	}
+	if len(j.History) != 12 {
+		t.Fatalf("recovered %d messages, want 12: %s", len(j.History), j.Raw)
+	}
+	for k, m := range j.History {
+		if m.Seq != lastSeen+1+uint64(k) || m.Text != fmt.Sprint("n", 10+k) {
+			t.Fatalf("recovered message %d: %+v", k, m)
+		}
+	}
+	// Live traffic continues right after the recovered messages.
+	say(22, 23)
+	if f := back.chats("news", 1)[0]; f.Seq != 23 {
+		t.Fatalf("first live message after recovery has seq %d, want 23", f.Seq)
+	}
+
+	// Paging back through history.
+	back.send(map[string]any{"type": "history", "room": "news", "before": 10, "limit": 4, "id": "h1"})
+	h := back.expect("history")
+	if len(h.Messages) != 4 || h.Messages[0].Seq != 6 || h.Messages[3].Seq != 9 || h.ID != "h1" {
+		t.Fatalf("history page: %s", h.Raw)
+	}
+
+	// Too old: the relayer keeps 40 messages.
+	say(23, 60)
+	late, _ := hello(t, b.Addr, "late")
+	j = late.join("news", map[string]any{"since": 2})
+	if j.Recovered == nil || *j.Recovered {
+		t.Fatalf("want recovered=false for a too old since, got %s", j.Raw)
+	}
+	if n := len(j.History); n == 0 || j.History[n-1].Seq != 60 {
+		t.Fatalf("unrecoverable join should still carry the latest history: %s", j.Raw)
+	}
+}
+
+func TestPresenceAcrossInstances(t *testing.T) {
+	r := startRelayer(t, nil)
+	a := startUser(t, "user-a", r, nil)
+	b := startUser(t, "user-b", r, nil)
+
+	alice, _ := hello(t, a.Addr, "alice")
+	alice.join("hall", nil)
+	bob, bw := hello(t, b.Addr, "bob")
+	j := bob.join("hall", nil)
+	nicks := map[string]string{}
+	for _, m := range j.Members {
+		nicks[m.Nick] = m.Instance
+	}
+	if nicks["alice"] != "user-a" || nicks["bob"] != "user-b" || len(nicks) != 2 {
+		t.Fatalf("bob's joined members: %+v", j.Members)
+	}
+	p := alice.expect("presence")
+	if p.Event != "join" || p.Member.Nick != "bob" || p.Member.Instance != "user-b" || p.Member.ID != bw.ID {
+		t.Fatalf("alice: want bob's join, got %s", p.Raw)
+	}
+
+	// Instance b stops: bob is told to reconnect elsewhere, and alice sees
+	// him leave within the relayer's grace period.
+	stopped := time.Now()
+	go b.Stop()
+	if code, _ := bob.closeStatus(10 * time.Second); code != websocket.StatusServiceRestart {
+		t.Fatalf("bob's close code = %d, want 1012", code)
+	}
+	p = alice.expect("presence")
+	if p.Event != "leave" || p.Member.ID != bw.ID {
+		t.Fatalf("alice: want bob's leave, got %s", p.Raw)
+	}
+	if d := time.Since(stopped); d > 5*time.Second {
+		t.Fatalf("leave took %v", d)
+	}
+}
+
+// The relayer restarts while messages flow: every acknowledged message is
+// delivered exactly once, in order, sequence numbers continue, and the
+// history is still there afterwards.
+func TestRelayerRestartLosesNothingAcknowledged(t *testing.T) {
+	dir := t.TempDir()
+	r := startRelayer(t, map[string]string{"DATA_DIR": dir})
+	env := map[string]string{"RATE_PER_SEC": "1000", "RATE_BURST": "1000"}
+	a := startUser(t, "user-a", r, env)
+	b := startUser(t, "user-b", r, env)
+	sender, _ := hello(t, a.Addr, "sender")
+	sender.join("stream", nil)
+	receiver, _ := hello(t, b.Addr, "receiver")
+	receiver.join("stream", nil)
+
+	const n = 150
+	acked := map[string]uint64{}
+	errored := map[string]bool{}
+	// collect reads the sender's answers until want messages are settled.
+	collect := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for len(acked)+len(errored) < want {
+			f, err := sender.read(time.Until(deadline))
+			if err != nil {
+				t.Fatalf("sender: %v (acked %d, errored %d of %d)", err, len(acked), len(errored), want)
+			}
+			switch f.Type {
+			case "ack":
+				acked[f.ID] = f.Seq
+			case "error":
+				errored[f.ID] = true
+			}
+		}
+	}
+	send := func(from, to int) {
+		for k := from; k < to; k++ {
+			sender.send(map[string]any{"type": "chat", "room": "stream", "message": fmt.Sprint("m", k), "id": fmt.Sprint(k)})
+		}
+	}
+	send(0, n/3)
+	collect(n / 3) // some are acknowledged before the restart ...
+	send(n/3, n/2) // ... and some are in flight during it
+	r.Stop()
+	send(n/2, 2*n/3) // ... and some are sent while it is down
+	r = startRelayer(t, map[string]string{"DATA_DIR": dir, "PORT": portOf(r.Addr)})
+	send(2*n/3, n)
+	collect(n)
+
+	var got []frame
+	for len(got) < len(acked) {
+		got = append(got, receiver.chats("stream", 1)...)
+	}
+	seen := map[string]bool{}
+	for k, f := range got {
+		if k > 0 && f.Seq != got[k-1].Seq+1 {
+			t.Fatalf("receiver: seq %d after %d", f.Seq, got[k-1].Seq)
+		}
+		if seen[f.ID] {
+			t.Fatalf("receiver: message %s delivered twice", f.ID)
+		}
+		seen[f.ID] = true
+		if acked[f.ID] != f.Seq {
+			t.Fatalf("receiver: message %s has seq %d, its ack said %d", f.ID, f.Seq, acked[f.ID])
+		}
+	}
+	if f, err := receiver.read(300 * time.Millisecond); err == nil && f.Type == "chat" {
+		t.Fatalf("receiver got an unacknowledged message: %s", f.Raw)
+	}
+	// The history survived: a newcomer sees the newest messages with the
+	// sequence numbers their senders were given.
+	late, _ := hello(t, b.Addr, "late")
+	j := late.join("stream", map[string]any{"since": 0})
+	if len(j.History) != len(acked) || j.Seq != got[len(got)-1].Seq {
+		t.Fatalf("history after restart: %d messages up to seq %d, want %d up to %d", len(j.History), j.Seq, len(acked), got[len(got)-1].Seq)
+	}
+	t.Logf("acked %d, refused %d, across a relayer restart", len(acked), len(errored))
+}
+
+func portOf(addr string) string { return addr[strings.LastIndex(addr, ":")+1:] }
+
+// A member that does not read is cut off with a reason; the room goes on.
+func TestSlowConsumerIsDisconnected(t *testing.T) {
+	u := startUser(t, "solo", nil, map[string]string{"SEND_QUEUE": "64", "RATE_PER_SEC": "100000", "RATE_BURST": "100000"})
+	slow := dialNoRead(t, u.Addr, "/ws")
+	slow.send(map[string]any{"type": "hello", "nick": "slow"})
+	slow.send(map[string]any{"type": "join", "room": "busy"})
+	fast, _ := hello(t, u.Addr, "fast")
+	fast.join("busy", nil)
+	waitFor(t, 5*time.Second, "both members", func() bool { return metric(u.Addr, "wschat_user_memberships") == 2 })
+	// A seed client that is not a member publishes: it gets no echo.
+	talker := dial(t, u.Addr, "/")
+	big := strings.Repeat("x", 4000)
+	sent := 0
+	waitFor(t, 60*time.Second, "the slow consumer to be dropped", func() bool {
+		for range 20 {
+			talker.send(map[string]any{"type": "chat", "room": "busy", "message": big})
+			sent++
+		}
+		fast.chats("busy", 20)
+		return metric(u.Addr, "wschat_user_queue_drops_total") >= 1
+	})
+	go slow.pump()
+	code, reason := slow.closeStatus(30 * time.Second)
+	if code != websocket.StatusPolicyViolation || !strings.Contains(reason, "slow consumer") {
+		t.Fatalf("slow consumer closed with %d %q", code, reason)
+	}
+	// The room went on at full speed for the member that keeps up.
+	for range 20 {
+		talker.send(map[string]any{"type": "chat", "room": "busy", "message": "after"})
+	}
+	if got := fast.chats("busy", 20); got[19].Message != "after" {
+		t.Fatalf("fast member: %s", got[19].Raw)
+	}
+	if drops := metric(u.Addr, "wschat_user_queue_drops_total"); drops != 1 {
+		t.Fatalf("queue drops = %v, want 1 (only the slow client)", drops)
+	}
+	t.Logf("dropped after %d messages of %d bytes", sent, len(big))
+}
+
+func TestBadInputGetsErrorsAndHurtsNoOne(t *testing.T) {
+	u := startUser(t, "solo", nil, map[string]string{"MAX_FRAME_BYTES": "1024", "MAX_MESSAGE_BYTES": "512", "MAX_ROOMS": "2"})
+	bystander, _ := hello(t, u.Addr, "bystander")
+	bystander.join("calm", nil)
+	c, _ := hello(t, u.Addr, "mallory")
+	c.join("calm", nil)
+
+	cases := []struct {
+		frame string
+		code  string
+	}{
+		{`not json`, "bad_json"},
+		{`{"type":`, "bad_json"},
+		{`[1,2]`, "bad_json"},
+		{`{"type":"shout","id":"x1"}`, "unknown_type"},
+		{`{"room":"calm"}`, "unknown_type"},
+		{`{"type":"join","room":"","id":"x2"}`, "bad_room"},
+		{`{"type":"join","room":"a\u0000b","id":"x3"}`, "bad_room"},
+		{`{"type":"join","room":" padded","id":"x4"}`, "bad_room"},
+		{`{"type":"chat","room":"calm","message":"","id":"x5"}`, "bad_request"},
+		{`{"type":"chat","room":"calm","message":"` + strings.Repeat("y", 600) + `","id":"x6"}`, "too_large"},
+		{`{"type":"chat","room":"elsewhere","message":"hi","id":"x7"}`, "not_joined"},
+		{`{"type":"hello","nick":"again","id":"x8"}`, "hello_first"},
+		{`{"type":"join","room":"calm","id":"x9"}`, "already_joined"},
+		{`{"type":"leave","room":"nowhere","id":"x10"}`, "not_joined"},
+	}
+	for _, tc := range cases {
+		c.sendRaw([]byte(tc.frame))
+		f := c.expect("error")
+		if f.Code != tc.code {
+			t.Fatalf("frame %s: want code %s, got %s", tc.frame, tc.code, f.Raw)
+		}
+		if strings.Contains(tc.frame, `"id":"x`) && !strings.Contains(f.Raw, `"id":"x`) {
+			t.Fatalf("frame %s: error does not name the offending id: %s", tc.frame, f.Raw)
+		}
+	}
+	c.join("second", nil)
+	c.send(map[string]any{"type": "join", "room": "third", "id": "x11"})
+	if f := c.expect("error"); f.Code != "too_many_rooms" {
+		t.Fatalf("third room: %s", f.Raw)
+	}
+	// Still usable after all of that.
+	c.send(map[string]any{"type": "chat", "room": "calm", "message": "sorry", "id": "ok"})
+	if f := bystander.chats("calm", 1)[0]; f.Message != "sorry" {
+		t.Fatalf("bystander got %s", f.Raw)
+	}
+	// A frame over the limit closes the connection with 1009 ...
+	c.sendRaw([]byte(`{"type":"chat","room":"calm","message":"` + strings.Repeat("z", 2000) + `"}`))
+	if code, _ := c.closeStatus(5 * time.Second); code != websocket.StatusMessageTooBig {
+		t.Fatalf("oversize frame: close code %d, want 1009", code)
+	}
+	// ... and everyone else carries on.
+	other, _ := hello(t, u.Addr, "other")
+	other.join("calm", nil)
+	other.send(map[string]any{"type": "chat", "room": "calm", "message": "fine", "id": "o1"})
+	if f := bystander.chats("calm", 1)[0]; f.Message != "fine" {
+		t.Fatalf("bystander got %s", f.Raw)
+	}
+}
+
+func TestRateLimit(t *testing.T) {
+	u := startUser(t, "solo", nil, map[string]string{"RATE_PER_SEC": "1", "RATE_BURST": "5"})
+	c, _ := hello(t, u.Addr, "flood") // hello is frame 1 of the burst
+	for k := range 10 {
+		c.send(map[string]any{"type": "ping", "id": fmt.Sprint(k)})
+	}
+	pongs, limited := 0, 0
+	for range 10 {
+		f := c.next()
+		switch {
+		case f.Type == "pong":
+			pongs++
+		case f.Type == "error" && f.Code == "rate_limited" && f.ID != "":
+			limited++
+		default:
+			t.Fatalf("unexpected %s", f.Raw)
+		}
+	}
+	if pongs < 4 || pongs > 5 || limited != 10-pongs {
+		t.Fatalf("pongs %d, rate_limited %d", pongs, limited)
+	}
+}
+
+func TestInvalidConfigFailsBeforeListening(t *testing.T) {
+	for _, env := range []map[string]string{
+		{"PORT": "99999"},
+		{"RELAYER_URL": "http://relayer:3001"},
+		{"RELAYER_URL": "ws://relayer:3001"}, // no secret
+		{"SEND_QUEUE": "0"},
+		{"MAX_FRAME_BYTES": "lots"},
+	} {
+		err := user.Run(t.Context(), []string{"ws-user"}, func(k string) string { return env[k] }, nilWriter{}, nilWriter{})
+		if err == nil || !strings.Contains(err.Error(), "config") {
+			t.Errorf("env %v: want a config error, got %v", env, err)
+		}
+	}
+}
+
+type nilWriter struct{}
+
+func (nilWriter) Write(p []byte) (int, error) { return len(p), nil }
