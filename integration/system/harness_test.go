@@ -130,9 +130,20 @@ func startRelayer(t *testing.T, env map[string]string) *proc {
 
 func startUser(t *testing.T, id string, r *proc, env map[string]string) *proc {
 	t.Helper()
-	def := map[string]string{"INSTANCE_ID": id, "RELAY_PING_INTERVAL": "1s", "RELAY_RECONNECT_MAX": "500ms"}
+	relayer := ""
 	if r != nil {
-		def["RELAYER_URL"] = "ws://" + r.Addr
+		relayer = r.Addr
+	}
+	return startUserVia(t, id, relayer, env)
+}
+
+// startUserVia starts a ws-user whose relayer is at relayerAddr ("" for
+// standalone), which may be a proxy in front of the relayer.
+func startUserVia(t *testing.T, id, relayerAddr string, env map[string]string) *proc {
+	t.Helper()
+	def := map[string]string{"INSTANCE_ID": id, "RELAY_PING_INTERVAL": "1s", "RELAY_RECONNECT_MAX": "500ms"}
+	if relayerAddr != "" {
+		def["RELAYER_URL"] = "ws://" + relayerAddr
 		def["RELAY_SECRET"] = secret
 	}
 	u := start(t, "ws-user", user.Run, withDefaults(env, def))
@@ -325,6 +336,21 @@ func (c *client) expect(typ string) frame {
 			c.t.Fatalf("%s: want a %q frame, got %s", c.name, typ, f.Raw)
 		}
 		return f
+	}
+}
+
+// presence returns the next presence frame, skipping chat traffic.
+func (c *client) presence() frame {
+	c.t.Helper()
+	for {
+		f := c.next()
+		switch f.Type {
+		case "presence":
+			return f
+		case "chat", "ack":
+		default:
+			c.t.Fatalf("%s: want a presence frame, got %s", c.name, f.Raw)
+		}
 	}
 }
 

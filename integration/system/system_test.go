@@ -1,7 +1,9 @@
 package system
 
 import (
+	"context"
 	"fmt"
+	"net/http"
 	"slices"
 	"strings"
 	"sync"
@@ -246,6 +248,54 @@ func TestPresenceAcrossInstances(t *testing.T) {
 	}
 }
 
+// An instance cut off from the relayer without a word (no FIN, no close
+// frame): its members leave everyone else's presence within a bounded time,
+// and when the network heals its members are back and have missed nothing.
+func TestCutOffInstanceLeavesPresenceAndCatchesUp(t *testing.T) {
+	r := startRelayer(t, map[string]string{"LINK_PING_INTERVAL": "200ms", "PRESENCE_GRACE": "300ms"})
+	a := startUser(t, "user-a", r, nil)
+	px := startProxy(t, r.Addr)
+	b := startUserVia(t, "user-b", px.Addr(), map[string]string{"RELAY_PING_INTERVAL": "200ms"})
+
+	alice, _ := hello(t, a.Addr, "alice")
+	alice.join("hall", nil)
+	bob, bw := hello(t, b.Addr, "bob")
+	bob.join("hall", nil)
+	if p := alice.presence(); p.Event != "join" || p.Member.ID != bw.ID {
+		t.Fatalf("alice: want bob's join, got %s", p.Raw)
+	}
+	alice.send(map[string]any{"type": "chat", "room": "hall", "message": "before", "id": "0"})
+	if f := bob.chats("hall", 1)[0]; f.Message != "before" {
+		t.Fatalf("bob got %s", f.Raw)
+	}
+
+	px.freeze()
+	cut := time.Now()
+	if p := alice.presence(); p.Event != "leave" || p.Member.ID != bw.ID {
+		t.Fatalf("alice: want bob's leave, got %s", p.Raw)
+	}
+	// Two missed pings, the grace period, and slack for a loaded machine.
+	if d := time.Since(cut); d > 5*time.Second {
+		t.Fatalf("bob left alice's presence after %v", d)
+	}
+	t.Logf("cut-off instance left presence after %v", time.Since(cut))
+	for k := 1; k <= 5; k++ {
+		alice.send(map[string]any{"type": "chat", "room": "hall", "message": fmt.Sprint("during ", k), "id": fmt.Sprint(k)})
+	}
+	alice.chats("hall", 5)
+
+	px.thaw()
+	if p := alice.presence(); p.Event != "join" || p.Member.ID != bw.ID {
+		t.Fatalf("alice: want bob back, got %s", p.Raw)
+	}
+	got := bob.chats("hall", 5)
+	for k, f := range got {
+		if f.Message != fmt.Sprint("during ", k+1) || f.Seq != uint64(k+2) {
+			t.Fatalf("bob's catch-up message %d: %s", k, f.Raw)
+		}
+	}
+}
+
 // The relayer restarts while messages flow: every acknowledged message is
 // delivered exactly once, in order, sequence numbers continue, and the
 // history is still there afterwards.
@@ -466,3 +516,47 @@ func TestInvalidConfigFailsBeforeListening(t *testing.T) {
 type nilWriter struct{}
 
 func (nilWriter) Write(p []byte) (int, error) { return len(p), nil }
+
+func TestHTTPEndpointsAndOrigins(t *testing.T) {
+	r := startRelayer(t, nil)
+	u := startUser(t, "user-a", r, map[string]string{"ALLOWED_ORIGINS": "chat.example.com"})
+	for path, want := range map[string]int{"/healthz": 200, "/readyz": 200, "/metrics": 200, "/": 200, "/nope": 404} {
+		if got := httpStatus(u.Addr, path); got != want {
+			t.Errorf("GET %s = %d, want %d", path, got, want)
+		}
+	}
+	resp, err := http.Get("http://" + u.Addr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if csp := resp.Header.Get("Content-Security-Policy"); !strings.Contains(csp, "script-src 'self'") {
+		t.Errorf("page CSP = %q", csp)
+	}
+
+	// Readiness follows the relay link.
+	r.Stop()
+	waitFor(t, 10*time.Second, "readyz to fail without a relayer", func() bool { return httpStatus(u.Addr, "/readyz") == 503 })
+	startRelayer(t, map[string]string{"PORT": portOf(r.Addr)})
+	waitFor(t, 10*time.Second, "readyz to recover", func() bool { return httpStatus(u.Addr, "/readyz") == 200 })
+
+	// Cross-site WebSocket hijacking: a foreign page's Origin is refused.
+	for origin, ok := range map[string]bool{"https://evil.example": false, "https://chat.example.com": true, "": true} {
+		h := http.Header{}
+		if origin != "" {
+			h.Set("Origin", origin)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		conn, resp, err := websocket.Dial(ctx, "ws://"+u.Addr+"/ws", &websocket.DialOptions{HTTPHeader: h})
+		cancel()
+		if ok != (err == nil) {
+			t.Errorf("origin %q: dial error %v", origin, err)
+		}
+		if !ok && (resp == nil || resp.StatusCode != http.StatusForbidden) {
+			t.Errorf("origin %q: want 403", origin)
+		}
+		if conn != nil {
+			conn.CloseNow()
+		}
+	}
+}
