@@ -1,0 +1,145 @@
+package sequencer
+
+import (
+	"cmp"
+	"slices"
+	"sort"
+
+	"github.com/wschat/wschat/services/protocol"
+)
+
+// midKey identifies a publish for de-duplication. A mid is only unique per
+// instance, so two gateways may well use the same one.
+type midKey struct{ inst, mid string }
+
+// entry is one retained message.
+type entry struct {
+	seq  uint64
+	key  midKey
+	js   []byte // the protocol.Message JSON, encoded once
+	size int64  // bytes of its log record, for the compaction trigger
+}
+
+// room is everything the sequencer knows about one room.
+type room struct {
+	name   string
+	last   uint64
+	lastTS int64
+	// ring holds the last HISTORY_LIMIT messages in seq order starting at
+	// start; it grows to the limit and then overwrites the oldest.
+	ring     []entry
+	start    int
+	mids     map[midKey]uint64
+	subs     map[*instance]struct{}
+	presence map[*instance]map[string]protocol.Member
+}
+
+func newRoom(name string) *room {
+	return &room{
+		name:     name,
+		mids:     map[midKey]uint64{},
+		subs:     map[*instance]struct{}{},
+		presence: map[*instance]map[string]protocol.Member{},
+	}
+}
+
+func (r *room) at(i int) *entry { return &r.ring[(r.start+i)%len(r.ring)] }
+
+// push retains e, evicting the oldest message when the ring is full.
+func (r *room) push(e entry, limit int) (evicted entry, ok bool) {
+	if len(r.ring) < limit {
+		r.ring = append(r.ring, e)
+	} else {
+		evicted, ok = r.ring[r.start], true
+		r.ring[r.start] = e
+		r.start = (r.start + 1) % len(r.ring)
+		if r.mids[evicted.key] == evicted.seq {
+			delete(r.mids, evicted.key)
+		}
+	}
+	r.mids[e.key] = e.seq
+	return evicted, ok
+}
+
+// first is the oldest retained seq, or last+1 when nothing is retained,
+// so "first > since+1" always means "something after since is gone".
+func (r *room) first() uint64 {
+	if len(r.ring) == 0 {
+		return r.last + 1
+	}
+	return r.at(0).seq
+}
+
+// index returns the position of the first retained message with seq > s.
+// Searching instead of computing keeps it right even if a replayed log had
+// holes.
+func (r *room) index(s uint64) int {
+	return sort.Search(len(r.ring), func(i int) bool { return r.at(i).seq > s })
+}
+
+func (r *room) msgs(lo, hi int, dst [][]byte) [][]byte {
+	for i := lo; i < hi; i++ {
+		dst = append(dst, r.at(i).js)
+	}
+	return dst
+}
+
+// catchUp applies the subscribe rule of link.RoomState: with since > 0
+// every retained message after min(since, last-tail), else the last tail.
+func (r *room) catchUp(since uint64, tail, limit int, dst [][]byte) (msgs [][]byte, gap bool) {
+	t := uint64(min(max(tail, 0), limit))
+	from := r.last - min(t, r.last)
+	if since > 0 {
+		from = min(since, from)
+		gap = since+1 < r.first()
+	}
+	return r.msgs(r.index(from), len(r.ring), dst), gap
+}
+
+// window applies the link.OpFetch rule: after < seq < before (before 0:
+// unbounded), at most limit, the newest ones when paging back (after 0),
+// else the oldest ones after after.
+func (r *room) window(after, before uint64, limit int, dst [][]byte) [][]byte {
+	lo, hi := r.index(after), len(r.ring)
+	if before != 0 {
+		hi = r.index(before - 1)
+	}
+	if hi < lo {
+		hi = lo
+	}
+	if hi-lo > limit {
+		if after == 0 {
+			lo = hi - limit
+		} else {
+			hi = lo + limit
+		}
+	}
+	return r.msgs(lo, hi, dst)
+}
+
+// members returns every member of the room on every instance, ordered so
+// that answers are deterministic.
+func (r *room) members() []protocol.Member {
+	n := 0
+	for _, ms := range r.presence {
+		n += len(ms)
+	}
+	if n == 0 {
+		return nil
+	}
+	out := make([]protocol.Member, 0, n)
+	for _, ms := range r.presence {
+		for _, m := range ms {
+			out = append(out, m)
+		}
+	}
+	slices.SortFunc(out, func(a, b protocol.Member) int {
+		return cmp.Or(cmp.Compare(a.Instance, b.Instance), cmp.Compare(a.ID, b.ID))
+	})
+	return out
+}
+
+// idle reports whether the room holds nothing worth keeping in memory.
+func (r *room) idle() bool {
+	return r.last == 0 && len(r.subs) == 0 && len(r.presence) == 0
+}

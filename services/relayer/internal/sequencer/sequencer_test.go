@@ -1,0 +1,641 @@
+package sequencer
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/protocol/link"
+)
+
+func TestHandBuiltFramesMatchLinkAppend(t *testing.T) {
+	m := protocol.Message{Room: "r\"é\u2028", Seq: 42, ID: "c1", From: "nick<", UID: "u1", Text: "hi\n\x01", TS: 1700000000000}
+	js, _ := json.Marshal(&m)
+
+	frame, inner := newMsgFrame(js)
+	want, _ := link.Append(nil, &link.Frame{T: link.OpMsg, Msg: &m})
+	if !bytes.Equal(frame, want) || !bytes.Equal(inner, js) {
+		t.Fatalf("msg frame\n got %s\nwant %s", frame, want)
+	}
+
+	got := appendAck(nil, m.Room, "mid\"1", 42)
+	want, _ = link.Append(nil, &link.Frame{T: link.OpAck, Room: m.Room, MID: "mid\"1", Seq: 42})
+	if !bytes.Equal(got, want) {
+		t.Fatalf("ack frame\n got %s\nwant %s", got, want)
+	}
+
+	m2 := m
+	m2.Seq = 43
+	js2, _ := json.Marshal(&m2)
+	for _, msgs := range [][][]byte{nil, {js}, {js, js2}} {
+		f := link.Frame{T: link.OpSubscribed, Room: "r", Seq: 43, First: 1, Members: []protocol.Member{{ID: "a", Nick: "A", Instance: "i"}}}
+		got, err := appendWithMsgs(nil, &f, msgs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range msgs {
+			var mm protocol.Message
+			json.Unmarshal(b, &mm)
+			f.Msgs = append(f.Msgs, mm)
+		}
+		var decoded []*link.Frame
+		if err := link.Split(got, func(f *link.Frame) error { decoded = append(decoded, f); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		wantJSON, _ := json.Marshal(&f)
+		gotJSON, _ := json.Marshal(decoded[0])
+		if len(decoded) != 1 || !bytes.Equal(gotJSON, wantJSON) || got[len(got)-1] != '\n' {
+			t.Fatalf("spliced frame %s decodes to %s, want %s", got, gotJSON, wantJSON)
+		}
+	}
+}
+
+func TestLinkAuth(t *testing.T) {
+	h := start(t, "", nil)
+	cases := []struct {
+		name, auth, inst string
+		status           int
+		body             string
+	}{
+		{"no secret", "", "i1", http.StatusUnauthorized, "RELAY_SECRET"},
+		{"wrong secret", "Bearer wrong-secret", "i1", http.StatusUnauthorized, "RELAY_SECRET"},
+		{"secret without Bearer", testSecret, "i1", http.StatusUnauthorized, "Bearer"},
+		{"no instance", "Bearer " + testSecret, "", http.StatusBadRequest, link.HeaderInstance},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			req, _ := http.NewRequest(http.MethodGet, h.srv.URL+link.Path, nil)
+			// A genuine upgrade request: refusal must happen before it.
+			req.Header.Set("Connection", "Upgrade")
+			req.Header.Set("Upgrade", "websocket")
+			req.Header.Set("Sec-WebSocket-Version", "13")
+			req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+			if tc.auth != "" {
+				req.Header.Set("Authorization", tc.auth)
+			}
+			if tc.inst != "" {
+				req.Header.Set(link.HeaderInstance, tc.inst)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != tc.status || !strings.Contains(string(body), tc.body) {
+				t.Fatalf("got %d %q, want %d mentioning %q", resp.StatusCode, body, tc.status, tc.body)
+			}
+		})
+	}
+	// And through a real WebSocket client.
+	_, resp, err := websocket.Dial(context.Background(), h.url(), nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+		t.Fatalf("dial without secret: %v, %v", resp, err)
+	}
+}
+
+func TestFirstFrameMustBeSync(t *testing.T) {
+	h := start(t, "", nil)
+	c := h.dial("i1")
+	c.pub("m1", "r", "hello")
+	if got := c.closed(); got != websocket.StatusPolicyViolation {
+		t.Fatalf("close status %v, want policy violation", got)
+	}
+	// Nothing of it was sequenced.
+	c2 := h.dial("i2")
+	if sub := c2.sync(link.RoomState{Room: "r", Tail: 10})[0]; sub.Seq != 0 || len(sub.Msgs) != 0 {
+		t.Fatalf("subscribed after a refused pub: %+v", sub)
+	}
+}
+
+func TestFanOutOrderAndInterest(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.HistoryLimit = 1000 })
+	const pubs, perPub = 3, 100
+	subs := make([]*client, 4)
+	for i := range subs {
+		subs[i] = h.dial(fmt.Sprintf("sub%d", i))
+		subs[i].sync(link.RoomState{Room: "r"}, link.RoomState{Room: "other"})
+	}
+	outsider := h.dial("outsider")
+	outsider.sync(link.RoomState{Room: "other"})
+
+	publishers := make([]*client, pubs)
+	for i := range publishers {
+		// Publishers need no subscription of their own.
+		publishers[i] = h.dial(fmt.Sprintf("pub%d", i))
+		publishers[i].sync()
+	}
+	var wg sync.WaitGroup
+	for i, p := range publishers {
+		wg.Go(func() {
+			for j := range perPub {
+				if j%10 == 0 {
+					// Mixed: single frames and several frames per message.
+					p.send(pubFrame(fmt.Sprintf("p%d-%d", i, j), "r", "x"),
+						pubFrame(fmt.Sprintf("p%d-%d-b", i, j), "r", "y"))
+					continue
+				}
+				p.pub(fmt.Sprintf("p%d-%d", i, j), "r", fmt.Sprintf("from %d #%d", i, j))
+			}
+		})
+	}
+	wg.Wait()
+	total := pubs * (perPub + perPub/10)
+	// Acks: every publish acknowledged once, in the publisher's own order.
+	for i, p := range publishers {
+		var last uint64
+		for range perPub + perPub/10 {
+			a := p.expect(link.OpAck)
+			if a.Room != "r" || a.Seq <= last || !strings.HasPrefix(a.MID, fmt.Sprintf("p%d-", i)) {
+				t.Fatalf("publisher %d: bad ack %+v after seq %d", i, a, last)
+			}
+			last = a.Seq
+		}
+	}
+	var first []protocol.Message
+	for i, c := range subs {
+		var got []protocol.Message
+		for range total {
+			got = append(got, *c.expect(link.OpMsg).Msg)
+		}
+		if !slices.Equal(seqs(got), seqRange(1, uint64(total))) {
+			t.Fatalf("subscriber %d got seqs %v", i, seqs(got))
+		}
+		if i == 0 {
+			first = got
+		} else if !slices.Equal(got, first) {
+			t.Fatalf("subscriber %d saw a different stream than subscriber 0", i)
+		}
+	}
+	// The outsider's link is FIFO: had it been sent any msg of "r", it
+	// would come before this one.
+	publishers[0].pub("last", "other", "to other")
+	if f := outsider.expect(link.OpMsg); f.Msg.Room != "other" || f.Msg.Seq != 1 {
+		t.Fatalf("outsider got %+v", f.Msg)
+	}
+	for _, m := range first {
+		if m.TS == 0 || m.UID == "" || m.From != "nick" {
+			t.Fatalf("message not completed: %+v", m)
+		}
+	}
+}
+
+func TestDedupByMID(t *testing.T) {
+	h := start(t, "", nil)
+	a, b := h.dial("a"), h.dial("b")
+	a.sync(link.RoomState{Room: "r"})
+	b.sync()
+
+	b.pub("m1", "r", "one")
+	if ack := b.expect(link.OpAck); ack.Seq != 1 || ack.MID != "m1" {
+		t.Fatalf("ack %+v", ack)
+	}
+	b.pub("m1", "r", "one again")
+	if ack := b.expect(link.OpAck); ack.Seq != 1 || ack.MID != "m1" {
+		t.Fatalf("re-sent pub: ack %+v, want the original seq", ack)
+	}
+	// Another instance may use the same mid: it is only unique per instance.
+	a.pub("m1", "r", "a's own m1")
+	if m := a.expect(link.OpMsg); m.Msg.Seq != 1 {
+		t.Fatalf("got %+v", m.Msg)
+	}
+	if m := a.expect(link.OpMsg); m.Msg.Seq != 2 || m.Msg.Text != "a's own m1" {
+		t.Fatalf("the duplicate was re-broadcast, or a's message lost: %+v", m.Msg)
+	}
+	if ack := a.expect(link.OpAck); ack.Seq != 2 {
+		t.Fatalf("ack %+v", ack)
+	}
+	if got := testutil.ToFloat64(h.s.m.dedup); got != 1 {
+		t.Fatalf("dedup_total = %v", got)
+	}
+}
+
+func TestSubscribedCatchUp(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.HistoryLimit = 10 })
+	p := h.dial("p")
+	p.sync()
+	for i := 1; i <= 20; i++ {
+		p.pub(fmt.Sprint(i), "r", fmt.Sprint("msg ", i))
+	}
+	for range 20 {
+		p.expect(link.OpAck)
+	}
+	cases := []struct {
+		since   uint64
+		tail    int
+		want    []uint64
+		wantGap bool
+	}{
+		{0, 0, nil, false},
+		{0, 5, seqRange(16, 20), false},
+		{0, 50, seqRange(11, 20), false}, // tail capped by what is kept
+		{15, 2, seqRange(16, 20), false}, // everything after since
+		{17, 5, seqRange(16, 20), false}, // since is recent: the last tail
+		{10, 0, seqRange(11, 20), false}, // exactly the first kept one is next
+		{3, 0, seqRange(11, 20), true},   // 4..10 are gone
+		{20, 0, nil, false},
+	}
+	for i, tc := range cases {
+		c := h.dial(fmt.Sprint("c", i))
+		sub := c.sync(link.RoomState{Room: "r", Since: tc.since, Tail: tc.tail})[0]
+		if sub.Room != "r" || sub.Seq != 20 || sub.First != 11 || sub.Gap != tc.wantGap || !slices.Equal(seqs(sub.Msgs), tc.want) {
+			t.Errorf("since %d tail %d: seq %d first %d gap %v msgs %v; want gap %v msgs %v",
+				tc.since, tc.tail, sub.Seq, sub.First, sub.Gap, seqs(sub.Msgs), tc.wantGap, tc.want)
+		}
+		if len(sub.Msgs) > 0 && sub.Msgs[0].Text != fmt.Sprint("msg ", sub.Msgs[0].Seq) {
+			t.Errorf("catch-up message %+v", sub.Msgs[0])
+		}
+	}
+	// An empty room: first is last+1.
+	c := h.dial("empty")
+	if sub := c.sync(link.RoomState{Room: "new", Since: 5})[0]; sub.Seq != 0 || sub.First != 1 || sub.Gap {
+		t.Fatalf("empty room: %+v", sub)
+	}
+}
+
+func TestFetchPaging(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.HistoryLimit = 25 })
+	p := h.dial("p")
+	p.sync()
+	for i := 1; i <= 30; i++ {
+		p.pub(fmt.Sprint(i), "r", "x")
+	}
+	for range 30 {
+		p.expect(link.OpAck)
+	}
+	cases := []struct {
+		after, before uint64
+		limit         int
+		want          []uint64
+	}{
+		{0, 0, 10, seqRange(21, 30)},
+		{0, 21, 10, seqRange(11, 20)},
+		{0, 11, 10, seqRange(6, 10)}, // 1..5 are no longer kept
+		{0, 6, 10, nil},
+		{7, 0, 3, seqRange(8, 10)},
+		{7, 10, 0, seqRange(8, 9)},
+		{0, 0, 0, seqRange(6, 30)},    // default limit: everything kept
+		{0, 0, 5000, seqRange(6, 30)}, // capped
+		{30, 0, 10, nil},
+	}
+	for i, tc := range cases {
+		req := uint64(100 + i)
+		p.send(&link.Frame{T: link.OpFetch, Req: req, Room: "r", After: tc.after, Before: tc.before, Limit: tc.limit})
+		f := p.expect(link.OpFetched)
+		if f.Req != req || f.Room != "r" || f.First != 6 || !slices.Equal(seqs(f.Msgs), tc.want) {
+			t.Errorf("fetch after %d before %d limit %d: req %d first %d msgs %v; want %v",
+				tc.after, tc.before, tc.limit, f.Req, f.First, seqs(f.Msgs), tc.want)
+		}
+	}
+	p.send(&link.Frame{T: link.OpFetch, Req: 7, Room: "nowhere"})
+	if f := p.expect(link.OpFetched); f.Req != 7 || f.First != 1 || len(f.Msgs) != 0 {
+		t.Fatalf("fetch of an unknown room: %+v", f)
+	}
+}
+
+func member(id, nick, inst string) protocol.Member {
+	return protocol.Member{ID: id, Nick: nick, Instance: inst}
+}
+
+func expectPresence(t *testing.T, c *client, event string, m protocol.Member) {
+	t.Helper()
+	f := c.expect(link.OpPresence)
+	if f.Event != event || f.Member == nil || *f.Member != m || f.Room != "r" {
+		t.Fatalf("%s: presence %s %+v, want %s %+v", c.inst, f.Event, f.Member, event, m)
+	}
+}
+
+func TestPresence(t *testing.T) {
+	h := start(t, "", nil)
+	b := h.dial("B")
+	b.sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "b1", Nick: "bob"}}})
+
+	a := h.dial("A")
+	sub := a.sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})[0]
+	want := []protocol.Member{member("a1", "ann", "A"), member("b1", "bob", "B")}
+	if !slices.Equal(sub.Members, want) {
+		t.Fatalf("subscribed members %+v, want %+v", sub.Members, want)
+	}
+	expectPresence(t, b, protocol.PresenceJoin, member("a1", "ann", "A"))
+
+	// Join and leave go to every subscriber, the originating one included.
+	a.send(&link.Frame{T: link.OpJoin, Room: "r", Member: &protocol.Member{ID: "a2", Nick: "al"}})
+	expectPresence(t, a, protocol.PresenceJoin, member("a2", "al", "A"))
+	expectPresence(t, b, protocol.PresenceJoin, member("a2", "al", "A"))
+	a.send(&link.Frame{T: link.OpJoin, Room: "r", Member: &protocol.Member{ID: "a2", Nick: "al"}}) // repeated: no event
+	a.send(&link.Frame{T: link.OpLeave, Room: "r", Member: &protocol.Member{ID: "a2"}})
+	expectPresence(t, a, protocol.PresenceLeave, member("a2", "al", "A"))
+	expectPresence(t, b, protocol.PresenceLeave, member("a2", "al", "A"))
+	a.send(&link.Frame{T: link.OpLeave, Room: "r", Member: &protocol.Member{ID: "nobody"}}) // unknown: no event
+
+	// A re-sync reports only differences to the others.
+	a.send(&link.Frame{T: link.OpSync, Rooms: []link.RoomState{{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}, {ID: "a3", Nick: "amy"}}}}})
+	if f := a.expect(link.OpSubscribed); len(f.Members) != 3 {
+		t.Fatalf("members after re-sync: %+v", f.Members)
+	}
+	expectPresence(t, b, protocol.PresenceJoin, member("a3", "amy", "A"))
+
+	// Unsub drops A's members there.
+	a.send(&link.Frame{T: link.OpUnsub, Room: "r"})
+	got := []protocol.Member{*b.expect(link.OpPresence).Member, *b.expect(link.OpPresence).Member}
+	slices.SortFunc(got, func(x, y protocol.Member) int { return strings.Compare(x.ID, y.ID) })
+	if !slices.Equal(got, []protocol.Member{member("a1", "ann", "A"), member("a3", "amy", "A")}) {
+		t.Fatalf("leaves after unsub: %+v", got)
+	}
+	// A sync without the room would have done the same; check it drops
+	// nothing twice by re-joining through sub.
+	a.send(&link.Frame{T: link.OpSub, Rooms: []link.RoomState{{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}}}})
+	a.expect(link.OpSubscribed)
+	expectPresence(t, b, protocol.PresenceJoin, member("a1", "ann", "A"))
+
+	// The link drops: A's members stay for the grace, then leave.
+	dropped := time.Now()
+	a.ws.CloseNow()
+	expectPresence(t, b, protocol.PresenceLeave, member("a1", "ann", "A"))
+	if waited := time.Since(dropped); waited < 150*time.Millisecond {
+		t.Fatalf("members removed after %s, before the grace", waited)
+	}
+	if got := testutil.ToFloat64(h.s.m.members); got != 1 {
+		t.Fatalf("presence_members = %v, want 1 (bob)", got)
+	}
+}
+
+func TestReconnectWithinGraceKeepsPresence(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.PresenceGrace = time.Minute })
+	b := h.dial("B")
+	b.sync(link.RoomState{Room: "r"})
+	a := h.dial("A")
+	a.sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})
+	expectPresence(t, b, protocol.PresenceJoin, member("a1", "ann", "A"))
+
+	a.ws.CloseNow()
+	a2 := h.dial("A")
+	sub := a2.sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})[0]
+	if !slices.Equal(sub.Members, []protocol.Member{member("a1", "ann", "A")}) {
+		t.Fatalf("members %+v", sub.Members)
+	}
+	// b's link is FIFO: a presence change would arrive before this msg.
+	a2.pub("m", "r", "marker")
+	if f := b.next(); f.T != link.OpMsg {
+		t.Fatalf("B got %s %+v before the marker: the reconnect caused presence churn", f.T, f)
+	}
+}
+
+func TestNewLinkReplacesOld(t *testing.T) {
+	h := start(t, "", nil)
+	old := h.dial("A")
+	old.sync(link.RoomState{Room: "r"})
+	nu := h.dial("A")
+	if got := old.closed(); got != websocket.StatusPolicyViolation {
+		t.Fatalf("old link closed with %v", got)
+	}
+	nu.sync(link.RoomState{Room: "r"})
+	nu.pub("m", "r", "hi")
+	nu.expect(link.OpMsg)
+	nu.expect(link.OpAck)
+}
+
+func TestBadFramesDoNotHurt(t *testing.T) {
+	h := start(t, "", nil)
+	c := h.dial("A")
+	c.sync(link.RoomState{Room: "r"})
+	long := strings.Repeat("x", maxTextBytes+1)
+	nacks := []struct {
+		f    *link.Frame
+		code string
+	}{
+		{&link.Frame{T: link.OpPub, MID: "n1"}, protocol.CodeBadRequest},
+		{&link.Frame{T: link.OpPub, Msg: &protocol.Message{Room: "r", Text: "no mid"}}, protocol.CodeBadRequest},
+		{pubFrame("n2", "", "x"), protocol.CodeBadRoom},
+		{pubFrame("n3", " r", "x"), protocol.CodeBadRoom},
+		{pubFrame("n4", "r\x00", "x"), protocol.CodeBadRoom},
+		{pubFrame("n5", "r", ""), protocol.CodeBadRequest},
+		{pubFrame("n6", "r", long), protocol.CodeTooLarge},
+		{&link.Frame{T: link.OpPub, MID: "n7", Msg: &protocol.Message{Room: "r", Text: "x", From: long[:maxFieldBytes+1]}}, protocol.CodeBadRequest},
+	}
+	for _, n := range nacks {
+		c.send(n.f)
+		if f := c.expect(link.OpNack); f.Code != n.code || f.MID != n.f.MID || f.Error == "" {
+			t.Fatalf("%+v: got %+v, want code %s", n.f, f, n.code)
+		}
+	}
+	// Ignored without an answer; the marker shows nothing came first.
+	c.send(&link.Frame{T: "no-such-op"},
+		&link.Frame{T: link.OpJoin, Room: "r"},
+		&link.Frame{T: link.OpJoin, Room: "", Member: &protocol.Member{ID: "x"}},
+		&link.Frame{T: link.OpLeave, Room: "r"},
+		&link.Frame{T: link.OpUnsub, Room: "never-subscribed"},
+		&link.Frame{T: link.OpSub, Rooms: []link.RoomState{{Room: "\x01"}}},
+		pubFrame("ok", "r", "fine"))
+	if f := c.expect(link.OpMsg); f.Msg.Seq != 1 {
+		t.Fatalf("got %+v", f.Msg)
+	}
+	c.expect(link.OpAck)
+
+	// Garbage closes only that link.
+	c.sendRaw([]byte("{not json\n"))
+	if got := c.closed(); got != websocket.StatusPolicyViolation {
+		t.Fatalf("close status %v", got)
+	}
+	d := h.dial("D")
+	if sub := d.sync(link.RoomState{Room: "r", Tail: 5})[0]; sub.Seq != 1 {
+		t.Fatalf("relayer state after garbage: %+v", sub)
+	}
+	if !strings.Contains(h.logs.String(), "protocol violation") {
+		t.Fatal("the protocol violation was not logged")
+	}
+}
+
+func TestRestartContinuesSequence(t *testing.T) {
+	dir := t.TempDir()
+	h := start(t, dir, nil)
+	p := h.dial("p")
+	p.sync()
+	for i := 1; i <= 5; i++ {
+		p.pub(fmt.Sprint("m", i), "r", fmt.Sprint("before ", i))
+	}
+	for range 5 {
+		p.expect(link.OpAck)
+	}
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := p.closed(); got != websocket.StatusServiceRestart {
+		t.Fatalf("close status on shutdown %v, want 1012", got)
+	}
+
+	h2 := start(t, dir, nil)
+	c := h2.dial("p")
+	sub := c.sync(link.RoomState{Room: "r", Tail: 10})[0]
+	if sub.Seq != 5 || !slices.Equal(seqs(sub.Msgs), seqRange(1, 5)) || sub.Msgs[4].Text != "before 5" {
+		t.Fatalf("after restart: %+v", sub)
+	}
+	// A publish re-sent across the restart is still recognised.
+	c.pub("m3", "r", "re-sent")
+	if a := c.expect(link.OpAck); a.Seq != 3 {
+		t.Fatalf("re-sent ack %+v", a)
+	}
+	c.pub("m6", "r", "after")
+	if m := c.expect(link.OpMsg); m.Msg.Seq != 6 {
+		t.Fatalf("first seq after restart %d, want 6", m.Msg.Seq)
+	}
+}
+
+func TestShutdownDeliversWhatWasAcknowledged(t *testing.T) {
+	h := start(t, "", nil)
+	sub := h.dial("s")
+	sub.sync(link.RoomState{Room: "r"})
+	p := h.dial("p")
+	p.sync()
+	var frames []*link.Frame
+	for i := range 200 {
+		frames = append(frames, pubFrame(fmt.Sprint(i), "r", "x"))
+	}
+	p.send(frames...)
+	p.expect(link.OpAck) // the batch is applied and on disk
+	if err := h.stop(); err != nil {
+		t.Fatal(err)
+	}
+	if got := sub.closed(); got != websocket.StatusServiceRestart {
+		t.Fatalf("close status %v", got)
+	}
+	n := 0
+	for len(sub.frames) > 0 {
+		if f := <-sub.frames; f.T == link.OpMsg {
+			n++
+		}
+	}
+	if n != 200 {
+		t.Fatalf("subscriber got %d of 200 sequenced messages before the close", n)
+	}
+}
+
+func TestSlowLinkIsClosed(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.QueueBytes = 4096 })
+	slow := h.dial("slow")
+	slow.sync(link.RoomState{Room: "r"})
+	p := h.dial("p")
+	p.sync()
+	// One message, so one batch: 50 frames of ~150 bytes exceed 4 KiB at once.
+	var frames []*link.Frame
+	for i := range 50 {
+		frames = append(frames, pubFrame(fmt.Sprint(i), "r", strings.Repeat("y", 100)))
+	}
+	p.send(frames...)
+	if got := slow.closed(); got != websocket.StatusTryAgainLater {
+		t.Fatalf("close status %v, want 1013", got)
+	}
+	if got := testutil.ToFloat64(h.s.m.drops.WithLabelValues(dropSlow)); got != 1 {
+		t.Fatalf("link_drops_total{reason=slow} = %v", got)
+	}
+	// The publisher's acks are small enough and keep flowing.
+	for range 50 {
+		p.expect(link.OpAck)
+	}
+}
+
+func TestCompaction(t *testing.T) {
+	dir := t.TempDir()
+	h := start(t, dir, func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096 })
+	p := h.dial("p")
+	p.sync()
+	for i := 1; i <= 300; i++ {
+		p.pub(fmt.Sprint("m", i), fmt.Sprint("r", i%2), strings.Repeat("z", 50))
+	}
+	for range 300 {
+		p.expect(link.OpAck)
+	}
+	// A round trip: the sequencer compacts after delivering a batch, so
+	// the next answer comes after any compaction the pubs caused.
+	p.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r0"})
+	p.expect(link.OpFetched)
+	if size := testutil.ToFloat64(h.s.m.logBytes); size >= 4096 {
+		t.Fatalf("log is %v bytes after compaction, threshold 4096", size)
+	}
+	if !strings.Contains(h.logs.String(), "log compacted") {
+		t.Fatal("no compaction logged")
+	}
+	h.stop()
+	h2 := start(t, dir, func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096 })
+	c := h2.dial("c")
+	subs := c.sync(link.RoomState{Room: "r0", Tail: 100}, link.RoomState{Room: "r1", Tail: 100})
+	if subs[0].Seq != 150 || !slices.Equal(seqs(subs[0].Msgs), seqRange(146, 150)) ||
+		subs[1].Seq != 150 || !slices.Equal(seqs(subs[1].Msgs), seqRange(146, 150)) {
+		t.Fatalf("after compaction and restart: r0 %d %v, r1 %d %v", subs[0].Seq, seqs(subs[0].Msgs), subs[1].Seq, seqs(subs[1].Msgs))
+	}
+	c.pub("m1", "r1", "after")
+	if m := c.expect(link.OpMsg); m.Msg.Seq != 151 {
+		t.Fatalf("seq %d after compaction, want 151", m.Msg.Seq)
+	}
+}
+
+func TestSyncReplacesSubscriptions(t *testing.T) {
+	h := start(t, "", nil)
+	b := h.dial("B")
+	b.sync(link.RoomState{Room: "r"}, link.RoomState{Room: "s"})
+	a := h.dial("A")
+	a.sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}},
+		link.RoomState{Room: "s", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})
+	b.expect(link.OpPresence)
+	b.expect(link.OpPresence)
+
+	// Re-sync without r: A leaves r (B is told) and gets no more of it.
+	a.sync(link.RoomState{Room: "s", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})
+	expectPresence(t, b, protocol.PresenceLeave, member("a1", "ann", "A"))
+	b.pub("m1", "r", "to r")
+	b.pub("m2", "s", "to s")
+	if f := a.expect(link.OpMsg); f.Msg.Room != "s" {
+		t.Fatalf("A got %+v after dropping r", f.Msg)
+	}
+	if got := testutil.ToFloat64(h.s.m.subs); got != 3 {
+		t.Fatalf("subscriptions = %v, want 3", got)
+	}
+}
+
+func TestUnresponsiveLinkFailsKeepalive(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.PingInterval = 50 * time.Millisecond; c.PresenceGrace = 0 })
+	b := h.dial("B")
+	b.sync(link.RoomState{Room: "r"})
+
+	// A raw client that never reads, so it never answers a ping.
+	hdr := http.Header{}
+	hdr.Set("Authorization", "Bearer "+testSecret)
+	hdr.Set(link.HeaderInstance, "A")
+	ws, _, err := websocket.Dial(context.Background(), h.url(), &websocket.DialOptions{HTTPHeader: hdr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ws.CloseNow()
+	sync, _ := link.Append(nil, &link.Frame{T: link.OpSync, Rooms: []link.RoomState{{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}}}})
+	if err := ws.Write(context.Background(), websocket.MessageText, sync); err != nil {
+		t.Fatal(err)
+	}
+	expectPresence(t, b, protocol.PresenceJoin, member("a1", "ann", "A"))
+	// Dropped for the missed pong, then its members leave.
+	expectPresence(t, b, protocol.PresenceLeave, member("a1", "ann", "A"))
+	if got := testutil.ToFloat64(h.s.m.drops.WithLabelValues(dropKeepalive)); got != 1 {
+		t.Fatalf("link_drops_total{reason=keepalive} = %v", got)
+	}
+}
+
+func TestOversizedLinkMessage(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.MaxFrameBytes = 1024 })
+	c := h.dial("A")
+	c.sync()
+	c.pub("big", "r", strings.Repeat("x", 2000))
+	if got := c.closed(); got != websocket.StatusMessageTooBig {
+		t.Fatalf("close status %v, want 1009", got)
+	}
+}

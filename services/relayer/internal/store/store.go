@@ -1,0 +1,345 @@
+// Package store is the relayer's durable history: one append-only log of
+// records, each [uint32 length][uint32 CRC-32C][JSON of Record], both
+// integers little-endian. Every state the relayer keeps beyond the
+// process is rebuilt by replaying it.
+//
+// The API is shaped for group commit: the sequencer Appends every record of
+// a batch (buffered in memory) and calls Sync once, which costs one write(2)
+// and, when enabled, one fsync for the whole batch.
+package store
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"iter"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/wschat/wschat/services/protocol"
+)
+
+// FileName is the log's name inside the data directory.
+const FileName = "wschat.log"
+
+const (
+	headerSize = 8
+	// maxRecordBytes bounds one record. A length above it can only come
+	// from a corrupt header, so replay treats it as the end of the log
+	// instead of allocating whatever garbage asks for.
+	maxRecordBytes = 16 << 20
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Record is one sequenced message. MID and Inst (the publishing instance)
+// form the de-duplication key: a mid is only unique per instance.
+type Record struct {
+	MID  string           `json:"mid"`
+	Inst string           `json:"inst,omitempty"`
+	Msg  protocol.Message `json:"msg"`
+}
+
+// AppendRecord appends the JSON of Record{mid, inst, msg} to dst, where
+// msgJSON is the already encoded message: the sequencer encodes each
+// message once and reuses the bytes for the log and for every link.
+func AppendRecord(dst []byte, mid, inst string, msgJSON []byte) []byte {
+	dst = append(dst, `{"mid":`...)
+	dst = protocol.AppendString(dst, mid)
+	if inst != "" {
+		dst = append(dst, `,"inst":`...)
+		dst = protocol.AppendString(dst, inst)
+	}
+	dst = append(dst, `,"msg":`...)
+	dst = append(dst, msgJSON...)
+	return append(dst, '}')
+}
+
+// Options configure a Log.
+type Options struct {
+	// Fsync makes Sync call fsync; without it Sync only writes, which
+	// survives a process crash but not a power loss.
+	Fsync  bool
+	Logger *slog.Logger
+}
+
+// Log is the append-only log. It is not safe for concurrent use: the
+// sequencer goroutine owns it.
+type Log struct {
+	dir      string
+	path     string
+	f        *os.File
+	unlock   func() error
+	opts     Options
+	buf      []byte // appended, not yet written
+	size     int64  // bytes on disk
+	replayed bool
+	failed   error // a failed Sync: the file's tail is unknown until replayed
+}
+
+// Open opens (creating it if needed) the log in dir and locks it against a
+// second relayer on the same directory. Call Replay before appending.
+func Open(dir string, opts Options) (*Log, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("create data dir %s: %w", dir, err)
+	}
+	path := filepath.Join(dir, FileName)
+	// A leftover of a compaction that crashed before its rename: the
+	// log itself is intact, the partial copy is garbage.
+	if err := os.Remove(path + ".compact"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale compaction file: %w", err)
+	}
+	_, statErr := os.Stat(path)
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open log: %w", err)
+	}
+	unlock, err := lockFile(f)
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock %s (is another ws-relayer using DATA_DIR %s?): %w", path, dir, err)
+	}
+	if errors.Is(statErr, os.ErrNotExist) {
+		// The new directory entry must be durable before the first
+		// acknowledged record lands in the file.
+		if err := syncDir(dir); err != nil {
+			unlock()
+			f.Close()
+			return nil, err
+		}
+	}
+	return &Log{dir: dir, path: path, f: f, unlock: unlock, opts: opts}, nil
+}
+
+// Replay calls fn with the payload (the Record JSON) of every intact
+// record, in order. A torn or corrupt tail (a crash mid-write, a bad CRC)
+// ends the log: it is truncated, and the loss logged. fn's slice is only
+// valid during the call; an error from fn aborts the replay.
+func (l *Log) Replay(fn func(payload []byte) error) error {
+	if _, err := l.f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("replay: %w", err)
+	}
+	r := bufio.NewReaderSize(l.f, 1<<20)
+	var (
+		off     int64
+		hdr     [headerSize]byte
+		payload []byte
+		records int
+		bad     string
+	)
+	for {
+		n, err := io.ReadFull(r, hdr[:])
+		if err == io.EOF {
+			break
+		}
+		if err == io.ErrUnexpectedEOF {
+			bad = fmt.Sprintf("torn header (%d of %d bytes)", n, headerSize)
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("replay %s at offset %d: %w", l.path, off, err)
+		}
+		size := binary.LittleEndian.Uint32(hdr[0:4])
+		sum := binary.LittleEndian.Uint32(hdr[4:8])
+		if size == 0 || size > maxRecordBytes {
+			bad = fmt.Sprintf("implausible record length %d", size)
+			break
+		}
+		if cap(payload) < int(size) {
+			payload = make([]byte, size)
+		}
+		payload = payload[:size]
+		if n, err := io.ReadFull(r, payload); err != nil {
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				bad = fmt.Sprintf("torn record (%d of %d bytes)", n, size)
+				break
+			}
+			return fmt.Errorf("replay %s at offset %d: %w", l.path, off, err)
+		}
+		if crc32.Checksum(payload, castagnoli) != sum {
+			bad = "CRC mismatch"
+			break
+		}
+		if err := fn(payload); err != nil {
+			return fmt.Errorf("replay %s at offset %d: %w", l.path, off, err)
+		}
+		off += headerSize + int64(size)
+		records++
+	}
+	if bad != "" {
+		end, err := l.f.Seek(0, io.SeekEnd)
+		if err != nil {
+			return fmt.Errorf("replay: %w", err)
+		}
+		l.opts.Logger.Warn("log has a torn or corrupt tail; truncating it",
+			"path", l.path, "reason", bad, "offset", off, "dropped_bytes", end-off, "records_kept", records)
+		if err := l.f.Truncate(off); err != nil {
+			return fmt.Errorf("truncate corrupt tail of %s: %w", l.path, err)
+		}
+		if err := l.f.Sync(); err != nil {
+			return fmt.Errorf("sync truncated %s: %w", l.path, err)
+		}
+	}
+	l.size = off
+	l.replayed = true
+	return nil
+}
+
+// Append buffers one record; nothing reaches the file before Sync.
+func (l *Log) Append(payload []byte) {
+	var hdr [headerSize]byte
+	binary.LittleEndian.PutUint32(hdr[0:4], uint32(len(payload)))
+	binary.LittleEndian.PutUint32(hdr[4:8], crc32.Checksum(payload, castagnoli))
+	l.buf = append(l.buf, hdr[:]...)
+	l.buf = append(l.buf, payload...)
+}
+
+// Pending reports whether records wait for Sync.
+func (l *Log) Pending() bool { return len(l.buf) > 0 }
+
+// Sync writes the buffered records with one write and, when Options.Fsync
+// is set, makes them durable. After an error the log's state on disk is
+// unknown (fsync errors are not retryable), so the caller must stop using
+// it; the next Open's replay repairs the tail.
+func (l *Log) Sync() error {
+	if !l.replayed {
+		return errors.New("store: Sync before Replay")
+	}
+	if l.failed != nil {
+		return l.failed
+	}
+	if len(l.buf) == 0 {
+		return nil
+	}
+	n, err := l.f.Write(l.buf)
+	l.size += int64(n)
+	if err != nil {
+		l.failed = fmt.Errorf("write %s: %w", l.path, err)
+		return l.failed
+	}
+	if cap(l.buf) > 4<<20 {
+		l.buf = nil // one huge batch should not pin its buffer forever
+	} else {
+		l.buf = l.buf[:0]
+	}
+	if l.opts.Fsync {
+		if err := l.f.Sync(); err != nil {
+			l.failed = fmt.Errorf("fsync %s: %w", l.path, err)
+			return l.failed
+		}
+	}
+	return nil
+}
+
+// Size is the log's size on disk in bytes.
+func (l *Log) Size() int64 { return l.size }
+
+// RecordSize is how many bytes a payload takes in the log.
+func RecordSize(payload []byte) int64 { return headerSize + int64(len(payload)) }
+
+// Compact replaces the log with exactly the records yields, through a
+// temporary file that is fsynced and renamed over the log, then the
+// directory fsynced: a crash at any point leaves either the old or the new
+// log whole. Pending records must be synced first.
+func (l *Log) Compact(records iter.Seq[[]byte]) error {
+	if len(l.buf) > 0 || l.failed != nil {
+		return errors.New("store: Compact with unsynced records or after a failed Sync")
+	}
+	tmp := l.path + ".compact"
+	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
+	if err != nil {
+		return fmt.Errorf("compact: %w", err)
+	}
+	unlock, err := lockFile(f)
+	if err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("compact: lock: %w", err)
+	}
+	fail := func(err error) error {
+		unlock()
+		f.Close()
+		os.Remove(tmp)
+		return fmt.Errorf("compact %s: %w", l.path, err)
+	}
+	w := bufio.NewWriterSize(f, 1<<20)
+	var size int64
+	var hdr [headerSize]byte
+	for p := range records {
+		binary.LittleEndian.PutUint32(hdr[0:4], uint32(len(p)))
+		binary.LittleEndian.PutUint32(hdr[4:8], crc32.Checksum(p, castagnoli))
+		w.Write(hdr[:])
+		w.Write(p)
+		size += RecordSize(p)
+	}
+	if err := w.Flush(); err != nil {
+		return fail(err)
+	}
+	if err := f.Sync(); err != nil {
+		return fail(err)
+	}
+	if err := os.Rename(tmp, l.path); err != nil {
+		return fail(err)
+	}
+	if err := syncDir(l.dir); err != nil {
+		// The rename happened: f is the log now, whether or not the
+		// directory entry is durable yet, so keep going with it.
+		l.opts.Logger.Error("compaction: directory fsync failed", "err", err)
+	}
+	old, oldUnlock := l.f, l.unlock
+	l.f, l.unlock, l.size = f, unlock, size
+	oldUnlock()
+	if err := old.Close(); err != nil {
+		l.opts.Logger.Warn("compaction: closing the old log", "err", err)
+	}
+	return nil
+}
+
+// Close syncs pending records and closes the log.
+func (l *Log) Close() error {
+	var err error
+	if l.replayed && l.failed == nil {
+		err = l.Sync()
+	}
+	if err == nil {
+		// Even without RELAY_FSYNC a clean shutdown is a good moment to
+		// make everything durable.
+		if serr := l.f.Sync(); serr != nil {
+			err = fmt.Errorf("fsync %s: %w", l.path, serr)
+		}
+	}
+	l.unlock()
+	if cerr := l.f.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close %s: %w", l.path, cerr)
+	}
+	return err
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("open dir %s for fsync: %w", dir, err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync dir %s: %w", dir, err)
+	}
+	return nil
+}
+
+// DecodeRecord decodes a replayed payload.
+func DecodeRecord(payload []byte) (Record, error) {
+	var r Record
+	if err := json.Unmarshal(payload, &r); err != nil {
+		return r, fmt.Errorf("decode record: %w", err)
+	}
+	return r, nil
+}

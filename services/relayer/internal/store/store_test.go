@@ -1,0 +1,308 @@
+package store
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/wschat/wschat/services/protocol"
+)
+
+func open(t testing.TB, dir string, fsync bool) (*Log, [][]byte) {
+	t.Helper()
+	l, err := Open(dir, Options{Fsync: fsync})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got [][]byte
+	if err := l.Replay(func(p []byte) error {
+		got = append(got, bytes.Clone(p))
+		return nil
+	}); err != nil {
+		l.Close()
+		t.Fatal(err)
+	}
+	return l, got
+}
+
+func payload(i int) []byte {
+	m := protocol.Message{Room: "r", Seq: uint64(i), Text: fmt.Sprintf("hello %d", i), TS: 1}
+	js, _ := json.Marshal(m)
+	return AppendRecord(nil, fmt.Sprintf("m%d", i), "i1", js)
+}
+
+func TestAppendRecordMatchesJSON(t *testing.T) {
+	m := protocol.Message{Room: "r\"\n", Seq: 7, ID: "c1", From: "é", UID: "u", Text: "a\u2028b<>&", TS: 42}
+	js, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, inst := range []string{"", "inst-1"} {
+		want, _ := json.Marshal(Record{MID: "m\x00id", Inst: inst, Msg: m})
+		got := AppendRecord(nil, "m\x00id", inst, js)
+		if !bytes.Equal(got, want) {
+			t.Fatalf("AppendRecord\n got %s\nwant %s", got, want)
+		}
+		r, err := DecodeRecord(got)
+		if err != nil || r.Msg != m || r.Inst != inst {
+			t.Fatalf("DecodeRecord = %+v, %v", r, err)
+		}
+	}
+}
+
+func TestAppendSyncReplay(t *testing.T) {
+	dir := t.TempDir()
+	l, got := open(t, dir, true)
+	if len(got) != 0 {
+		t.Fatalf("new log replayed %d records", len(got))
+	}
+	var want [][]byte
+	for i := 1; i <= 10; i++ {
+		p := payload(i)
+		want = append(want, p)
+		l.Append(p)
+		if i%3 == 0 {
+			if err := l.Sync(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := l.Close(); err != nil { // Close syncs the rest
+		t.Fatal(err)
+	}
+	l, got = open(t, dir, true)
+	defer l.Close()
+	if !slices.EqualFunc(got, want, bytes.Equal) {
+		t.Fatalf("replayed %d records, want %d", len(got), len(want))
+	}
+	st, _ := os.Stat(filepath.Join(dir, FileName))
+	if l.Size() != st.Size() {
+		t.Fatalf("Size = %d, file has %d", l.Size(), st.Size())
+	}
+}
+
+func TestNothingWrittenBeforeSync(t *testing.T) {
+	dir := t.TempDir()
+	l, _ := open(t, dir, false)
+	defer l.Close()
+	l.Append(payload(1))
+	if !l.Pending() {
+		t.Fatal("Pending = false after Append")
+	}
+	st, _ := os.Stat(filepath.Join(dir, FileName))
+	if st.Size() != 0 {
+		t.Fatalf("file has %d bytes before Sync", st.Size())
+	}
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	st, _ = os.Stat(filepath.Join(dir, FileName))
+	if st.Size() != RecordSize(payload(1)) {
+		t.Fatalf("file has %d bytes after Sync, want %d", st.Size(), RecordSize(payload(1)))
+	}
+}
+
+// writeLog builds a log of n records and returns the offsets where each
+// record starts and the file's path.
+func writeLog(t *testing.T, dir string, n int) ([]int64, string) {
+	t.Helper()
+	l, _ := open(t, dir, false)
+	var offs []int64
+	for i := 1; i <= n; i++ {
+		offs = append(offs, l.Size()+int64(len(l.buf)))
+		l.Append(payload(i))
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return offs, filepath.Join(dir, FileName)
+}
+
+func TestTornAndCorruptTails(t *testing.T) {
+	cases := []struct {
+		name string
+		// damage changes the file; kept is how many records survive.
+		damage func(t *testing.T, path string, offs []int64)
+		kept   int
+	}{
+		{"torn header", func(t *testing.T, path string, offs []int64) {
+			appendBytes(t, path, []byte{1, 2, 3})
+		}, 5},
+		{"torn payload", func(t *testing.T, path string, offs []int64) {
+			st, _ := os.Stat(path)
+			os.Truncate(path, st.Size()-4)
+		}, 4},
+		{"corrupt crc in the middle", func(t *testing.T, path string, offs []int64) {
+			flipByte(t, path, offs[2]+headerSize+3)
+		}, 2},
+		{"zero length", func(t *testing.T, path string, offs []int64) {
+			appendBytes(t, path, make([]byte, 16))
+		}, 5},
+		{"huge length", func(t *testing.T, path string, offs []int64) {
+			appendBytes(t, path, []byte{0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 'x'})
+		}, 5},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			offs, path := writeLog(t, dir, 5)
+			tc.damage(t, path, offs)
+			var logs bytes.Buffer
+			l, err := Open(dir, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			if err := l.Replay(func(p []byte) error {
+				n++
+				if !bytes.Equal(p, payload(n)) {
+					t.Errorf("record %d = %s", n, p)
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if n != tc.kept {
+				t.Fatalf("replayed %d records, want %d", n, tc.kept)
+			}
+			if !strings.Contains(logs.String(), "truncating") {
+				t.Errorf("truncation not logged: %q", logs.String())
+			}
+			// The log continues cleanly after the truncation point.
+			l.Append(payload(n + 1))
+			if err := l.Close(); err != nil {
+				t.Fatal(err)
+			}
+			l, got := open(t, dir, false)
+			defer l.Close()
+			if len(got) != tc.kept+1 || !bytes.Equal(got[tc.kept], payload(tc.kept+1)) {
+				t.Fatalf("after repair and append: %d records", len(got))
+			}
+		})
+	}
+}
+
+func appendBytes(t *testing.T, path string, b []byte) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func flipByte(t *testing.T, path string, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	b := []byte{0}
+	f.ReadAt(b, off)
+	b[0] ^= 0x55
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCompactKeepsRetainedAndContinues(t *testing.T) {
+	dir := t.TempDir()
+	l, _ := open(t, dir, true)
+	for i := 1; i <= 100; i++ {
+		l.Append(payload(i))
+	}
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	before := l.Size()
+	var keep [][]byte
+	for i := 91; i <= 100; i++ {
+		keep = append(keep, payload(i))
+	}
+	if err := l.Compact(slices.Values(keep)); err != nil {
+		t.Fatal(err)
+	}
+	if l.Size() >= before {
+		t.Fatalf("size %d after compaction, %d before", l.Size(), before)
+	}
+	// Appends after compaction go to the new log.
+	l.Append(payload(101))
+	if err := l.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, FileName+".compact")); !os.IsNotExist(err) {
+		t.Fatalf("temporary file left behind: %v", err)
+	}
+	l, got := open(t, dir, true)
+	defer l.Close()
+	want := append(keep, payload(101))
+	if !slices.EqualFunc(got, want, bytes.Equal) {
+		t.Fatalf("after compaction replayed %d records, want %d", len(got), len(want))
+	}
+	for i, p := range got {
+		r, err := DecodeRecord(p)
+		if err != nil || r.Msg.Seq != uint64(91+i) {
+			t.Fatalf("record %d: seq %d, %v", i, r.Msg.Seq, err)
+		}
+	}
+}
+
+func TestStaleCompactionFileIgnored(t *testing.T) {
+	dir := t.TempDir()
+	writeLog(t, dir, 3)
+	if err := os.WriteFile(filepath.Join(dir, FileName+".compact"), []byte("partial garbage"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	l, got := open(t, dir, false)
+	defer l.Close()
+	if len(got) != 3 {
+		t.Fatalf("replayed %d records, want 3", len(got))
+	}
+}
+
+func TestSecondOpenIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	l, _ := open(t, dir, false)
+	defer l.Close()
+	if l2, err := Open(dir, Options{}); err == nil {
+		l2.Close()
+		t.Fatal("second Open of the same data dir succeeded")
+	} else if !strings.Contains(err.Error(), "DATA_DIR") {
+		t.Fatalf("error does not explain itself: %v", err)
+	}
+}
+
+func BenchmarkAppendSync(b *testing.B) {
+	p := payload(1)
+	for _, fsync := range []bool{false, true} {
+		for _, batch := range []int{1, 100} {
+			b.Run(fmt.Sprintf("fsync=%v/batch=%d", fsync, batch), func(b *testing.B) {
+				l, _ := open(b, b.TempDir(), fsync)
+				defer l.Close()
+				b.SetBytes(int64(len(p) * batch))
+				b.ReportAllocs()
+				for b.Loop() {
+					for range batch {
+						l.Append(p)
+					}
+					if err := l.Sync(); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		}
+	}
+}
