@@ -433,6 +433,14 @@ func (h *Hub) Subscribed(s bus.Subscription) {
 	if r == nil {
 		return // unsubscribed meanwhile; the unsubscribe follows on the bus
 	}
+	if r.synced && s.Seq < r.last {
+		// The backend lost messages this instance delivered (its data was
+		// wiped): numbering restarts below what members saw. Start over
+		// rather than drop everything until the numbers catch up.
+		h.log.Warn("room sequence went backwards; history restarts", "room", r.name, "had", r.last, "now", s.Seq)
+		r.last, r.cache = 0, nil
+		s.Gap = true
+	}
 	if r.synced && s.Gap {
 		// A resync could not bring back everything this instance missed.
 		for c, st := range r.local {

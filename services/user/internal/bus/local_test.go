@@ -1,0 +1,122 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/protocol/link"
+)
+
+// recorder is a Handler that keeps what it is told.
+type recorder struct {
+	mu   sync.Mutex
+	subs []Subscription
+	msgs []uint64
+	acks map[string]uint64
+	got  chan struct{}
+}
+
+func newRecorder() *recorder {
+	return &recorder{acks: map[string]uint64{}, got: make(chan struct{}, 1000)}
+}
+
+func (r *recorder) note(f func()) {
+	r.mu.Lock()
+	f()
+	r.mu.Unlock()
+	r.got <- struct{}{}
+}
+func (r *recorder) Subscribed(s Subscription)                         { r.note(func() { r.subs = append(r.subs, s) }) }
+func (r *recorder) Message(m *protocol.Message)                       { r.note(func() { r.msgs = append(r.msgs, m.Seq) }) }
+func (r *recorder) Ack(mid, _ string, seq uint64)                     { r.note(func() { r.acks[mid] = seq }) }
+func (r *recorder) Nack(string, *protocol.Error)                      {}
+func (r *recorder) Presence(string, string, protocol.Member)          {}
+func (r *recorder) Fetched(uint64, []protocol.Message, uint64, error) {}
+func (r *recorder) State() []link.RoomState                           { return nil }
+func (r *recorder) LinkState(bool)                                    {}
+
+// wait blocks until n more callbacks happened.
+func (r *recorder) wait(t *testing.T, n int) {
+	t.Helper()
+	for range n {
+		select {
+		case <-r.got:
+		case <-time.After(5 * time.Second):
+			t.Fatal("timed out waiting for the bus")
+		}
+	}
+}
+
+func TestLocalSequencesAndCatchesUp(t *testing.T) {
+	rec := newRecorder()
+	l := NewLocal(rec, 5)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go l.Run(ctx)
+
+	for k := range 8 {
+		if err := l.Publish(fmt.Sprint("m", k), protocol.Message{Room: "r", Text: fmt.Sprint(k)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rec.wait(t, 16) // a message and an ack each
+	if !slices.Equal(rec.msgs, []uint64{1, 2, 3, 4, 5, 6, 7, 8}) || rec.acks["m7"] != 8 {
+		t.Fatalf("msgs %v acks %v", rec.msgs, rec.acks)
+	}
+	l.Subscribe(link.RoomState{Room: "r", Tail: 2})           // new: the last 2
+	l.Subscribe(link.RoomState{Room: "r", Since: 6, Tail: 1}) // catch-up after 6
+	l.Subscribe(link.RoomState{Room: "r", Since: 1, Tail: 1}) // too old: only 4..8 kept
+	l.Subscribe(link.RoomState{Room: "new", Tail: 3})         // unknown room
+	rec.wait(t, 4)
+	seqs := func(s Subscription) (out []uint64) {
+		for _, m := range s.Msgs {
+			out = append(out, m.Seq)
+		}
+		return out
+	}
+	if s := rec.subs[0]; !slices.Equal(seqs(s), []uint64{7, 8}) || s.Seq != 8 || s.First != 4 || s.Gap {
+		t.Fatalf("new subscription: %+v", s)
+	}
+	if s := rec.subs[1]; !slices.Equal(seqs(s), []uint64{7, 8}) || s.Gap {
+		t.Fatalf("catch-up: %+v", s)
+	}
+	if s := rec.subs[2]; !s.Gap || !slices.Equal(seqs(s), []uint64{4, 5, 6, 7, 8}) {
+		t.Fatalf("too old: %+v", s)
+	}
+	if s := rec.subs[3]; s.Seq != 0 || s.First != 1 || len(s.Msgs) != 0 {
+		t.Fatalf("unknown room: %+v", s)
+	}
+}
+
+func TestWindow(t *testing.T) {
+	var msgs []protocol.Message
+	for s := uint64(10); s <= 20; s++ {
+		msgs = append(msgs, protocol.Message{Seq: s})
+	}
+	cases := []struct {
+		after, before uint64
+		limit         int
+		want          []uint64
+	}{
+		{0, 0, 3, []uint64{18, 19, 20}},  // the latest
+		{0, 15, 3, []uint64{12, 13, 14}}, // paging back
+		{12, 0, 3, []uint64{13, 14, 15}}, // forward from after
+		{12, 15, 0, []uint64{13, 14}},    // a range
+		{0, 10, 5, nil},                  // before the oldest
+		{20, 0, 5, nil},                  // nothing newer
+	}
+	for _, c := range cases {
+		var got []uint64
+		for _, m := range Window(msgs, c.after, c.before, c.limit) {
+			got = append(got, m.Seq)
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("Window(after %d, before %d, limit %d) = %v, want %v", c.after, c.before, c.limit, got, c.want)
+		}
+	}
+}
