@@ -1,0 +1,91 @@
+package system
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httputil"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/wschat/wschat/integration/browser"
+)
+
+// balancer is a round-robin reverse proxy that skips backends that refuse
+// connections: in-process, it plays nginx's part.
+type balancer struct {
+	mu       sync.Mutex
+	backends []string
+	next     atomic.Uint64
+}
+
+func (b *balancer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b.mu.Lock()
+	backends := append([]string(nil), b.backends...)
+	b.mu.Unlock()
+	start := b.next.Add(1)
+	for i := range backends {
+		target := backends[(int(start)+i)%len(backends)]
+		failed := false
+		p := &httputil.ReverseProxy{
+			Rewrite: func(pr *httputil.ProxyRequest) {
+				pr.SetURL(&url.URL{Scheme: "http", Host: target})
+				pr.Out.Host = pr.In.Host
+			},
+			ErrorHandler: func(http.ResponseWriter, *http.Request, error) { failed = true },
+		}
+		p.ServeHTTP(w, r)
+		if !failed {
+			return
+		}
+	}
+	http.Error(w, "no backend", http.StatusBadGateway)
+}
+
+func (b *balancer) remove(addr string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for i, a := range b.backends {
+		if a == addr {
+			b.backends = append(b.backends[:i], b.backends[i+1:]...)
+			return
+		}
+	}
+}
+
+// The chat page in a real browser, two people on two instances behind a
+// load balancer, one instance stopped under one of them.
+func TestBrowserChatAcrossInstances(t *testing.T) {
+	if browser.Chromium() == "" {
+		t.Skip("no chromium installed (apt-get install chromium); .ci/run installs it")
+	}
+	r := startRelayer(t, nil)
+	users := map[string]*proc{}
+	lb := &balancer{}
+	for _, id := range []string{"alpha", "beta", "gamma"} {
+		users[id] = startUser(t, id, r, nil)
+		lb.backends = append(lb.backends, users[id].Addr)
+	}
+	front := httptest.NewServer(lb)
+	defer front.Close()
+	browser.Scenario(t, browser.Target{
+		BaseURL: front.URL,
+		Kill: func(instance string) error {
+			u := users[instance]
+			if u == nil {
+				return errors.New("unknown instance " + instance)
+			}
+			lb.remove(u.Addr)
+			go u.Stop()
+			return nil
+		},
+		Artifacts: artifactsDir(t),
+	})
+}
+
+func artifactsDir(t *testing.T) string {
+	return fmt.Sprintf("%s/%s", t.TempDir(), t.Name())
+}
