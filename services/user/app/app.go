@@ -45,14 +45,15 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h := hub.New(hub.Config{
-		Instance:   cfg.InstanceID,
-		History:    cfg.HistorySize,
-		FetchLimit: cfg.HistoryLimit,
-		MaxRooms:   cfg.MaxRooms,
-		SendQueue:  cfg.SendQueue,
-		RatePerSec: cfg.RatePerSec,
-		RateBurst:  cfg.RateBurst,
-		MaxFrame:   int64(cfg.MaxFrameBytes),
+		Instance:       cfg.InstanceID,
+		History:        cfg.HistorySize,
+		FetchLimit:     cfg.HistoryLimit,
+		MaxRooms:       cfg.MaxRooms,
+		SendQueue:      cfg.SendQueue,
+		SendQueueBytes: cfg.SendQueueBytes,
+		RatePerSec:     cfg.RatePerSec,
+		RateBurst:      cfg.RateBurst,
+		MaxFrame:       int64(cfg.MaxFrameBytes),
 		Rules: protocol.Rules{
 			MaxRoomBytes: cfg.MaxRoomBytes, MaxNickBytes: cfg.MaxNickBytes, MaxMessageBytes: cfg.MaxMessageBytes,
 		},
@@ -65,7 +66,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	} else {
 		b = relay.New(relay.Config{
 			URL: cfg.RelayerURL, Secret: cfg.RelaySecret, Instance: cfg.InstanceID,
-			PendingMax: cfg.PendingMax, QueueBytes: cfg.RelayQueueBytes, MaxFrame: 64 << 20,
+			PendingMax: cfg.PendingMax, QueueBytes: cfg.RelayQueueBytes, MaxFrame: 128 << 20,
 			PingInterval: cfg.RelayPing, MinBackoff: cfg.ReconnectMin, MaxBackoff: cfg.ReconnectMax,
 			Logger: log,
 		}, h)

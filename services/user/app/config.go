@@ -28,6 +28,7 @@ type Config struct {
 	RatePerSec      float64       `env:"RATE_PER_SEC" envDefault:"20"`
 	RateBurst       int           `env:"RATE_BURST" envDefault:"40"`
 	SendQueue       int           `env:"SEND_QUEUE" envDefault:"1024"`
+	SendQueueBytes  int           `env:"SEND_QUEUE_BYTES" envDefault:"8388608"`
 	PendingMax      int           `env:"RELAY_PENDING_MAX" envDefault:"10000"`
 	RelayQueueBytes int           `env:"RELAY_QUEUE_BYTES" envDefault:"67108864"`
 	RelayPing       time.Duration `env:"RELAY_PING_INTERVAL" envDefault:"5s"`
@@ -86,12 +87,15 @@ func (c Config) validate() error {
 	check(c.MaxFrameBytes >= 256, "MAX_FRAME_BYTES must be at least 256, got %d", c.MaxFrameBytes)
 	check(c.MaxMessageBytes >= 1 && c.MaxMessageBytes < c.MaxFrameBytes,
 		"MAX_MESSAGE_BYTES must be 1..MAX_FRAME_BYTES-1, got %d", c.MaxMessageBytes)
-	check(c.MaxRoomBytes >= 1, "MAX_ROOM_NAME_BYTES must be positive, got %d", c.MaxRoomBytes)
-	check(c.MaxNickBytes >= 1, "MAX_NICK_BYTES must be positive, got %d", c.MaxNickBytes)
+	// The relayer accepts names of up to 256 bytes; longer ones would be
+	// accepted here and then never answered there.
+	check(c.MaxRoomBytes >= 1 && c.MaxRoomBytes <= 256, "MAX_ROOM_NAME_BYTES must be 1..256, got %d", c.MaxRoomBytes)
+	check(c.MaxNickBytes >= 1 && c.MaxNickBytes <= 256, "MAX_NICK_BYTES must be 1..256, got %d", c.MaxNickBytes)
 	check(c.MaxRooms >= 1, "MAX_ROOMS must be positive, got %d", c.MaxRooms)
 	check(c.RatePerSec > 0, "RATE_PER_SEC must be positive, got %g", c.RatePerSec)
 	check(c.RateBurst >= 1, "RATE_BURST must be positive, got %d", c.RateBurst)
 	check(c.SendQueue >= 1, "SEND_QUEUE must be positive, got %d", c.SendQueue)
+	check(c.SendQueueBytes >= 2*c.MaxFrameBytes, "SEND_QUEUE_BYTES must be at least twice MAX_FRAME_BYTES, got %d", c.SendQueueBytes)
 	check(c.PendingMax >= 1, "RELAY_PENDING_MAX must be positive, got %d", c.PendingMax)
 	check(c.RelayQueueBytes >= 1<<16, "RELAY_QUEUE_BYTES must be at least 65536, got %d", c.RelayQueueBytes)
 	check(c.RelayPing > 0, "RELAY_PING_INTERVAL must be positive")

@@ -53,7 +53,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	c := &Client{
 		h: h, conn: conn,
 		rooms:  map[string]struct{}{},
-		q:      queue{limit: h.cfg.SendQueue, wake: make(chan struct{}, 1)},
+		q:      queue{limit: h.cfg.SendQueue, limitBytes: h.cfg.SendQueueBytes, wake: make(chan struct{}, 1)},
 		done:   make(chan struct{}),
 		bucket: tokenBucket{rate: h.cfg.RatePerSec, burst: float64(h.cfg.RateBurst), tokens: float64(h.cfg.RateBurst)},
 	}
@@ -199,27 +199,30 @@ func (c *Client) sendLocked(b []byte) {
 	default:
 	}
 	c.h.m.SlowConsumers.Inc()
-	c.h.log.Info("slow consumer disconnected", "member", c.member.ID, "queue", c.q.limit)
+	c.h.log.Info("slow consumer disconnected", "member", c.member.ID, "frames", c.q.limit, "bytes", c.q.limitBytes)
 	c.closeLocked(websocket.StatusPolicyViolation,
-		fmt.Sprintf("slow consumer: more than %d frames queued; read faster", c.q.limit), false)
+		fmt.Sprintf("slow consumer: more than %d frames or %d bytes queued; read faster", c.q.limit, c.q.limitBytes), false)
 }
 
 // queue is a client's bounded frame queue. Unlike a channel sized for the
 // worst burst, it holds no memory while the connection is idle.
 type queue struct {
-	mu    sync.Mutex
-	items [][]byte
-	limit int
-	wake  chan struct{} // capacity 1: "there is something to write"
+	mu         sync.Mutex
+	items      [][]byte
+	bytes      int
+	limit      int // frames
+	limitBytes int
+	wake       chan struct{} // capacity 1: "there is something to write"
 }
 
 func (q *queue) push(b []byte) bool {
 	q.mu.Lock()
-	if len(q.items) >= q.limit {
+	if len(q.items) >= q.limit || q.bytes+len(b) > q.limitBytes {
 		q.mu.Unlock()
 		return false
 	}
 	q.items = append(q.items, b)
+	q.bytes += len(b)
 	q.mu.Unlock()
 	select {
 	case q.wake <- struct{}{}:
@@ -234,6 +237,7 @@ func (q *queue) take(spare [][]byte) [][]byte {
 	defer q.mu.Unlock()
 	out := q.items
 	q.items = spare[:0]
+	q.bytes = 0
 	return out
 }
 

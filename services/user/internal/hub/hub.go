@@ -33,12 +33,14 @@ type Config struct {
 	FetchLimit int // most messages one recovery may fetch from the bus
 	MaxRooms   int // rooms per connection
 	SendQueue  int // frames queued per connection before it counts as too slow
-	RatePerSec float64
-	RateBurst  int
-	MaxFrame   int64
-	Rules      protocol.Rules
-	Logger     *slog.Logger
-	Metrics    *Metrics
+	// SendQueueBytes bounds the same queue in bytes.
+	SendQueueBytes int
+	RatePerSec     float64
+	RateBurst      int
+	MaxFrame       int64
+	Rules          protocol.Rules
+	Logger         *slog.Logger
+	Metrics        *Metrics
 }
 
 // Hub is the state of one ws-user instance.
@@ -76,6 +78,7 @@ type room struct {
 	synced   bool
 	local    map[*Client]joinState
 	waiting  []pendingJoin
+	fetchReq map[*Client]uint64 // the recovery fetch each fetching client waits for
 	cache    []protocol.Message // the last cfg.History messages, ascending
 	last     uint64             // last seq delivered locally
 	first    uint64             // oldest seq the bus still keeps
@@ -146,7 +149,7 @@ func (h *Hub) join(c *Client, in protocol.Inbound) {
 	c.rooms[in.Room] = struct{}{}
 	r := h.rooms[in.Room]
 	if r == nil {
-		r = &room{name: in.Room, local: map[*Client]joinState{}, presence: map[string]protocol.Member{}}
+		r = &room{name: in.Room, local: map[*Client]joinState{}, presence: map[string]protocol.Member{}, fetchReq: map[*Client]uint64{}}
 		h.rooms[in.Room] = r
 		h.m.Rooms.Set(float64(len(h.rooms)))
 		r.local[c] = waiting
@@ -188,10 +191,12 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 		h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.History), ptr(false))
 	default:
 		r.local[c] = fetching
-		h.fetchLocked(r.name, since, cacheFirst, h.cfg.FetchLimit, func(msgs []protocol.Message, _ uint64, err error) {
-			if h.rooms[r.name] != r || r.local[c] != fetching {
-				return // left or gone meanwhile
+		var req uint64
+		req = h.fetchLocked(r.name, since, cacheFirst, h.cfg.FetchLimit, func(msgs []protocol.Message, _ uint64, err error) {
+			if h.rooms[r.name] != r || r.local[c] != fetching || r.fetchReq[c] != req {
+				return // left, or left and joined again, meanwhile
 			}
+			delete(r.fetchReq, c)
 			// The fetched messages and the cache must meet without a hole:
 			// the cache only moves forward while the fetch is in flight.
 			if err != nil || len(msgs) == 0 || msgs[0].Seq != since+1 || msgs[len(msgs)-1].Seq+1 < r.cacheFirst() {
@@ -203,6 +208,7 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 			}
 			h.joinedLocked(r, c, in, append(msgs, r.after(msgs[len(msgs)-1].Seq)...), ptr(true))
 		})
+		r.fetchReq[c] = req
 	}
 }
 
@@ -253,6 +259,7 @@ func (h *Hub) leaveLocked(c *Client, name string) {
 		h.m.Memberships.Set(float64(h.memberships))
 	}
 	delete(r.local, c)
+	delete(r.fetchReq, c)
 	r.waiting = slices.DeleteFunc(r.waiting, func(p pendingJoin) bool { return p.c == c })
 	if _, ok := r.presence[c.member.ID]; ok {
 		delete(r.presence, c.member.ID)
@@ -333,10 +340,12 @@ func (h *Hub) history(c *Client, in protocol.Inbound) {
 	})
 }
 
-func (h *Hub) fetchLocked(room string, after, before uint64, limit int, fn fetchFunc) {
+// fetchLocked asks the bus for history and returns the request's id.
+func (h *Hub) fetchLocked(room string, after, before uint64, limit int, fn fetchFunc) uint64 {
 	h.nextReq++
 	h.fetches[h.nextReq] = fn
 	h.bus.Fetch(h.nextReq, room, after, before, limit)
+	return h.nextReq
 }
 
 // disconnect removes a closed client from every room.
@@ -404,7 +413,7 @@ func (h *Hub) deliverLocked(r *room, m *protocol.Message) {
 		return // already delivered, e.g. re-sent after a reconnect
 	}
 	if m.Seq != r.last+1 && r.synced {
-		h.log.Warn("sequence gap", "room", r.name, "last", r.last, "got", m.Seq)
+		h.gapLocked(r, m.Seq)
 	}
 	r.remember(m, h.cfg.History)
 	var frame []byte
@@ -423,6 +432,20 @@ func (h *Hub) deliverLocked(r *room, m *protocol.Message) {
 	h.m.Fanout.Observe(max(0, time.Since(time.UnixMilli(m.TS)).Seconds()))
 }
 
+// gapLocked handles messages that can no longer be delivered (the backend
+// kept too few to catch this instance up): the cache must stay contiguous,
+// so it starts afresh, and members are told their view has a hole.
+func (h *Hub) gapLocked(r *room, next uint64) {
+	h.log.Warn("sequence gap", "room", r.name, "last", r.last, "next", next)
+	r.cache = r.cache[:0]
+	for c, st := range r.local {
+		if st == joined && c.extended {
+			c.sendErrorLocked(protocol.Inbound{Room: r.name}, protocol.CodeHistoryGap,
+				"messages %d to %d of room %q were lost while this instance was cut off", r.last+1, next-1, r.name)
+		}
+	}
+}
+
 // ---- bus.Handler ----
 
 // Subscribed implements bus.Handler.
@@ -439,21 +462,14 @@ func (h *Hub) Subscribed(s bus.Subscription) {
 		// rather than drop everything until the numbers catch up.
 		h.log.Warn("room sequence went backwards; history restarts", "room", r.name, "had", r.last, "now", s.Seq)
 		r.last, r.cache = 0, nil
-		s.Gap = true
-	}
-	if r.synced && s.Gap {
-		// A resync could not bring back everything this instance missed.
-		for c, st := range r.local {
-			if st == joined && c.extended {
-				c.sendErrorLocked(protocol.Inbound{Room: r.name}, protocol.CodeHistoryGap,
-					"some messages of room %q were lost while the relay was unreachable", r.name)
-			}
-		}
 	}
 	for i := range s.Msgs {
 		h.deliverLocked(r, &s.Msgs[i])
 	}
 	if s.Seq > r.last {
+		if r.synced {
+			h.gapLocked(r, s.Seq+1)
+		}
 		r.last = s.Seq
 	}
 	r.first = s.First
@@ -570,8 +586,9 @@ func (h *Hub) State() []link.RoomState {
 	out := make([]link.RoomState, 0, len(h.rooms))
 	for _, r := range h.rooms {
 		rs := link.RoomState{Room: r.name, Tail: h.cfg.History, Members: make([]protocol.Member, 0, len(r.local))}
-		if r.synced {
-			rs.Since = r.last
+		if r.synced && r.last > 0 {
+			// Only what was missed: the cache is already full.
+			rs.Since, rs.Tail = r.last, 0
 		}
 		for c := range r.local {
 			rs.Members = append(rs.Members, c.member)
@@ -599,9 +616,10 @@ func (h *Hub) checkPubsDoneLocked() {
 	}
 }
 
-// Shutdown refuses new messages, waits (until ctx ends) for the ones in
-// flight to be acknowledged, then closes every client with 1012 after
-// flushing its queue, and waits for the client goroutines.
+// Shutdown refuses new messages, waits (until ctx ends, and only while
+// the bus can still answer) for the ones in flight to be acknowledged,
+// then closes every client with 1012 after flushing its queue, and waits
+// for the client goroutines; clients still there at the deadline are cut.
 func (h *Hub) Shutdown(ctx context.Context) {
 	h.mu.Lock()
 	h.closing = true
@@ -609,10 +627,15 @@ func (h *Hub) Shutdown(ctx context.Context) {
 	h.pubsDone = done
 	h.checkPubsDoneLocked()
 	h.mu.Unlock()
-	select {
-	case <-done:
-	case <-ctx.Done():
-		h.log.Warn("shutdown: messages still unacknowledged", "err", ctx.Err())
+	// Half the budget at most, so that flushing clients has its share.
+	if dl, ok := ctx.Deadline(); ok && h.bus.Ready() {
+		wctx, cancel := context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
+		select {
+		case <-done:
+		case <-wctx.Done():
+			h.log.Warn("shutdown: messages still unacknowledged", "err", wctx.Err())
+		}
+		cancel()
 	}
 	h.mu.Lock()
 	for c := range h.clients {
@@ -624,5 +647,10 @@ func (h *Hub) Shutdown(ctx context.Context) {
 	select {
 	case <-wait:
 	case <-ctx.Done():
+		h.mu.Lock()
+		for c := range h.clients {
+			c.conn.CloseNow()
+		}
+		h.mu.Unlock()
 	}
 }

@@ -3,6 +3,7 @@
 package relay
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -29,7 +30,7 @@ type Config struct {
 	Secret       string
 	Instance     string
 	PendingMax   int           // unacknowledged publishes kept for re-sending
-	QueueBytes   int           // output bytes queued before the link counts as stuck
+	QueueBytes   int           // bytes of unacknowledged publishes kept; beyond, Publish refuses
 	MaxFrame     int64         // read limit for one link message
 	PingInterval time.Duration // keepalive; a missed pong drops the link
 	MinBackoff   time.Duration
@@ -44,14 +45,15 @@ type Bus struct {
 	h   bus.Handler
 	log *slog.Logger
 
-	mu      sync.Mutex
-	up      bool   // connected: ops go to out; otherwise they are dropped and the next sync carries their effect
-	out     []byte // frames waiting for the writer
-	spare   []byte
-	pending map[string]pendingPub
-	nextPub uint64
-	fetches map[uint64]struct{}
-	wake    chan struct{}
+	mu           sync.Mutex
+	up           bool   // connected: ops go to out; otherwise they are dropped and the next sync carries their effect
+	out          []byte // frames waiting for the writer
+	spare        []byte
+	pending      map[string]pendingPub
+	pendingBytes int
+	nextPub      uint64
+	fetches      map[uint64]struct{}
+	wake         chan struct{}
 
 	ready atomic.Bool
 }
@@ -126,11 +128,12 @@ func (b *Bus) Publish(mid string, m protocol.Message) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.pending) >= b.cfg.PendingMax {
+	if len(b.pending) >= b.cfg.PendingMax || b.pendingBytes+len(frame) > b.cfg.QueueBytes {
 		return bus.ErrUnavailable
 	}
 	b.nextPub++
 	b.pending[mid] = pendingPub{n: b.nextPub, frame: frame}
+	b.pendingBytes += len(frame)
 	if b.up {
 		b.out = append(b.out, frame...)
 		select {
@@ -140,6 +143,9 @@ func (b *Bus) Publish(mid string, m protocol.Message) error {
 	}
 	return nil
 }
+
+// maxMessage bounds one link message written by ws-user.
+const maxMessage = 1 << 20
 
 var errLinkDown = errors.New("relay link is down; retry when the instance is ready")
 
@@ -161,27 +167,32 @@ func (b *Bus) Run(ctx context.Context) error {
 	backoff := b.cfg.MinBackoff
 	for ctx.Err() == nil {
 		conn, err := b.dial(ctx)
-		if err != nil {
+		if err == nil {
+			upSince := time.Now()
+			err = b.serve(ctx, conn)
+			b.down()
 			if ctx.Err() != nil {
 				break
 			}
-			wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
-			b.log.Warn("relay link: dial failed", "url", b.cfg.URL, "err", err, "retry_in", wait)
-			t := time.NewTimer(wait)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-			case <-t.C:
-			}
-			backoff = min(backoff*2, b.cfg.MaxBackoff)
-			continue
-		}
-		backoff = b.cfg.MinBackoff
-		err = b.serve(ctx, conn)
-		b.down()
-		if ctx.Err() == nil {
 			b.log.Warn("relay link: lost, reconnecting", "err", err)
+			// Only a link that stayed up resets the backoff: one that fails
+			// right after connecting (a frame the relayer refuses, say)
+			// must not reconnect in a tight loop.
+			if time.Since(upSince) > 10*b.cfg.MaxBackoff {
+				backoff = b.cfg.MinBackoff
+				continue
+			}
+		} else if ctx.Err() == nil {
+			b.log.Warn("relay link: dial failed", "url", b.cfg.URL, "err", err)
 		}
+		wait := time.Duration(rand.Int64N(int64(backoff))) + backoff/2
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+		case <-t.C:
+		}
+		backoff = min(backoff*2, b.cfg.MaxBackoff)
 	}
 	return nil
 }
@@ -289,11 +300,22 @@ func (b *Bus) writeLoop(ctx context.Context, conn *websocket.Conn) error {
 			b.spare = data
 			continue
 		}
-		if len(data) > b.cfg.QueueBytes {
-			return fmt.Errorf("relay link stuck: %d bytes queued, limit %d", len(data), b.cfg.QueueBytes)
-		}
-		if err := conn.Write(ctx, websocket.MessageText, data); err != nil {
-			return fmt.Errorf("write link: %w", err)
+		// Whole frames, at most about maxMessage bytes per WebSocket
+		// message, so that a backlog (a resync, publishes re-sent after an
+		// outage) never exceeds the relayer's read limit.
+		for rest := data; len(rest) > 0; {
+			n := len(rest)
+			if n > maxMessage {
+				if i := bytes.LastIndexByte(rest[:maxMessage], '\n'); i >= 0 {
+					n = i + 1
+				} else if i := bytes.IndexByte(rest, '\n'); i >= 0 {
+					n = i + 1
+				}
+			}
+			if err := conn.Write(ctx, websocket.MessageText, rest[:n]); err != nil {
+				return fmt.Errorf("write link: %w", err)
+			}
+			rest = rest[n:]
 		}
 		b.spare = data
 	}
@@ -341,8 +363,9 @@ func (b *Bus) handle(f *link.Frame) error {
 		b.h.Message(f.Msg)
 	case link.OpAck, link.OpNack:
 		b.mu.Lock()
-		_, ok := b.pending[f.MID]
+		p, ok := b.pending[f.MID]
 		delete(b.pending, f.MID)
+		b.pendingBytes -= len(p.frame)
 		b.mu.Unlock()
 		if !ok {
 			return nil // a duplicate answer to a re-sent publish
