@@ -48,6 +48,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	seq, err := sequencer.New(sequencer.Config{
 		Secret:        cfg.RelaySecret,
 		HistoryLimit:  cfg.HistoryLimit,
+		DedupWindow:   cfg.DedupWindow,
 		PresenceGrace: cfg.PresenceGrace,
 		QueueBytes:    cfg.LinkQueueBytes,
 		MaxFrameBytes: cfg.LinkMaxFrameBytes,

@@ -17,6 +17,7 @@ type config struct {
 	RelaySecret       string        `env:"RELAY_SECRET"`
 	DataDir           string        `env:"DATA_DIR" envDefault:"./data"`
 	HistoryLimit      int           `env:"HISTORY_LIMIT" envDefault:"1000"`
+	DedupWindow       int           `env:"DEDUP_WINDOW" envDefault:"100000"`
 	PresenceGrace     time.Duration `env:"PRESENCE_GRACE" envDefault:"5s"`
 	Fsync             bool          `env:"RELAY_FSYNC" envDefault:"true"`
 	LinkQueueBytes    int           `env:"LINK_QUEUE_BYTES" envDefault:"67108864"`
@@ -71,6 +72,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.DataDir == "" {
 		bad("DATA_DIR must not be empty")
+	}
+	if c.DedupWindow < 0 {
+		bad("DEDUP_WINDOW must be >= 0, got %d", c.DedupWindow)
 	}
 	if c.HistoryLimit <= 0 {
 		bad("HISTORY_LIMIT must be > 0, got %d", c.HistoryLimit)

@@ -57,6 +57,7 @@ func testConfig() Config {
 	return Config{
 		Secret:        testSecret,
 		HistoryLimit:  100,
+		DedupWindow:   1000,
 		PresenceGrace: 200 * time.Millisecond,
 		QueueBytes:    1 << 20,
 		MaxFrameBytes: 1 << 20,

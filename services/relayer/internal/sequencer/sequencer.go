@@ -47,6 +47,7 @@ const (
 type Config struct {
 	Secret        string
 	HistoryLimit  int           // messages retained per room
+	DedupWindow   int           // publishes remembered for de-duplication beyond the rings
 	PresenceGrace time.Duration // how long a dropped instance's members stay
 	QueueBytes    int           // per-link output limit
 	MaxFrameBytes int64         // per-link read limit
@@ -85,6 +86,7 @@ type Sequencer struct {
 	nmembers  int
 	scratch   []byte
 	msgsBuf   [][]byte
+	recent    *recentPubs
 }
 
 // instance is a ws-user as the sequencer knows it; it outlives its links
@@ -142,6 +144,7 @@ func New(cfg Config, st *store.Log) (*Sequencer, error) {
 		live:     map[*conn]struct{}{},
 		rooms:    map[string]*room{},
 		insts:    map[string]*instance{},
+		recent:   newRecentPubs(cfg.DedupWindow),
 	}
 	start := time.Now()
 	var records, skipped int
@@ -185,6 +188,7 @@ func (s *Sequencer) replay(p []byte) bool {
 }
 
 func (s *Sequencer) retain(r *room, e entry) {
+	s.recent.add(e.key, r.name, e.seq)
 	s.liveBytes += e.size
 	if old, ok := r.push(e, s.cfg.HistoryLimit); ok {
 		s.liveBytes -= old.size
@@ -663,7 +667,11 @@ func (s *Sequencer) publish(inst *instance, f *link.Frame) {
 	}
 	r := s.room(m.Room)
 	key := midKey{inst.id, f.MID}
-	if seq, ok := r.mids[key]; ok {
+	seq, ok := r.mids[key]
+	if !ok {
+		seq, ok = s.recent.get(key, r.name)
+	}
+	if ok {
 		s.m.dedup.Inc()
 		s.stage(inst.link, appendAck(nil, r.name, f.MID, seq))
 		return

@@ -222,6 +222,31 @@ func TestDedupByMID(t *testing.T) {
 	}
 }
 
+// A publish re-sent after its room's ring forgot it (an instance cut off
+// while the room moved on) is still recognised.
+func TestDedupBeyondTheRing(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.HistoryLimit = 5 })
+	a, b := h.dial("a"), h.dial("b")
+	a.sync()
+	b.sync()
+	a.pub("lost-ack", "r", "once")
+	if ack := a.expect(link.OpAck); ack.Seq != 1 {
+		t.Fatalf("ack %+v", ack)
+	}
+	for i := range 20 {
+		b.pub(fmt.Sprint("b", i), "r", "moving on")
+		b.expect(link.OpAck)
+	}
+	a.pub("lost-ack", "r", "once")
+	if ack := a.expect(link.OpAck); ack.Seq != 1 || ack.MID != "lost-ack" {
+		t.Fatalf("re-sent pub: ack %+v, want seq 1", ack)
+	}
+	b.pub("b-last", "r", "next")
+	if ack := b.expect(link.OpAck); ack.Seq != 22 {
+		t.Fatalf("the re-sent publish was sequenced again: next seq %d, want 22", ack.Seq)
+	}
+}
+
 func TestSubscribedCatchUp(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 10 })
 	p := h.dial("p")

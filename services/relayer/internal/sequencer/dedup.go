@@ -1,0 +1,40 @@
+package sequencer
+
+// recentPubs remembers the last n publishes by (instance, mid), whatever
+// room they went to and however early their room's ring forgot them: an
+// instance cut off while its room moved on by more than HISTORY_LIMIT
+// messages re-sends publishes whose acknowledgement it never got, and they
+// must not be sequenced twice.
+type recentPubs struct {
+	seqs  map[midKey]roomSeq
+	order []midKey // a ring of the keys, oldest at next once full
+	next  int
+}
+
+type roomSeq struct {
+	room string
+	seq  uint64
+}
+
+func newRecentPubs(n int) *recentPubs {
+	return &recentPubs{seqs: make(map[midKey]roomSeq, n), order: make([]midKey, 0, n)}
+}
+
+func (d *recentPubs) add(k midKey, room string, seq uint64) {
+	if cap(d.order) == 0 {
+		return
+	}
+	if len(d.order) < cap(d.order) {
+		d.order = append(d.order, k)
+	} else {
+		delete(d.seqs, d.order[d.next])
+		d.order[d.next] = k
+		d.next = (d.next + 1) % len(d.order)
+	}
+	d.seqs[k] = roomSeq{room, seq}
+}
+
+func (d *recentPubs) get(k midKey, room string) (uint64, bool) {
+	rs, ok := d.seqs[k]
+	return rs.seq, ok && rs.room == room
+}
