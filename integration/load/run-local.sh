@@ -1,0 +1,133 @@
+#!/usr/bin/env bash
+# Runs one wsload workload against a relayer and two ws-users on loopback.
+# Servers are pinned to CPU 0 and the generator to CPU 1 (taskset), so the
+# generator does not steal the servers' CPU. Everything started here is
+# killed on exit.
+#
+#   integration/load/run-local.sh W1|W2|W3|W4 [extra wsload flags...]
+#
+# W1  fan-out: 100 rooms x 10 members, 1 publisher per room, over 2 instances
+# W2  fan-out: 1 room x 1000 members, 1 publisher
+# W3  idle: IDLE_CONNS connections per instance (default 2000; 19000 is the
+#     most one ws-user can hold under the 20,000 open-files limit), split
+#     over several generator processes of at most PER_PROC connections
+# W4  connection storm, rate x1.5 per step up to STORM_CAP connections
+#
+# Environment: PROTOCOL (extended|seed), RATE (msg/s per publisher, 10),
+# WARMUP (2s), DURATION (10s), HOLD (10s), IDLE_CONNS (2000), PER_PROC
+# (18000), STORM_CAP (10000), STORM_START (200), RELAY_FSYNC (true),
+# SEND_QUEUE (4096), SERVER_CPUS (0), GEN_CPUS (1), OUT (results file,
+# default /tmp/wsload-results.jsonl: one JSON line per generator process).
+set -euo pipefail
+
+workload=${1:?usage: $0 W1|W2|W3|W4 [wsload flags...]}
+shift
+root=$(cd "$(dirname "$0")/../.." && pwd)
+PROTOCOL=${PROTOCOL:-extended}
+RATE=${RATE:-10}
+WARMUP=${WARMUP:-2s}
+DURATION=${DURATION:-10s}
+HOLD=${HOLD:-10s}
+IDLE_CONNS=${IDLE_CONNS:-2000}
+PER_PROC=${PER_PROC:-18000}
+STORM_CAP=${STORM_CAP:-10000}
+STORM_START=${STORM_START:-200}
+SERVER_CPUS=${SERVER_CPUS:-0}
+GEN_CPUS=${GEN_CPUS:-1}
+OUT=${OUT:-/tmp/wsload-results.jsonl}
+SECRET=run-local-secret
+
+work=$(mktemp -d /tmp/wsload-run.XXXXXX)
+pids=()
+cleanup() {
+	local status=$?
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+	if [[ $status -ne 0 ]]; then
+		for f in "$work"/*.log; do [[ -e $f ]] && { echo "--- $f"; tail -n 20 "$f"; }; done >&2
+	fi
+	rm -rf "$work"
+	exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+echo "building into $work" >&2
+(cd "$root" && go build -o "$work/ws-relayer" ./services/relayer/cmd/ws-relayer \
+	&& go build -o "$work/ws-user" ./services/user/cmd/ws-user \
+	&& go build -o "$work/wsload" ./integration/cmd/wsload)
+
+# start NAME ENV... starts a server on a free loopback port and sets addr
+# from its "listening" log line. (Not in $(...): the pid must be recorded
+# by this shell.)
+start() {
+	local name=$1
+	shift
+	env HOST=127.0.0.1 PORT=0 LOG_LEVEL=info "$@" taskset -c "$SERVER_CPUS" "$work/${name%%-[0-9]*}" \
+		>/dev/null 2>"$work/$name.log" &
+	pids+=($!)
+	addr=
+	for _ in $(seq 100); do
+		addr=$(sed -n 's/.*"msg":"listening".*"addr":"\([^"]*\)".*/\1/p' "$work/$name.log" | head -n1)
+		[[ -n $addr ]] && break
+		kill -0 "${pids[-1]}" 2>/dev/null || { echo "$name exited" >&2; return 1; }
+		sleep 0.1
+	done
+	[[ -n $addr ]] || { echo "$name did not listen" >&2; return 1; }
+}
+
+start ws-relayer RELAY_SECRET=$SECRET DATA_DIR="$work/data" RELAY_FSYNC="${RELAY_FSYNC:-true}"
+relayer=$addr
+server_pids=${pids[-1]}
+urls=
+for i in 1 2; do
+	start "ws-user-$i" INSTANCE_ID="u$i" RELAYER_URL="ws://$relayer" RELAY_SECRET=$SECRET \
+		RATE_PER_SEC=100000 RATE_BURST=100000 SEND_QUEUE="${SEND_QUEUE:-4096}"
+	server_pids+=,${pids[-1]}
+	urls+=${urls:+,}ws://$addr/ws
+	for _ in $(seq 100); do
+		[[ $(curl -s -o /dev/null -w '%{http_code}' "http://$addr/readyz") == 200 ]] && break
+		sleep 0.1
+	done
+done
+echo "relayer $relayer, ws-users $urls, server pids $server_pids" >&2
+
+gen=(taskset -c "$GEN_CPUS" "$work/wsload" -label "$workload" -protocol "$PROTOCOL" -urls "$urls" -pids "$server_pids")
+
+case $workload in
+W1) "${gen[@]}" -rooms 100 -members 10 -publishers 1 -rate "$RATE" -warmup "$WARMUP" -duration "$DURATION" "$@" | tee -a "$OUT" ;;
+W2) "${gen[@]}" -rooms 1 -members 1000 -publishers 1 -rate "$RATE" -warmup "$WARMUP" -duration "$DURATION" "$@" | tee -a "$OUT" ;;
+W3)
+	total=$((IDLE_CONNS * 2))
+	procs=$(((total + PER_PROC - 1) / PER_PROC))
+	limit=$(ulimit -n)
+	if ((IDLE_CONNS + 200 > limit)); then
+		echo "warning: $IDLE_CONNS connections per ws-user is close to the open-files limit $limit" >&2
+	fi
+	# Each generator process dials from its own source address and holds
+	# long enough for the others to finish connecting; all report RSS per
+	# connection over the total.
+	gens=()
+	for ((p = 0; p < procs; p++)); do
+		share=$((total / procs))
+		((p == procs - 1)) && share=$((total - p * share))
+		"${gen[@]}" -mode idle -conns "$share" -total-conns "$total" -members 10 -hold "$HOLD" \
+			-source "127.0.0.$((2 + p))" -prefix "idle-$$-$p" -connect-rate 2000 -read-buffer 1024 "$@" \
+			>"$work/gen-$p.json" 2>"$work/gen-$p.err" &
+		gens+=($!)
+		pids+=($!)
+	done
+	status=0
+	for g in "${gens[@]}"; do wait "$g" || status=1; done
+	for ((p = 0; p < procs; p++)); do
+		cat "$work/gen-$p.err" >&2
+		tee -a "$OUT" <"$work/gen-$p.json"
+	done
+	exit "$status"
+	;;
+W4) "${gen[@]}" -mode storm -conns "$STORM_CAP" -members 10 -storm-start "$STORM_START" -storm-factor 1.5 "$@" | tee -a "$OUT" ;;
+*)
+	echo "unknown workload $workload (W1, W2, W3, W4)" >&2
+	exit 2
+	;;
+esac

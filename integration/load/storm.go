@@ -1,0 +1,122 @@
+package load
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// storm opens connections (each joining a room) at increasing rates, one
+// step at a time, until a step fails (any setup error or a setup p99 over
+// -storm-max-p99), the connection cap or the highest rate. Connections
+// stay open, as after a mass reconnect.
+func (r *runner) storm(ctx context.Context) (*Result, error) {
+	cfg := r.cfg
+	base, err := r.server.sample()
+	if err != nil {
+		return nil, err
+	}
+	selfBase, _ := r.self.sample()
+	var mu sync.Mutex
+	var conns []*conn
+	var readers sync.WaitGroup
+	defer func() { r.closeAll(conns, &readers) }()
+
+	st := &Storm{}
+	stormStart := r.now()
+	total, failedTotal := 0, 0
+	for rate := cfg.stormStart; ; rate = min(rate*cfg.stormFactor, cfg.stormMaxRate) {
+		planned := int(rate * cfg.stormStep.Seconds())
+		n := min(planned, cfg.conns-total)
+		if n <= 0 {
+			st.Stopped = "cap"
+			break
+		}
+		if ctx.Err() != nil {
+			st.Stopped = "deadline"
+			break
+		}
+		step := StormStep{Rate: rate, Conns: n, Partial: n < planned}
+		rec := newRecorder(4)
+		var failed atomic.Int64
+		var lastDone atomic.Int64
+		var wg sync.WaitGroup
+		start := r.now() + int64(10*time.Millisecond)
+		r.log.Info("storm step", "rate", rate, "conns", n)
+		for j := range n {
+			due := start + int64(float64(j)*1e9/rate)
+			// Timers are coarser than a millisecond: launch whatever is
+			// due within one, keeping the schedule open-loop.
+			if due-r.now() > int64(time.Millisecond) {
+				if r.sleepUntil(ctx, due) != nil {
+					break
+				}
+			}
+			idx := total + j
+			wg.Go(func() {
+				ws, ns, err := r.setup(ctx, idx, roomName(cfg.prefix, idx/cfg.members))
+				if err != nil {
+					failed.Add(1)
+					return
+				}
+				rec.record(idx, ns)
+				for done := r.now(); ; {
+					last := lastDone.Load()
+					if done <= last || lastDone.CompareAndSwap(last, done) {
+						break
+					}
+				}
+				c := &conn{r: r, idx: idx, ws: ws}
+				mu.Lock()
+				conns = append(conns, c)
+				mu.Unlock()
+				readers.Go(c.readLoop)
+			})
+		}
+		wg.Wait()
+		h := rec.merged()
+		step.Failed = int(failed.Load())
+		if ok := int64(n - step.Failed); ok > 0 && lastDone.Load() > start {
+			step.Achieved = round(float64(ok) / (float64(lastDone.Load()-start) / 1e9))
+		}
+		step.P50 = float64(h.ValueAtQuantile(50)) / 1000
+		step.P99 = float64(h.ValueAtQuantile(99)) / 1000
+		step.OK = step.Failed == 0 && time.Duration(h.ValueAtQuantile(99))*time.Microsecond <= cfg.stormMaxP99
+		st.Steps = append(st.Steps, step)
+		total += n
+		failedTotal += step.Failed
+		if !step.OK {
+			st.Stopped = "failure"
+			break
+		}
+		if step.Partial {
+			st.Stopped = "cap"
+			break
+		}
+		st.BestRate = rate
+		if rate >= cfg.stormMaxRate {
+			st.Stopped = "max_rate"
+			break
+		}
+	}
+	st.BestRatePerInstance = round(st.BestRate / float64(len(cfg.urls)))
+	elapsed := time.Duration(r.now() - stormStart)
+	end, err := r.server.sample()
+	if err != nil {
+		return nil, fmt.Errorf("sample servers: %w", err)
+	}
+	selfEnd, _ := r.self.sample()
+	r.closeAll(conns, &readers)
+
+	res := r.result()
+	res.Conns, res.ConnectFailed = total-failedTotal, failedTotal
+	res.Storm = st
+	if !r.server.empty() {
+		res.Server = makeUsage(r.server, base, base, end, elapsed, res.Conns)
+	}
+	res.Generator = makeUsage(r.self, selfBase, selfBase, selfEnd, elapsed, res.Conns)
+	res.Errors, res.ErrorCount = r.errs.snapshot()
+	return res, nil
+}
