@@ -75,6 +75,15 @@ func (l *Local) room(name string) *localRoom {
 	return r
 }
 
+// peek looks a room up without creating it: asking about a room must not
+// cost memory.
+func (l *Local) peek(name string) *localRoom {
+	if r := l.rooms[name]; r != nil {
+		return r
+	}
+	return &localRoom{}
+}
+
 // first is the oldest kept seq, or last+1 when nothing is kept.
 func (r *localRoom) first() uint64 {
 	if len(r.msgs) == 0 {
@@ -98,7 +107,7 @@ func (r *localRoom) after(after uint64) []protocol.Message {
 // Subscribe answers with the room's catch-up as a relayer would.
 func (l *Local) Subscribe(rs link.RoomState) {
 	l.enqueue(func() {
-		r := l.room(rs.Room)
+		r := l.peek(rs.Room)
 		tail := uint64(min(max(rs.Tail, 0), l.limit))
 		from := r.last - min(tail, r.last)
 		if rs.Since > 0 {
@@ -114,8 +123,15 @@ func (l *Local) Subscribe(rs link.RoomState) {
 	})
 }
 
-// Unsubscribe keeps the room's history: a later subscriber still gets it.
-func (l *Local) Unsubscribe(string) {}
+// Unsubscribe forgets a room without messages; one with messages keeps its
+// history for a later subscriber.
+func (l *Local) Unsubscribe(room string) {
+	l.enqueue(func() {
+		if r := l.rooms[room]; r != nil && r.last == 0 {
+			delete(l.rooms, room)
+		}
+	})
+}
 
 // Join needs no bookkeeping: every member is local and the hub knows them.
 func (l *Local) Join(string, protocol.Member) {}
@@ -147,7 +163,7 @@ func (l *Local) Publish(mid string, m protocol.Message) error {
 // Fetch answers from memory.
 func (l *Local) Fetch(req uint64, room string, after, before uint64, limit int) {
 	l.enqueue(func() {
-		r := l.room(room)
+		r := l.peek(room)
 		l.h.Fetched(req, Window(r.msgs, after, before, limit), r.first(), nil)
 	})
 }
