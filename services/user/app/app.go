@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"strconv"
 	"strings"
 	"time"
@@ -88,6 +89,16 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			log.Error("bus stopped", "err", err)
 		}
 	}()
+	if cfg.DebugAddr != "" {
+		// Profiles on their own listener, never on the public port.
+		dbg := &http.Server{Addr: cfg.DebugAddr, Handler: debugRoutes(), ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := dbg.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				log.Error("debug listener failed", "addr", cfg.DebugAddr, "err", err)
+			}
+		}()
+		defer dbg.Close()
+	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
 	mode := "standalone"
@@ -139,6 +150,14 @@ func routes(h *hub.Hub, b bus.Bus, reg *prometheus.Registry, origins []string) h
 		}
 		page.ServeHTTP(w, r)
 	})
+	return mux
+}
+
+func debugRoutes() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 

@@ -36,6 +36,7 @@ type Config struct {
 	ReconnectMax    time.Duration `env:"RELAY_RECONNECT_MAX" envDefault:"5s"`
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
+	DebugAddr       string        `env:"DEBUG_ADDR"`
 }
 
 // loadConfig reads Config through getenv, so tests need no process
