@@ -1,0 +1,68 @@
+# shellcheck shell=bash
+# shellcheck disable=SC2034,SC2154 # COMPOSE is for, deploy_dir from, the sourcing script
+# Shared by deploy/images.sh and deploy/stack.sh (sourced, not run).
+
+log() { printf '%s: %s\n' "${0##*/}" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+official_go_image=golang:1.26-bookworm
+official_nginx_image=nginx:1.30
+local_go_image=wschat-local/golang:1.26
+local_nginx_image=wschat-local/nginx:bookworm
+
+# choose_base_images sets GO_IMAGE and NGINX_IMAGE unless the caller did:
+# the official images when present or pullable, otherwise the home-made
+# ones, built by offline-images.sh (machines without a registry).
+choose_base_images() {
+	if [ -n "${GO_IMAGE:-}" ] && [ -n "${NGINX_IMAGE:-}" ]; then
+		export GO_IMAGE NGINX_IMAGE
+		return
+	fi
+	local img offline=
+	for img in "$official_go_image" "$official_nginx_image"; do
+		docker image inspect "$img" >/dev/null 2>&1 && continue
+		log "pulling $img"
+		if ! timeout 600 docker pull -q "$img" >/dev/null 2>&1; then
+			offline=1
+			break
+		fi
+	done
+	if [ -z "$offline" ]; then
+		GO_IMAGE=${GO_IMAGE:-$official_go_image}
+		NGINX_IMAGE=${NGINX_IMAGE:-$official_nginx_image}
+	else
+		log "no container registry answers: using local base images"
+		"$deploy_dir/offline-images.sh"
+		GO_IMAGE=${GO_IMAGE:-$local_go_image}
+		NGINX_IMAGE=${NGINX_IMAGE:-$local_nginx_image}
+	fi
+	export GO_IMAGE NGINX_IMAGE
+}
+
+# compose_cmd sets the array COMPOSE to the Compose plugin or, failing
+# that, the standalone docker-compose.
+compose_cmd() {
+	if docker compose version >/dev/null 2>&1; then
+		COMPOSE=(docker compose)
+	elif command -v docker-compose >/dev/null; then
+		COMPOSE=(docker-compose)
+	else
+		die "neither 'docker compose' nor 'docker-compose' is installed"
+	fi
+}
+
+# load_dotenv exports the KEY=VALUE lines of the repository's .env that the
+# environment does not set already, as Compose does, so that the scripts
+# and Compose agree on WSCHAT_TAG, GO_IMAGE and the like.
+load_dotenv() {
+	local file=$1/.env key value
+	[ -f "$file" ] || return 0
+	while IFS= read -r line || [ -n "$line" ]; do
+		case "$line" in '' | '#'*) continue ;; esac
+		key=${line%%=*} value=${line#*=}
+		[[ "$key" =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
+		[ -z "${!key+x}" ] || continue
+		value=${value%\"} value=${value#\"}
+		export "$key=$value"
+	done <"$file"
+}

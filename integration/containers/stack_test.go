@@ -1,0 +1,286 @@
+package containers
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/moby/moby/api/types/container"
+	mobynet "github.com/moby/moby/api/types/network"
+	"github.com/moby/moby/client"
+	"github.com/testcontainers/testcontainers-go"
+	tclog "github.com/testcontainers/testcontainers-go/log"
+	"github.com/testcontainers/testcontainers-go/network"
+	"github.com/testcontainers/testcontainers-go/wait"
+)
+
+const (
+	relaySecret = "containers-test-secret"
+	// Service names on the private network, as in docker-compose.yml: the
+	// nginx config looks ws-user up by this name.
+	relayerAlias = "relayer"
+	userAlias    = "ws-user"
+	// startTimeout bounds one container's start until healthy.
+	startTimeout = 60 * time.Second
+)
+
+// stack is one test's private deployment: relayer, ws-user replicas and
+// nginx on their own network, like docker-compose.yml.
+type stack struct {
+	t      *testing.T
+	labels map[string]string
+	net    *testcontainers.DockerNetwork
+	volume string // the relayer's data volume
+
+	mu      sync.Mutex
+	relayer *testcontainers.DockerContainer
+	users   map[string]*testcontainers.DockerContainer // by INSTANCE_ID
+	nginx   *testcontainers.DockerContainer
+	all     []*testcontainers.DockerContainer // for cleanup, in start order
+
+	wsURL   string // ws://<docker host>:<nginx port>, 127.0.0.1 locally
+	httpURL string
+}
+
+// newStack starts relayer, the given ws-user replicas (ws-user-1..n) and
+// nginx, each healthy, and registers their removal.
+func newStack(t *testing.T, replicas int) *stack {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	s := &stack{t: t, labels: testLabels(), users: map[string]*testcontainers.DockerContainer{}}
+	// Registered first, so it runs last: after every container is gone.
+	t.Cleanup(s.removeNetworkAndVolume)
+	t.Cleanup(s.removeContainers)
+
+	nw, err := network.New(ctx, network.WithLabels(s.labels))
+	if err != nil {
+		t.Fatalf("network: %v", err)
+	}
+	s.net = nw
+	s.volume = "wschat-itest-" + strings.ReplaceAll(t.Name(), "/", "-") + "-" + nw.ID[:12]
+	if _, err := suite.docker.VolumeCreate(ctx, client.VolumeCreateOptions{Name: s.volume, Labels: s.labels}); err != nil {
+		t.Fatalf("volume: %v", err)
+	}
+
+	s.startRelayer(ctx)
+	var wg sync.WaitGroup
+	for i := 1; i <= replicas; i++ {
+		wg.Go(func() { s.startUser(ctx, fmt.Sprintf("ws-user-%d", i)) })
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
+	}
+	s.startNginx(ctx)
+	return s
+}
+
+// run starts one container of the stack and waits until it is healthy.
+// It reports failures with t.Errorf, so it is safe from any goroutine.
+func (s *stack) run(ctx context.Context, image, alias string, env map[string]string, strategy wait.Strategy, extra ...testcontainers.ContainerCustomizer) *testcontainers.DockerContainer {
+	opts := []testcontainers.ContainerCustomizer{
+		network.WithNetwork([]string{alias}, s.net),
+		testcontainers.WithEnv(env),
+		testcontainers.WithLabels(s.labels),
+		testcontainers.WithLogger(tclog.TestLogger(s.t)),
+		testcontainers.WithHostConfigModifier(func(hc *container.HostConfig) {
+			if !suite.loopback {
+				return
+			}
+			// testcontainers publishes every exposed port; keep them
+			// on loopback, where the tests' traffic belongs.
+			hc.PortBindings = mobynet.PortMap{}
+			for _, p := range []string{"3001/tcp", "8080/tcp"} {
+				hc.PortBindings[mobynet.MustParsePort(p)] = []mobynet.PortBinding{{HostIP: netip.MustParseAddr("127.0.0.1")}}
+			}
+		}),
+		testcontainers.WithWaitStrategyAndDeadline(startTimeout, strategy),
+	}
+	ctr, err := testcontainers.Run(ctx, image, append(opts, extra...)...)
+	if ctr != nil {
+		s.mu.Lock()
+		s.all = append(s.all, ctr)
+		s.mu.Unlock()
+	}
+	if err != nil {
+		s.t.Errorf("start %s (%s): %v", alias, image, err)
+		return nil
+	}
+	return ctr
+}
+
+// healthEvery replaces the image's HEALTHCHECK timing (5 s, for
+// production) with a fast one, still running the image's own command.
+func healthEvery(cmd ...string) testcontainers.CustomizeRequestOption {
+	return testcontainers.WithConfigModifier(func(c *container.Config) {
+		c.Healthcheck = &container.HealthConfig{
+			Test:     append([]string{"CMD"}, cmd...),
+			Interval: 300 * time.Millisecond,
+			Timeout:  3 * time.Second,
+			Retries:  3,
+		}
+	})
+}
+
+func (s *stack) startRelayer(ctx context.Context) {
+	s.t.Helper()
+	ctr := s.run(ctx, "wschat/ws-relayer:"+imageTag, relayerAlias,
+		map[string]string{
+			"RELAY_SECRET":  relaySecret,
+			"HISTORY_LIMIT": "1000",
+			"LOG_LEVEL":     "debug",
+		},
+		wait.ForHealthCheck(),
+		healthEvery("/ws-relayer", "healthcheck"),
+		testcontainers.WithMounts(testcontainers.VolumeMount(s.volume, "/data")),
+	)
+	if ctr == nil {
+		s.t.FailNow()
+	}
+	s.mu.Lock()
+	s.relayer = ctr
+	s.mu.Unlock()
+}
+
+// startUser starts one ws-user replica; INSTANCE_ID is its name, so that
+// "welcome" tells the tests which replica a connection reached.
+func (s *stack) startUser(ctx context.Context, id string) *testcontainers.DockerContainer {
+	ctr := s.run(ctx, "wschat/ws-user:"+imageTag, userAlias,
+		map[string]string{
+			"RELAYER_URL":  "ws://" + relayerAlias + ":3001",
+			"RELAY_SECRET": relaySecret,
+			"INSTANCE_ID":  id,
+			"LOG_LEVEL":    "debug",
+		},
+		wait.ForHealthCheck(),
+		healthEvery("/ws-user", "healthcheck"),
+	)
+	if ctr != nil {
+		s.mu.Lock()
+		s.users[id] = ctr
+		s.mu.Unlock()
+	}
+	return ctr
+}
+
+func (s *stack) startNginx(ctx context.Context) {
+	s.t.Helper()
+	ctr := s.run(ctx, "wschat/nginx:"+imageTag, "nginx", nil,
+		wait.ForHTTP("/nginx-health").WithPort("8080/tcp"),
+		testcontainers.WithExposedPorts("8080/tcp"),
+	)
+	if ctr == nil {
+		s.t.FailNow()
+	}
+	endpoint, err := ctr.PortEndpoint(ctx, "8080/tcp", "")
+	if err != nil {
+		s.t.Fatalf("nginx port: %v", err)
+	}
+	s.nginx = ctr
+	s.wsURL = "ws://" + endpoint
+	s.httpURL = "http://" + endpoint
+}
+
+func (s *stack) user(id string) *testcontainers.DockerContainer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ctr := s.users[id]
+	if ctr == nil {
+		s.t.Fatalf("no replica %s", id)
+	}
+	return ctr
+}
+
+// kill SIGKILLs a container: a crash, no goodbye to anyone.
+func (s *stack) kill(ctx context.Context, ctr *testcontainers.DockerContainer) {
+	s.t.Helper()
+	if _, err := suite.docker.ContainerKill(ctx, ctr.GetContainerID(), client.ContainerKillOptions{Signal: "KILL"}); err != nil {
+		s.t.Fatalf("kill: %v", err)
+	}
+}
+
+// stop stops a container the way docker stop / compose down do: SIGTERM,
+// then SIGKILL after the grace period.
+func (s *stack) stop(ctx context.Context, ctr *testcontainers.DockerContainer) {
+	s.t.Helper()
+	grace := 15 * time.Second
+	if err := ctr.Stop(ctx, &grace); err != nil {
+		s.t.Fatalf("stop: %v", err)
+	}
+}
+
+// restartRelayer replaces the relayer container by a new one on the same
+// data volume: only what the volume holds can survive.
+func (s *stack) restartRelayer(ctx context.Context) {
+	s.t.Helper()
+	s.mu.Lock()
+	old := s.relayer
+	s.mu.Unlock()
+	s.stop(ctx, old)
+	if err := old.Terminate(ctx); err != nil {
+		s.t.Fatalf("remove relayer: %v", err)
+	}
+	s.startRelayer(ctx)
+}
+
+// removeContainers runs at the end of the test; a failed test first gets
+// the tail of every container's log.
+func (s *stack) removeContainers() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s.mu.Lock()
+	all := slices.Clone(s.all)
+	s.mu.Unlock()
+	if s.t.Failed() {
+		for _, ctr := range all {
+			s.t.Logf("---- logs of %s (%s):\n%s", ctr.GetContainerID()[:12], ctr.Image, logTail(ctx, ctr, 60))
+		}
+	}
+	for _, ctr := range all {
+		if err := ctr.Terminate(ctx, testcontainers.StopTimeout(0)); err != nil && ignoreNotFound(err) != nil {
+			s.t.Errorf("remove container %s: %v", ctr.GetContainerID()[:12], err)
+		}
+	}
+}
+
+func (s *stack) removeNetworkAndVolume() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var errs []error
+	if s.net != nil {
+		errs = append(errs, ignoreNotFound(s.net.Remove(ctx)))
+	}
+	if s.volume != "" {
+		_, err := suite.docker.VolumeRemove(ctx, s.volume, client.VolumeRemoveOptions{Force: true})
+		errs = append(errs, ignoreNotFound(err))
+	}
+	if err := errors.Join(errs...); err != nil {
+		s.t.Errorf("cleanup: %v", err)
+	}
+}
+
+func logTail(ctx context.Context, ctr *testcontainers.DockerContainer, n int) string {
+	rc, err := ctr.Logs(ctx)
+	if err != nil {
+		return fmt.Sprintf("(no logs: %v)", err)
+	}
+	defer rc.Close()
+	var lines []string
+	sc := bufio.NewScanner(rc)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+		if len(lines) > n {
+			lines = lines[1:]
+		}
+	}
+	return strings.Join(lines, "\n")
+}
