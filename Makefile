@@ -8,14 +8,18 @@ MODULES := $(filter-out ./integration,$(ALL_MODULES)) $(filter ./integration,$(A
 # The container tests build images and start stacks: allow for a cold start.
 TEST_TIMEOUT ?= 20m
 
-.PHONY: help images project-images up down ps logs test vet fmt
+STATICCHECK_VERSION := v0.8.2
+STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
+
+.PHONY: help images project-images up down ps logs test vet lint fmt demo-screenshot
 
 help:
 	@echo 'make images          base images without a registry (idempotent)'
 	@echo 'make project-images  wschat/ws-relayer, wschat/ws-user, wschat/nginx'
 	@echo 'make up              build and start the stack, 3 ws-user replicas, http://localhost:$${WSCHAT_PORT:-8080}'
 	@echo 'make down            stop the stack (WSCHAT_DOWN_VOLUMES=1 drops the data volume)'
-	@echo 'make test            go vet + go test -race of every module, container tests included'
+	@echo 'make test            gofmt, go vet, staticcheck and go test -race of every module, containers and browser included'
+	@echo 'make demo-screenshot regenerate docs/demo.png (two browser tabs on two replicas, through nginx)'
 
 images:
 	deploy/offline-images.sh
@@ -38,9 +42,15 @@ logs:
 vet:
 	@for m in $(MODULES); do echo "== go vet $$m"; (cd "$$m" && go vet ./...); done
 
+$(STATICCHECK):
+	go install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+
+lint: $(STATICCHECK)
+	@for m in $(MODULES); do echo "== staticcheck $$m"; (cd "$$m" && $(STATICCHECK) ./...); done
+
 # Every module is tested even when an earlier one fails; the exit status
 # reports any failure.
-test: vet
+test: vet lint
 	@test -z "$$(gofmt -l $(MODULES))" || { echo 'gofmt needed:'; gofmt -l $(MODULES); exit 1; }
 	@failed=; for m in $(MODULES); do echo "== go test $$m"; \
 		(cd "$$m" && go test -race -count=1 -timeout $(TEST_TIMEOUT) ./...) || failed="$$failed $$m"; done; \
@@ -48,3 +58,6 @@ test: vet
 
 fmt:
 	gofmt -w $(MODULES)
+
+demo-screenshot:
+	cd integration && WSCHAT_DEMO_PNG=$(CURDIR)/docs/demo.png go test -count=1 -run TestBrowserThroughNginx ./containers/

@@ -149,6 +149,7 @@ func (b *tab) waitMessage(text string) {
 
 func (b *tab) screenshot() image.Image {
 	b.t.Helper()
+	evalAs[bool](b, `(document.activeElement && document.activeElement.blur(), window.scrollTo(0, 0), true)`)
 	buf := get(b, "screenshot", chromedp.CaptureScreenshot())
 	img, err := png.Decode(bytes.NewReader(buf))
 	if err != nil {
@@ -170,7 +171,7 @@ func Scenario(t *testing.T, target Target) {
 		chromedp.Flag("disable-background-networking", true),
 		chromedp.Flag("disable-component-update", true),
 		chromedp.Flag("disable-sync", true),
-		chromedp.WindowSize(760, 640),
+		chromedp.WindowSize(1024, 680),
 	)
 	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
 	defer cancelAlloc()
@@ -254,6 +255,10 @@ func Scenario(t *testing.T, target Target) {
 	if !slices.Equal(texts[len(texts)-3:], meanwhile) {
 		t.Fatalf("alice's last messages: %q", texts)
 	}
+	// The killed instance's members leave everyone's presence within a
+	// bounded time (missed keepalives plus the relayer's grace period).
+	bob.waitFor("alice's old connection to leave presence",
+		`[...document.querySelectorAll('#members li')].filter(li => li.textContent.includes('alice')).length === 1`, 40*time.Second)
 	alice.say("back, on " + alice.text("#instance"))
 	bob.waitMessage("back, on " + alice.text("#instance"))
 

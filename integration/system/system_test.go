@@ -340,7 +340,7 @@ func TestRelayerRestartLosesNothingAcknowledged(t *testing.T) {
 	send(n/3, n/2) // ... and some are in flight during it
 	r.Stop()
 	send(n/2, 2*n/3) // ... and some are sent while it is down
-	r = startRelayer(t, map[string]string{"DATA_DIR": dir, "PORT": portOf(r.Addr)})
+	startRelayer(t, map[string]string{"DATA_DIR": dir, "PORT": portOf(r.Addr)})
 	send(2*n/3, n)
 	collect(n)
 
