@@ -37,6 +37,10 @@ type Target struct {
 	Kill func(instance string) error
 	// Artifacts is the folder for screenshots ("" for t.TempDir()).
 	Artifacts string
+	// Refuse, when set, makes the front refuse (true) or accept (false)
+	// new connections: with it, a tab stays disconnected long enough to
+	// type while offline.
+	Refuse func(bool)
 }
 
 // Chromium returns the browser binary, or "" when none is installed.
@@ -231,6 +235,9 @@ func Scenario(t *testing.T, target Target) {
 	// balancer and sees what bob said meanwhile, in order, once.
 	evalAs[bool](alice, `(() => { window.__states = []; const el = document.getElementById('conn-state');
 		new MutationObserver(() => window.__states.push(el.dataset.state)).observe(el, {attributes: true}); return true })()`)
+	if target.Refuse != nil {
+		target.Refuse(true)
+	}
 	if err := target.Kill(ia); err != nil {
 		t.Fatalf("kill %s: %v", ia, err)
 	}
@@ -238,6 +245,16 @@ func Scenario(t *testing.T, target Target) {
 	for _, m := range meanwhile {
 		bob.say(m)
 		bob.waitMessage(m)
+	}
+	if target.Refuse != nil {
+		// Typed while disconnected: shown as not yet sent, then sent after
+		// the reconnect, never lost.
+		alice.waitFor("reconnecting", `document.getElementById('conn-state').dataset.state === 'reconnecting'`, 20*time.Second)
+		alice.say("typed while offline")
+		alice.waitFor("an unsent message shown", `[...document.querySelectorAll('#messages li.outgoing')].some(li => li.textContent.includes('typed while offline'))`, 5*time.Second)
+		target.Refuse(false)
+		bob.waitMessage("typed while offline")
+		meanwhile = append(meanwhile, "typed while offline")
 	}
 	alice.waitFor("reconnected", `window.__states.includes('reconnecting') && document.getElementById('conn-state').dataset.state === 'connected'`, 30*time.Second)
 	if ia2 := alice.text("#instance"); ia2 == ia || ia2 == "" {
@@ -252,7 +269,7 @@ func Scenario(t *testing.T, target Target) {
 			t.Fatalf("alice's messages are not contiguous: seqs %v", seqs)
 		}
 	}
-	if !slices.Equal(texts[len(texts)-3:], meanwhile) {
+	if !slices.Equal(texts[len(texts)-len(meanwhile):], meanwhile) {
 		t.Fatalf("alice's last messages: %q", texts)
 	}
 	// The killed instance's members leave everyone's presence within a
@@ -263,6 +280,24 @@ func Scenario(t *testing.T, target Target) {
 	bob.waitMessage("back, on " + alice.text("#instance"))
 
 	saveSideBySide(t, target.Artifacts, alice.screenshot(), bob.screenshot())
+	phone(t, newTab("carol"), target.BaseURL, room)
+}
+
+// phone checks the page on a phone-sized screen, driven by the keyboard.
+func phone(t *testing.T, carol *tab, base, room string) {
+	carol.do("phone viewport", chromedp.EmulateViewport(375, 667, chromedp.EmulateScale(2)))
+	carol.open(base, "carol", room)
+	if evalAs[bool](carol, `document.documentElement.scrollWidth > window.innerWidth`) {
+		t.Fatalf("the page scrolls sideways on a 375 px wide screen")
+	}
+	if unlabelled := evalAs[[]string](carol, `[...document.querySelectorAll('input, button')].filter(e =>
+		!(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim()).map(e => e.id || e.outerHTML)`); len(unlabelled) > 0 {
+		t.Fatalf("controls without a label: %q", unlabelled)
+	}
+	// Keyboard only: the message box has the focus after joining or can get
+	// it by Tab, and Enter sends.
+	carol.say("hello from a phone")
+	carol.waitMessage("hello from a phone")
 }
 
 // saveSideBySide writes both tabs into one picture, and also to the path in

@@ -19,13 +19,19 @@ import (
 type balancer struct {
 	mu       sync.Mutex
 	backends []string
+	refuse   bool
 	next     atomic.Uint64
 }
 
 func (b *balancer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	b.mu.Lock()
 	backends := append([]string(nil), b.backends...)
+	refuse := b.refuse
 	b.mu.Unlock()
+	if refuse {
+		http.Error(w, "refusing connections", http.StatusServiceUnavailable)
+		return
+	}
 	start := b.next.Add(1)
 	for i := range backends {
 		target := backends[(int(start)+i)%len(backends)]
@@ -83,6 +89,11 @@ func TestBrowserChatAcrossInstances(t *testing.T) {
 			return nil
 		},
 		Artifacts: artifactsDir(t),
+		Refuse: func(on bool) {
+			lb.mu.Lock()
+			lb.refuse = on
+			lb.mu.Unlock()
+		},
 	})
 }
 

@@ -76,6 +76,22 @@ func TestStandaloneInstanceIsAChat(t *testing.T) {
 	if got.Message != "hello bob" || got.From != "alice" || got.Seq != 1 || got.ID != "a1" {
 		t.Fatalf("bob got %s", got.Raw)
 	}
+
+	// Several rooms per connection; leaving one stops its traffic only.
+	bob.join("other", nil)
+	alice.join("other", nil)
+	bob.send(map[string]any{"type": "leave", "room": "lobby", "id": "l1"})
+	if f := bob.expectNot("presence"); f.Type != "left" || f.ID != "l1" || f.Room != "lobby" {
+		t.Fatalf("leave: %s", f.Raw)
+	}
+	if p := alice.presence(); p.Event != "leave" || p.Member.Nick != "bob" || p.Room != "lobby" {
+		t.Fatalf("alice: want bob's leave of lobby, got %s", p.Raw)
+	}
+	alice.send(map[string]any{"type": "chat", "room": "lobby", "message": "gone?", "id": "a2"})
+	alice.send(map[string]any{"type": "chat", "room": "other", "message": "still here", "id": "a3"})
+	if f := bob.chats("other", 1)[0]; f.Message != "still here" {
+		t.Fatalf("bob got %s after leaving lobby", f.Raw)
+	}
 }
 
 // Concurrent senders on three instances: every member everywhere sees the
