@@ -5,128 +5,24 @@ package system
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/wschat/wschat/integration/svctest"
 	"github.com/wschat/wschat/services/protocol"
-	relayer "github.com/wschat/wschat/services/relayer/app"
-	user "github.com/wschat/wschat/services/user/app"
 )
 
-const secret = "system-test-secret"
+type proc = svctest.Service
 
-type runFunc func(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error
-
-// proc is one service started in-process.
-type proc struct {
-	t      *testing.T
-	once   sync.Once
-	Addr   string
-	cancel context.CancelFunc
-	done   chan error
-	logs   *logSink
-}
-
-// logSink keeps a service's log and reports the address of its
-// "listening" line.
-type logSink struct {
-	mu    sync.Mutex
-	buf   bytes.Buffer
-	addrc chan string
-}
-
-func (s *logSink) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	start := s.buf.Len()
-	s.buf.Write(p)
-	sc := bufio.NewScanner(bytes.NewReader(s.buf.Bytes()[start:]))
-	for sc.Scan() {
-		var line struct{ Msg, Addr string }
-		if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "listening" && line.Addr != "" {
-			select {
-			case s.addrc <- line.Addr:
-			default:
-			}
-		}
-	}
-	return len(p), nil
-}
-
-func (s *logSink) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.buf.String()
-}
-
-func start(t *testing.T, name string, run runFunc, env map[string]string) *proc {
-	t.Helper()
-	env = withDefaults(env, map[string]string{"HOST": "127.0.0.1", "PORT": "0", "LOG_LEVEL": "debug"})
-	ctx, cancel := context.WithCancel(context.Background())
-	p := &proc{t: t, cancel: cancel, done: make(chan error, 1), logs: &logSink{addrc: make(chan string, 1)}}
-	go func() {
-		p.done <- run(ctx, []string{name}, func(k string) string { return env[k] }, io.Discard, p.logs)
-	}()
-	select {
-	case p.Addr = <-p.logs.addrc:
-	case err := <-p.done:
-		cancel()
-		t.Fatalf("%s exited before listening: %v\n%s", name, err, p.logs)
-	case <-time.After(10 * time.Second):
-		cancel()
-		t.Fatalf("%s did not listen within 10s\n%s", name, p.logs)
-	}
-	t.Cleanup(func() {
-		p.Stop()
-		if t.Failed() {
-			t.Logf("--- %s log ---\n%s", name, p.logs)
-		}
-	})
-	return p
-}
-
-// Stop cancels the service and waits for Run to return.
-func (p *proc) Stop() {
-	p.once.Do(func() {
-		p.cancel()
-		select {
-		case err := <-p.done:
-			if err != nil {
-				p.t.Errorf("service returned %v", err)
-			}
-		case <-time.After(20 * time.Second):
-			p.t.Errorf("service did not stop within 20s")
-		}
-	})
-}
-
-func withDefaults(env, defaults map[string]string) map[string]string {
-	out := map[string]string{}
-	for k, v := range defaults {
-		out[k] = v
-	}
-	for k, v := range env {
-		out[k] = v
-	}
-	return out
-}
-
-func startRelayer(t *testing.T, env map[string]string) *proc {
-	t.Helper()
-	env = withDefaults(env, map[string]string{"RELAY_SECRET": secret, "DATA_DIR": t.TempDir(), "PRESENCE_GRACE": "500ms"})
-	return start(t, "ws-relayer", relayer.Run, env)
-}
+func startRelayer(t *testing.T, env map[string]string) *proc { return svctest.StartRelayer(t, env) }
 
 func startUser(t *testing.T, id string, r *proc, env map[string]string) *proc {
 	t.Helper()
@@ -134,32 +30,19 @@ func startUser(t *testing.T, id string, r *proc, env map[string]string) *proc {
 	if r != nil {
 		relayer = r.Addr
 	}
-	return startUserVia(t, id, relayer, env)
+	return svctest.StartUser(t, id, relayer, env)
 }
 
-// startUserVia starts a ws-user whose relayer is at relayerAddr ("" for
-// standalone), which may be a proxy in front of the relayer.
+// startUserVia starts a ws-user whose relayer is at relayerAddr, which may
+// be a proxy in front of the relayer.
 func startUserVia(t *testing.T, id, relayerAddr string, env map[string]string) *proc {
-	t.Helper()
-	def := map[string]string{"INSTANCE_ID": id, "RELAY_PING_INTERVAL": "1s", "RELAY_RECONNECT_MAX": "500ms"}
-	if relayerAddr != "" {
-		def["RELAYER_URL"] = "ws://" + relayerAddr
-		def["RELAY_SECRET"] = secret
-	}
-	u := start(t, "ws-user", user.Run, withDefaults(env, def))
-	waitFor(t, 10*time.Second, id+" ready", func() bool { return httpStatus(u.Addr, "/readyz") == http.StatusOK })
-	return u
+	return svctest.StartUser(t, id, relayerAddr, env)
 }
 
-func httpStatus(addr, path string) int {
-	resp, err := http.Get("http://" + addr + path)
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode
-}
+var (
+	httpStatus = svctest.HTTPStatus
+	waitFor    = svctest.WaitFor
+)
 
 // metric returns the value of an unlabelled metric of a ws-user, or -1.
 func metric(addr, name string) float64 {
@@ -178,18 +61,6 @@ func metric(addr, name string) float64 {
 		}
 	}
 	return -1
-}
-
-// waitFor polls cond until it holds or the deadline passes.
-func waitFor(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", within, what)
-		}
-		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
-	}
 }
 
 // frame is any server frame, decoded loosely for assertions.
