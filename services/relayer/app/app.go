@@ -112,8 +112,15 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Warn("http shutdown", "err", err)
 	}
 	stopSeq()
-	if err := <-seqDone; err != nil {
-		runErr = errors.Join(runErr, err)
+	select {
+	case err := <-seqDone:
+		if err != nil {
+			runErr = errors.Join(runErr, err)
+		}
+	case <-deadline.Done():
+		// A hung fsync or a long compaction must not hold the process
+		// past its shutdown budget.
+		runErr = errors.Join(runErr, fmt.Errorf("sequencer did not stop within %v", cfg.ShutdownTimeout))
 	}
 	if err := seq.WaitLinks(deadline); err != nil {
 		log.Warn("shutdown", "err", err)

@@ -1,6 +1,7 @@
 package sequencer
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -57,10 +58,13 @@ func (c *conn) deliver(frames [][]byte) {
 		c.mu.Unlock()
 		return
 	}
+	// A link is too slow when output it already had is still unsent: one
+	// batch's answer alone (a large resync) must not condemn it, or its
+	// reconnect would meet the same answer forever.
+	over := len(c.out) > c.s.cfg.QueueBytes
 	for _, f := range frames {
 		c.out = append(c.out, f...)
 	}
-	over := len(c.out) > c.s.cfg.QueueBytes
 	queued := len(c.out)
 	c.mu.Unlock()
 	if over {
@@ -99,6 +103,28 @@ func (c *conn) close(code websocket.StatusCode, reason string, flush bool, why s
 	c.signal()
 }
 
+// maxMessage bounds one link message: a backlog goes out in several, cut
+// at frame boundaries, so it never exceeds the gateway's read limit.
+const maxMessage = 1 << 20
+
+func (c *conn) writeChunks(data []byte) error {
+	for len(data) > 0 {
+		n := len(data)
+		if n > maxMessage {
+			if i := bytes.LastIndexByte(data[:maxMessage], '\n'); i >= 0 {
+				n = i + 1
+			} else if i := bytes.IndexByte(data, '\n'); i >= 0 {
+				n = i + 1
+			}
+		}
+		if err := c.ws.Write(c.ctx, websocket.MessageText, data[:n]); err != nil {
+			return err
+		}
+		data = data[n:]
+	}
+	return nil
+}
+
 func (c *conn) writeLoop() {
 	for {
 		select {
@@ -112,7 +138,7 @@ func (c *conn) writeLoop() {
 		closing, code, reason := c.closing, c.code, c.reason
 		c.mu.Unlock()
 		if len(data) > 0 {
-			if err := c.ws.Write(c.ctx, websocket.MessageText, data); err != nil {
+			if err := c.writeChunks(data); err != nil {
 				c.mu.Lock()
 				wasClosing := c.closing
 				c.closing = true
@@ -125,8 +151,12 @@ func (c *conn) writeLoop() {
 				return
 			}
 		}
+		// data's array is free again; a large one is not kept, and then
+		// spare must not keep pointing at the array out now uses.
 		if cap(data) <= 1<<20 {
 			c.spare = data
+		} else {
+			c.spare = nil
 		}
 		if closing {
 			c.ws.Close(code, reason)

@@ -547,27 +547,62 @@ func TestShutdownDeliversWhatWasAcknowledged(t *testing.T) {
 	}
 }
 
+// A link whose peer stops reading is closed once its unsent output passes
+// the limit; one large answer alone does not condemn a link that reads.
 func TestSlowLinkIsClosed(t *testing.T) {
-	h := start(t, "", func(c *Config) { c.QueueBytes = 4096 })
-	slow := h.dial("slow")
-	slow.sync(link.RoomState{Room: "r"})
+	h := start(t, "", func(c *Config) { c.QueueBytes = 64 << 10 })
+	fast := h.dial("fast")
+	fast.sync(link.RoomState{Room: "r"})
 	p := h.dial("p")
 	p.sync()
-	// One message, so one batch: 50 frames of ~150 bytes exceed 4 KiB at once.
+	// One batch far over the limit: delivered, the link stays.
 	var frames []*link.Frame
-	for i := range 50 {
-		frames = append(frames, pubFrame(fmt.Sprint(i), "r", strings.Repeat("y", 100)))
+	for i := range 400 {
+		frames = append(frames, pubFrame(fmt.Sprint(i), "r", strings.Repeat("y", 200)))
 	}
 	p.send(frames...)
-	if got := slow.closed(); got != websocket.StatusTryAgainLater {
-		t.Fatalf("close status %v, want 1013", got)
-	}
-	if got := testutil.ToFloat64(h.s.m.drops.WithLabelValues(dropSlow)); got != 1 {
-		t.Fatalf("link_drops_total{reason=slow} = %v", got)
-	}
-	// The publisher's acks are small enough and keep flowing.
-	for range 50 {
+	for range 400 {
 		p.expect(link.OpAck)
+	}
+	for n := 0; n < 400; {
+		if f := fast.expect(link.OpMsg); f.Msg != nil {
+			n++
+		}
+	}
+
+	// A peer that stops reading: once the socket buffers are full, output
+	// piles up in the relayer and the link is closed.
+	hdr := http.Header{}
+	hdr.Set("Authorization", "Bearer "+testSecret)
+	hdr.Set(link.HeaderInstance, "slow")
+	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
+	defer cancel()
+	slow, _, err := websocket.Dial(ctx, h.url(), &websocket.DialOptions{HTTPHeader: hdr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.CloseNow()
+	sync, _ := link.Append(nil, &link.Frame{T: link.OpSync, Rooms: []link.RoomState{{Room: "r"}}})
+	if err := slow.Write(ctx, websocket.MessageText, sync); err != nil {
+		t.Fatal(err)
+	}
+	dropped := func() bool { return testutil.ToFloat64(h.s.m.drops.WithLabelValues(dropSlow)) == 1 }
+	big := strings.Repeat("z", 4000)
+	for batch := 0; batch < 2000 && !dropped(); batch++ { // at most ~80 MB
+		frames = frames[:0]
+		for i := range 20 {
+			frames = append(frames, pubFrame(fmt.Sprint("b", batch, "-", i), "r", big))
+		}
+		p.send(frames...)
+		for range 20 {
+			p.expect(link.OpAck) // the publisher is not held back by the slow link
+		}
+		for range 20 {
+			fast.expect(link.OpMsg)
+		}
+	}
+	if !dropped() {
+		t.Fatal("the link that stopped reading was never closed")
 	}
 }
 
