@@ -68,8 +68,16 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	h.m.Connections.Set(float64(len(h.clients)))
 	h.wg.Add(1)
 	h.mu.Unlock()
-	defer h.wg.Done()
 
+	// The connection is served on a goroutine of its own and the handler
+	// returns: net/http's goroutine, its stack and the request are freed,
+	// which is a good part of what an idle connection would otherwise cost.
+	go c.serve()
+}
+
+func (c *Client) serve() {
+	h := c.h
+	defer h.wg.Done()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	writerDone := make(chan struct{})
@@ -77,7 +85,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 		defer close(writerDone)
 		c.writeLoop(ctx)
 	}()
-	err = c.readLoop(ctx)
+	err := c.readLoop(ctx)
 	h.disconnect(c)
 	h.mu.Lock()
 	c.closeLocked(websocket.StatusNormalClosure, "", false)
