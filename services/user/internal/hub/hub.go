@@ -519,29 +519,35 @@ func (h *Hub) Message(m *protocol.Message) {
 func (h *Hub) Ack(mid, room string, seq uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	w, ok := h.pubs[mid]
+	w, ok := h.settlePubLocked(mid)
 	if !ok {
 		return
 	}
-	delete(h.pubs, mid)
+	defer h.checkPubsDoneLocked()
 	h.m.AckLatency.Observe(time.Since(w.t0).Seconds())
 	if w.c.extended {
 		w.c.sendLocked(protocol.Encode(protocol.Ack{Type: protocol.TypeAck, ID: w.id, Room: room, Seq: seq}))
 	}
-	h.checkPubsDoneLocked()
 }
 
 // Nack implements bus.Handler.
 func (h *Hub) Nack(mid string, err *protocol.Error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	w, ok := h.pubs[mid]
+	w, ok := h.settlePubLocked(mid)
 	if !ok {
 		return
 	}
-	delete(h.pubs, mid)
+	defer h.checkPubsDoneLocked()
 	w.c.sendErrorLocked(protocol.Inbound{ID: w.id, Room: w.room}, err.Code, "message refused: %s", err.Message)
-	h.checkPubsDoneLocked()
+}
+
+// settlePubLocked removes the publish mid from those in flight; false when
+// it was settled already (a duplicate answer).
+func (h *Hub) settlePubLocked(mid string) (pubWaiter, bool) {
+	w, ok := h.pubs[mid]
+	delete(h.pubs, mid)
+	return w, ok
 }
 
 // Presence implements bus.Handler.
