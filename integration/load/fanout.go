@@ -36,11 +36,7 @@ func roomName(prefix string, k int) string { return fmt.Sprintf("%s-r%d", prefix
 
 func (r *runner) fanout(ctx context.Context) (*Result, error) {
 	cfg := r.cfg
-	base, err := r.server.sample()
-	if err != nil {
-		return nil, err
-	}
-	selfBase, err := r.self.sample()
+	base, selfBase, err := r.sample()
 	if err != nil {
 		return nil, err
 	}
@@ -194,6 +190,18 @@ func (r *runner) fanout(ctx context.Context) (*Result, error) {
 }
 
 // result fills what every mode reports.
+// sample reads the CPU and memory of the servers under test and of the
+// generator itself, at one moment.
+func (r *runner) sample() (server, self snap, err error) {
+	if server, err = r.server.sample(); err != nil {
+		return server, self, fmt.Errorf("sample servers: %w", err)
+	}
+	if self, err = r.self.sample(); err != nil {
+		return server, self, fmt.Errorf("sample the generator: %w", err)
+	}
+	return server, self, nil
+}
+
 func (r *runner) result() *Result {
 	return &Result{
 		Label:    r.cfg.label,

@@ -12,11 +12,7 @@ import (
 // to measure what an idle connection costs the servers.
 func (r *runner) idle(ctx context.Context) (*Result, error) {
 	cfg := r.cfg
-	base, err := r.server.sample()
-	if err != nil {
-		return nil, err
-	}
-	selfBase, err := r.self.sample()
+	base, selfBase, err := r.sample()
 	if err != nil {
 		return nil, err
 	}
@@ -40,20 +36,18 @@ func (r *runner) idle(ctx context.Context) (*Result, error) {
 		errs, _ := r.errs.snapshot()
 		return nil, fmt.Errorf("no connection could be set up (%v)", errs)
 	}
-	start, err := r.server.sample()
+	start, selfStart, err := r.sample()
 	if err != nil {
 		return nil, err
 	}
-	selfStart, _ := r.self.sample()
 	r.log.Info("holding", "conns", established, "hold", cfg.hold)
 	holdStart := r.now()
 	_ = r.sleepUntil(ctx, holdStart+int64(cfg.hold))
 	held := time.Duration(r.now() - holdStart)
-	end, err := r.server.sample()
+	end, selfEnd, err := r.sample()
 	if err != nil {
 		return nil, err
 	}
-	selfEnd, _ := r.self.sample()
 	r.closeAll(conns, &readers)
 
 	res := r.result()

@@ -2,7 +2,6 @@ package load
 
 import (
 	"context"
-	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,11 +13,10 @@ import (
 // stay open, as after a mass reconnect.
 func (r *runner) storm(ctx context.Context) (*Result, error) {
 	cfg := r.cfg
-	base, err := r.server.sample()
+	base, selfBase, err := r.sample()
 	if err != nil {
 		return nil, err
 	}
-	selfBase, _ := r.self.sample()
 	var mu sync.Mutex
 	var conns []*conn
 	var readers sync.WaitGroup
@@ -103,11 +101,10 @@ func (r *runner) storm(ctx context.Context) (*Result, error) {
 	}
 	st.BestRatePerInstance = round(st.BestRate / float64(len(cfg.urls)))
 	elapsed := time.Duration(r.now() - stormStart)
-	end, err := r.server.sample()
+	end, selfEnd, err := r.sample()
 	if err != nil {
-		return nil, fmt.Errorf("sample servers: %w", err)
+		return nil, err
 	}
-	selfEnd, _ := r.self.sample()
 	r.closeAll(conns, &readers)
 
 	res := r.result()
