@@ -44,6 +44,25 @@ func spreadMembers(ctx context.Context, t *testing.T, nt *notifier, s *stack, pr
 	return by
 }
 
+// busyRoom spreads perReplica members over each of the three replicas in
+// room (closed at the end of the test) and starts traffic from one sender
+// per replica; closing stop ends it, and done is closed when it has.
+func busyRoom(ctx context.Context, t *testing.T, nt *notifier, s *stack, prefix, room string, perReplica int) (
+	by map[string][]*member, members []*member, stop chan struct{}, done <-chan struct{},
+) {
+	t.Helper()
+	by = spreadMembers(ctx, t, nt, s, prefix, room, []string{"ws-user-1", "ws-user-2", "ws-user-3"}, perReplica)
+	members = allMembers(by)
+	t.Cleanup(func() {
+		for _, m := range members {
+			m.close()
+		}
+	})
+	senders := []*member{by["ws-user-1"][0], by["ws-user-2"][0], by["ws-user-3"][0]}
+	stop = make(chan struct{})
+	return by, members, stop, traffic(ctx, senders, 60*time.Millisecond, 2000, stop)
+}
+
 func counts(by map[string][]*member) map[string]int {
 	n := map[string]int{}
 	for id, ms := range by {
@@ -324,17 +343,7 @@ func TestReplicaCrashUnderTraffic(t *testing.T) {
 	const victim = "ws-user-2"
 
 	nt := newNotifier()
-	by := spreadMembers(ctx, t, nt, s, "m", room, []string{"ws-user-1", "ws-user-2", "ws-user-3"}, 2)
-	members := allMembers(by)
-	t.Cleanup(func() {
-		for _, m := range members {
-			m.close()
-		}
-	})
-	// One sender per replica, the victim's included.
-	senders := []*member{by["ws-user-1"][0], by["ws-user-2"][0], by["ws-user-3"][0]}
-	stop := make(chan struct{})
-	done := traffic(ctx, senders, 60*time.Millisecond, 2000, stop)
+	by, members, stop, done := busyRoom(ctx, t, nt, s, "m", room, 2)
 
 	waitAcked(ctx, t, nt, members, 40, "before the crash")
 	s.kill(ctx, s.user(victim))
@@ -378,16 +387,7 @@ func TestRelayerRestartUnderTraffic(t *testing.T) {
 	const room = "restart"
 
 	nt := newNotifier()
-	by := spreadMembers(ctx, t, nt, s, "r", room, []string{"ws-user-1", "ws-user-2", "ws-user-3"}, 1)
-	members := allMembers(by)
-	t.Cleanup(func() {
-		for _, m := range members {
-			m.close()
-		}
-	})
-	senders := []*member{by["ws-user-1"][0], by["ws-user-2"][0], by["ws-user-3"][0]}
-	stop := make(chan struct{})
-	done := traffic(ctx, senders, 60*time.Millisecond, 2000, stop)
+	by, members, stop, done := busyRoom(ctx, t, nt, s, "r", room, 1)
 
 	waitAcked(ctx, t, nt, members, 40, "before the restart")
 	s.restartRelayer(ctx)
@@ -395,7 +395,7 @@ func TestRelayerRestartUnderTraffic(t *testing.T) {
 	close(stop)
 	<-done
 
-	last := settle(ctx, t, nt, senders[0], members)
+	last := settle(ctx, t, nt, by["ws-user-1"][0], members)
 	canon := checkLogs(t, last, logsOf(members))
 
 	// A newcomer asks for the whole room: every message, including those
