@@ -17,7 +17,9 @@
 # WARMUP (2s), DURATION (10s), HOLD (10s), IDLE_CONNS (2000), PER_PROC
 # (18000), STORM_CAP (10000), STORM_START (200), RELAY_FSYNC (true),
 # SEND_QUEUE (4096), SERVER_CPUS (0), GEN_CPUS (1), OUT (results file,
-# default /tmp/wsload-results.jsonl: one JSON line per generator process).
+# default /tmp/wsload-results.jsonl: one JSON line per generator process),
+# PPROF_DIR (if set: a CPU profile of the first ws-user, taken for
+# PPROF_SECONDS (5) after the warm-up, is written there).
 set -euo pipefail
 
 workload=${1:?usage: $0 W1|W2|W3|W4 [wsload flags...]}
@@ -76,13 +78,14 @@ start() {
 	[[ -n $addr ]] || { echo "$name did not listen" >&2; return 1; }
 }
 
+debug() { if [[ -n ${PPROF_DIR:-} && $1 == 6061 ]]; then echo "DEBUG_ADDR=127.0.0.1:$1"; else echo "DEBUG_ADDR="; fi; }
 start ws-relayer RELAY_SECRET=$SECRET DATA_DIR="$work/data" RELAY_FSYNC="${RELAY_FSYNC:-true}"
 relayer=$addr
 server_pids=${pids[-1]}
 urls=
 for i in 1 2; do
 	start "ws-user-$i" INSTANCE_ID="u$i" RELAYER_URL="ws://$relayer" RELAY_SECRET=$SECRET \
-		RATE_PER_SEC=100000 RATE_BURST=100000 SEND_QUEUE="${SEND_QUEUE:-4096}"
+		RATE_PER_SEC=100000 RATE_BURST=100000 SEND_QUEUE="${SEND_QUEUE:-4096}" "$(debug $((6060 + i)))"
 	server_pids+=,${pids[-1]}
 	urls+=${urls:+,}ws://$addr/ws
 	for _ in $(seq 100); do
@@ -91,6 +94,15 @@ for i in 1 2; do
 	done
 done
 echo "relayer $relayer, ws-users $urls, server pids $server_pids" >&2
+
+if [[ -n ${PPROF_DIR:-} ]]; then
+	mkdir -p "$PPROF_DIR"
+	(
+		sleep "${WARMUP%s}"
+		curl -s -o "$PPROF_DIR/ws-user-1.cpu.pprof" "http://127.0.0.1:6061/debug/pprof/profile?seconds=${PPROF_SECONDS:-5}"
+	) &
+	pids+=($!)
+fi
 
 gen=(taskset -c "$GEN_CPUS" "$work/wsload" -label "$workload" -protocol "$PROTOCOL" -urls "$urls" -pids "$server_pids")
 

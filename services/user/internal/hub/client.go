@@ -11,6 +11,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/user/internal/cork"
 )
 
 const statusServiceRestart = websocket.StatusServiceRestart
@@ -19,6 +20,7 @@ const statusServiceRestart = websocket.StatusServiceRestart
 type Client struct {
 	h      *Hub
 	conn   *websocket.Conn
+	cork   *cork.Conn // conn's socket: the writer sends each batch in one write
 	member protocol.Member
 	nick   string
 
@@ -41,7 +43,8 @@ type Client struct {
 // closes. origins are the allowed Origin host patterns; empty means the
 // request's own host only.
 func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{
+	cw := &cork.ResponseWriter{ResponseWriter: w, Pool: &h.bufs}
+	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		OriginPatterns:  origins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
@@ -51,7 +54,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	}
 	conn.SetReadLimit(h.cfg.MaxFrame)
 	c := &Client{
-		h: h, conn: conn,
+		h: h, conn: conn, cork: cw.Conn,
 		rooms:  map[string]struct{}{},
 		q:      queue{limit: h.cfg.SendQueue, limitBytes: h.cfg.SendQueueBytes, wake: make(chan struct{}, 1)},
 		done:   make(chan struct{}),
@@ -78,14 +81,12 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 func (c *Client) serve() {
 	h := c.h
 	defer h.wg.Done()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
 	writerDone := make(chan struct{})
 	go func() {
 		defer close(writerDone)
-		c.writeLoop(ctx)
+		c.writeLoop()
 	}()
-	err := c.readLoop(ctx)
+	err := c.readLoop()
 	h.disconnect(c)
 	h.mu.Lock()
 	c.closeLocked(websocket.StatusNormalClosure, "", false)
@@ -94,8 +95,7 @@ func (c *Client) serve() {
 	select {
 	case <-writerDone:
 	case <-t.C:
-		cancel() // the writer is stuck on a dead peer
-		c.conn.CloseNow()
+		c.conn.CloseNow() // the writer is stuck on a dead peer
 		<-writerDone
 	}
 	t.Stop()
@@ -104,10 +104,13 @@ func (c *Client) serve() {
 	}
 }
 
-func (c *Client) readLoop(ctx context.Context) error {
+// readLoop reads until the connection fails or is closed. Read gets no
+// cancellable context: that would arm a callback per frame, and closing the
+// connection ends the read anyway.
+func (c *Client) readLoop() error {
 	rules := c.h.cfg.Rules
 	for {
-		typ, data, err := c.conn.Read(ctx)
+		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
 			return err
 		}
@@ -161,17 +164,25 @@ func (c *Client) readLoop(ctx context.Context) error {
 	}
 }
 
-func (c *Client) writeLoop(ctx context.Context) {
+func (c *Client) writeLoop() {
 	var batch [][]byte
-	// writeAll writes what is queued; false when the connection failed.
+	// writeAll writes what is queued, framed by cork and sent in one
+	// system call; false when the connection failed. A writer stuck on a
+	// dead peer is freed by closing the connection.
 	writeAll := func() bool {
 		batch = c.q.take(batch)
+		c.cork.Hold()
 		for i, b := range batch {
-			if err := c.conn.Write(ctx, websocket.MessageText, b); err != nil {
+			if err := c.cork.AppendText(b); err != nil {
+				c.cork.Release()
 				c.conn.CloseNow()
 				return false
 			}
 			batch[i] = nil
+		}
+		if err := c.cork.Release(); err != nil {
+			c.conn.CloseNow()
+			return false
 		}
 		c.h.m.FramesOut.Add(float64(len(batch)))
 		if cap(batch) > 64 {

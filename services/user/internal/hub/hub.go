@@ -24,6 +24,7 @@ import (
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
 	"github.com/wschat/wschat/services/user/internal/bus"
+	"github.com/wschat/wschat/services/user/internal/cork"
 )
 
 // Config sets the hub's limits.
@@ -52,6 +53,7 @@ type Hub struct {
 	nonce string
 	ids   atomic.Uint64
 	wg    sync.WaitGroup // client goroutines
+	bufs  cork.Pool      // clients' write batches
 
 	mu      sync.Mutex
 	rooms   map[string]*room

@@ -1,0 +1,214 @@
+// Package cork lets a WebSocket server write many frames with one system
+// call, and gives a hijacked connection small buffers.
+//
+// coder/websocket flushes after every message, so a connection with ten
+// frames queued would cost ten write calls; on loopback and in VMs a write
+// call costs several microseconds however small it is. Conn is the net.Conn
+// handed to coder/websocket. The server's writer frames its text messages
+// itself with AppendText (a server frame is a header and the payload, no
+// mask): between Hold and Release they are gathered in memory and Release
+// sends them in one write. coder/websocket still writes the control frames
+// (pong, close) through the same Conn, in order with the gathered frames.
+//
+// ResponseWriter makes net/http's Hijack hand out a Conn with read and
+// write buffers sized for chat frames instead of net/http's 4 KiB each,
+// which an idle connection would otherwise keep for its whole life.
+package cork
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+)
+
+// Sizes of the buffers a hijacked connection gets.
+const (
+	// ReadBuffer holds a typical client frame with its header, so one read
+	// call usually returns a whole frame.
+	ReadBuffer = 1024
+	// writeBuffer is what coder/websocket gets for its control frames. It
+	// holds the largest one (2 header bytes, 125 payload bytes), so each
+	// reaches Write whole, which is how Write recognises a close frame.
+	writeBuffer = 128
+	// flushAt bounds what a held Conn gathers before it writes anyway.
+	flushAt = 64 << 10
+	// pooledCap is the size of the gathering buffers kept for reuse.
+	pooledCap = 16 << 10
+)
+
+// Pool hands out gathering buffers; a Conn holds one only between Hold and
+// Release, so an idle connection holds none. The zero Pool is ready to use.
+type Pool struct{ p sync.Pool }
+
+func (p *Pool) get() *[]byte {
+	if b, ok := p.p.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, 0, pooledCap)
+	return &b
+}
+
+func (p *Pool) put(b *[]byte) {
+	if cap(*b) > flushAt*2 {
+		return // grown by an oversized frame; let it go
+	}
+	*b = (*b)[:0]
+	p.p.Put(b)
+}
+
+// Conn is a net.Conn whose writes can be held back and sent together.
+// Its methods are safe for concurrent use; writes are sent in the order
+// they were made.
+type Conn struct {
+	net.Conn
+	pool *Pool
+
+	mu        sync.Mutex // serialises writes to the underlying conn
+	held      bool
+	closeSent bool    // a close frame went out: no data frame may follow
+	buf       *[]byte // nil unless held and written to
+}
+
+// ErrCloseSent is returned by AppendText after a close frame was written.
+var ErrCloseSent = errors.New("websocket close frame already sent; no more messages can be written")
+
+const (
+	finText  = 0x81 // FIN + text opcode
+	finClose = 0x88 // FIN + close opcode
+)
+
+// NewConn wraps c; pool provides the gathering buffers.
+func NewConn(c net.Conn, pool *Pool) *Conn {
+	return &Conn{Conn: c, pool: pool}
+}
+
+// Hold makes writes gather in memory until Release.
+func (c *Conn) Hold() {
+	c.mu.Lock()
+	c.held = true
+	c.mu.Unlock()
+}
+
+// Release writes what was gathered since Hold in one call and makes writes
+// go straight through again.
+func (c *Conn) Release() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.held = false
+	return c.sendLocked()
+}
+
+// Write gathers p while the Conn is held, or writes it. It is how
+// coder/websocket's frames reach the connection.
+func (c *Conn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(p) > 0 && p[0] == finClose {
+		c.closeSent = true
+	}
+	if !c.held {
+		return c.Conn.Write(p)
+	}
+	if err := c.gatherLocked(p); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// AppendText writes p as one WebSocket text message in a single unmasked
+// frame: gathered while the Conn is held, at once otherwise.
+func (c *Conn) AppendText(p []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closeSent {
+		return ErrCloseSent
+	}
+	var hdr [10]byte
+	h := appendHeader(hdr[:0], finText, len(p))
+	if !c.held {
+		_, err := (&net.Buffers{h, p}).WriteTo(c.Conn)
+		return err
+	}
+	if err := c.gatherLocked(h); err != nil {
+		return err
+	}
+	return c.gatherLocked(p)
+}
+
+func appendHeader(b []byte, first byte, n int) []byte {
+	switch {
+	case n <= 125:
+		return append(b, first, byte(n))
+	case n <= 0xffff:
+		return binary.BigEndian.AppendUint16(append(b, first, 126), uint16(n))
+	default:
+		return binary.BigEndian.AppendUint64(append(b, first, 127), uint64(n))
+	}
+}
+
+func (c *Conn) gatherLocked(p []byte) error {
+	if c.buf == nil {
+		c.buf = c.pool.get()
+	}
+	*c.buf = append(*c.buf, p...)
+	if len(*c.buf) >= flushAt {
+		return c.sendLocked()
+	}
+	return nil
+}
+
+func (c *Conn) sendLocked() error {
+	if c.buf == nil {
+		return nil
+	}
+	b := c.buf
+	c.buf = nil
+	_, err := c.Conn.Write(*b)
+	c.pool.put(b)
+	if err != nil {
+		return fmt.Errorf("write gathered frames: %w", err)
+	}
+	return nil
+}
+
+// ResponseWriter wraps an http.ResponseWriter so that Hijack returns a
+// *Conn with small buffers. Conn is set by a successful Hijack.
+type ResponseWriter struct {
+	http.ResponseWriter
+	Pool *Pool
+	Conn *Conn
+}
+
+// Unwrap lets http.ResponseController reach the wrapped writer.
+func (w *ResponseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+// Hijack takes over the connection like http.Hijacker, keeping any bytes
+// net/http had already read from it.
+func (w *ResponseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, fmt.Errorf("hijack: %w", err)
+	}
+	c := NewConn(nc, w.Pool)
+	n := brw.Reader.Buffered()
+	br := bufio.NewReaderSize(c, max(ReadBuffer, n))
+	if n > 0 {
+		// The early bytes must sit in the new reader's buffer, not behind
+		// it: the caller may look at Buffered and re-seat the reader, as
+		// coder/websocket does.
+		early, _ := brw.Reader.Peek(n)
+		br.Reset(io.MultiReader(bytes.NewReader(bytes.Clone(early)), c))
+		if _, err := br.Peek(n); err != nil {
+			nc.Close()
+			return nil, nil, fmt.Errorf("hijack: keep early bytes: %w", err)
+		}
+	}
+	w.Conn = c
+	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(c, writeBuffer)), nil
+}

@@ -1,0 +1,246 @@
+package cork
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// countConn records every write that reaches the "socket".
+type countConn struct {
+	net.Conn
+	mu     sync.Mutex
+	writes [][]byte
+}
+
+func (c *countConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.writes = append(c.writes, bytes.Clone(p))
+	return len(p), nil
+}
+
+func (c *countConn) calls() [][]byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writes
+}
+
+func TestHeldWritesGoOutInOneCall(t *testing.T) {
+	under := &countConn{}
+	c := NewConn(under, &Pool{})
+
+	mustWrite(t, c, "a")
+	if got := len(under.calls()); got != 1 {
+		t.Fatalf("a write while not held made %d calls, want 1", got)
+	}
+	c.Hold()
+	mustWrite(t, c, "b")
+	mustWrite(t, c, "c")
+	mustWrite(t, c, "d")
+	if got := len(under.calls()); got != 1 {
+		t.Fatalf("writes while held reached the socket: %d calls", got)
+	}
+	if err := c.Release(); err != nil {
+		t.Fatal(err)
+	}
+	calls := under.calls()
+	if len(calls) != 2 || string(calls[1]) != "bcd" {
+		t.Fatalf("after Release the socket saw %q, want [a bcd]", calls)
+	}
+	if err := c.Release(); err != nil || len(under.calls()) != 2 {
+		t.Fatalf("an empty Release wrote: err %v, calls %d", err, len(under.calls()))
+	}
+	mustWrite(t, c, "e")
+	if calls := under.calls(); len(calls) != 3 || string(calls[2]) != "e" {
+		t.Fatalf("a write after Release was not sent at once: %q", calls)
+	}
+}
+
+func TestHeldWritesAreBounded(t *testing.T) {
+	under := &countConn{}
+	c := NewConn(under, &Pool{})
+	c.Hold()
+	chunk := bytes.Repeat([]byte("x"), 1000)
+	total := 0
+	for total < 3*flushAt {
+		if _, err := c.Write(chunk); err != nil {
+			t.Fatal(err)
+		}
+		total += len(chunk)
+	}
+	for _, w := range under.calls() {
+		if len(w) > flushAt+len(chunk) {
+			t.Fatalf("a held conn gathered %d bytes, more than its bound %d", len(w), flushAt)
+		}
+	}
+	if err := c.Release(); err != nil {
+		t.Fatal(err)
+	}
+	sent := 0
+	for _, w := range under.calls() {
+		sent += len(w)
+	}
+	if sent != total {
+		t.Fatalf("sent %d bytes, wrote %d", sent, total)
+	}
+}
+
+// A write error is reported by Release and nothing is kept for later.
+func TestReleaseReportsWriteError(t *testing.T) {
+	a, b := net.Pipe()
+	b.Close()
+	c := NewConn(a, &Pool{})
+	c.Hold()
+	mustWrite(t, c, "lost")
+	if err := c.Release(); err == nil {
+		t.Fatal("Release to a closed peer succeeded")
+	}
+}
+
+// Bytes the client sent right behind its request, already read by net/http
+// when the handler hijacks, must come out of the hijacked reader first.
+func TestHijackKeepsEarlyBytes(t *testing.T) {
+	got := make(chan string, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cw := &ResponseWriter{ResponseWriter: w, Pool: &Pool{}}
+		nc, brw, err := cw.Hijack()
+		if err != nil {
+			got <- "hijack: " + err.Error()
+			return
+		}
+		defer nc.Close()
+		if cw.Conn == nil || nc != net.Conn(cw.Conn) {
+			got <- "Hijack did not record its Conn"
+			return
+		}
+		if brw.Reader.Size() != ReadBuffer || brw.Writer.Size() != writeBuffer {
+			got <- "unexpected buffer sizes"
+			return
+		}
+		// coder/websocket re-seats the reader on the connection, keeping
+		// only what is in its buffer: the early bytes must be there.
+		if brw.Reader.Buffered() == 0 {
+			got <- "early bytes are not in the reader's buffer"
+			return
+		}
+		b, _ := brw.Reader.Peek(brw.Reader.Buffered())
+		brw.Reader.Reset(io.MultiReader(bytes.NewReader(b), nc))
+		line, err := brw.ReadString('\n')
+		if err != nil {
+			got <- "read: " + err.Error()
+			return
+		}
+		got <- line
+	}))
+	defer srv.Close()
+
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Request and the first "frame" in one write, so net/http reads both.
+	if _, err := io.WriteString(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\nearly then late"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(conn, " bytes\n"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case line := <-got:
+		if line != "early then late bytes\n" {
+			t.Fatalf("hijacked reader returned %q", line)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("handler did not finish")
+	}
+}
+
+func TestHijackUnsupported(t *testing.T) {
+	rec := httptest.NewRecorder()
+	cw := &ResponseWriter{ResponseWriter: rec, Pool: &Pool{}}
+	if _, _, err := cw.Hijack(); err == nil || !strings.Contains(err.Error(), "hijack") {
+		t.Fatalf("Hijack of a recorder: err %v", err)
+	}
+	if cw.Conn != nil {
+		t.Fatal("a failed Hijack recorded a Conn")
+	}
+}
+
+func mustWrite(t *testing.T, c *Conn, s string) {
+	t.Helper()
+	if n, err := c.Write([]byte(s)); err != nil || n != len(s) {
+		t.Fatalf("Write(%q) = %d, %v", s, n, err)
+	}
+}
+
+// Frames written by AppendText, held or not, are read by a real WebSocket
+// client as the messages they carry, in order with coder/websocket's own
+// close frame, and nothing can be appended after that close frame.
+func TestAppendTextSpeaksWebSocket(t *testing.T) {
+	sizes := []int{0, 1, 125, 126, 1000, 0xffff, 0x10000, 200_000}
+	payload := func(i, n int) []byte { return bytes.Repeat([]byte{byte('a' + i)}, n) }
+	afterClose := make(chan error, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cw := &ResponseWriter{ResponseWriter: w, Pool: &Pool{}}
+		ws, err := websocket.Accept(cw, r, nil)
+		if err != nil {
+			afterClose <- err
+			return
+		}
+		for i, n := range sizes {
+			held := i%2 == 0
+			if held {
+				cw.Conn.Hold()
+			}
+			if err := cw.Conn.AppendText(payload(i, n)); err != nil {
+				afterClose <- err
+				return
+			}
+			if held {
+				if err := cw.Conn.Release(); err != nil {
+					afterClose <- err
+					return
+				}
+			}
+		}
+		ws.Close(websocket.StatusNormalClosure, "done")
+		afterClose <- cw.Conn.AppendText([]byte("too late"))
+	}))
+	defer srv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.CloseNow()
+	client.SetReadLimit(1 << 20)
+	for i, n := range sizes {
+		typ, got, err := client.Read(ctx)
+		if err != nil {
+			t.Fatalf("message %d (%d bytes): %v", i, n, err)
+		}
+		if typ != websocket.MessageText || !bytes.Equal(got, payload(i, n)) {
+			t.Fatalf("message %d: got type %v, %d bytes, want text of %d bytes", i, typ, len(got), n)
+		}
+	}
+	if _, _, err := client.Read(ctx); websocket.CloseStatus(err) != websocket.StatusNormalClosure {
+		t.Fatalf("after the messages: %v, want the server's normal close", err)
+	}
+	if err := <-afterClose; !errors.Is(err, ErrCloseSent) {
+		t.Fatalf("AppendText after close: %v, want ErrCloseSent", err)
+	}
+}
