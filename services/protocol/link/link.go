@@ -129,8 +129,11 @@ func Split(data []byte, fn func(*Frame) error) error {
 			continue
 		}
 		var f Frame
-		if err := json.Unmarshal(line, &f); err != nil {
-			return fmt.Errorf("decode link frame: %w", err)
+		if !decodeFast(line, &f) {
+			f = Frame{}
+			if err := json.Unmarshal(line, &f); err != nil {
+				return fmt.Errorf("decode link frame: %w", err)
+			}
 		}
 		if f.T == "" {
 			return fmt.Errorf("decode link frame: missing op")

@@ -1,0 +1,106 @@
+package link
+
+import (
+	"encoding/json"
+	"reflect"
+	"testing"
+
+	"github.com/wschat/wschat/services/protocol"
+)
+
+var fastSeeds = []string{
+	`{"t":"msg","msg":{"room":"lobby","seq":42,"id":"c1","from":"ann","uid":"u-1","message":"hello there","ts":1764400000000}}`,
+	`{"t":"pub","mid":"m-7","msg":{"room":"lobby","id":"c1","from":"ann","uid":"u-1","message":"hi","seq":0,"ts":0}}`,
+	`{"t":"ack","room":"lobby","mid":"m-7","seq":18446744073709551615}`,
+	`{"t":"msg","msg":{"room":"ü-room","seq":1,"message":"naïve ☃","ts":-5}}`,
+	`{"t":"msg","msg":{"room":"r","seq":1,"message":"quote \" inside","ts":1}}`,
+	`{"t":"msg","msg":{"room":"r","seq":01,"message":"x","ts":1}}`,
+	`{"t":"msg","msg":{"room":"r","seq":1.5,"message":"x","ts":1}}`,
+	`{"t":"ack","room":"r","mid":"m","seq":18446744073709551616}`,
+	`{"t":"msg","msg":{"room":"r"},"msg":{"seq":2}}`,
+	`{"t":"msg","Msg":{"room":"r"}}`,
+	`{"t":"msg","msg":null}`,
+	`{"t":"msg"} `,
+	`{}`,
+	"{\"t\":\"msg\",\"msg\":{\"message\":\"\xff\"}}",
+	`{"t":"msg","msg":{"ts":-9223372036854775808}}`,
+	`{"t":"subscribed","room":"r","seq":3,"first":1,"members":[]}`,
+}
+
+// The fast path is an optimisation, not a second decoder: whatever it
+// accepts, encoding/json must accept and read the same way.
+func FuzzDecodeFastMatchesEncodingJSON(f *testing.F) {
+	for _, s := range fastSeeds {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, line []byte) {
+		var fast Frame
+		if !decodeFast(line, &fast) {
+			return
+		}
+		var slow Frame
+		if err := json.Unmarshal(line, &slow); err != nil {
+			t.Fatalf("fast path accepted %q, encoding/json refuses it: %v", line, err)
+		}
+		if !reflect.DeepEqual(fast, slow) {
+			t.Fatalf("%q: fast path read %+v (msg %+v), encoding/json %+v (msg %+v)", line, fast, fast.Msg, slow, slow.Msg)
+		}
+	})
+}
+
+// The frames the peers actually send take the fast path.
+func TestDecodeFastTakesPeerFrames(t *testing.T) {
+	m := protocol.Message{Room: "lobby", Seq: 9, ID: "c1", From: "ann", UID: "u1", Text: "hello", TS: 1764400000000}
+	for _, f := range []Frame{
+		{T: OpMsg, Msg: &m},
+		{T: OpPub, MID: "m-1", Msg: &protocol.Message{Room: "lobby", ID: "c1", From: "ann", UID: "u1", Text: "hi"}},
+		{T: OpAck, Room: "lobby", MID: "m-1", Seq: 9},
+	} {
+		b, err := Append(nil, &f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got Frame
+		if !decodeFast(b[:len(b)-1], &got) {
+			t.Fatalf("%s frame %s did not take the fast path", f.T, b)
+		}
+		if !reflect.DeepEqual(got, f) {
+			t.Fatalf("fast path read %+v, want %+v", got, f)
+		}
+	}
+}
+
+func BenchmarkSplitMsgFrames(b *testing.B) {
+	m := protocol.Message{Room: "room-42", Seq: 123456, ID: "c-99", From: "alice", UID: "u-abcdef12", Text: "hello world, this is a chat message", TS: 1764400000000}
+	var batch []byte
+	for range 100 {
+		var err error
+		if batch, err = Append(batch, &Frame{T: OpMsg, Msg: &m}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	b.SetBytes(int64(len(batch)))
+	for b.Loop() {
+		if err := Split(batch, func(*Frame) error { return nil }); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/100, "ns/frame")
+}
+
+// The same frames through encoding/json alone, for comparison.
+func BenchmarkSplitMsgFramesEncodingJSON(b *testing.B) {
+	m := protocol.Message{Room: "room-42", Seq: 123456, ID: "c-99", From: "alice", UID: "u-abcdef12", Text: "hello world, this is a chat message", TS: 1764400000000}
+	line, err := Append(nil, &Frame{T: OpMsg, Msg: &m})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		var f Frame
+		if err := json.Unmarshal(line, &f); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
