@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"unicode"
 	"unicode/utf8"
+
+	"github.com/wschat/wschat/services/protocol/internal/jsonfast"
 )
 
 // Error codes carried by "error" frames. They are stable: clients switch on
@@ -80,9 +82,12 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 	if len(data) == 0 || data[0] != '{' {
 		return in, Errorf(CodeBadJSON, "frame must be a JSON object")
 	}
-	if err := json.Unmarshal(data, &in); err != nil {
+	if !decodeFast(data, &in) {
 		in = Inbound{}
-		return in, Errorf(CodeBadJSON, "invalid JSON: %v", err)
+		if err := json.Unmarshal(data, &in); err != nil {
+			in = Inbound{}
+			return in, Errorf(CodeBadJSON, "invalid JSON: %v", err)
+		}
 	}
 	bad := func(code, format string, args ...any) (Inbound, *Error) {
 		e := Errorf(code, format, args...)
@@ -158,4 +163,40 @@ func ValidName(s string, max int) error {
 		return fmt.Errorf("must not start or end with white space")
 	}
 	return nil
+}
+
+// decodeFast reads the frames clients commonly send (compact JSON, no
+// escapes, known keys) without encoding/json's reflection; on anything else
+// it returns false and encoding/json decides, so Decode stays one decoder
+// with one behaviour. FuzzDecodeFastMatchesEncodingJSON holds it to that.
+func decodeFast(data []byte, in *Inbound) bool {
+	p := jsonfast.Parser{S: string(data)}
+	ok := p.Object(func(key string) (ok bool) {
+		switch key {
+		case "type":
+			in.Type, ok = p.Str()
+		case "id":
+			in.ID, ok = p.Str()
+		case "room":
+			in.Room, ok = p.Str()
+		case "message":
+			in.Message, ok = p.Str()
+		case "nick":
+			in.Nick, ok = p.Str()
+		case "since":
+			var v uint64
+			if v, ok = p.Uint(); ok {
+				in.Since = &v
+			}
+		case "before":
+			in.Before, ok = p.Uint()
+		case "limit":
+			var v int64
+			v, ok = p.Int()
+			in.Limit = int(v)
+			ok = ok && int64(in.Limit) == v // int is narrower on 32-bit platforms
+		}
+		return ok
+	})
+	return ok && p.Done()
 }

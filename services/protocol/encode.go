@@ -11,7 +11,19 @@ import (
 // hand instead of through reflection; TestAppendChatMatchesJSON keeps it
 // equivalent to encoding/json.
 func AppendChat(dst []byte, m *Message) []byte {
-	dst = append(dst, `{"type":"chat","room":`...)
+	dst = append(dst, `{"type":"chat",`...)
+	return appendMessageFields(dst, m)
+}
+
+// AppendMessage appends m as the JSON object encoding/json would write (the
+// same fields; strings escaped by AppendString): once per published message
+// on the relay link and in the relayer's log.
+func AppendMessage(dst []byte, m *Message) []byte {
+	return appendMessageFields(append(dst, '{'), m)
+}
+
+func appendMessageFields(dst []byte, m *Message) []byte {
+	dst = append(dst, `"room":`...)
 	dst = AppendString(dst, m.Room)
 	dst = append(dst, `,"message":`...)
 	dst = AppendString(dst, m.Text)
@@ -31,6 +43,22 @@ func AppendChat(dst []byte, m *Message) []byte {
 	}
 	dst = append(dst, `,"ts":`...)
 	dst = strconv.AppendInt(dst, m.TS, 10)
+	return append(dst, '}')
+}
+
+// AppendAck appends the "ack" frame for a sender's message id, one per
+// message sent.
+func AppendAck(dst []byte, id, room string, seq uint64) []byte {
+	dst = append(dst, `{"type":"ack",`...)
+	if id != "" {
+		dst = append(dst, `"id":`...)
+		dst = AppendString(dst, id)
+		dst = append(dst, ',')
+	}
+	dst = append(dst, `"room":`...)
+	dst = AppendString(dst, room)
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
 	return append(dst, '}')
 }
 

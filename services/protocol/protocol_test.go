@@ -76,6 +76,28 @@ func TestAppendChatMatchesJSON(t *testing.T) {
 		if got.Type != TypeChat || got.Message != want {
 			t.Fatalf("round trip: got %+v, want %+v", got, want)
 		}
+		var alone Message
+		if err := json.Unmarshal(AppendMessage(nil, &m), &alone); err != nil || alone != want {
+			t.Fatalf("AppendMessage round trip: got %+v (%v), want %+v", alone, err, want)
+		}
+	}
+}
+
+func TestAppendAckMatchesJSON(t *testing.T) {
+	for _, a := range []Ack{
+		{Type: TypeAck, ID: "c\"1", Room: "lobby", Seq: 7},
+		{Type: TypeAck, Room: "<r>", Seq: 18446744073709551615},
+	} {
+		var got, want Ack
+		if err := json.Unmarshal(AppendAck(nil, a.ID, a.Room, a.Seq), &got); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(Encode(a), &want); err != nil {
+			t.Fatal(err)
+		}
+		if got != want || got != a {
+			t.Fatalf("AppendAck read back as %+v, encoding/json as %+v", got, want)
+		}
 	}
 }
 

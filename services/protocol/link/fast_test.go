@@ -104,3 +104,24 @@ func BenchmarkSplitMsgFramesEncodingJSON(b *testing.B) {
 		}
 	}
 }
+
+func TestAppendPubMatchesAppend(t *testing.T) {
+	m := protocol.Message{Room: "r\"é\u2028", ID: "c1", From: "nick<", UID: "u1", Text: "hi\n\x01"}
+	var got, want []*Frame
+	collect := func(into *[]*Frame) func(*Frame) error {
+		return func(f *Frame) error { *into = append(*into, f); return nil }
+	}
+	slow, err := Append(nil, &Frame{T: OpPub, MID: "m\"1", Msg: &m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := Split(AppendPub(nil, "m\"1", &m), collect(&got)); err != nil {
+		t.Fatal(err)
+	}
+	if err := Split(slow, collect(&want)); err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 1 || !reflect.DeepEqual(got, want) {
+		t.Fatalf("AppendPub read back as %+v, Append as %+v", got[0], want[0])
+	}
+}

@@ -113,6 +113,16 @@ func Append(dst []byte, f *Frame) ([]byte, error) {
 	return append(dst, '\n'), nil
 }
 
+// AppendPub appends the pub frame of m under mid, as Append would encode
+// it: written by hand because every message sent crosses the link once.
+func AppendPub(dst []byte, mid string, m *protocol.Message) []byte {
+	dst = append(dst, `{"t":"pub","mid":`...)
+	dst = protocol.AppendString(dst, mid)
+	dst = append(dst, `,"msg":`...)
+	dst = protocol.AppendMessage(dst, m)
+	return append(dst, '}', '\n')
+}
+
 // Split calls fn for each frame of one link message, in order, and stops at
 // the first error. A frame that does not decode is an error: the link is
 // between trusted peers, so a bad frame means a bug or a version mismatch,

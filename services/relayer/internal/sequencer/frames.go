@@ -13,12 +13,12 @@ import (
 
 const msgFramePrefix = `{"t":"msg","msg":`
 
-// newMsgFrame returns the msg frame for a message JSON and, inside the same
-// allocation, that JSON, so that the ring entry and every link share bytes.
-func newMsgFrame(msgJSON []byte) (frame, js []byte) {
-	frame = make([]byte, 0, len(msgFramePrefix)+len(msgJSON)+2)
+// newMsgFrame returns the msg frame for m and, inside the same allocation,
+// m's JSON, so that the ring entry and every link share bytes.
+func newMsgFrame(m *protocol.Message) (frame, js []byte) {
+	frame = make([]byte, 0, len(msgFramePrefix)+len(m.Text)+len(m.Room)+len(m.From)+len(m.UID)+len(m.ID)+96)
 	frame = append(frame, msgFramePrefix...)
-	frame = append(frame, msgJSON...)
+	frame = protocol.AppendMessage(frame, m)
 	frame = append(frame, '}', '\n')
 	return frame, frame[len(msgFramePrefix) : len(frame)-2]
 }

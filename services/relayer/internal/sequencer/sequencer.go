@@ -678,13 +678,8 @@ func (s *Sequencer) publish(inst *instance, f *link.Frame) {
 	}
 	// Timestamps never go backwards within a room, even if the clock does.
 	m.Seq, m.TS = r.last+1, max(s.cfg.Now().UnixMilli(), r.lastTS)
-	js, err := json.Marshal(&m)
-	if err != nil {
-		s.nack(inst, f.MID, protocol.CodeInternal, "cannot encode message")
-		return
-	}
 	r.last, r.lastTS = m.Seq, m.TS
-	frame, js := newMsgFrame(js)
+	frame, js := newMsgFrame(&m)
 	rec := store.AppendRecord(s.scratch[:0], f.MID, inst.id, js)
 	s.st.Append(rec)
 	s.scratch = rec

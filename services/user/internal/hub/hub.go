@@ -528,7 +528,7 @@ func (h *Hub) Ack(mid, room string, seq uint64) {
 	defer h.checkPubsDoneLocked()
 	h.m.AckLatency.Observe(time.Since(w.t0).Seconds())
 	if w.c.extended {
-		w.c.sendLocked(protocol.Encode(protocol.Ack{Type: protocol.TypeAck, ID: w.id, Room: room, Seq: seq}))
+		w.c.sendLocked(protocol.AppendAck(make([]byte, 0, 48+len(w.id)+len(room)), w.id, room, seq))
 	}
 }
 

@@ -122,10 +122,7 @@ func (b *Bus) Leave(room, memberID string) {
 // Publish implements bus.Bus: the message is kept until the relayer
 // acknowledges it, and re-sent after every reconnect until then.
 func (b *Bus) Publish(mid string, m protocol.Message) error {
-	frame, err := link.Append(nil, &link.Frame{T: link.OpPub, MID: mid, Msg: &m})
-	if err != nil {
-		return fmt.Errorf("publish: %w", err)
-	}
+	frame := link.AppendPub(make([]byte, 0, 128+len(m.Text)), mid, &m)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.pending) >= b.cfg.PendingMax || b.pendingBytes+len(frame) > b.cfg.QueueBytes {
