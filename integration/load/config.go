@@ -33,6 +33,7 @@ type config struct {
 	hold               time.Duration
 
 	stormStart, stormFactor, stormMaxRate float64
+	stormMinAchieved                      float64
 	stormStep, stormMaxP99                time.Duration
 
 	readBuffer int
@@ -81,6 +82,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.Float64Var(&c.stormFactor, "storm-factor", 1.5, "storm: rate multiplier per step")
 	fs.Float64Var(&c.stormMaxRate, "storm-max-rate", 50000, "storm: highest step rate")
 	fs.DurationVar(&c.stormStep, "storm-step", 2*time.Second, "storm: length of a step")
+	fs.Float64Var(&c.stormMinAchieved, "storm-min-achieved", 0.9, "storm: a step fails when fewer than this fraction of its planned rate complete per second")
 	fs.DurationVar(&c.stormMaxP99, "storm-max-p99", time.Second, "storm: a step fails when its p99 setup time exceeds this")
 	fs.IntVar(&c.readBuffer, "read-buffer", 4096, "bytes of the read buffer per connection")
 	fs.BoolVar(&c.insecure, "insecure", false, "wss: skip certificate verification")
@@ -155,6 +157,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if c.connectConcurrency < 1 || c.connectRate < 0 {
 		bad("-connect-concurrency must be at least 1, -connect-rate not negative")
+	}
+	if !(c.stormMinAchieved >= 0 && c.stormMinAchieved <= 1) {
+		bad("-storm-min-achieved must be in [0, 1]")
 	}
 	if !(c.stormStart > 0) || !(c.stormFactor > 1) || c.stormMaxRate < c.stormStart {
 		bad("-storm-start must be positive, -storm-factor above 1, -storm-max-rate at least -storm-start")

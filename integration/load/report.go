@@ -56,6 +56,10 @@ type Storm struct {
 	BestRate            float64     `json:"best_rate"` // sustained connections/s, all instances
 	BestRatePerInstance float64     `json:"best_rate_per_instance"`
 	Stopped             string      `json:"stopped"` // failure | cap | max_rate | deadline
+	// PeakAchieved is the highest completion rate of any step, sustained
+	// or not: what the servers managed while falling behind.
+	PeakAchieved            float64 `json:"peak_achieved_rate"`
+	PeakAchievedPerInstance float64 `json:"peak_achieved_rate_per_instance"`
 }
 
 // StormStep is one rate step of a storm.
@@ -97,7 +101,8 @@ func writeSummary(w io.Writer, r *Result) {
 				fmt.Fprintf(&b, "step %8.0f/s: %6d conns, %4d failed, achieved %8.0f/s, setup p50 %.1f p99 %.1f ms, ok=%v%s\n",
 					st.Rate, st.Conns, st.Failed, st.Achieved, st.P50, st.P99, st.OK, map[bool]string{true: " (partial)"}[st.Partial])
 			}
-			fmt.Fprintf(&b, "best sustained: %.0f conns/s (%.0f per instance), stopped by %s\n", s.BestRate, s.BestRatePerInstance, s.Stopped)
+			fmt.Fprintf(&b, "best sustained: %.0f conns/s (%.0f per instance), stopped by %s; peak achieved %.0f conns/s (%.0f per instance)\n",
+				s.BestRate, s.BestRatePerInstance, s.Stopped, s.PeakAchieved, s.PeakAchievedPerInstance)
 		}
 	}
 	lat("connect", r.Connect)

@@ -81,7 +81,15 @@ func TestSmokeIdleAndStorm(t *testing.T) {
 		"-storm-start", "50", "-storm-factor", "2", "-storm-step", "400ms", "-storm-max-p99", "5s")
 	st := res.Storm
 	// 20 conns at 50/s, then 40 at 100/s, then the cap.
-	if st == nil || len(st.Steps) != 2 || st.Stopped != "cap" || st.BestRate != 100 || st.BestRatePerInstance != 50 || res.Conns != 60 {
+	if st == nil || len(st.Steps) != 2 || st.Stopped != "cap" || st.BestRate != 100 || st.BestRatePerInstance != 50 || res.Conns != 60 ||
+		st.PeakAchieved < st.Steps[0].Achieved || st.PeakAchievedPerInstance != round(st.PeakAchieved/2) {
 		t.Fatalf("storm: %+v %+v", res, st)
+	}
+	// A rate no server can reach in a step this short is not "sustained",
+	// even though every connection succeeds.
+	res = runLoad(t, "-mode", "storm", "-protocol", "seed", "-urls", urls, "-conns", "40", "-members", "10",
+		"-storm-start", "40000", "-storm-factor", "2", "-storm-step", "1ms", "-storm-min-achieved", "1")
+	if st := res.Storm; st == nil || len(st.Steps) != 1 || st.Steps[0].OK || st.Stopped != "failure" || st.BestRate != 0 {
+		t.Fatalf("storm beyond reach: %+v", st)
 	}
 }

@@ -81,7 +81,12 @@ func (r *runner) storm(ctx context.Context) (*Result, error) {
 		}
 		step.P50 = float64(h.ValueAtQuantile(50)) / 1000
 		step.P99 = float64(h.ValueAtQuantile(99)) / 1000
-		step.OK = step.Failed == 0 && time.Duration(h.ValueAtQuantile(99))*time.Microsecond <= cfg.stormMaxP99
+		// A step is sustained only if the servers kept up with it: no
+		// failure, setup p99 in bounds, and the planned rate achieved
+		// (open-loop launches alone would otherwise "reach" any rate).
+		step.OK = step.Failed == 0 && time.Duration(h.ValueAtQuantile(99))*time.Microsecond <= cfg.stormMaxP99 &&
+			step.Achieved >= cfg.stormMinAchieved*rate
+		st.PeakAchieved = max(st.PeakAchieved, step.Achieved)
 		st.Steps = append(st.Steps, step)
 		total += n
 		failedTotal += step.Failed
@@ -100,6 +105,7 @@ func (r *runner) storm(ctx context.Context) (*Result, error) {
 		}
 	}
 	st.BestRatePerInstance = round(st.BestRate / float64(len(cfg.urls)))
+	st.PeakAchievedPerInstance = round(st.PeakAchieved / float64(len(cfg.urls)))
 	elapsed := time.Duration(r.now() - stormStart)
 	end, selfEnd, err := r.sample()
 	if err != nil {
