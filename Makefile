@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 20m
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
 
-.PHONY: help images project-images up down ps logs test vet lint fmt demo-screenshot
+.PHONY: help images project-images up down ps logs test vet lint fmt demo-screenshot bench bench-go
 
 help:
 	@echo 'make images          base images without a registry (idempotent)'
@@ -20,6 +20,8 @@ help:
 	@echo 'make down            stop the stack (WSCHAT_DOWN_VOLUMES=1 drops the data volume)'
 	@echo 'make test            gofmt, go vet, staticcheck and go test -race of every module, containers and browser included'
 	@echo 'make demo-screenshot regenerate docs/demo.png (two browser tabs on two replicas, through nginx)'
+	@echo 'make bench           the load suite of docs/benchmarks.md (W1-W4, both protocols; ~10 min)'
+	@echo 'make bench-go        the Go benchmarks (encode, decode, fan-out, write batching, relay batching)'
 
 images:
 	deploy/offline-images.sh
@@ -61,3 +63,10 @@ fmt:
 
 demo-screenshot:
 	cd integration && WSCHAT_DEMO_PNG=$(CURDIR)/docs/demo.png go test -count=1 -run TestBrowserThroughNginx ./containers/
+
+bench:
+	integration/load/bench-all.sh
+
+bench-go:
+	@for m in ./services/protocol ./services/user ./services/relayer; do \
+		(cd "$$m" && go test -run '^$$' -bench . -benchmem ./...) | grep -E '^(Benchmark|ok|FAIL)'; done

@@ -57,8 +57,8 @@ func (r *runner) idle(ctx context.Context) (*Result, error) {
 	if !r.server.empty() {
 		// Other generator processes may hold connections to the same
 		// servers at the same time: -total-conns counts them all.
-		total := cfg.totalConns - int(failed.Load())
-		res.Server = makeUsage(r.server, base, start, end, held, total)
+		res.TotalConns = cfg.totalConns - int(failed.Load())
+		res.Server = makeUsage(r.server, base, start, end, held, res.TotalConns)
 	}
 	res.Generator = makeUsage(r.self, selfBase, selfStart, selfEnd, held, established)
 	res.Errors, res.ErrorCount = r.errs.snapshot()

@@ -41,6 +41,9 @@ type Result struct {
 	Setup   *Latency `json:"setup_ms,omitempty"`
 
 	HoldS float64 `json:"hold_s,omitempty"`
+	// TotalConns (idle) counts the connections of every generator process
+	// that held connections to the servers at the same time.
+	TotalConns int `json:"total_conns,omitempty"`
 
 	Storm *Storm `json:"storm,omitempty"`
 

@@ -15,7 +15,14 @@ import (
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := load.Run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
+	var err error
+	if len(os.Args) == 2 && os.Args[1] == "table" {
+		// wsload table < results.jsonl: the Markdown table of the runs.
+		err = load.WriteTable(os.Stdin, os.Stdout)
+	} else {
+		err = load.Run(ctx, os.Args, os.Getenv, os.Stdout, os.Stderr)
+	}
+	if err != nil {
 		fmt.Fprintln(os.Stderr, "wsload:", err)
 		os.Exit(1)
 	}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Runs the whole benchmark suite of docs/benchmarks.md (W1-W4, both
+# protocols) with run-local.sh and prints its Markdown table. Results go to
+# $OUT (default bench-results.jsonl in the current directory, replaced).
+# Takes about ten minutes; run it on an otherwise idle machine.
+#
+#   integration/load/bench-all.sh          # or: make bench
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+export OUT=${OUT:-$PWD/bench-results.jsonl}
+: >"$OUT"
+run() { echo "== $*" >&2; env "$@" >/dev/null; }
+for proto in seed extended; do
+	for rate in 40 100 120; do
+		run PROTOCOL=$proto RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W1
+	done
+	for rate in 40 150 250; do
+		run PROTOCOL=$proto RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W2
+	done
+	run PROTOCOL=$proto IDLE_CONNS=19000 HOLD=10s "$here/run-local.sh" W3
+	run PROTOCOL=$proto STORM_CAP=19000 STORM_START=1000 "$here/run-local.sh" W4 -storm-step 500ms
+done
+(cd "$root/integration" && go run ./cmd/wsload table) <"$OUT"

@@ -1,0 +1,85 @@
+package load
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// WriteTable reads Result JSON lines (as the runs print them) and writes
+// one Markdown table row per run: the benchmark table of docs/benchmarks.md.
+// Idle runs split over several generator processes are separate lines, each
+// already reporting memory over the total connections; they are shown once.
+func WriteTable(r io.Reader, w io.Writer) error {
+	var b strings.Builder
+	b.WriteString("| run | protocol | conns | deliveries/s | p50 / p99 / max ms | server CPU per delivery | server CPU | server RSS per conn | loss / dup / order | notes |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
+	seenIdle := map[string]bool{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 1<<20), 1<<24)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		var res Result
+		if err := json.Unmarshal([]byte(line), &res); err != nil {
+			return fmt.Errorf("line %d: not a wsload result: %w", n, err)
+		}
+		if res.Mode == "idle" && res.TotalConns > res.Conns {
+			key := res.Label + " " + res.Protocol
+			if seenIdle[key] {
+				continue
+			}
+			seenIdle[key] = true
+		}
+		b.WriteString(tableRow(&res))
+	}
+	if err := sc.Err(); err != nil {
+		return fmt.Errorf("read results: %w", err)
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+func tableRow(r *Result) string {
+	cell := func(format string, args ...any) string { return fmt.Sprintf(format, args...) }
+	dash := "–"
+	conns, rate, lat, perMsg, cpu, mem, quality, notes := cell("%d", r.Conns), dash, dash, dash, dash, dash, dash, ""
+	if s := r.Server; s != nil {
+		cpu = cell("%.0f %%", s.CPUPercent)
+		if s.MemPerConn > 0 {
+			mem = cell("%.1f KB", s.MemPerConn/1000)
+		}
+		if s.CPUPerMsgUs > 0 {
+			perMsg = cell("%.1f µs", s.CPUPerMsgUs)
+		}
+	}
+	switch r.Mode {
+	case "fanout":
+		rate = cell("%.0f", r.DeliveredPerSec)
+		if l := r.Latency; l != nil {
+			lat = cell("%.1f / %.1f / %.0f", l.P50, l.P99, l.Max)
+		}
+		quality = cell("%d / %d / %d", r.Lost, r.Duplicated, r.OutOfOrder)
+		notes = cell("%d rooms × %d, %d pub/room at %g/s", r.Rooms, r.Members, r.Publishers, r.RatePerPublisher)
+	case "idle":
+		conns = cell("%d", max(r.Conns, r.TotalConns))
+		notes = cell("idle, held %.0fs", r.HoldS)
+	case "storm":
+		if s := r.Storm; s != nil {
+			rate = dash
+			notes = cell("storm: sustained %.0f conn/s (%.0f per instance), peak achieved %.0f (%.0f per instance), stopped by %s",
+				s.BestRate, s.BestRatePerInstance, s.PeakAchieved, s.PeakAchievedPerInstance, s.Stopped)
+		}
+		if l := r.Setup; l != nil {
+			lat = cell("setup %.0f / %.0f / %.0f", l.P50, l.P99, l.Max)
+		}
+	}
+	if r.ErrorCount > 0 {
+		notes += cell("; %d errors", r.ErrorCount)
+	}
+	return cell("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Label, r.Protocol, conns, rate, lat, perMsg, cpu, mem, quality, notes)
+}

@@ -1,0 +1,42 @@
+package load
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+)
+
+func TestWriteTable(t *testing.T) {
+	fan := Result{Label: "W1", Mode: "fanout", Protocol: "seed", Rooms: 100, Members: 10, Publishers: 1, RatePerPublisher: 40,
+		Conns: 1000, DeliveredPerSec: 40000, Latency: &Latency{P50: 1.5, P99: 9.25, Max: 20},
+		Server: &Usage{CPUPercent: 80, CPUPerMsgUs: 20.04, MemPerConn: 75000}}
+	idle := Result{Label: "W3", Mode: "idle", Protocol: "extended", Conns: 19000, TotalConns: 38000, HoldS: 10,
+		Server: &Usage{MemPerConn: 21500}}
+	storm := Result{Label: "W4", Mode: "storm", Protocol: "extended", Conns: 19000, Setup: &Latency{P50: 3, P99: 90, Max: 120},
+		Storm: &Storm{BestRate: 3375, BestRatePerInstance: 1687.5, PeakAchieved: 6100, PeakAchievedPerInstance: 3050, Stopped: "failure"}}
+	var in strings.Builder
+	for _, r := range []Result{fan, idle, idle, storm} { // two idle generator processes
+		b, _ := json.Marshal(r)
+		in.Write(append(b, '\n'))
+	}
+	var out strings.Builder
+	if err := WriteTable(strings.NewReader(in.String()), &out); err != nil {
+		t.Fatal(err)
+	}
+	rows := strings.Split(strings.TrimSpace(out.String()), "\n")
+	if len(rows) != 5 {
+		t.Fatalf("want header, separator and 3 rows (the idle run once), got:\n%s", out.String())
+	}
+	for i, want := range []string{
+		"| W1 | seed | 1000 | 40000 | 1.5 / 9.2 / 20 | 20.0 µs | 80 % | 75.0 KB | 0 / 0 / 0 |",
+		"| W3 | extended | 38000 | – | – | – | 0 % | 21.5 KB |",
+		"sustained 3375 conn/s (1688 per instance), peak achieved 6100 (3050 per instance), stopped by failure",
+	} {
+		if !strings.Contains(rows[2+i], want) {
+			t.Fatalf("row %d = %q, want it to contain %q", i, rows[2+i], want)
+		}
+	}
+	if err := WriteTable(strings.NewReader("not json\n"), &out); err == nil {
+		t.Fatal("garbage input accepted")
+	}
+}
