@@ -129,16 +129,15 @@ func (c *Conn) AppendText(p []byte) error {
 	if c.closeSent {
 		return ErrCloseSent
 	}
-	var hdr [10]byte
-	h := appendHeader(hdr[:0], finText, len(p))
-	if !c.held {
-		_, err := (&net.Buffers{h, p}).WriteTo(c.Conn)
-		return err
+	if c.buf == nil {
+		c.buf = c.pool.get()
 	}
-	if err := c.gatherLocked(h); err != nil {
-		return err
+	*c.buf = appendHeader(*c.buf, finText, len(p))
+	*c.buf = append(*c.buf, p...)
+	if !c.held || len(*c.buf) >= flushAt {
+		return c.sendLocked()
 	}
-	return c.gatherLocked(p)
+	return nil
 }
 
 func appendHeader(b []byte, first byte, n int) []byte {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -242,5 +243,72 @@ func TestAppendTextSpeaksWebSocket(t *testing.T) {
 	}
 	if err := <-afterClose; !errors.Is(err, ErrCloseSent) {
 		t.Fatalf("AppendText after close: %v, want ErrCloseSent", err)
+	}
+}
+
+// BenchmarkBatch writes 150-byte text frames to a loopback TCP socket,
+// `frames` per Hold/Release: what one system call per frame costs against
+// one per batch. A goroutine reads and discards on the other end.
+func BenchmarkBatch(b *testing.B) {
+	for _, frames := range []int{1, 4, 16} {
+		b.Run(fmt.Sprintf("frames=%d", frames), func(b *testing.B) {
+			ln, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ln.Close()
+			go func() {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				_, _ = io.Copy(io.Discard, c)
+			}()
+			nc, err := net.Dial("tcp", ln.Addr().String())
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer nc.Close()
+			c := NewConn(nc, &Pool{})
+			payload := bytes.Repeat([]byte("x"), 150)
+			b.ReportAllocs()
+			b.SetBytes(int64(len(payload) * frames))
+			for b.Loop() {
+				c.Hold()
+				for range frames {
+					if err := c.AppendText(payload); err != nil {
+						b.Fatal(err)
+					}
+				}
+				if err := c.Release(); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*frames), "ns/frame")
+		})
+	}
+}
+
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(p []byte) (int, error) { return len(p), nil }
+
+// The write path allocates nothing per frame or per batch once warm.
+func TestBatchAllocatesNothing(t *testing.T) {
+	c := NewConn(discardConn{}, &Pool{})
+	payload := bytes.Repeat([]byte("x"), 150)
+	allocs := testing.AllocsPerRun(1000, func() {
+		c.Hold()
+		for range 8 {
+			if err := c.AppendText(payload); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.Release(); err != nil {
+			t.Fatal(err)
+		}
+	})
+	if allocs > 0 {
+		t.Fatalf("%.1f allocations per batch of 8 frames, want 0", allocs)
 	}
 }
