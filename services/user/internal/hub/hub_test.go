@@ -17,7 +17,7 @@ func benchRoom(n int) (*Hub, *room, []*Client) {
 	r := &room{name: "bench", synced: true, local: map[*Client]joinState{}, presence: map[string]protocol.Member{}}
 	clients := make([]*Client, n)
 	for i := range clients {
-		clients[i] = &Client{h: h, q: queue{limit: 1, limitBytes: 1 << 20, wake: make(chan struct{}, 1)}, done: make(chan struct{}), extended: true}
+		clients[i] = &Client{h: h, q: queue{limit: 1 << 20, limitBytes: 1 << 30, wake: make(chan struct{}, 1)}, done: make(chan struct{}), extended: true}
 		r.local[clients[i]] = joined
 	}
 	return h, r, clients
@@ -61,8 +61,8 @@ func BenchmarkFanout(b *testing.B) {
 			m := protocol.Message{Room: "bench", From: "alice", UID: "u1", ID: "c1", Text: "hello world, this is a chat message", TS: 1764400000000}
 			b.ReportAllocs()
 			b.ResetTimer()
-			for i := 0; b.Loop(); i++ {
-				m.Seq = uint64(i + 1)
+			for b.Loop() {
+				m.Seq = r.last + 1
 				h.mu.Lock()
 				h.deliverLocked(r, &m)
 				h.mu.Unlock()
