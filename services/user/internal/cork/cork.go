@@ -62,7 +62,7 @@ func (p *Pool) put(b *[]byte) {
 	p.p.Put(b)
 }
 
-// Conn is a net.Conn whose writes can be held back and sent together.
+// Conn is a net.Conn whose text frames can be held back and sent together.
 // Its methods are safe for concurrent use; writes are sent in the order
 // they were made.
 type Conn struct {
@@ -88,15 +88,15 @@ func NewConn(c net.Conn, pool *Pool) *Conn {
 	return &Conn{Conn: c, pool: pool}
 }
 
-// Hold makes writes gather in memory until Release.
+// Hold makes AppendText gather frames in memory until Release.
 func (c *Conn) Hold() {
 	c.mu.Lock()
 	c.held = true
 	c.mu.Unlock()
 }
 
-// Release writes what was gathered since Hold in one call and makes writes
-// go straight through again.
+// Release writes what was gathered since Hold in one call and makes
+// AppendText write at once again.
 func (c *Conn) Release() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -104,18 +104,21 @@ func (c *Conn) Release() error {
 	return c.sendLocked()
 }
 
-// Write gathers p while the Conn is held, or writes it. It is how
-// coder/websocket's frames reach the connection.
+// Write is how coder/websocket's own frames (pong, close) reach the
+// connection. They are never held back: coder/websocket may close the
+// socket right after writing a close frame, so the frame, and whatever was
+// gathered before it, must be on the wire when Write returns.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(p) > 0 && p[0] == finClose {
 		c.closeSent = true
 	}
-	if !c.held {
+	if c.buf == nil {
 		return c.Conn.Write(p)
 	}
-	if err := c.gatherLocked(p); err != nil {
+	*c.buf = append(*c.buf, p...)
+	if err := c.sendLocked(); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -149,17 +152,6 @@ func appendHeader(b []byte, first byte, n int) []byte {
 	default:
 		return binary.BigEndian.AppendUint64(append(b, first, 127), uint64(n))
 	}
-}
-
-func (c *Conn) gatherLocked(p []byte) error {
-	if c.buf == nil {
-		c.buf = c.pool.get()
-	}
-	*c.buf = append(*c.buf, p...)
-	if len(*c.buf) >= flushAt {
-		return c.sendLocked()
-	}
-	return nil
 }
 
 func (c *Conn) sendLocked() error {

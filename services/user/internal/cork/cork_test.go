@@ -37,63 +37,64 @@ func (c *countConn) calls() [][]byte {
 	return c.writes
 }
 
-func TestHeldWritesGoOutInOneCall(t *testing.T) {
+func TestHeldFramesGoOutInOneCall(t *testing.T) {
 	under := &countConn{}
 	c := NewConn(under, &Pool{})
 
-	mustWrite(t, c, "a")
+	mustAppend(t, c, "a")
 	if got := len(under.calls()); got != 1 {
-		t.Fatalf("a write while not held made %d calls, want 1", got)
+		t.Fatalf("a frame while not held made %d calls, want 1", got)
 	}
 	c.Hold()
-	mustWrite(t, c, "b")
-	mustWrite(t, c, "c")
-	mustWrite(t, c, "d")
+	mustAppend(t, c, "b")
+	mustAppend(t, c, "c")
+	mustAppend(t, c, "d")
 	if got := len(under.calls()); got != 1 {
-		t.Fatalf("writes while held reached the socket: %d calls", got)
+		t.Fatalf("frames while held reached the socket: %d calls", got)
 	}
 	if err := c.Release(); err != nil {
 		t.Fatal(err)
 	}
 	calls := under.calls()
-	if len(calls) != 2 || string(calls[1]) != "bcd" {
-		t.Fatalf("after Release the socket saw %q, want [a bcd]", calls)
+	if len(calls) != 2 || string(calls[1]) != "\x81\x01b\x81\x01c\x81\x01d" {
+		t.Fatalf("after Release the socket saw %q, want the three frames in one call", calls)
 	}
 	if err := c.Release(); err != nil || len(under.calls()) != 2 {
 		t.Fatalf("an empty Release wrote: err %v, calls %d", err, len(under.calls()))
 	}
-	mustWrite(t, c, "e")
-	if calls := under.calls(); len(calls) != 3 || string(calls[2]) != "e" {
-		t.Fatalf("a write after Release was not sent at once: %q", calls)
+	mustAppend(t, c, "e")
+	if calls := under.calls(); len(calls) != 3 || string(calls[2]) != "\x81\x01e" {
+		t.Fatalf("a frame after Release was not sent at once: %q", calls)
 	}
 }
 
-func TestHeldWritesAreBounded(t *testing.T) {
+// coder/websocket's own writes (a pong, or the close frame after which it
+// may close the socket at once) are never held: they go out when Write
+// returns, behind what was gathered before them.
+func TestOwnFramesAreNotHeld(t *testing.T) {
 	under := &countConn{}
 	c := NewConn(under, &Pool{})
 	c.Hold()
-	chunk := bytes.Repeat([]byte("x"), 1000)
-	total := 0
-	for total < 3*flushAt {
-		if _, err := c.Write(chunk); err != nil {
-			t.Fatal(err)
-		}
-		total += len(chunk)
+	mustAppend(t, c, "b")
+	if n, err := c.Write([]byte{finClose, 0}); err != nil || n != 2 {
+		t.Fatalf("Write = %d, %v", n, err)
 	}
-	for _, w := range under.calls() {
-		if len(w) > flushAt+len(chunk) {
-			t.Fatalf("a held conn gathered %d bytes, more than its bound %d", len(w), flushAt)
-		}
+	calls := under.calls()
+	if len(calls) != 1 || string(calls[0]) != "\x81\x01b\x88\x00" {
+		t.Fatalf("a close frame while held: the socket saw %q, want the gathered frame and the close frame at once", calls)
 	}
-	if err := c.Release(); err != nil {
-		t.Fatal(err)
+	if err := c.AppendText([]byte("late")); !errors.Is(err, ErrCloseSent) {
+		t.Fatalf("AppendText after a close frame: %v", err)
 	}
-	sent := 0
-	for _, w := range under.calls() {
-		sent += len(w)
+	if err := c.Release(); err != nil || len(under.calls()) != 1 {
+		t.Fatalf("Release after the close frame wrote again: %v, %q", err, under.calls())
 	}
-	if sent != total {
-		t.Fatalf("sent %d bytes, wrote %d", sent, total)
+}
+
+func mustAppend(t *testing.T, c *Conn, s string) {
+	t.Helper()
+	if err := c.AppendText([]byte(s)); err != nil {
+		t.Fatalf("AppendText(%q): %v", s, err)
 	}
 }
 
@@ -103,7 +104,7 @@ func TestReleaseReportsWriteError(t *testing.T) {
 	b.Close()
 	c := NewConn(a, &Pool{})
 	c.Hold()
-	mustWrite(t, c, "lost")
+	mustAppend(t, c, "lost")
 	if err := c.Release(); err == nil {
 		t.Fatal("Release to a closed peer succeeded")
 	}
@@ -176,13 +177,6 @@ func TestHijackUnsupported(t *testing.T) {
 	}
 	if cw.Conn != nil {
 		t.Fatal("a failed Hijack recorded a Conn")
-	}
-}
-
-func mustWrite(t *testing.T, c *Conn, s string) {
-	t.Helper()
-	if n, err := c.Write([]byte(s)); err != nil || n != len(s) {
-		t.Fatalf("Write(%q) = %d, %v", s, n, err)
 	}
 }
 

@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"sync"
@@ -99,7 +98,7 @@ func (c *Client) serve() {
 		<-writerDone
 	}
 	t.Stop()
-	if websocket.CloseStatus(err) == -1 && !errors.Is(err, context.Canceled) {
+	if websocket.CloseStatus(err) == -1 {
 		h.log.Debug("client read ended", "member", c.member.ID, "err", err)
 	}
 }
