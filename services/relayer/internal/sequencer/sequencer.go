@@ -12,7 +12,6 @@ package sequencer
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"iter"
@@ -178,10 +177,9 @@ func (s *Sequencer) replay(p []byte) bool {
 	if rec.Msg.Seq <= r.last {
 		return false
 	}
-	js, err := json.Marshal(&rec.Msg)
-	if err != nil {
-		return false
-	}
+	// The same encoder as for live messages, so a replayed ring entry holds
+	// the bytes the message was first delivered with.
+	js := protocol.AppendMessage(nil, &rec.Msg)
 	r.last, r.lastTS = rec.Msg.Seq, max(r.lastTS, rec.Msg.TS)
 	s.retain(r, entry{seq: rec.Msg.Seq, key: midKey{rec.Inst, rec.MID}, js: js, size: store.RecordSize(p)})
 	return true
