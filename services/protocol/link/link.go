@@ -113,8 +113,9 @@ func Append(dst []byte, f *Frame) ([]byte, error) {
 	return append(dst, '\n'), nil
 }
 
-// AppendPub appends the pub frame of m under mid, as Append would encode
-// it: written by hand because every message sent crosses the link once.
+// AppendPub appends the pub frame of m under mid, reading back as the frame
+// Append would encode (TestAppendPubMatchesAppend): written by hand because
+// every message sent crosses the link once.
 func AppendPub(dst []byte, mid string, m *protocol.Message) []byte {
 	dst = append(dst, `{"t":"pub","mid":`...)
 	dst = protocol.AppendString(dst, mid)
