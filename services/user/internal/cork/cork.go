@@ -13,6 +13,12 @@
 // ResponseWriter makes net/http's Hijack hand out a Conn with read and
 // write buffers sized for chat frames instead of net/http's 4 KiB each,
 // which an idle connection would otherwise keep for its whole life.
+//
+// WaitReadable is the other half of an idle connection's cost: a reader
+// parked inside coder/websocket's Read keeps every byte of stack it ever
+// grew (the GC only shrinks stacks that are mostly unused, and that read
+// path is deep). Waiting for the socket first, at the top of the reader's
+// loop, parks it with a shallow stack the GC can shrink.
 package cork
 
 import (
@@ -25,6 +31,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"syscall"
 )
 
 // Sizes of the buffers a hijacked connection gets.
@@ -73,6 +80,11 @@ type Conn struct {
 	held      bool
 	closeSent bool    // a close frame went out: no data frame may follow
 	buf       *[]byte // nil unless held and written to
+
+	rmu    sync.Mutex    // orders WaitReadable's look at br with EndWaits
+	br     *bufio.Reader // what coder/websocket reads from; nil: WaitReadable cannot tell
+	rdone  bool          // no more waits: someone else may be reading br
+	primed bool          // WaitReadable was called before (reader-owned)
 }
 
 // ErrCloseSent is returned by AppendText after a close frame was written.
@@ -200,6 +212,51 @@ func (w *ResponseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 			return nil, nil, fmt.Errorf("hijack: keep early bytes: %w", err)
 		}
 	}
+	c.br = br
 	w.Conn = c
 	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(c, writeBuffer)), nil
+}
+
+// WaitReadable returns when a read of the connection would not block:
+// bytes are buffered or on the socket, or it ended or failed. It reads
+// nothing. Only the connection's reader may call it, between reads.
+//
+// The first call returns at once: bytes that arrived with the handshake
+// sit in front of the socket (coder/websocket re-seats its reader on them)
+// until the first read, out of WaitReadable's sight. The reader's buffer
+// holds at least all of them, so one read takes them all in.
+func (c *Conn) WaitReadable() error {
+	if !c.primed {
+		c.primed = true
+		return nil
+	}
+	c.rmu.Lock()
+	idle := c.br != nil && !c.rdone && c.br.Buffered() == 0
+	c.rmu.Unlock()
+	if !idle {
+		return nil
+	}
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err == nil {
+		err = waitReadable(rc)
+	}
+	if err != nil {
+		return fmt.Errorf("wait for data: %w", err)
+	}
+	return nil
+}
+
+// EndWaits makes WaitReadable return at once from now on. Call it before
+// anything but the reader reads the connection: coder/websocket's Close
+// reads the peer's close frame, and WaitReadable must not look at the
+// buffer meanwhile. A wait in progress goes on until the socket is
+// readable or closed.
+func (c *Conn) EndWaits() {
+	c.rmu.Lock()
+	c.rdone = true
+	c.rmu.Unlock()
 }

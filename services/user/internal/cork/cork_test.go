@@ -217,11 +217,7 @@ func TestAppendTextSpeaksWebSocket(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	client, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.CloseNow()
+	client := dialWS(ctx, t, srv, "/")
 	client.SetReadLimit(1 << 20)
 	for i, n := range sizes {
 		typ, got, err := client.Read(ctx)
@@ -305,4 +301,108 @@ func TestBatchAllocatesNothing(t *testing.T) {
 	if allocs > 0 {
 		t.Fatalf("%.1f allocations per batch of 8 frames, want 0", allocs)
 	}
+}
+
+// WaitReadable returns once there is something to read (a frame, the end
+// of the connection) and at once after EndWaits; Read then gets what woke
+// it.
+func TestWaitReadable(t *testing.T) {
+	type step struct {
+		name string
+		msg  string
+		err  error
+	}
+	steps := make(chan step, 8)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cw := &ResponseWriter{ResponseWriter: w, Pool: &Pool{}}
+		ws, err := websocket.Accept(cw, r, nil)
+		if err != nil {
+			steps <- step{name: "accept", err: err}
+			return
+		}
+		defer ws.CloseNow()
+		if r.URL.Path == "/idle" {
+			cw.Conn.WaitReadable()
+			steps <- step{name: "idle", err: cw.Conn.WaitReadable()} // until the client leaves
+			return
+		}
+		read := func(name string) {
+			err := cw.Conn.WaitReadable()
+			if err == nil {
+				var b []byte
+				_, b, err = ws.Read(context.Background())
+				steps <- step{name: name, msg: string(b), err: err}
+				return
+			}
+			steps <- step{name: name, err: err}
+		}
+		read("first")  // the first call returns at once
+		read("second") // waits for the client's second message
+		cw.Conn.EndWaits()
+		steps <- step{name: "after EndWaits", err: cw.Conn.WaitReadable()}
+		read("end") // the client is gone: Read fails
+	}))
+	defer srv.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client := dialWS(ctx, t, srv, "/")
+	next := func() step {
+		t.Helper()
+		select {
+		case s := <-steps:
+			return s
+		case <-ctx.Done():
+			t.Fatal("server stuck")
+			return step{}
+		}
+	}
+	if err := client.Write(ctx, websocket.MessageText, []byte("one")); err != nil {
+		t.Fatal(err)
+	}
+	if s := next(); s.name != "first" || s.msg != "one" || s.err != nil {
+		t.Fatalf("%+v", s)
+	}
+	select {
+	case s := <-steps:
+		t.Fatalf("the server did not wait for the second message: %+v", s)
+	default:
+	}
+	if err := client.Write(ctx, websocket.MessageText, []byte("two")); err != nil {
+		t.Fatal(err)
+	}
+	if s := next(); s.name != "second" || s.msg != "two" || s.err != nil {
+		t.Fatalf("%+v", s)
+	}
+	if s := next(); s.name != "after EndWaits" || s.err != nil {
+		t.Fatalf("%+v", s)
+	}
+	client.CloseNow()
+	if s := next(); s.name != "end" || s.err == nil {
+		t.Fatalf("after the client left: %+v", s)
+	}
+
+	// A peer that leaves ends the wait.
+	idle := dialWS(ctx, t, srv, "/idle")
+	select {
+	case s := <-steps:
+		t.Fatalf("the server did not wait: %+v", s)
+	default:
+	}
+	idle.CloseNow()
+	if s := next(); s.name != "idle" || s.err != nil {
+		t.Fatalf("after the idle client left: %+v", s)
+	}
+}
+
+// dialWS opens a WebSocket client connection to path on srv, closed when
+// the test ends.
+func dialWS(ctx context.Context, t *testing.T, srv *httptest.Server, path string) *websocket.Conn {
+	t.Helper()
+	c, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(srv.URL, "http")+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return c
 }

@@ -107,59 +107,90 @@ func (c *Client) serve() {
 // cancellable context: that would arm a callback per frame, and closing the
 // connection ends the read anyway.
 func (c *Client) readLoop() error {
-	rules := c.h.cfg.Rules
 	for {
+		// An idle connection's reader parks here, with a shallow stack,
+		// rather than inside Read (see cork.WaitReadable); so the frame
+		// is handled further down, to keep this function's frame small.
+		if err := c.cork.WaitReadable(); err != nil {
+			return err
+		}
 		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
 			return err
 		}
-		c.h.m.FramesIn.Inc()
-		if typ != websocket.MessageText {
-			c.sendError(protocol.Errorf(protocol.CodeBadRequest, "binary frames are not supported; send JSON text frames"))
-			continue
-		}
-		in, perr := protocol.Decode(data, rules)
-		if perr != nil {
-			c.sendError(perr)
-			continue
-		}
-		if !c.bucket.allow(time.Now()) {
-			e := protocol.Errorf(protocol.CodeRateLimited, "more than %g frames per second (burst %d); frame dropped, slow down",
-				c.h.cfg.RatePerSec, c.h.cfg.RateBurst)
-			e.ID, e.Room = in.ID, in.Room
+		c.handle(typ, data)
+	}
+}
+
+func (c *Client) handle(typ websocket.MessageType, data []byte) {
+	c.h.m.FramesIn.Inc()
+	if typ != websocket.MessageText {
+		c.sendError(protocol.Errorf(protocol.CodeBadRequest, "binary frames are not supported; send JSON text frames"))
+		return
+	}
+	in, perr := protocol.Decode(data, c.h.cfg.Rules)
+	if perr != nil {
+		c.sendError(perr)
+		return
+	}
+	if !c.bucket.allow(time.Now()) {
+		e := protocol.Errorf(protocol.CodeRateLimited, "more than %g frames per second (burst %d); frame dropped, slow down",
+			c.h.cfg.RatePerSec, c.h.cfg.RateBurst)
+		e.ID, e.Room = in.ID, in.Room
+		c.sendError(e)
+		return
+	}
+	first := !c.started
+	c.started = true
+	switch in.Type {
+	case protocol.TypeChat:
+		c.h.chat(c, in)
+	case protocol.TypePing:
+		c.send(protocol.Encode(protocol.Pong{Type: protocol.TypePong, ID: in.ID}))
+	default:
+		aside(func() { c.control(in, first) })
+	}
+}
+
+// aside runs f on a goroutine of its own and waits for it. Answering a
+// hello or a join builds large frames (member lists, history) through
+// encoding/json; run on the reader, the stack that takes would stay with
+// the connection for its whole life, and most connections are idle.
+func aside(f func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	<-done
+}
+
+// control handles the frames other than chat and ping; first is set for the
+// connection's first valid frame.
+func (c *Client) control(in protocol.Inbound, first bool) {
+	switch in.Type {
+	case protocol.TypeHello:
+		if !first {
+			e := protocol.Errorf(protocol.CodeHelloFirst, "hello must be the first frame of a connection; reconnect to change nickname")
+			e.ID = in.ID
 			c.sendError(e)
-			continue
+			return
 		}
-		first := !c.started
-		c.started = true
-		switch in.Type {
-		case protocol.TypeHello:
-			if !first {
-				e := protocol.Errorf(protocol.CodeHelloFirst, "hello must be the first frame of a connection; reconnect to change nickname")
-				e.ID = in.ID
-				c.sendError(e)
-				continue
-			}
-			c.h.mu.Lock()
-			c.extended = true
-			c.nick = in.Nick
-			c.member.Nick = in.Nick
-			c.h.mu.Unlock()
-			c.send(protocol.Encode(protocol.Welcome{
-				Type: protocol.TypeWelcome, Version: protocol.Version, Instance: c.h.cfg.Instance,
-				ID: c.member.ID, Nick: c.nick, Limits: c.h.Limits(),
-			}))
-		case protocol.TypeJoin, protocol.TypeJoinRoom:
-			c.h.join(c, in)
-		case protocol.TypeLeave:
-			c.h.leave(c, in)
-		case protocol.TypeChat:
-			c.h.chat(c, in)
-		case protocol.TypeHistory:
-			c.h.history(c, in)
-		case protocol.TypePing:
-			c.send(protocol.Encode(protocol.Pong{Type: protocol.TypePong, ID: in.ID}))
-		}
+		c.h.mu.Lock()
+		c.extended = true
+		c.nick = in.Nick
+		c.member.Nick = in.Nick
+		c.h.mu.Unlock()
+		c.send(protocol.Encode(protocol.Welcome{
+			Type: protocol.TypeWelcome, Version: protocol.Version, Instance: c.h.cfg.Instance,
+			ID: c.member.ID, Nick: c.nick, Limits: c.h.Limits(),
+		}))
+	case protocol.TypeJoin, protocol.TypeJoinRoom:
+		c.h.join(c, in)
+	case protocol.TypeLeave:
+		c.h.leave(c, in)
+	case protocol.TypeHistory:
+		c.h.history(c, in)
 	}
 }
 
@@ -170,6 +201,9 @@ func (c *Client) writeLoop() {
 	// dead peer is freed by closing the connection.
 	writeAll := func() bool {
 		batch = c.q.take(batch)
+		if len(batch) == 0 {
+			return true // woken for frames an earlier turn took
+		}
 		c.cork.Hold()
 		for i, b := range batch {
 			if err := c.cork.AppendText(b); err != nil {
@@ -184,6 +218,8 @@ func (c *Client) writeLoop() {
 			return false
 		}
 		c.h.m.FramesOut.Add(float64(len(batch)))
+		c.h.m.Writes.Inc()
+		c.h.m.Writes.Inc()
 		if cap(batch) > 64 {
 			batch = nil // an idle connection keeps no burst-sized buffer
 		}
@@ -197,7 +233,7 @@ func (c *Client) writeLoop() {
 			}
 		case <-c.done:
 			if c.flush && writeAll() {
-				c.conn.Close(c.code, c.reason)
+				c.closeConn(c.code, c.reason)
 			}
 			return // without flush, closeLocked closes the connection itself
 		}
@@ -287,9 +323,16 @@ func (c *Client) closeLocked(code websocket.StatusCode, reason string, flush boo
 		if !flush {
 			// Close may wait on a writer blocked by a slow peer; it gives
 			// up on the handshake after a few seconds by itself.
-			go c.conn.Close(code, reason)
+			go c.closeConn(code, reason)
 		}
 	})
+}
+
+// closeConn closes the connection with a close handshake, which reads the
+// connection besides the reader.
+func (c *Client) closeConn(code websocket.StatusCode, reason string) {
+	c.cork.EndWaits()
+	c.conn.Close(code, reason)
 }
 
 // tokenBucket limits a client's frame rate.

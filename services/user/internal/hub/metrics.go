@@ -9,6 +9,7 @@ type Metrics struct {
 	Memberships   prometheus.Gauge
 	FramesIn      prometheus.Counter
 	FramesOut     prometheus.Counter
+	Writes        prometheus.Counter // write batches: FramesOut/Writes is the batching achieved
 	ChatsIn       prometheus.Counter
 	Delivered     prometheus.Counter
 	Errors        *prometheus.CounterVec
@@ -28,6 +29,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Local (connection, room) memberships receiving messages."}),
 		FramesIn:  prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_frames_in_total", Help: "Frames received from clients."}),
 		FramesOut: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_frames_out_total", Help: "Frames written to clients."}),
+		Writes: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_writes_total",
+			Help: "Batches of frames written to clients, each with one system call (unless larger than 64 KB)."}),
 		ChatsIn:   prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_messages_in_total", Help: "Chat messages accepted from clients."}),
 		Delivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_messages_out_total", Help: "Chat messages queued to local members."}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wschat_user_errors_total", Help: "Error frames sent to clients, by code."},
@@ -39,7 +42,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		AckLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wschat_user_ack_latency_seconds",
 			Help: "Time from receiving a client's chat to its acknowledgement.", Buckets: buckets}),
 	}
-	reg.MustRegister(m.Connections, m.Rooms, m.Memberships, m.FramesIn, m.FramesOut, m.ChatsIn, m.Delivered, m.Errors,
+	reg.MustRegister(m.Connections, m.Rooms, m.Memberships, m.FramesIn, m.FramesOut, m.Writes, m.ChatsIn, m.Delivered, m.Errors,
 		m.SlowConsumers, m.LinkUp, m.Fanout, m.AckLatency)
 	return m
 }

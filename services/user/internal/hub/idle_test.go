@@ -1,0 +1,216 @@
+package hub
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/user/internal/bus"
+)
+
+// startHub serves a hub with a standalone bus on a loopback test server.
+func startHub(t *testing.T) *httptest.Server {
+	t.Helper()
+	h := New(Config{
+		Instance: "test", History: 50, FetchLimit: 100, MaxRooms: 8, SendQueue: 64, SendQueueBytes: 1 << 20,
+		RatePerSec: 1000, RateBurst: 1000, MaxFrame: 16384,
+		Rules:  protocol.Rules{MaxRoomBytes: 64, MaxNickBytes: 32, MaxMessageBytes: 4096},
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: NewMetrics(prometheus.NewRegistry()),
+	})
+	b := bus.NewLocal(h, 100)
+	h.SetBus(b)
+	ctx, cancel := context.WithCancel(context.Background())
+	busDone := make(chan struct{})
+	go func() {
+		defer close(busDone)
+		_ = b.Run(ctx)
+	}()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.Accept(w, r, nil) }))
+	t.Cleanup(func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		h.Shutdown(sctx)
+		srv.Close()
+		cancel()
+		<-busDone
+	})
+	return srv
+}
+
+// rawClient speaks just enough WebSocket over a plain socket to hold a
+// connection without a goroutine of its own, so that the test process's
+// stacks are the server's.
+type rawClient struct {
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+// dialRaw opens a WebSocket connection; early is sent with the handshake,
+// in the same write.
+func dialRaw(t *testing.T, addr string, early ...string) *rawClient {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	c := &rawClient{conn: conn, br: bufio.NewReader(conn)}
+	hs := "GET / HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+	if _, err := conn.Write(append([]byte(hs), frame(early...)...)); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	return c
+}
+
+// frame encodes texts as masked client text frames (mask key zero).
+func frame(texts ...string) []byte {
+	var b []byte
+	for _, s := range texts {
+		b = append(b, 0x81, 0x80|byte(len(s)), 0, 0, 0, 0)
+		b = append(b, s...)
+	}
+	return b
+}
+
+func (c *rawClient) send(t *testing.T, texts ...string) {
+	t.Helper()
+	if _, err := c.conn.Write(frame(texts...)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// next returns the payload of the next server frame.
+func (c *rawClient) next(t *testing.T) string {
+	t.Helper()
+	var h [2]byte
+	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+		t.Fatal(err)
+	}
+	n := int(h[1] & 0x7f)
+	if n == 126 {
+		var l [2]byte
+		if _, err := io.ReadFull(c.br, l[:]); err != nil {
+			t.Fatal(err)
+		}
+		n = int(binary.BigEndian.Uint16(l[:]))
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(c.br, p); err != nil {
+		t.Fatal(err)
+	}
+	return string(p)
+}
+
+// expect skips frames until one contains want.
+func (c *rawClient) expect(t *testing.T, want string) string {
+	t.Helper()
+	for {
+		if f := c.next(t); strings.Contains(f, want) {
+			return f
+		}
+	}
+}
+
+// Frames that arrive together are all answered: the reader's wait for the
+// socket must not miss what the previous read already buffered.
+func TestFramesArrivingTogetherAreAllAnswered(t *testing.T) {
+	srv := startHub(t)
+	c := dialRaw(t, srv.Listener.Addr().String())
+	c.send(t, `{"type":"hello","nick":"batch"}`, `{"type":"join","room":"r","id":"j"}`,
+		`{"type":"ping","id":"p1"}`, `{"type":"ping","id":"p2"}`)
+	// The join is answered once the bus has subscribed the room, so the
+	// pongs may come first.
+	want := map[string]bool{`"welcome"`: true, `"joined"`: true, `"p1"`: true, `"p2"`: true}
+	for len(want) > 0 {
+		f := c.next(t)
+		for w := range want {
+			if strings.Contains(f, w) {
+				delete(want, w)
+			}
+		}
+	}
+	// And an idle connection still wakes for the next frame.
+	c.send(t, `{"type":"chat","room":"r","message":"late","id":"c1"}`)
+	c.expect(t, `"late"`)
+}
+
+// An idle connection's reader parks waiting for its socket at the top of
+// its loop, not inside coder/websocket's Read: the GC can then shrink its
+// stack (make bench's W3 shows what that saves). Joins are answered on a
+// short-lived goroutine, so encoding their answers does not grow it first.
+func TestIdleReadersParkShallow(t *testing.T) {
+	srv := startHub(t)
+	const n = 50
+	clients := make([]*rawClient, n)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range clients {
+		hello := fmt.Sprintf(`{"type":"hello","nick":"n%d"}`, i)
+		var c *rawClient
+		if i%2 == 0 {
+			c = dialRaw(t, srv.Listener.Addr().String())
+			c.send(t, hello)
+		} else {
+			// Sent with the handshake, the hello reaches the server before
+			// the connection is a WebSocket connection.
+			c = dialRaw(t, srv.Listener.Addr().String(), hello)
+		}
+		c.expect(t, `"welcome"`)
+		c.send(t, fmt.Sprintf(`{"type":"join","room":"room-%d","id":"j"}`, i%10))
+		c.expect(t, `"joined"`)
+		clients[i] = c
+	}
+	// Two cycles: the GC halves an oversized stack at most once per cycle.
+	runtime.GC()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	t.Logf("%d bytes of goroutine stack per idle connection", (after.StackInuse-before.StackInuse)/n)
+
+	var parked int
+	waitUntil(t, fmt.Sprintf("the %d readers to park", n), func() bool {
+		buf := make([]byte, 1<<22)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		parked = strings.Count(stacks, "cork.(*Conn).WaitReadable(")
+		return parked == n
+	})
+	_ = parked
+	// They are alive: they wake for the next frame.
+	clients[0].send(t, `{"type":"chat","room":"room-0","message":"still here","id":"c"}`)
+	if f := clients[10].expect(t, `"still here"`); !strings.Contains(f, `"room-0"`) {
+		t.Fatalf("member of room-0 got %s", f)
+	}
+}
+
+// waitUntil polls cond until it holds or ten seconds pass.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<22)
+			t.Logf("%s", buf[:runtime.Stack(buf, true)])
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
