@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"encoding/json"
+	"reflect"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -97,6 +98,41 @@ func TestAppendAckMatchesJSON(t *testing.T) {
 		}
 		if got != want || got != a {
 			t.Fatalf("AppendAck read back as %+v, encoding/json as %+v", got, want)
+		}
+	}
+}
+
+// The hand-written join answers read back as what encoding/json writes.
+func TestAppendJoinedAndPresenceMatchJSON(t *testing.T) {
+	yes, no := true, false
+	members := []Member{{ID: "u1", Nick: "ålice", Instance: "i1"}, {ID: "u\"2", Nick: "<bob>\n"}}
+	history := []Message{{Room: "r", Seq: 1, Text: "hi", TS: 5, UID: "u1", From: "ålice", ID: "c1"}, {Room: "r", Seq: 2, Text: "\xff", TS: 6}}
+	for _, j := range []Joined{
+		{Type: TypeJoined, Room: "r", Seq: 0},
+		{Type: TypeJoined, ID: "j1", Room: "r\u2028", Seq: 2, Members: members, History: history, Recovered: &yes},
+		{Type: TypeJoined, Room: "r", Seq: 18446744073709551615, Members: members[:1], History: []Message{}, Recovered: &no},
+	} {
+		var got, want any
+		if err := json.Unmarshal(AppendJoined(nil, &j), &got); err != nil {
+			t.Fatalf("%q is not JSON: %v", AppendJoined(nil, &j), err)
+		}
+		if err := json.Unmarshal(Encode(j), &want); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("AppendJoined: %v, encoding/json: %v", got, want)
+		}
+	}
+	for _, m := range members {
+		var got, want any
+		if err := json.Unmarshal(AppendPresence(nil, "r\x01", PresenceLeave, &m), &got); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(Encode(Presence{Type: TypePresence, Room: "r\x01", Event: PresenceLeave, Member: m}), &want); err != nil {
+			t.Fatal(err)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("AppendPresence: %v, encoding/json: %v", got, want)
 		}
 	}
 }

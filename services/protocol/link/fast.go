@@ -5,9 +5,9 @@ import (
 	"github.com/wschat/wschat/services/protocol/internal/jsonfast"
 )
 
-// decodeFast decodes the per-message frames (pub, msg, ack) as the peers
-// encode them: compact JSON, no escapes in strings, only the fields those
-// frames use. Anything else, and anything it is unsure of, makes it return
+// decodeFast decodes the per-message frames (pub, msg, ack) and the
+// per-member ones (join, leave, presence) as the peers encode them: compact
+// JSON, no escapes in strings, only the fields those frames use. Anything else, and anything it is unsure of, makes it return
 // false, and the frame goes to encoding/json, which decides. So it never
 // accepts what encoding/json would refuse or read differently;
 // FuzzDecodeFastMatchesEncodingJSON holds it to that.
@@ -33,10 +33,31 @@ func decodeFast(line []byte, f *Frame) bool {
 				f.Msg = new(protocol.Message)
 			}
 			ok = message(&p, f.Msg)
+		case "member":
+			if f.Member == nil {
+				f.Member = new(protocol.Member)
+			}
+			ok = member(&p, f.Member)
+		case "event":
+			f.Event, ok = p.Str()
 		}
 		return ok
 	})
 	return ok && p.Done() && f.T != ""
+}
+
+func member(p *jsonfast.Parser, m *protocol.Member) bool {
+	return p.Object(func(key string) (ok bool) {
+		switch key {
+		case "id":
+			m.ID, ok = p.Str()
+		case "nick":
+			m.Nick, ok = p.Str()
+		case "instance":
+			m.Instance, ok = p.Str()
+		}
+		return ok
+	})
 }
 
 func message(p *jsonfast.Parser, m *protocol.Message) bool {

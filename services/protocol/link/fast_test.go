@@ -25,6 +25,10 @@ var fastSeeds = []string{
 	"{\"t\":\"msg\",\"msg\":{\"message\":\"\xff\"}}",
 	`{"t":"msg","msg":{"ts":-9223372036854775808}}`,
 	`{"t":"subscribed","room":"r","seq":3,"first":1,"members":[]}`,
+	`{"t":"presence","room":"lobby","member":{"id":"u1","nick":"ann","instance":"i1"},"event":"join"}`,
+	`{"t":"leave","room":"lobby","member":{"id":"u1","nick":""}}`,
+	`{"t":"join","room":"r","member":{"id":"u1"},"member":{"nick":"b"}}`,
+	`{"t":"join","room":"r","member":null}`,
 }
 
 // The fast path is an optimisation, not a second decoder: whatever it
@@ -55,6 +59,9 @@ func TestDecodeFastTakesPeerFrames(t *testing.T) {
 		{T: OpMsg, Msg: &m},
 		{T: OpPub, MID: "m-1", Msg: &protocol.Message{Room: "lobby", ID: "c1", From: "ann", UID: "u1", Text: "hi"}},
 		{T: OpAck, Room: "lobby", MID: "m-1", Seq: 9},
+		{T: OpJoin, Room: "lobby", Member: &protocol.Member{ID: "u1", Nick: "ann", Instance: "i1"}},
+		{T: OpLeave, Room: "lobby", Member: &protocol.Member{ID: "u1"}},
+		{T: OpPresence, Room: "lobby", Event: protocol.PresenceJoin, Member: &protocol.Member{ID: "u1", Nick: "ann", Instance: "i1"}},
 	} {
 		b, err := Append(nil, &f)
 		if err != nil {
@@ -105,23 +112,35 @@ func BenchmarkSplitMsgFramesEncodingJSON(b *testing.B) {
 	}
 }
 
-func TestAppendPubMatchesAppend(t *testing.T) {
+// The hand-written encoders read back as the frames Append encodes.
+func TestHandEncodersMatchAppend(t *testing.T) {
 	m := protocol.Message{Room: "r\"é\u2028", ID: "c1", From: "nick<", UID: "u1", Text: "hi\n\x01"}
-	var got, want []*Frame
-	collect := func(into *[]*Frame) func(*Frame) error {
-		return func(f *Frame) error { *into = append(*into, f); return nil }
-	}
-	slow, err := Append(nil, &Frame{T: OpPub, MID: "m\"1", Msg: &m})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := Split(AppendPub(nil, "m\"1", &m), collect(&got)); err != nil {
-		t.Fatal(err)
-	}
-	if err := Split(slow, collect(&want)); err != nil {
-		t.Fatal(err)
-	}
-	if len(got) != 1 || !reflect.DeepEqual(got, want) {
-		t.Fatalf("AppendPub read back as %+v, Append as %+v", got[0], want[0])
+	who := protocol.Member{ID: "u\"1", Nick: "ann\xff", Instance: "i<1>"}
+	for _, tc := range []struct {
+		hand  []byte
+		frame Frame
+	}{
+		{AppendPub(nil, "m\"1", &m), Frame{T: OpPub, MID: "m\"1", Msg: &m}},
+		{AppendMember(nil, OpJoin, "r\u2028", "", &who), Frame{T: OpJoin, Room: "r\u2028", Member: &who}},
+		{AppendMember(nil, OpLeave, "r", "", &protocol.Member{ID: "u1"}), Frame{T: OpLeave, Room: "r", Member: &protocol.Member{ID: "u1"}}},
+		{AppendMember(nil, OpPresence, "r", protocol.PresenceLeave, &who), Frame{T: OpPresence, Room: "r", Event: protocol.PresenceLeave, Member: &who}},
+	} {
+		slow, err := Append(nil, &tc.frame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got, want []*Frame
+		collect := func(into *[]*Frame) func(*Frame) error {
+			return func(f *Frame) error { *into = append(*into, f); return nil }
+		}
+		if err := Split(tc.hand, collect(&got)); err != nil {
+			t.Fatalf("%s: %v", tc.hand, err)
+		}
+		if err := Split(slow, collect(&want)); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 1 || !reflect.DeepEqual(got, want) {
+			t.Fatalf("%s read back as %+v, Append's %s as %+v", tc.hand, got[0], slow, want[0])
+		}
 	}
 }

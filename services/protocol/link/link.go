@@ -155,3 +155,22 @@ func Split(data []byte, fn func(*Frame) error) error {
 	}
 	return nil
 }
+
+// AppendMember appends a frame about one member (join, leave, presence),
+// reading back as the frame Append would encode: written by hand because a
+// connection storm sends several per connection.
+func AppendMember(dst []byte, op, room, event string, m *protocol.Member) []byte {
+	dst = append(dst, `{"t":`...)
+	dst = protocol.AppendString(dst, op)
+	if room != "" {
+		dst = append(dst, `,"room":`...)
+		dst = protocol.AppendString(dst, room)
+	}
+	dst = append(dst, `,"member":`...)
+	dst = protocol.AppendMember(dst, m)
+	if event != "" {
+		dst = append(dst, `,"event":`...)
+		dst = protocol.AppendString(dst, event)
+	}
+	return append(dst, '}', '\n')
+}

@@ -581,12 +581,7 @@ func (s *Sequencer) removeMember(r *room, inst *instance, id string, m protocol.
 }
 
 func (s *Sequencer) presence(r *room, event string, m protocol.Member, skip *instance) {
-	b, err := link.Append(nil, &link.Frame{T: link.OpPresence, Room: r.name, Event: event, Member: &m})
-	if err != nil {
-		s.log.Error("cannot encode presence", "room", r.name, "err", err)
-		return
-	}
-	s.broadcast(r, b, skip)
+	s.broadcast(r, link.AppendMember(nil, link.OpPresence, r.name, event, &m), skip)
 }
 
 // join tells every subscriber of the room, the joining instance included:

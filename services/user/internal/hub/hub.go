@@ -233,9 +233,8 @@ func (h *Hub) joinedLocked(r *room, c *Client, in protocol.Inbound, history []pr
 	members := slices.SortedFunc(maps.Values(r.presence), func(a, b protocol.Member) int {
 		return cmp.Or(cmp.Compare(a.Nick, b.Nick), cmp.Compare(a.ID, b.ID))
 	})
-	c.sendLocked(protocol.Encode(protocol.Joined{
-		Type: protocol.TypeJoined, ID: in.ID, Room: r.name, Seq: r.last,
-		Members: members, History: history, Recovered: recovered,
+	c.sendLocked(protocol.AppendJoined(nil, &protocol.Joined{
+		ID: in.ID, Room: r.name, Seq: r.last, Members: members, History: history, Recovered: recovered,
 	}))
 }
 
@@ -403,7 +402,7 @@ func (h *Hub) presenceLocked(r *room, event string, m protocol.Member) {
 			continue
 		}
 		if frame == nil {
-			frame = protocol.Encode(protocol.Presence{Type: protocol.TypePresence, Room: r.name, Event: event, Member: m})
+			frame = protocol.AppendPresence(nil, r.name, event, &m)
 		}
 		c.sendLocked(frame)
 	}

@@ -95,6 +95,11 @@ func (b *Bus) appendLocked(f *link.Frame) {
 		return
 	}
 	b.out = out
+	b.signal()
+}
+
+// wakeLocked tells the writer that out has frames.
+func (b *Bus) signal() {
 	select {
 	case b.wake <- struct{}{}:
 	default:
@@ -110,13 +115,20 @@ func (b *Bus) Subscribe(rs link.RoomState) {
 func (b *Bus) Unsubscribe(room string) { b.send(&link.Frame{T: link.OpUnsub, Room: room}) }
 
 // Join implements bus.Bus.
-func (b *Bus) Join(room string, m protocol.Member) {
-	b.send(&link.Frame{T: link.OpJoin, Room: room, Member: &m})
-}
+func (b *Bus) Join(room string, m protocol.Member) { b.sendMember(link.OpJoin, room, &m) }
 
 // Leave implements bus.Bus.
 func (b *Bus) Leave(room, memberID string) {
-	b.send(&link.Frame{T: link.OpLeave, Room: room, Member: &protocol.Member{ID: memberID}})
+	b.sendMember(link.OpLeave, room, &protocol.Member{ID: memberID})
+}
+
+func (b *Bus) sendMember(op, room string, m *protocol.Member) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.up {
+		b.out = link.AppendMember(b.out, op, room, "", m)
+		b.signal()
+	}
 }
 
 // Publish implements bus.Bus: the message is kept until the relayer
@@ -133,10 +145,7 @@ func (b *Bus) Publish(mid string, m protocol.Message) error {
 	b.pendingBytes += len(frame)
 	if b.up {
 		b.out = append(b.out, frame...)
-		select {
-		case b.wake <- struct{}{}:
-		default:
-		}
+		b.signal()
 	}
 	return nil
 }
@@ -244,10 +253,7 @@ func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
 	}
 	b.out = append(head, b.out...)
 	b.mu.Unlock()
-	select {
-	case b.wake <- struct{}{}:
-	default:
-	}
+	b.signal()
 	b.ready.Store(true)
 	b.h.LinkState(true)
 	b.log.Info("relay link: up", "url", b.cfg.URL, "rooms", len(state), "resent", len(resend))
