@@ -89,6 +89,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			log.Error("bus stopped", "err", err)
 		}
 	}()
+	hubDone := make(chan struct{})
+	go func() {
+		defer close(hubDone)
+		h.Run(busCtx)
+	}()
 	if cfg.DebugAddr != "" {
 		// Profiles on their own listener, never on the public port.
 		dbg := &http.Server{Addr: cfg.DebugAddr, Handler: debugRoutes(), ReadHeaderTimeout: 10 * time.Second}
@@ -121,6 +126,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	h.Shutdown(sctx)
 	stopBus()
 	<-busDone
+	<-hubDone
 	log.Info("stopped")
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil

@@ -31,6 +31,7 @@ type Client struct {
 	rooms map[string]struct{} // guarded by h.mu
 
 	q         queue
+	writers   sync.WaitGroup // the writer, when running
 	done      chan struct{}
 	closeOnce sync.Once
 	code      websocket.StatusCode
@@ -80,24 +81,28 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 func (c *Client) serve() {
 	h := c.h
 	defer h.wg.Done()
-	writerDone := make(chan struct{})
-	go func() {
-		defer close(writerDone)
-		c.writeLoop()
-	}()
 	err := c.readLoop()
 	h.disconnect(c)
 	h.mu.Lock()
 	c.closeLocked(websocket.StatusNormalClosure, "", false)
 	h.mu.Unlock()
+	// Closed, the queue starts no more writers: waiting is safe.
+	writersDone := make(chan struct{})
+	go func() {
+		c.writers.Wait()
+		close(writersDone)
+	}()
 	t := time.NewTimer(5 * time.Second)
 	select {
-	case <-writerDone:
+	case <-writersDone:
 	case <-t.C:
 		c.conn.CloseNow() // the writer is stuck on a dead peer
-		<-writerDone
+		<-writersDone
 	}
 	t.Stop()
+	h.mu.Lock()
+	delete(h.writing, c)
+	h.mu.Unlock()
 	if websocket.CloseStatus(err) == -1 {
 		h.log.Debug("client read ended", "member", c.member.ID, "err", err)
 	}
@@ -194,7 +199,12 @@ func (c *Client) control(in protocol.Inbound, first bool) {
 	}
 }
 
+// writeLoop is the connection's writer, started by the first frame queued
+// (see queue.push) and retired by the hub's sweep (Hub.Run) after about
+// Config.WriterLinger without one: a busy connection keeps its writer, an
+// idle one holds no goroutine for it.
 func (c *Client) writeLoop() {
+	defer c.writers.Done()
 	var batch [][]byte
 	// writeAll writes what is queued, framed by cork and sent in one
 	// system call; false when the connection failed. A writer stuck on a
@@ -219,7 +229,6 @@ func (c *Client) writeLoop() {
 		}
 		c.h.m.FramesOut.Add(float64(len(batch)))
 		c.h.m.Writes.Inc()
-		c.h.m.Writes.Inc()
 		if cap(batch) > 64 {
 			batch = nil // an idle connection keeps no burst-sized buffer
 		}
@@ -228,6 +237,9 @@ func (c *Client) writeLoop() {
 	for {
 		select {
 		case <-c.q.wake:
+			if c.q.retiring() && c.retire() {
+				return
+			}
 			if !writeAll() {
 				return
 			}
@@ -240,11 +252,35 @@ func (c *Client) writeLoop() {
 	}
 }
 
+// startWriterLocked starts the connection's writer; the queue said none
+// runs. h.mu must be held.
+func (c *Client) startWriterLocked() {
+	c.h.writing[c] = struct{}{}
+	c.writers.Add(1)
+	go c.writeLoop()
+}
+
+// retire ends the writer when the hub's sweep found it idle and nothing
+// was queued since; it takes h.mu, like every start of a writer, so that
+// the hub's set of writers stays exact.
+func (c *Client) retire() bool {
+	c.h.mu.Lock()
+	defer c.h.mu.Unlock()
+	if !c.q.retired() {
+		return false
+	}
+	delete(c.h.writing, c)
+	return true
+}
+
 // sendLocked queues a frame; a client whose queue is full is too slow to
 // keep up with its rooms and is disconnected rather than allowed to hold
 // the room back or grow memory. h.mu must be held.
 func (c *Client) sendLocked(b []byte) {
-	if c.q.push(b) {
+	if ok, start := c.q.push(b); ok {
+		if start {
+			c.startWriterLocked()
+		}
 		return
 	}
 	select {
@@ -259,7 +295,8 @@ func (c *Client) sendLocked(b []byte) {
 }
 
 // queue is a client's bounded frame queue. Unlike a channel sized for the
-// worst burst, it holds no memory while the connection is idle.
+// worst burst, it holds no memory while the connection is idle, and it
+// knows whether the connection's writer is running.
 type queue struct {
 	mu         sync.Mutex
 	items      [][]byte
@@ -267,22 +304,79 @@ type queue struct {
 	limit      int // frames
 	limitBytes int
 	wake       chan struct{} // capacity 1: "there is something to write"
+	writing    bool          // a writer is running
+	closed     bool          // no writer may start any more
+	pushes     uint64        // frames ever queued
+	swept      uint64        // pushes at the last sweep
+	retire     bool          // the last sweep found the writer idle
 }
 
-func (q *queue) push(b []byte) bool {
+// push queues b. ok is false when the queue is full; start tells the
+// caller to start the writer, none running.
+func (q *queue) push(b []byte) (ok, start bool) {
 	q.mu.Lock()
 	if len(q.items) >= q.limit || q.bytes+len(b) > q.limitBytes {
 		q.mu.Unlock()
-		return false
+		return false, false
 	}
 	q.items = append(q.items, b)
 	q.bytes += len(b)
+	q.pushes++
+	q.retire = false
+	start = !q.writing && !q.closed
+	q.writing = q.writing || start
 	q.mu.Unlock()
 	select {
 	case q.wake <- struct{}{}:
 	default:
 	}
-	return true
+	return true, start
+}
+
+// sweep asks the writer to retire when nothing was queued since the last
+// sweep.
+func (q *queue) sweep() {
+	q.mu.Lock()
+	idle := q.pushes == q.swept && len(q.items) == 0 && !q.closed
+	q.swept = q.pushes
+	q.retire = q.retire || idle
+	q.mu.Unlock()
+	if idle {
+		select {
+		case q.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// retiring is the writer's cheap look at the sweep's request.
+func (q *queue) retiring() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.retire
+}
+
+// retired makes the writer stop when the sweep's request still holds:
+// nothing queued and not closing. The next push starts a new writer.
+func (q *queue) retired() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	ok := q.retire && len(q.items) == 0 && !q.closed
+	q.retire = false
+	q.writing = q.writing && !ok
+	return ok
+}
+
+// close makes push start no more writers; start tells the caller to start
+// one anyway, none running, to flush the queue before the connection
+// closes.
+func (q *queue) close(flush bool) (start bool) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.closed = true
+	start = flush && !q.writing
+	q.writing = q.writing || start
+	return start
 }
 
 // take returns everything queued and leaves spare (emptied) in its place.
@@ -320,6 +414,9 @@ func (c *Client) closeLocked(code websocket.StatusCode, reason string, flush boo
 	c.closeOnce.Do(func() {
 		c.code, c.reason, c.flush = code, reason, flush
 		close(c.done)
+		if c.q.close(flush) {
+			c.startWriterLocked() // it sees done at once and flushes
+		}
 		if !flush {
 			// Close may wait on a writer blocked by a slow peer; it gives
 			// up on the handshake after a few seconds by itself.

@@ -40,8 +40,12 @@ type Config struct {
 	RateBurst      int
 	MaxFrame       int64
 	Rules          protocol.Rules
-	Logger         *slog.Logger
-	Metrics        *Metrics
+	// WriterLinger is how long a connection's writer goroutine may go
+	// without writing before Run retires it (default 250ms); the next
+	// frame starts another.
+	WriterLinger time.Duration
+	Logger       *slog.Logger
+	Metrics      *Metrics
 }
 
 // Hub is the state of one ws-user instance.
@@ -58,6 +62,7 @@ type Hub struct {
 	mu      sync.Mutex
 	rooms   map[string]*room
 	clients map[*Client]struct{}
+	writing map[*Client]struct{} // clients whose writer runs, for Run's sweep
 	pubs    map[string]pubWaiter
 	fetches map[uint64]fetchFunc
 	nextReq uint64
@@ -103,6 +108,9 @@ type fetchFunc func(msgs []protocol.Message, first uint64, err error)
 
 // New returns a hub; SetBus must be called before it serves clients.
 func New(cfg Config) *Hub {
+	if cfg.WriterLinger <= 0 {
+		cfg.WriterLinger = 250 * time.Millisecond
+	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return &Hub{
@@ -110,8 +118,30 @@ func New(cfg Config) *Hub {
 		nonce:   hex.EncodeToString(b),
 		rooms:   map[string]*room{},
 		clients: map[*Client]struct{}{},
+		writing: map[*Client]struct{}{},
 		pubs:    map[string]pubWaiter{},
 		fetches: map[uint64]fetchFunc{},
+	}
+}
+
+// Run retires the writers of connections with nothing to write until ctx
+// ends: every WriterLinger it asks those that wrote nothing since the
+// previous sweep to exit. Idle connections then cost one goroutine, not
+// two, and a busy writer is never woken for it.
+func (h *Hub) Run(ctx context.Context) {
+	t := time.NewTicker(h.cfg.WriterLinger)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		h.mu.Lock()
+		for c := range h.writing {
+			c.q.sweep()
+		}
+		h.mu.Unlock()
 	}
 }
 

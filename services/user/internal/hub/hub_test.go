@@ -17,7 +17,9 @@ func benchRoom(n int) (*Hub, *room, []*Client) {
 	r := &room{name: "bench", synced: true, local: map[*Client]joinState{}, presence: map[string]protocol.Member{}}
 	clients := make([]*Client, n)
 	for i := range clients {
-		clients[i] = &Client{h: h, q: queue{limit: 1 << 20, limitBytes: 1 << 30, wake: make(chan struct{}, 1)}, done: make(chan struct{}), extended: true}
+		// closed: no writer starts; drain empties the queues instead.
+		clients[i] = &Client{h: h, q: queue{limit: 1 << 20, limitBytes: 1 << 30, wake: make(chan struct{}, 1), closed: true},
+			done: make(chan struct{}), extended: true}
 		r.local[clients[i]] = joined
 	}
 	return h, r, clients

@@ -21,12 +21,13 @@ import (
 	"github.com/wschat/wschat/services/user/internal/bus"
 )
 
-// startHub serves a hub with a standalone bus on a loopback test server.
-func startHub(t *testing.T) *httptest.Server {
+// startHub serves a hub with a standalone bus on a loopback test server;
+// linger is its Config.WriterLinger (0: the default).
+func startHub(t *testing.T, linger time.Duration) (*Hub, *httptest.Server) {
 	t.Helper()
 	h := New(Config{
 		Instance: "test", History: 50, FetchLimit: 100, MaxRooms: 8, SendQueue: 64, SendQueueBytes: 1 << 20,
-		RatePerSec: 1000, RateBurst: 1000, MaxFrame: 16384,
+		RatePerSec: 1000, RateBurst: 1000, MaxFrame: 16384, WriterLinger: linger,
 		Rules:  protocol.Rules{MaxRoomBytes: 64, MaxNickBytes: 32, MaxMessageBytes: 4096},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: NewMetrics(prometheus.NewRegistry()),
 	})
@@ -38,6 +39,11 @@ func startHub(t *testing.T) *httptest.Server {
 		defer close(busDone)
 		_ = b.Run(ctx)
 	}()
+	hubDone := make(chan struct{})
+	go func() {
+		defer close(hubDone)
+		h.Run(ctx)
+	}()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.Accept(w, r, nil) }))
 	t.Cleanup(func() {
 		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -46,8 +52,9 @@ func startHub(t *testing.T) *httptest.Server {
 		srv.Close()
 		cancel()
 		<-busDone
+		<-hubDone
 	})
-	return srv
+	return h, srv
 }
 
 // rawClient speaks just enough WebSocket over a plain socket to hold a
@@ -101,6 +108,13 @@ func (c *rawClient) send(t *testing.T, texts ...string) {
 // next returns the payload of the next server frame.
 func (c *rawClient) next(t *testing.T) string {
 	t.Helper()
+	_, p := c.frame(t)
+	return p
+}
+
+// frame returns the opcode and payload of the next server frame.
+func (c *rawClient) frame(t *testing.T) (byte, string) {
+	t.Helper()
 	var h [2]byte
 	if _, err := io.ReadFull(c.br, h[:]); err != nil {
 		t.Fatal(err)
@@ -117,7 +131,7 @@ func (c *rawClient) next(t *testing.T) string {
 	if _, err := io.ReadFull(c.br, p); err != nil {
 		t.Fatal(err)
 	}
-	return string(p)
+	return h[0] & 0x0f, string(p)
 }
 
 // expect skips frames until one contains want.
@@ -133,7 +147,7 @@ func (c *rawClient) expect(t *testing.T, want string) string {
 // Frames that arrive together are all answered: the reader's wait for the
 // socket must not miss what the previous read already buffered.
 func TestFramesArrivingTogetherAreAllAnswered(t *testing.T) {
-	srv := startHub(t)
+	_, srv := startHub(t, 0)
 	c := dialRaw(t, srv.Listener.Addr().String())
 	c.send(t, `{"type":"hello","nick":"batch"}`, `{"type":"join","room":"r","id":"j"}`,
 		`{"type":"ping","id":"p1"}`, `{"type":"ping","id":"p2"}`)
@@ -158,7 +172,7 @@ func TestFramesArrivingTogetherAreAllAnswered(t *testing.T) {
 // stack (make bench's W3 shows what that saves). Joins are answered on a
 // short-lived goroutine, so encoding their answers does not grow it first.
 func TestIdleReadersParkShallow(t *testing.T) {
-	srv := startHub(t)
+	_, srv := startHub(t, 0)
 	const n = 50
 	clients := make([]*rawClient, n)
 	var before, after runtime.MemStats
@@ -212,5 +226,43 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// goroutinesIn counts the goroutines whose stack holds fn.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 1<<22)
+	return strings.Count(string(buf[:runtime.Stack(buf, true)]), fn)
+}
+
+// A writer exits when it has had nothing to write for a while, the next
+// frame starts another, and a client without a writer is still closed
+// properly.
+func TestIdleWritersExitAndReturn(t *testing.T) {
+	h, srv := startHub(t, 20*time.Millisecond)
+	a, b := dialRaw(t, srv.Listener.Addr().String()), dialRaw(t, srv.Listener.Addr().String())
+	for _, c := range []*rawClient{a, b} {
+		c.send(t, `{"type":"hello","nick":"n"}`, `{"type":"join","room":"r","id":"j"}`)
+		c.expect(t, `"joined"`)
+	}
+	const writer = "hub.(*Client).writeLoop("
+	waitUntil(t, "the writers to exit", func() bool { return goroutinesIn(writer) == 0 })
+	a.send(t, `{"type":"chat","room":"r","message":"wake up","id":"c1"}`)
+	b.expect(t, `"wake up"`)
+	a.expect(t, `"ack"`)
+	waitUntil(t, "the writers to exit again", func() bool { return goroutinesIn(writer) == 0 })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	go h.Shutdown(ctx)
+	for {
+		op, p := b.frame(t)
+		if op != 0x8 {
+			continue
+		}
+		if code := binary.BigEndian.Uint16([]byte(p)); code != 1012 {
+			t.Fatalf("closed with %d %q, want 1012", code, p[2:])
+		}
+		return
 	}
 }
