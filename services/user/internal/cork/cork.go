@@ -10,8 +10,9 @@
 // sends them in one write. coder/websocket still writes the control frames
 // (pong, close) through the same Conn, in order with the gathered frames.
 //
-// ResponseWriter makes net/http's Hijack hand out a Conn with read and
-// write buffers sized for chat frames instead of net/http's 4 KiB each,
+// ResponseWriter makes net/http's Hijack hand out a Conn whose read buffer
+// is borrowed from a pool only while there is something to read, and a
+// write buffer sized for control frames, instead of net/http's 4 KiB each,
 // which an idle connection would otherwise keep for its whole life.
 //
 // WaitReadable is the other half of an idle connection's cost: a reader
@@ -27,7 +28,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"sync"
@@ -36,9 +36,12 @@ import (
 
 // Sizes of the buffers a hijacked connection gets.
 const (
-	// ReadBuffer holds a typical client frame with its header, so one read
-	// call usually returns a whole frame.
-	ReadBuffer = 1024
+	// readChunk is what one read call of the socket may return: a burst
+	// of client frames. The chunk is pooled and held only until read.
+	readChunk = 4096
+	// readerBuffer is the bufio.Reader's own buffer, the smallest there
+	// is: reads are served from the Conn's chunk.
+	readerBuffer = 16
 	// writeBuffer is what coder/websocket gets for its control frames. It
 	// holds the largest one (2 header bytes, 125 payload bytes), so each
 	// reaches Write whole, which is how Write recognises a close frame.
@@ -49,9 +52,19 @@ const (
 	pooledCap = 16 << 10
 )
 
-// Pool hands out gathering buffers; a Conn holds one only between Hold and
-// Release, so an idle connection holds none. The zero Pool is ready to use.
-type Pool struct{ p sync.Pool }
+// Pool hands out gathering buffers and read chunks; a Conn holds a
+// gathering buffer only between Hold and Release and a read chunk only
+// while it has unread bytes, so an idle connection holds none. The zero
+// Pool is ready to use.
+type Pool struct{ p, r sync.Pool }
+
+func (p *Pool) getChunk() *[]byte {
+	if b, ok := p.r.Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, readChunk)
+	return &b
+}
 
 func (p *Pool) get() *[]byte {
 	if b, ok := p.p.Get().(*[]byte); ok {
@@ -81,10 +94,42 @@ type Conn struct {
 	closeSent bool    // a close frame went out: no data frame may follow
 	buf       *[]byte // nil unless held and written to
 
-	rmu    sync.Mutex    // orders WaitReadable's look at br with EndWaits
-	br     *bufio.Reader // what coder/websocket reads from; nil: WaitReadable cannot tell
-	rdone  bool          // no more waits: someone else may be reading br
-	primed bool          // WaitReadable was called before (reader-owned)
+	// Read side: one reader at a time (coder/websocket's lock), the
+	// connection's reader, or Close after EndWaits.
+	chunk *[]byte       // pooled; holds pend
+	pend  []byte        // read from the socket, not yet by the caller
+	rerr  error         // returned once pend is consumed
+	rmu   sync.Mutex    // orders WaitReadable's look at br and pend with EndWaits
+	br    *bufio.Reader // what coder/websocket reads from; nil: WaitReadable cannot tell
+	rdone bool          // no more waits: someone else may be reading
+}
+
+// Read serves what an earlier read of the socket left, else reads the
+// socket into a pooled chunk, given back once consumed.
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(c.pend) == 0 && c.rerr == nil {
+		if len(p) >= readChunk {
+			return c.Conn.Read(p)
+		}
+		if c.chunk == nil {
+			c.chunk = c.pool.getChunk()
+		}
+		n, err := c.Conn.Read(*c.chunk)
+		c.pend, c.rerr = (*c.chunk)[:n], err
+	}
+	n := copy(p, c.pend)
+	c.pend = c.pend[n:]
+	if len(c.pend) > 0 {
+		return n, nil
+	}
+	if c.chunk != nil {
+		c.pool.r.Put(c.chunk)
+		c.chunk = nil
+	}
+	c.pend = nil
+	err := c.rerr
+	c.rerr = nil
+	return n, err
 }
 
 // ErrCloseSent is returned by AppendText after a close frame was written.
@@ -199,19 +244,13 @@ func (w *ResponseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, fmt.Errorf("hijack: %w", err)
 	}
 	c := NewConn(nc, w.Pool)
-	n := brw.Reader.Buffered()
-	br := bufio.NewReaderSize(c, max(ReadBuffer, n))
-	if n > 0 {
-		// The early bytes must sit in the new reader's buffer, not behind
-		// it: the caller may look at Buffered and re-seat the reader, as
-		// coder/websocket does.
+	if n := brw.Reader.Buffered(); n > 0 {
+		// Bytes that came with the handshake are read first; the Conn
+		// holds them, where WaitReadable sees them.
 		early, _ := brw.Reader.Peek(n)
-		br.Reset(io.MultiReader(bytes.NewReader(bytes.Clone(early)), c))
-		if _, err := br.Peek(n); err != nil {
-			nc.Close()
-			return nil, nil, fmt.Errorf("hijack: keep early bytes: %w", err)
-		}
+		c.pend = bytes.Clone(early)
 	}
+	br := bufio.NewReaderSize(c, readerBuffer)
 	c.br = br
 	w.Conn = c
 	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(c, writeBuffer)), nil
@@ -220,18 +259,9 @@ func (w *ResponseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // WaitReadable returns when a read of the connection would not block:
 // bytes are buffered or on the socket, or it ended or failed. It reads
 // nothing. Only the connection's reader may call it, between reads.
-//
-// The first call returns at once: bytes that arrived with the handshake
-// sit in front of the socket (coder/websocket re-seats its reader on them)
-// until the first read, out of WaitReadable's sight. The reader's buffer
-// holds at least all of them, so one read takes them all in.
 func (c *Conn) WaitReadable() error {
-	if !c.primed {
-		c.primed = true
-		return nil
-	}
 	c.rmu.Lock()
-	idle := c.br != nil && !c.rdone && c.br.Buffered() == 0
+	idle := c.br != nil && !c.rdone && c.br.Buffered() == 0 && len(c.pend) == 0 && c.rerr == nil
 	c.rmu.Unlock()
 	if !idle {
 		return nil

@@ -126,14 +126,15 @@ func TestHijackKeepsEarlyBytes(t *testing.T) {
 			got <- "Hijack did not record its Conn"
 			return
 		}
-		if brw.Reader.Size() != ReadBuffer || brw.Writer.Size() != writeBuffer {
+		if brw.Reader.Size() != readerBuffer || brw.Writer.Size() != writeBuffer {
 			got <- "unexpected buffer sizes"
 			return
 		}
 		// coder/websocket re-seats the reader on the connection, keeping
-		// only what is in its buffer: the early bytes must be there.
-		if brw.Reader.Buffered() == 0 {
-			got <- "early bytes are not in the reader's buffer"
+		// only what is in its buffer: the early bytes must be behind it,
+		// in the Conn.
+		if len(cw.Conn.pend) == 0 {
+			got <- "the Conn does not hold the early bytes"
 			return
 		}
 		b, _ := brw.Reader.Peek(brw.Reader.Buffered())
@@ -305,7 +306,7 @@ func TestBatchAllocatesNothing(t *testing.T) {
 
 // WaitReadable returns once there is something to read (a frame, the end
 // of the connection) and at once after EndWaits; Read then gets what woke
-// it.
+// it, and the Conn gives its read chunk back.
 func TestWaitReadable(t *testing.T) {
 	type step struct {
 		name string
@@ -331,6 +332,9 @@ func TestWaitReadable(t *testing.T) {
 			if err == nil {
 				var b []byte
 				_, b, err = ws.Read(context.Background())
+				if err == nil && cw.Conn.chunk != nil {
+					err = errors.New("the Conn keeps a read chunk with nothing left to read")
+				}
 				steps <- step{name: name, msg: string(b), err: err}
 				return
 			}
