@@ -28,8 +28,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"syscall"
 )
@@ -83,8 +85,8 @@ func (p *Pool) put(b *[]byte) {
 }
 
 // Conn is a net.Conn whose text frames can be held back and sent together.
-// Its methods are safe for concurrent use; writes are sent in the order
-// they were made.
+// Writes are safe for concurrent use and sent in the order they were made;
+// reads serve one reader at a time (coder/websocket takes care of that).
 type Conn struct {
 	net.Conn
 	pool *Pool
@@ -94,29 +96,31 @@ type Conn struct {
 	closeSent bool    // a close frame went out: no data frame may follow
 	buf       *[]byte // nil unless held and written to
 
-	// Read side: one reader at a time (coder/websocket's lock), the
-	// connection's reader, or Close after EndWaits.
-	chunk *[]byte       // pooled; holds pend
-	pend  []byte        // read from the socket, not yet by the caller
-	rerr  error         // returned once pend is consumed
-	rmu   sync.Mutex    // orders WaitReadable's look at br and pend with EndWaits
-	br    *bufio.Reader // what coder/websocket reads from; nil: WaitReadable cannot tell
-	rdone bool          // no more waits: someone else may be reading
+	// Read side. With raw access to the socket (rc), it is read only in
+	// readSocket, under the RawConn's read lock, and a chunk is taken from
+	// the pool only for a read that returns bytes: a reader waiting for
+	// data holds none. rmu guards what follows; br only until EndWaits.
+	rc         syscall.RawConn // nil: plain blocking reads of Conn
+	readSocket func(fd uintptr) bool
+	rmu        sync.Mutex
+	chunk      *[]byte       // pooled; holds pend
+	pend       []byte        // read from the socket, not yet by the caller
+	rerr       error         // returned once pend is consumed
+	br         *bufio.Reader // what coder/websocket reads from; nil: WaitReadable cannot tell
+	rdone      bool          // no more waits: someone else may be reading
 }
 
 // Read serves what an earlier read of the socket left, else reads the
-// socket into a pooled chunk, given back once consumed.
+// socket.
 func (c *Conn) Read(p []byte) (int, error) {
-	if len(c.pend) == 0 && c.rerr == nil {
-		if len(p) >= readChunk {
-			return c.Conn.Read(p)
-		}
-		if c.chunk == nil {
-			c.chunk = c.pool.getChunk()
-		}
-		n, err := c.Conn.Read(*c.chunk)
-		c.pend, c.rerr = (*c.chunk)[:n], err
+	c.rmu.Lock()
+	empty := len(c.pend) == 0 && c.rerr == nil
+	c.rmu.Unlock()
+	if empty {
+		c.fill()
 	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	n := copy(p, c.pend)
 	c.pend = c.pend[n:]
 	if len(c.pend) > 0 {
@@ -132,6 +136,59 @@ func (c *Conn) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// fill reads the socket into pend, or its error into rerr, waiting while
+// there is nothing to read.
+func (c *Conn) fill() {
+	if c.rc == nil {
+		chunk := c.pool.getChunk()
+		n, err := c.Conn.Read(*chunk)
+		c.rmu.Lock()
+		c.keepLocked(chunk, n, err)
+		c.rmu.Unlock()
+		return
+	}
+	if err := c.rc.Read(c.readSocket); err != nil {
+		c.rmu.Lock()
+		if len(c.pend) == 0 && c.rerr == nil {
+			c.rerr = err
+		}
+		c.rmu.Unlock()
+	}
+}
+
+// readOnce is readSocket: one non-blocking read of fd into a pooled chunk;
+// false (and the chunk back in the pool) when there is nothing to read, so
+// that RawConn.Read waits for the socket.
+func (c *Conn) readOnce(fd uintptr) bool {
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if len(c.pend) > 0 || c.rerr != nil {
+		return true // filled by the other reader (see EndWaits)
+	}
+	chunk := c.pool.getChunk()
+	n, err := readFD(fd, *chunk)
+	if err == syscall.EAGAIN {
+		c.pool.r.Put(chunk)
+		return false
+	}
+	if err != nil {
+		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+	} else if n == 0 {
+		err = io.EOF
+	}
+	c.keepLocked(chunk, n, err)
+	return true
+}
+
+func (c *Conn) keepLocked(chunk *[]byte, n int, err error) {
+	if n > 0 {
+		c.chunk, c.pend = chunk, (*chunk)[:n]
+	} else {
+		c.pool.r.Put(chunk)
+	}
+	c.rerr = err
+}
+
 // ErrCloseSent is returned by AppendText after a close frame was written.
 var ErrCloseSent = errors.New("websocket close frame already sent; no more messages can be written")
 
@@ -140,9 +197,11 @@ const (
 	finClose = 0x88 // FIN + close opcode
 )
 
-// NewConn wraps c; pool provides the gathering buffers.
+// NewConn wraps c; pool provides the gathering buffers and read chunks.
 func NewConn(c net.Conn, pool *Pool) *Conn {
-	return &Conn{Conn: c, pool: pool}
+	cc := &Conn{Conn: c, pool: pool, rc: rawConn(c)}
+	cc.readSocket = cc.readOnce
+	return cc
 }
 
 // Hold makes AppendText gather frames in memory until Release.
@@ -256,35 +315,25 @@ func (w *ResponseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(c, writeBuffer)), nil
 }
 
-// WaitReadable returns when a read of the connection would not block:
-// bytes are buffered or on the socket, or it ended or failed. It reads
-// nothing. Only the connection's reader may call it, between reads.
-func (c *Conn) WaitReadable() error {
+// WaitReadable returns when a read of the connection would not block: it
+// reads the socket, waiting while there is nothing to read, unless bytes
+// are buffered already. A read error is returned by the next Read. Only
+// the connection's reader may call it, between reads.
+func (c *Conn) WaitReadable() {
 	c.rmu.Lock()
-	idle := c.br != nil && !c.rdone && c.br.Buffered() == 0 && len(c.pend) == 0 && c.rerr == nil
+	idle := c.rc != nil && c.br != nil && !c.rdone && c.br.Buffered() == 0 && len(c.pend) == 0 && c.rerr == nil
 	c.rmu.Unlock()
-	if !idle {
-		return nil
+	if idle {
+		c.fill()
 	}
-	sc, ok := c.Conn.(syscall.Conn)
-	if !ok {
-		return nil
-	}
-	rc, err := sc.SyscallConn()
-	if err == nil {
-		err = waitReadable(rc)
-	}
-	if err != nil {
-		return fmt.Errorf("wait for data: %w", err)
-	}
-	return nil
 }
 
 // EndWaits makes WaitReadable return at once from now on. Call it before
 // anything but the reader reads the connection: coder/websocket's Close
-// reads the peer's close frame, and WaitReadable must not look at the
+// reads the peer's close frame, and WaitReadable must not look at its
 // buffer meanwhile. A wait in progress goes on until the socket is
-// readable or closed.
+// readable or closed; what it reads is served to the next Read, whoever
+// makes it.
 func (c *Conn) EndWaits() {
 	c.rmu.Lock()
 	c.rdone = true

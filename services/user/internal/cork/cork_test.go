@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -306,7 +307,8 @@ func TestBatchAllocatesNothing(t *testing.T) {
 
 // WaitReadable returns once there is something to read (a frame, the end
 // of the connection) and at once after EndWaits; Read then gets what woke
-// it, and the Conn gives its read chunk back.
+// it. A Conn holds a read chunk only while it has unread bytes, not while
+// it waits.
 func TestWaitReadable(t *testing.T) {
 	type step struct {
 		name string
@@ -323,27 +325,24 @@ func TestWaitReadable(t *testing.T) {
 		}
 		defer ws.CloseNow()
 		if r.URL.Path == "/idle" {
-			cw.Conn.WaitReadable()
-			steps <- step{name: "idle", err: cw.Conn.WaitReadable()} // until the client leaves
+			cw.Conn.WaitReadable() // until the client leaves
+			_, _, err := ws.Read(context.Background())
+			steps <- step{name: "idle", err: err}
 			return
 		}
 		read := func(name string) {
-			err := cw.Conn.WaitReadable()
-			if err == nil {
-				var b []byte
-				_, b, err = ws.Read(context.Background())
-				if err == nil && cw.Conn.chunk != nil {
-					err = errors.New("the Conn keeps a read chunk with nothing left to read")
-				}
-				steps <- step{name: name, msg: string(b), err: err}
-				return
+			cw.Conn.WaitReadable()
+			_, b, err := ws.Read(context.Background())
+			if err == nil && cw.Conn.chunk != nil {
+				err = errors.New("the Conn keeps a read chunk with nothing left to read")
 			}
-			steps <- step{name: name, err: err}
+			steps <- step{name: name, msg: string(b), err: err}
 		}
-		read("first")  // the first call returns at once
+		read("first")
 		read("second") // waits for the client's second message
 		cw.Conn.EndWaits()
-		steps <- step{name: "after EndWaits", err: cw.Conn.WaitReadable()}
+		cw.Conn.WaitReadable() // at once, though the client sends nothing
+		steps <- step{name: "after EndWaits"}
 		read("end") // the client is gone: Read fails
 	}))
 	defer srv.Close()
@@ -394,7 +393,7 @@ func TestWaitReadable(t *testing.T) {
 	default:
 	}
 	idle.CloseNow()
-	if s := next(); s.name != "idle" || s.err != nil {
+	if s := next(); s.name != "idle" || s.err == nil {
 		t.Fatalf("after the idle client left: %+v", s)
 	}
 }
@@ -409,4 +408,47 @@ func dialWS(ctx context.Context, t *testing.T, srv *httptest.Server, path string
 	}
 	t.Cleanup(func() { c.CloseNow() })
 	return c
+}
+
+// A reader waiting inside coder/websocket's Read (after answering a ping,
+// or for the rest of a frame) holds no read chunk either.
+func TestReaderWaitingHoldsNoChunk(t *testing.T) {
+	conns := make(chan *Conn, 1)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cw := &ResponseWriter{ResponseWriter: w, Pool: &Pool{}}
+		ws, err := websocket.Accept(cw, r, nil)
+		if err != nil {
+			return
+		}
+		defer ws.CloseNow()
+		conns <- cw.Conn
+		ws.Read(context.Background()) // answers pings; ends when the client leaves
+	}))
+	defer srv.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client := dialWS(ctx, t, srv, "/")
+	go client.Read(ctx) // reads the pongs for Ping
+	if err := client.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	conn := <-conns
+	// Wait for the server's reader to park on the socket again.
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		buf := make([]byte, 1<<20)
+		stacks := string(buf[:runtime.Stack(buf, true)])
+		if strings.Contains(stacks, "cork.(*Conn).fill(") && strings.Contains(stacks, "(*FD).RawRead(") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the server's reader did not wait for the socket")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	conn.rmu.Lock()
+	held := conn.chunk != nil
+	conn.rmu.Unlock()
+	if held {
+		t.Fatal("a reader waiting for the socket holds a read chunk")
+	}
 }

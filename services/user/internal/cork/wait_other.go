@@ -2,8 +2,15 @@
 
 package cork
 
-import "syscall"
+import (
+	"net"
+	"syscall"
+)
 
-// waitReadable does not wait where there is no non-blocking peek: the
-// reader then parks inside its read, deeper but just as correct.
-func waitReadable(syscall.RawConn) error { return nil }
+// rawConn returns nil where reads cannot be made without blocking: Conn
+// then reads plainly, holding its chunk while it waits, and WaitReadable
+// does not wait (the reader parks inside its read, deeper but just as
+// correct).
+func rawConn(net.Conn) syscall.RawConn { return nil }
+
+func readFD(uintptr, []byte) (int, error) { return 0, syscall.EINVAL }

@@ -2,15 +2,30 @@
 
 package cork
 
-import "syscall"
+import (
+	"net"
+	"syscall"
+)
 
-func waitReadable(rc syscall.RawConn) error {
-	var b [1]byte
-	return rc.Read(func(fd uintptr) bool {
-		// A peek with nothing to read says EAGAIN, and RawConn.Read
-		// parks until the socket is readable; anything else (a byte, end
-		// of stream, an error) means the next read will not block.
-		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return err != syscall.EAGAIN
-	})
+// rawConn gives raw access to c's socket, for reads that take a buffer
+// only when there are bytes to read.
+func rawConn(c net.Conn) syscall.RawConn {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	return rc
+}
+
+func readFD(fd uintptr, p []byte) (int, error) {
+	for {
+		n, err := syscall.Read(int(fd), p)
+		if err != syscall.EINTR {
+			return max(n, 0), err
+		}
+	}
 }

@@ -116,9 +116,7 @@ func (c *Client) readLoop() error {
 		// An idle connection's reader parks here, with a shallow stack,
 		// rather than inside Read (see cork.WaitReadable); so the frame
 		// is handled further down, to keep this function's frame small.
-		if err := c.cork.WaitReadable(); err != nil {
-			return err
-		}
+		c.cork.WaitReadable()
 		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
 			return err
