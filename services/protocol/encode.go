@@ -62,6 +62,18 @@ func AppendAck(dst []byte, id, room string, seq uint64) []byte {
 	return append(dst, '}')
 }
 
+// AppendPong appends the "pong" answering a ping with id: the keepalive of
+// browser clients, answered by the connection's reader, whose stack
+// encoding/json would grow.
+func AppendPong(dst []byte, id string) []byte {
+	dst = append(dst, `{"type":"pong"`...)
+	if id != "" {
+		dst = append(dst, `,"id":`...)
+		dst = AppendString(dst, id)
+	}
+	return append(dst, '}')
+}
+
 // Encode marshals any outbound frame that is not on a hot path.
 func Encode(v any) []byte {
 	b, err := json.Marshal(v)

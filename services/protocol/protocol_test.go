@@ -102,6 +102,21 @@ func TestAppendAckMatchesJSON(t *testing.T) {
 	}
 }
 
+func TestAppendPongMatchesJSON(t *testing.T) {
+	for _, id := range []string{"", "p\"1\u2028"} {
+		var got, want Pong
+		if err := json.Unmarshal(AppendPong(nil, id), &got); err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(Encode(Pong{Type: TypePong, ID: id}), &want); err != nil {
+			t.Fatal(err)
+		}
+		if got != want || got.Type != TypePong || got.ID != id {
+			t.Fatalf("AppendPong(%q) read back as %+v, encoding/json as %+v", id, got, want)
+		}
+	}
+}
+
 // The hand-written join answers read back as what encoding/json writes.
 func TestAppendJoinedAndPresenceMatchJSON(t *testing.T) {
 	yes, no := true, false

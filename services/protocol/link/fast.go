@@ -7,8 +7,9 @@ import (
 
 // decodeFast decodes the per-message frames (pub, msg, ack) and the
 // per-member ones (join, leave, presence) as the peers encode them: compact
-// JSON, no escapes in strings, only the fields those frames use. Anything else, and anything it is unsure of, makes it return
-// false, and the frame goes to encoding/json, which decides. So it never
+// JSON, no escapes in strings, only the fields those frames use. Anything
+// else, and anything it is unsure of, makes it return false, and the frame
+// goes to encoding/json, which decides. So it never
 // accepts what encoding/json would refuse or read differently;
 // FuzzDecodeFastMatchesEncodingJSON holds it to that.
 //

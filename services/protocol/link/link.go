@@ -114,7 +114,7 @@ func Append(dst []byte, f *Frame) ([]byte, error) {
 }
 
 // AppendPub appends the pub frame of m under mid, reading back as the frame
-// Append would encode (TestAppendPubMatchesAppend): written by hand because
+// Append would encode (TestHandEncodersMatchAppend): written by hand because
 // every message sent crosses the link once.
 func AppendPub(dst []byte, mid string, m *protocol.Message) []byte {
 	dst = append(dst, `{"t":"pub","mid":`...)

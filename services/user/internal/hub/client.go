@@ -149,16 +149,17 @@ func (c *Client) handle(typ websocket.MessageType, data []byte) {
 	case protocol.TypeChat:
 		c.h.chat(c, in)
 	case protocol.TypePing:
-		c.send(protocol.Encode(protocol.Pong{Type: protocol.TypePong, ID: in.ID}))
+		c.send(protocol.AppendPong(nil, in.ID))
 	default:
 		aside(func() { c.control(in, first) })
 	}
 }
 
 // aside runs f on a goroutine of its own and waits for it. Answering a
-// hello or a join builds large frames (member lists, history) through
-// encoding/json; run on the reader, the stack that takes would stay with
-// the connection for its whole life, and most connections are idle.
+// hello, a join or a history request takes a deep stack (encoding/json for
+// the welcome, the link's subscribe and history frames, sorting members);
+// grown on the reader, it would stay with an idle connection until later
+// GCs halve it, one cycle at a time.
 func aside(f func()) {
 	done := make(chan struct{})
 	go func() {
@@ -198,9 +199,9 @@ func (c *Client) control(in protocol.Inbound, first bool) {
 }
 
 // writeLoop is the connection's writer, started by the first frame queued
-// (see queue.push) and retired by the hub's sweep (Hub.Run) after about
-// Config.WriterLinger without one: a busy connection keeps its writer, an
-// idle one holds no goroutine for it.
+// (see queue.push) and retired by the hub's sweep (Hub.Run) one to two
+// Config.WriterLinger intervals after the last: a busy connection keeps
+// its writer, an idle one holds no goroutine for it.
 func (c *Client) writeLoop() {
 	defer c.writers.Done()
 	var batch [][]byte

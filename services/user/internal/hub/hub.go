@@ -40,9 +40,9 @@ type Config struct {
 	RateBurst      int
 	MaxFrame       int64
 	Rules          protocol.Rules
-	// WriterLinger is how long a connection's writer goroutine may go
-	// without writing before Run retires it (default 250ms); the next
-	// frame starts another.
+	// WriterLinger is Run's sweep interval (default 250ms): a writer
+	// goroutine is retired one to two intervals after the last frame
+	// queued for its connection; the next frame starts another.
 	WriterLinger time.Duration
 	Logger       *slog.Logger
 	Metrics      *Metrics
@@ -106,7 +106,8 @@ type pubWaiter struct {
 
 type fetchFunc func(msgs []protocol.Message, first uint64, err error)
 
-// New returns a hub; SetBus must be called before it serves clients.
+// New returns a hub; SetBus must be called before it serves clients, and
+// Run must run for idle connections' writers to be retired.
 func New(cfg Config) *Hub {
 	if cfg.WriterLinger <= 0 {
 		cfg.WriterLinger = 250 * time.Millisecond
@@ -125,8 +126,8 @@ func New(cfg Config) *Hub {
 }
 
 // Run retires the writers of connections with nothing to write until ctx
-// ends: every WriterLinger it asks those that wrote nothing since the
-// previous sweep to exit. Idle connections then cost one goroutine, not
+// ends: every WriterLinger it asks those whose connection had no frame
+// queued since the previous sweep to exit. Idle connections then cost one goroutine, not
 // two, and a busy writer is never woken for it.
 func (h *Hub) Run(ctx context.Context) {
 	t := time.NewTicker(h.cfg.WriterLinger)

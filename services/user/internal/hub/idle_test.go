@@ -200,14 +200,9 @@ func TestIdleReadersParkShallow(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	t.Logf("%d bytes of goroutine stack per idle connection", (after.StackInuse-before.StackInuse)/n)
 
-	var parked int
 	waitUntil(t, fmt.Sprintf("the %d readers to park", n), func() bool {
-		buf := make([]byte, 1<<22)
-		stacks := string(buf[:runtime.Stack(buf, true)])
-		parked = strings.Count(stacks, "cork.(*Conn).WaitReadable(")
-		return parked == n
+		return goroutinesIn("cork.(*Conn).WaitReadable(") == n
 	})
-	_ = parked
 	// They are alive: they wake for the next frame.
 	clients[0].send(t, `{"type":"chat","room":"room-0","message":"still here","id":"c"}`)
 	if f := clients[10].expect(t, `"still here"`); !strings.Contains(f, `"room-0"`) {
@@ -221,8 +216,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
 		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<22)
-			t.Logf("%s", buf[:runtime.Stack(buf, true)])
+			t.Logf("%s", stacks())
 			t.Fatalf("timed out waiting for %s", what)
 		}
 		time.Sleep(10 * time.Millisecond)
@@ -230,9 +224,12 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 }
 
 // goroutinesIn counts the goroutines whose stack holds fn.
-func goroutinesIn(fn string) int {
+func goroutinesIn(fn string) int { return strings.Count(stacks(), fn) }
+
+// stacks returns every goroutine's stack.
+func stacks() string {
 	buf := make([]byte, 1<<22)
-	return strings.Count(string(buf[:runtime.Stack(buf, true)]), fn)
+	return string(buf[:runtime.Stack(buf, true)])
 }
 
 // A writer exits when it has had nothing to write for a while, the next

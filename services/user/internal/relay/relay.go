@@ -98,7 +98,7 @@ func (b *Bus) appendLocked(f *link.Frame) {
 	b.signal()
 }
 
-// wakeLocked tells the writer that out has frames.
+// signal tells the writer that out has frames.
 func (b *Bus) signal() {
 	select {
 	case b.wake <- struct{}{}:
