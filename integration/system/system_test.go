@@ -520,6 +520,7 @@ func TestInvalidConfigFailsBeforeListening(t *testing.T) {
 		{"RELAYER_URL": "http://relayer:3001"},
 		{"RELAYER_URL": "ws://relayer:3001"}, // no secret
 		{"SEND_QUEUE": "0"},
+		{"JOIN_TIMEOUT": "0s"},
 		{"MAX_FRAME_BYTES": "lots"},
 	} {
 		err := user.Run(t.Context(), []string{"ws-user"}, func(k string) string { return env[k] }, nilWriter{}, nilWriter{})
@@ -574,5 +575,31 @@ func TestHTTPEndpointsAndOrigins(t *testing.T) {
 		if conn != nil {
 			conn.CloseNow()
 		}
+	}
+}
+
+// An extended join that cannot be set up because the relayer is down is
+// answered unavailable within JOIN_TIMEOUT and undone; a seed join, which
+// gets no answer, keeps waiting and takes effect when the relayer is back.
+func TestJoinWhileRelayerIsDown(t *testing.T) {
+	r := startRelayer(t, nil)
+	u := startUser(t, "user-a", r, map[string]string{"JOIN_TIMEOUT": "300ms"})
+	r.Stop()
+	waitFor(t, 10*time.Second, "readyz to fail without a relayer", func() bool { return httpStatus(u.Addr, "/readyz") == 503 })
+
+	ext, _ := hello(t, u.Addr, "ext")
+	ext.send(map[string]any{"type": "join", "room": "dark", "id": "j1"})
+	if f := ext.expect("error"); f.Code != "unavailable" || f.ID != "j1" || f.Room != "dark" {
+		t.Fatalf("join while the relayer is down: %s", f.Raw)
+	}
+	seed := dial(t, u.Addr, "/")
+	seed.send(map[string]any{"type": "join-room", "room": "dark"})
+
+	startRelayer(t, map[string]string{"PORT": portOf(r.Addr)})
+	waitFor(t, 10*time.Second, "the seed join to take effect", func() bool { return metric(u.Addr, "wschat_user_memberships") == 1 })
+	ext.join("dark", nil)
+	ext.send(map[string]any{"type": "chat", "room": "dark", "message": "light", "id": "c1"})
+	if got := seed.chats("dark", 1); got[0].Message != "light" {
+		t.Fatalf("seed member got %s", got[0].Raw)
 	}
 }

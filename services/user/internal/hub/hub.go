@@ -44,8 +44,12 @@ type Config struct {
 	// goroutine is retired one to two intervals after the last frame
 	// queued for its connection; the next frame starts another.
 	WriterLinger time.Duration
-	Logger       *slog.Logger
-	Metrics      *Metrics
+	// JoinTimeout bounds how long an extended client's join waits for its
+	// room's subscription (the relay link is down or slow); then it is
+	// answered unavailable and undone (default 10s).
+	JoinTimeout time.Duration
+	Logger      *slog.Logger
+	Metrics     *Metrics
 }
 
 // Hub is the state of one ws-user instance.
@@ -63,10 +67,12 @@ type Hub struct {
 	rooms   map[string]*room
 	clients map[*Client]struct{}
 	writing map[*Client]struct{} // clients whose writer runs, for Run's sweep
-	pubs    map[string]pubWaiter
-	fetches map[uint64]fetchFunc
-	nextReq uint64
-	closing bool
+	// unsynced holds the rooms with joins waiting for their subscription.
+	unsynced map[*room]struct{}
+	pubs     map[string]pubWaiter
+	fetches  map[uint64]fetchFunc
+	nextReq  uint64
+	closing  bool
 	// memberships counts (client, room) pairs receiving messages.
 	memberships int
 	pubsDone    chan struct{} // closed when closing and no publish is in flight
@@ -93,8 +99,9 @@ type room struct {
 }
 
 type pendingJoin struct {
-	c  *Client
-	in protocol.Inbound
+	c     *Client
+	in    protocol.Inbound
+	since time.Time
 }
 
 type pubWaiter struct {
@@ -112,23 +119,28 @@ func New(cfg Config) *Hub {
 	if cfg.WriterLinger <= 0 {
 		cfg.WriterLinger = 250 * time.Millisecond
 	}
+	if cfg.JoinTimeout <= 0 {
+		cfg.JoinTimeout = 10 * time.Second
+	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return &Hub{
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
-		nonce:   hex.EncodeToString(b),
-		rooms:   map[string]*room{},
-		clients: map[*Client]struct{}{},
-		writing: map[*Client]struct{}{},
-		pubs:    map[string]pubWaiter{},
-		fetches: map[uint64]fetchFunc{},
+		nonce:    hex.EncodeToString(b),
+		rooms:    map[string]*room{},
+		clients:  map[*Client]struct{}{},
+		writing:  map[*Client]struct{}{},
+		unsynced: map[*room]struct{}{},
+		pubs:     map[string]pubWaiter{},
+		fetches:  map[uint64]fetchFunc{},
 	}
 }
 
-// Run retires the writers of connections with nothing to write until ctx
-// ends: every WriterLinger it asks those whose connection had no frame
-// queued since the previous sweep to exit. Idle connections then cost one goroutine, not
-// two, and a busy writer is never woken for it.
+// Run does the hub's housekeeping until ctx ends, every WriterLinger: it
+// asks the writers whose connection had no frame queued since the previous
+// sweep to exit (idle connections then cost one goroutine, not two, and a
+// busy writer is never woken for it), and it expires joins that waited
+// longer than JoinTimeout.
 func (h *Hub) Run(ctx context.Context) {
 	t := time.NewTicker(h.cfg.WriterLinger)
 	defer t.Stop()
@@ -142,7 +154,28 @@ func (h *Hub) Run(ctx context.Context) {
 		for c := range h.writing {
 			c.q.sweep()
 		}
+		h.expireJoinsLocked(time.Now())
 		h.mu.Unlock()
+	}
+}
+
+// expireJoinsLocked answers the extended clients' joins that waited longer
+// than JoinTimeout for their room's subscription with unavailable, and
+// undoes them. Seed clients get no answer to a join, so theirs keep waiting
+// and take effect when the subscription comes.
+func (h *Hub) expireJoinsLocked(now time.Time) {
+	var expired []pendingJoin
+	for r := range h.unsynced {
+		for _, p := range r.waiting {
+			if p.c.extended && now.Sub(p.since) > h.cfg.JoinTimeout {
+				expired = append(expired, p)
+			}
+		}
+	}
+	for _, p := range expired {
+		h.leaveLocked(p.c, p.in.Room)
+		p.c.sendErrorLocked(p.in, protocol.CodeUnavailable,
+			"room %q could not be joined within %s: the relay is unreachable or slow; join again later", p.in.Room, h.cfg.JoinTimeout)
 	}
 }
 
@@ -197,7 +230,8 @@ func (h *Hub) join(c *Client, in protocol.Inbound) {
 		}
 	}
 	if !r.synced {
-		r.waiting = append(r.waiting, pendingJoin{c, in})
+		r.waiting = append(r.waiting, pendingJoin{c, in, time.Now()})
+		h.unsynced[r] = struct{}{}
 		return
 	}
 	h.completeJoinLocked(r, c, in)
@@ -299,6 +333,7 @@ func (h *Hub) leaveLocked(c *Client, name string) {
 	}
 	if len(r.local) == 0 {
 		delete(h.rooms, name)
+		delete(h.unsynced, r)
 		h.m.Rooms.Set(float64(len(h.rooms)))
 		h.bus.Unsubscribe(name)
 		return
@@ -529,6 +564,7 @@ func (h *Hub) Subscribed(s bus.Subscription) {
 	}
 	r.presence = next
 	r.synced = true
+	delete(h.unsynced, r)
 	pend := r.waiting
 	r.waiting = nil
 	for _, p := range pend {
