@@ -603,3 +603,40 @@ func TestJoinWhileRelayerIsDown(t *testing.T) {
 		t.Fatalf("seed member got %s", got[0].Raw)
 	}
 }
+
+// RELAY_FLUSH_DELAY and LINK_FLUSH_DELAY hold link output back so that
+// more goes in one message: a chat's ack waits for both, and a burst
+// still arrives whole and in order.
+func TestLinkFlushDelays(t *testing.T) {
+	const delay = 200 * time.Millisecond
+	r := startRelayer(t, map[string]string{"LINK_FLUSH_DELAY": delay.String()})
+	u := startUser(t, "user-a", r, map[string]string{"RELAY_FLUSH_DELAY": delay.String(), "RATE_PER_SEC": "1000", "RATE_BURST": "1000"})
+	c, _ := hello(t, u.Addr, "patient")
+	c.join("slow-link", nil)
+
+	// The ack and the echo come in either order.
+	start := time.Now()
+	c.send(map[string]any{"type": "chat", "room": "slow-link", "message": "first", "id": "c0"})
+	for acked, echoed := false, false; !acked || !echoed; {
+		switch f := c.expectNot("presence"); f.Type {
+		case "ack":
+			acked = true
+			if took := time.Since(start); took < 2*delay {
+				t.Fatalf("ack after %v, want at least both links' delay, %v", took, 2*delay)
+			}
+		case "chat":
+			echoed = true
+		default:
+			t.Fatalf("unexpected %s", f.Raw)
+		}
+	}
+	const n = 30
+	for i := range n {
+		c.send(map[string]any{"type": "chat", "room": "slow-link", "message": fmt.Sprint(i), "id": fmt.Sprint("b", i)})
+	}
+	for i, f := range c.chats("slow-link", n) {
+		if f.Message != fmt.Sprint(i) {
+			t.Fatalf("chat %d is %s", i, f.Raw)
+		}
+	}
+}

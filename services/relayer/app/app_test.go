@@ -132,6 +132,7 @@ func TestConfigErrors(t *testing.T) {
 		{"duration", map[string]string{"PRESENCE_GRACE": "soon"}, []string{"PRESENCE_GRACE"}},
 		{"bool", map[string]string{"RELAY_FSYNC": "maybe"}, []string{"RELAY_FSYNC"}},
 		{"level", map[string]string{"LOG_LEVEL": "loud"}, []string{"LOG_LEVEL"}},
+		{"flush delay", map[string]string{"LINK_FLUSH_DELAY": "-1ms"}, []string{"LINK_FLUSH_DELAY"}},
 		{"several at once", map[string]string{"RELAY_SECRET": "", "COMPACT_BYTES": "-1"}, []string{"RELAY_SECRET", "COMPACT_BYTES"}},
 	}
 	for _, tc := range cases {

@@ -23,6 +23,7 @@ type config struct {
 	LinkQueueBytes    int           `env:"LINK_QUEUE_BYTES" envDefault:"67108864"`
 	LinkMaxFrameBytes int64         `env:"LINK_MAX_FRAME_BYTES" envDefault:"16777216"`
 	LinkPingInterval  time.Duration `env:"LINK_PING_INTERVAL" envDefault:"5s"`
+	LinkFlushDelay    time.Duration `env:"LINK_FLUSH_DELAY" envDefault:"0s"`
 	CompactBytes      int64         `env:"COMPACT_BYTES" envDefault:"67108864"`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
 	LogLevel          string        `env:"LOG_LEVEL" envDefault:"info"`
@@ -90,6 +91,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.LinkPingInterval <= 0 {
 		bad("LINK_PING_INTERVAL must be > 0, got %s", c.LinkPingInterval)
+	}
+	if c.LinkFlushDelay < 0 || c.LinkFlushDelay > time.Second {
+		bad("LINK_FLUSH_DELAY must be 0s..1s, got %s", c.LinkFlushDelay)
 	}
 	if c.CompactBytes <= 0 {
 		bad("COMPACT_BYTES must be > 0, got %d", c.CompactBytes)

@@ -126,11 +126,24 @@ func (c *conn) writeChunks(data []byte) error {
 }
 
 func (c *conn) writeLoop() {
+	var delay *time.Timer
+	if d := c.s.cfg.FlushDelay; d > 0 {
+		delay = time.NewTimer(d)
+		defer delay.Stop()
+	}
 	for {
 		select {
 		case <-c.wake:
 		case <-c.dead:
 			return
+		}
+		if delay != nil {
+			delay.Reset(c.s.cfg.FlushDelay)
+			select {
+			case <-delay.C:
+			case <-c.dead:
+				return
+			}
 		}
 		c.mu.Lock()
 		data := c.out

@@ -51,10 +51,14 @@ type Config struct {
 	QueueBytes    int           // per-link output limit
 	MaxFrameBytes int64         // per-link read limit
 	PingInterval  time.Duration
-	CompactBytes  int64 // compact the log once it is at least this big
-	Logger        *slog.Logger
-	Registry      prometheus.Registerer
-	Now           func() time.Time // message timestamps; time.Now when nil
+	// FlushDelay, when positive, makes a link's writer wait that long
+	// after output appears before sending it, so that more goes in one
+	// message: less CPU at moderate rates for that much latency.
+	FlushDelay   time.Duration
+	CompactBytes int64 // compact the log once it is at least this big
+	Logger       *slog.Logger
+	Registry     prometheus.Registerer
+	Now          func() time.Time // message timestamps; time.Now when nil
 }
 
 // Sequencer is the relayer core. Serve links with ServeHTTP, drive it with
