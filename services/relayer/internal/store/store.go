@@ -27,6 +27,12 @@ import (
 // FileName is the log's name inside the data directory.
 const FileName = "wschat.log"
 
+// LockName is the file whose lock keeps a second relayer off the data
+// directory. It is not the log itself: compaction replaces the log's file,
+// and Open cleans up after a crashed compaction, which only the directory's
+// owner may do.
+const LockName = "LOCK"
+
 const (
 	headerSize = 8
 	// maxRecordBytes bounds one record. A length above it can only come
@@ -74,6 +80,7 @@ type Log struct {
 	dir      string
 	path     string
 	f        *os.File
+	lock     *os.File
 	unlock   func() error
 	opts     Options
 	buf      []byte // appended, not yet written
@@ -91,6 +98,28 @@ func Open(dir string, opts Options) (*Log, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("create data dir %s: %w", dir, err)
 	}
+	lockPath := filepath.Join(dir, LockName)
+	lock, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open lock file: %w", err)
+	}
+	unlock, err := lockFile(lock)
+	if err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("lock %s (is another ws-relayer using DATA_DIR %s?): %w", lockPath, dir, err)
+	}
+	l, err := openLog(dir, opts)
+	if err != nil {
+		unlock()
+		lock.Close()
+		return nil, err
+	}
+	l.lock, l.unlock = lock, unlock
+	return l, nil
+}
+
+// openLog opens the log of a locked data directory.
+func openLog(dir string, opts Options) (*Log, error) {
 	path := filepath.Join(dir, FileName)
 	// A leftover of a compaction that crashed before its rename: the
 	// log itself is intact, the partial copy is garbage.
@@ -102,21 +131,15 @@ func Open(dir string, opts Options) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open log: %w", err)
 	}
-	unlock, err := lockFile(f)
-	if err != nil {
-		f.Close()
-		return nil, fmt.Errorf("lock %s (is another ws-relayer using DATA_DIR %s?): %w", path, dir, err)
-	}
 	if errors.Is(statErr, os.ErrNotExist) {
 		// The new directory entry must be durable before the first
 		// acknowledged record lands in the file.
 		if err := syncDir(dir); err != nil {
-			unlock()
 			f.Close()
 			return nil, err
 		}
 	}
-	return &Log{dir: dir, path: path, f: f, unlock: unlock, opts: opts}, nil
+	return &Log{dir: dir, path: path, f: f, opts: opts}, nil
 }
 
 // Replay calls fn with the payload (the Record JSON) of every intact
@@ -258,14 +281,7 @@ func (l *Log) Compact(records iter.Seq[[]byte]) error {
 	if err != nil {
 		return fmt.Errorf("compact: %w", err)
 	}
-	unlock, err := lockFile(f)
-	if err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return fmt.Errorf("compact: lock: %w", err)
-	}
 	fail := func(err error) error {
-		unlock()
 		f.Close()
 		os.Remove(tmp)
 		return fmt.Errorf("compact %s: %w", l.path, err)
@@ -294,9 +310,8 @@ func (l *Log) Compact(records iter.Seq[[]byte]) error {
 		// directory entry is durable yet, so keep going with it.
 		l.opts.Logger.Error("compaction: directory fsync failed", "err", err)
 	}
-	old, oldUnlock := l.f, l.unlock
-	l.f, l.unlock, l.size = f, unlock, size
-	oldUnlock()
+	old := l.f
+	l.f, l.size = f, size
 	if err := old.Close(); err != nil {
 		l.opts.Logger.Warn("compaction: closing the old log", "err", err)
 	}
@@ -316,10 +331,11 @@ func (l *Log) Close() error {
 			err = fmt.Errorf("fsync %s: %w", l.path, serr)
 		}
 	}
-	l.unlock()
 	if cerr := l.f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close %s: %w", l.path, cerr)
 	}
+	l.unlock()
+	l.lock.Close()
 	return err
 }
 

@@ -273,16 +273,35 @@ func TestStaleCompactionFileIgnored(t *testing.T) {
 	}
 }
 
+// A second relayer on the same data directory is refused, before it
+// touches anything (here: a compaction in progress), and still after a
+// compaction replaced the log's file.
 func TestSecondOpenIsRefused(t *testing.T) {
 	dir := t.TempDir()
 	l, _ := open(t, dir, false)
 	defer l.Close()
-	if l2, err := Open(dir, Options{}); err == nil {
-		l2.Close()
-		t.Fatal("second Open of the same data dir succeeded")
-	} else if !strings.Contains(err.Error(), "DATA_DIR") {
-		t.Fatalf("error does not explain itself: %v", err)
+	inProgress := filepath.Join(dir, FileName+".compact")
+	if err := os.WriteFile(inProgress, []byte("being written"), 0o644); err != nil {
+		t.Fatal(err)
 	}
+	refused := func() {
+		t.Helper()
+		if l2, err := Open(dir, Options{}); err == nil {
+			l2.Close()
+			t.Fatal("second Open of the same data dir succeeded")
+		} else if !strings.Contains(err.Error(), "DATA_DIR") {
+			t.Fatalf("error does not explain itself: %v", err)
+		}
+	}
+	refused()
+	if _, err := os.Stat(inProgress); err != nil {
+		t.Fatalf("the refused Open removed the owner's compaction file: %v", err)
+	}
+	os.Remove(inProgress)
+	if err := l.Compact(func(yield func([]byte) bool) {}); err != nil {
+		t.Fatal(err)
+	}
+	refused()
 }
 
 func BenchmarkAppendSync(b *testing.B) {
