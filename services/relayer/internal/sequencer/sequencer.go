@@ -723,7 +723,10 @@ func (s *Sequencer) maybeCompact() {
 	}
 	start := time.Now()
 	if err := s.st.Compact(s.retained()); err != nil {
-		// The old log is intact; try again after more growth.
+		// Either the old log is intact, and compaction is tried again
+		// after more growth, or the directory could not be synced after
+		// the rename, and the log has failed: the next Sync stops the
+		// relayer, before anything more is acknowledged.
 		s.log.Error("log compaction failed", "err", err)
 		s.nextCheck = size + s.cfg.CompactBytes
 		return

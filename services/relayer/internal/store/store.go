@@ -87,6 +87,9 @@ type Log struct {
 	size     int64  // bytes on disk
 	replayed bool
 	failed   error // a failed Sync: the file's tail is unknown until replayed
+	// syncDir makes the directory's entries durable (a field so that a
+	// test can make it fail).
+	syncDir func(dir string) error
 }
 
 // Open opens (creating it if needed) the log in dir and locks it against a
@@ -139,7 +142,7 @@ func openLog(dir string, opts Options) (*Log, error) {
 			return nil, err
 		}
 	}
-	return &Log{dir: dir, path: path, f: f, opts: opts}, nil
+	return &Log{dir: dir, path: path, f: f, opts: opts, syncDir: syncDir}, nil
 }
 
 // Replay calls fn with the payload (the Record JSON) of every intact
@@ -305,15 +308,18 @@ func (l *Log) Compact(records iter.Seq[[]byte]) error {
 	if err := os.Rename(tmp, l.path); err != nil {
 		return fail(err)
 	}
-	if err := syncDir(l.dir); err != nil {
-		// The rename happened: f is the log now, whether or not the
-		// directory entry is durable yet, so keep going with it.
-		l.opts.Logger.Error("compaction: directory fsync failed", "err", err)
-	}
 	old := l.f
-	l.f, l.size = f, size
+	l.f, l.size = f, size // the rename happened: f is the log now
 	if err := old.Close(); err != nil {
 		l.opts.Logger.Warn("compaction: closing the old log", "err", err)
+	}
+	if err := l.syncDir(l.dir); err != nil {
+		// Records appended from now on would be durable in a file whose
+		// name may not be: a crash could bring the old log back without
+		// them. Fail like a failed Sync, so none of them is acknowledged;
+		// a restart replays whichever log the directory holds, whole.
+		l.failed = fmt.Errorf("compaction: %w", err)
+		return l.failed
 	}
 	return nil
 }

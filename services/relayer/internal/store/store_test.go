@@ -3,6 +3,7 @@ package store
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -270,6 +271,35 @@ func TestStaleCompactionFileIgnored(t *testing.T) {
 	defer l.Close()
 	if len(got) != 3 {
 		t.Fatalf("replayed %d records, want 3", len(got))
+	}
+}
+
+// When the directory cannot be made durable after a compaction's rename,
+// the log fails like a failed Sync: nothing appended after it is
+// acknowledged, and a restart replays a whole log.
+func TestCompactionDirFsyncFailureStopsTheLog(t *testing.T) {
+	dir := t.TempDir()
+	writeLog(t, dir, 3)
+	l, got := open(t, dir, false)
+	l.syncDir = func(string) error { return errors.New("injected EIO") }
+	if err := l.Compact(func(yield func([]byte) bool) {
+		for _, p := range got {
+			if !yield(p) {
+				return
+			}
+		}
+	}); err == nil || !strings.Contains(err.Error(), "injected EIO") {
+		t.Fatalf("Compact: %v, want the directory fsync error", err)
+	}
+	l.Append(payload(9))
+	if err := l.Sync(); err == nil {
+		t.Fatal("Sync after a failed compaction succeeded")
+	}
+	l.Close()
+	l2, again := open(t, dir, false)
+	defer l2.Close()
+	if len(again) != 3 {
+		t.Fatalf("replayed %d records, want the 3 compacted ones", len(again))
 	}
 }
 
