@@ -68,6 +68,8 @@ func (p *Pool) getChunk() *[]byte {
 	return &b
 }
 
+func (p *Pool) putChunk(b *[]byte) { p.r.Put(b) }
+
 func (p *Pool) get() *[]byte {
 	if b, ok := p.p.Get().(*[]byte); ok {
 		return b
@@ -127,7 +129,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		return n, nil
 	}
 	if c.chunk != nil {
-		c.pool.r.Put(c.chunk)
+		c.pool.putChunk(c.chunk)
 		c.chunk = nil
 	}
 	c.pend = nil
@@ -168,11 +170,11 @@ func (c *Conn) readOnce(fd uintptr) bool {
 	chunk := c.pool.getChunk()
 	n, err := readFD(fd, *chunk)
 	if err == syscall.EAGAIN {
-		c.pool.r.Put(chunk)
+		c.pool.putChunk(chunk)
 		return false
 	}
 	if err != nil {
-		err = &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", err)}
+		err = &net.OpError{Op: "read", Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: os.NewSyscallError("read", err)}
 	} else if n == 0 {
 		err = io.EOF
 	}
@@ -184,7 +186,7 @@ func (c *Conn) keepLocked(chunk *[]byte, n int, err error) {
 	if n > 0 {
 		c.chunk, c.pend = chunk, (*chunk)[:n]
 	} else {
-		c.pool.r.Put(chunk)
+		c.pool.putChunk(chunk)
 	}
 	c.rerr = err
 }

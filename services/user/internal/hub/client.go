@@ -325,11 +325,16 @@ func (q *queue) push(b []byte) (ok, start bool) {
 	start = !q.writing && !q.closed
 	q.writing = q.writing || start
 	q.mu.Unlock()
+	q.signal()
+	return true, start
+}
+
+// signal wakes the writer, unless a wake-up is pending already.
+func (q *queue) signal() {
 	select {
 	case q.wake <- struct{}{}:
 	default:
 	}
-	return true, start
 }
 
 // sweep asks the writer to retire when nothing was queued since the last
@@ -341,10 +346,7 @@ func (q *queue) sweep() {
 	q.retire = q.retire || idle
 	q.mu.Unlock()
 	if idle {
-		select {
-		case q.wake <- struct{}{}:
-		default:
-		}
+		q.signal()
 	}
 }
 
