@@ -169,6 +169,10 @@ func New(cfg Config, st *store.Log) (*Sequencer, error) {
 	s.updateGauges()
 	s.log.Info("log replayed", "records", records, "rooms", len(s.rooms),
 		"log_bytes", st.Size(), "took", time.Since(start).Round(time.Millisecond))
+	// Ready from here: links that connect before Run starts queue their
+	// events for it. (Ready only once Run ran raced with the listener:
+	// /readyz could say 503 to the first caller.)
+	s.ready.Store(true)
 	return s, nil
 }
 
@@ -197,7 +201,8 @@ func (s *Sequencer) retain(r *room, e entry) {
 	}
 }
 
-// Ready reports whether the sequencer is running and its log is healthy.
+// Ready reports whether the sequencer takes links: from New, its log
+// replayed, until it stops (its context ended or the log failed).
 func (s *Sequencer) Ready() bool { return s.ready.Load() }
 
 // send hands an event to the sequencer; false once it has stopped.
@@ -238,7 +243,6 @@ func (s *Sequencer) unregister(c *conn) {
 // Run sequences until ctx ends or the log fails. Then it closes every
 // link (after delivering what it owes them) with 1012 and closes the log.
 func (s *Sequencer) Run(ctx context.Context) error {
-	s.ready.Store(true)
 	batch := make([]event, 0, 256)
 	for {
 		select {
