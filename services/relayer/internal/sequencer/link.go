@@ -144,6 +144,13 @@ func (c *conn) writeLoop() {
 			case <-c.dead:
 				return
 			}
+			// Output queued during the wait signalled again; it goes out
+			// now, and that stale signal must not start the next wait
+			// early (the delay counts from the output's arrival).
+			select {
+			case <-c.wake:
+			default:
+			}
 		}
 		c.mu.Lock()
 		data := c.out

@@ -311,6 +311,13 @@ func (b *Bus) writeLoop(ctx context.Context, conn *websocket.Conn) error {
 				return ctx.Err()
 			case <-delay.C:
 			}
+			// Frames queued during the wait signalled again; they go out
+			// now, and that stale signal must not start the next wait
+			// early (the delay counts from a frame's arrival).
+			select {
+			case <-b.wake:
+			default:
+			}
 		}
 		b.mu.Lock()
 		data := b.out
