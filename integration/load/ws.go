@@ -88,7 +88,9 @@ func dialWS(ctx context.Context, u *url.URL, o dialOptions) (*wsConn, error) {
 			host = net.JoinHostPort(u.Hostname(), "80")
 		}
 	}
-	d := net.Dialer{LocalAddr: o.local}
+	// No keep-alive: four setsockopt calls per connection the generator
+	// would pay for in a storm, for probes no run lasts long enough to send.
+	d := net.Dialer{LocalAddr: o.local, KeepAlive: -1}
 	if o.local != nil {
 		d.Control = bindNoPort
 	}

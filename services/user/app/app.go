@@ -22,6 +22,7 @@ import (
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/user/internal/bus"
 	"github.com/wschat/wschat/services/user/internal/hub"
+	"github.com/wschat/wschat/services/user/internal/listen"
 	"github.com/wschat/wschat/services/user/internal/relay"
 	"github.com/wschat/wschat/services/user/internal/web"
 )
@@ -75,9 +76,9 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	h.SetBus(b)
 
-	ln, err := net.Listen("tcp", net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)))
+	ln, err := listen.TCP(ctx, net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)), listen.Config{})
 	if err != nil {
-		return fmt.Errorf("listen: %w", err)
+		return err
 	}
 	srv := &http.Server{Handler: routes(h, b, reg, cfg.AllowedOrigins), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
