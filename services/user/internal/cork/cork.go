@@ -19,7 +19,9 @@
 // parked inside coder/websocket's Read keeps every byte of stack it ever
 // grew (the GC only shrinks stacks that are mostly unused, and that read
 // path is deep). Waiting for the socket first, at the top of the reader's
-// loop, parks it with a shallow stack the GC can shrink.
+// loop, parks it with a shallow stack the GC can shrink; and a reader idle
+// for a while can Park the socket with a park.Poller and end: then the
+// connection has no goroutine at all until its next bytes (or its Close).
 package cork
 
 import (
@@ -34,6 +36,9 @@ import (
 	"os"
 	"sync"
 	"syscall"
+	"time"
+
+	"github.com/wschat/wschat/services/user/internal/park"
 )
 
 // Sizes of the buffers a hijacked connection gets.
@@ -110,6 +115,9 @@ type Conn struct {
 	rerr       error         // returned once pend is consumed
 	br         *bufio.Reader // what coder/websocket reads from; nil: WaitReadable cannot tell
 	rdone      bool          // no more waits: someone else may be reading
+	deadline   bool          // WaitReadable set a read deadline
+	poller     *park.Poller  // where the reader last parked, if anywhere
+	waiter     park.Waiter
 }
 
 // Read serves what an earlier read of the socket left, else reads the
@@ -164,6 +172,10 @@ func (c *Conn) fill() {
 func (c *Conn) readOnce(fd uintptr) bool {
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	return c.readOnceLocked(fd)
+}
+
+func (c *Conn) readOnceLocked(fd uintptr) bool {
 	if len(c.pend) > 0 || c.rerr != nil {
 		return true // filled by the other reader (see EndWaits)
 	}
@@ -317,17 +329,87 @@ func (w *ResponseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return c, bufio.NewReadWriter(br, bufio.NewWriterSize(c, writeBuffer)), nil
 }
 
-// WaitReadable returns when a read of the connection would not block: it
-// reads the socket, waiting while there is nothing to read, unless bytes
-// are buffered already. A read error is returned by the next Read. Only
-// the connection's reader may call it, between reads.
-func (c *Conn) WaitReadable() {
+// WaitReadable returns true when a read of the connection would not block:
+// it reads the socket, waiting while there is nothing to read, unless bytes
+// are buffered already. A read error is returned by the next Read. With
+// idle > 0 it gives up when nothing came for that long and returns false:
+// the reader may then Park. Only the connection's reader may call it,
+// between reads.
+func (c *Conn) WaitReadable(idle time.Duration) bool {
 	c.rmu.Lock()
-	idle := c.rc != nil && c.br != nil && !c.rdone && c.br.Buffered() == 0 && len(c.pend) == 0 && c.rerr == nil
-	c.rmu.Unlock()
-	if idle {
-		c.fill()
+	wait := c.idleLocked()
+	if wait && idle > 0 {
+		// Set under rmu, where EndWaits clears it: a read by anyone else
+		// must never meet this deadline.
+		_ = c.Conn.SetReadDeadline(time.Now().Add(idle))
+		c.deadline = true
 	}
+	c.rmu.Unlock()
+	if !wait {
+		return true
+	}
+	err := c.rc.Read(c.readSocket)
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	if c.deadline {
+		c.deadline = false
+		_ = c.Conn.SetReadDeadline(time.Time{})
+	}
+	if err != nil && len(c.pend) == 0 && c.rerr == nil {
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return false
+		}
+		c.rerr = err
+	}
+	return true
+}
+
+// idleLocked: the reader would wait for the socket (nothing buffered).
+func (c *Conn) idleLocked() bool {
+	return c.rc != nil && c.br != nil && !c.rdone && c.br.Buffered() == 0 && len(c.pend) == 0 && c.rerr == nil
+}
+
+// Park hands an idle reader's wait over to p: true means that resume will
+// run on a new goroutine once the socket is readable or hung up, or the
+// Conn is closed, and that the caller's goroutine may end. False: there is
+// something to read (it is buffered now), or parking is not possible here;
+// the caller goes on reading. Only the connection's reader may call it,
+// between reads.
+func (c *Conn) Park(p *park.Poller, resume func()) bool {
+	if p == nil || c.rc == nil {
+		return false
+	}
+	parked := false
+	// Inside Control the descriptor cannot be closed and reused.
+	_ = c.rc.Control(func(fd uintptr) {
+		c.rmu.Lock()
+		defer c.rmu.Unlock()
+		// rdone under rmu: Close sets it before waking, so a Park that
+		// gets here first is woken, and one that comes after gives up.
+		if !c.idleLocked() || c.readOnceLocked(fd) {
+			return
+		}
+		parked = p.Park(fd, &c.waiter, resume) == nil
+		if parked {
+			c.poller = p
+		}
+	})
+	return parked
+}
+
+// Close closes the connection and resumes its reader if it is parked (the
+// kernel forgets a closed socket's registration without an event): the
+// reader then finds the connection closed and cleans up.
+func (c *Conn) Close() error {
+	c.rmu.Lock()
+	c.rdone = true
+	p := c.poller
+	c.rmu.Unlock()
+	err := c.Conn.Close()
+	if p != nil {
+		p.Wake(&c.waiter)
+	}
+	return err
 }
 
 // EndWaits makes WaitReadable return at once from now on. Call it before
@@ -339,5 +421,9 @@ func (c *Conn) WaitReadable() {
 func (c *Conn) EndWaits() {
 	c.rmu.Lock()
 	c.rdone = true
+	if c.deadline {
+		c.deadline = false
+		_ = c.Conn.SetReadDeadline(time.Time{})
+	}
 	c.rmu.Unlock()
 }

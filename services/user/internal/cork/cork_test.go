@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wschat/wschat/services/user/internal/park"
 )
 
 // countConn records every write that reaches the "socket".
@@ -316,22 +318,16 @@ func TestWaitReadable(t *testing.T) {
 		err  error
 	}
 	steps := make(chan step, 8)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		cw := &ResponseWriter{ResponseWriter: w, Pool: &Pool{}}
-		ws, err := websocket.Accept(cw, r, nil)
-		if err != nil {
-			steps <- step{name: "accept", err: err}
-			return
-		}
+	srv := serveWS(t, func(r *http.Request, cw *ResponseWriter, ws *websocket.Conn) {
 		defer ws.CloseNow()
 		if r.URL.Path == "/idle" {
-			cw.Conn.WaitReadable() // until the client leaves
+			cw.Conn.WaitReadable(0) // until the client leaves
 			_, _, err := ws.Read(context.Background())
 			steps <- step{name: "idle", err: err}
 			return
 		}
 		read := func(name string) {
-			cw.Conn.WaitReadable()
+			cw.Conn.WaitReadable(0)
 			_, b, err := ws.Read(context.Background())
 			if err == nil && cw.Conn.chunk != nil {
 				err = errors.New("the Conn keeps a read chunk with nothing left to read")
@@ -341,25 +337,15 @@ func TestWaitReadable(t *testing.T) {
 		read("first")
 		read("second") // waits for the client's second message
 		cw.Conn.EndWaits()
-		cw.Conn.WaitReadable() // at once, though the client sends nothing
+		cw.Conn.WaitReadable(0) // at once, though the client sends nothing
 		steps <- step{name: "after EndWaits"}
 		read("end") // the client is gone: Read fails
-	}))
-	defer srv.Close()
+	})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	client := dialWS(ctx, t, srv, "/")
-	next := func() step {
-		t.Helper()
-		select {
-		case s := <-steps:
-			return s
-		case <-ctx.Done():
-			t.Fatal("server stuck")
-			return step{}
-		}
-	}
+	next := func() step { t.Helper(); return recv(ctx, t, steps, "server stuck") }
 	if err := client.Write(ctx, websocket.MessageText, []byte("one")); err != nil {
 		t.Fatal(err)
 	}
@@ -395,6 +381,37 @@ func TestWaitReadable(t *testing.T) {
 	idle.CloseNow()
 	if s := next(); s.name != "idle" || s.err == nil {
 		t.Fatalf("after the idle client left: %+v", s)
+	}
+}
+
+// serveWS serves each WebSocket connection, accepted through a
+// ResponseWriter, to fn.
+func serveWS(t *testing.T, fn func(r *http.Request, cw *ResponseWriter, ws *websocket.Conn)) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		cw := &ResponseWriter{ResponseWriter: w, Pool: &Pool{}}
+		ws, err := websocket.Accept(cw, r, nil)
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			return
+		}
+		fn(r, cw, ws)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// recv returns the next value from ch, failing the test with stuck if ctx
+// ends first.
+func recv[T any](ctx context.Context, t *testing.T, ch <-chan T, stuck string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-ctx.Done():
+		t.Fatal(stuck)
+		var zero T
+		return zero
 	}
 }
 
@@ -450,5 +467,111 @@ func TestReaderWaitingHoldsNoChunk(t *testing.T) {
 	conn.rmu.Unlock()
 	if held {
 		t.Fatal("a reader waiting for the socket holds a read chunk")
+	}
+}
+
+// WaitReadable with an idle time gives up when nothing comes, and leaves
+// no deadline behind: the next read waits as long as it takes.
+func TestWaitReadableGivesUpWhenIdle(t *testing.T) {
+	type result struct {
+		ready bool
+		msg   string
+		err   error
+	}
+	results := make(chan result, 4)
+	srv := serveWS(t, func(_ *http.Request, cw *ResponseWriter, ws *websocket.Conn) {
+		defer ws.CloseNow()
+		results <- result{ready: cw.Conn.WaitReadable(10 * time.Millisecond)}
+		// The deadline WaitReadable gave up at has passed: were it still
+		// set, this read would fail at once.
+		_, b, err := ws.Read(context.Background())
+		results <- result{msg: string(b), err: err}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client := dialWS(ctx, t, srv, "/")
+	next := func() result { t.Helper(); return recv(ctx, t, results, "server stuck") }
+	if r := next(); r.ready || r.err != nil {
+		t.Fatalf("WaitReadable with nothing sent: %+v, want false", r)
+	}
+	if err := client.Write(ctx, websocket.MessageText, []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	if r := next(); r.msg != "late" || r.err != nil {
+		t.Fatalf("read after giving up: %+v", r)
+	}
+}
+
+// A parked reader is resumed by the next frame, and by a local Close.
+func TestParkedReaderResumes(t *testing.T) {
+	p, err := park.New()
+	if errors.Is(err, park.ErrUnsupported) {
+		t.Skip(err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	type result struct {
+		msg string
+		err error
+	}
+	results := make(chan result, 4)
+	conns := make(chan *Conn, 1)
+	srv := serveWS(t, func(_ *http.Request, cw *ResponseWriter, ws *websocket.Conn) {
+		// The reader: parks whenever idle, its goroutine ending each
+		// time; each resume reads one message.
+		var resume func()
+		read := func() {
+			for !cw.Conn.WaitReadable(time.Millisecond) {
+				if cw.Conn.Park(p, resume) {
+					return
+				}
+			}
+			_, b, err := ws.Read(context.Background())
+			results <- result{msg: string(b), err: err}
+			if err == nil {
+				go resume()
+			}
+		}
+		resume = read
+		conns <- cw.Conn
+		read()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client := dialWS(ctx, t, srv, "/")
+	var conn *Conn
+	select {
+	case conn = <-conns:
+	case <-ctx.Done():
+		t.Fatal("no connection")
+	}
+	waitParked := func() {
+		t.Helper()
+		for p.Parked() != 1 {
+			if ctx.Err() != nil {
+				t.Fatal("the reader did not park")
+			}
+			time.Sleep(time.Millisecond) // polling, with ctx's deadline
+		}
+	}
+	next := func() result { t.Helper(); return recv(ctx, t, results, "reader not resumed") }
+	for _, msg := range []string{"one", "two"} {
+		waitParked()
+		if err := client.Write(ctx, websocket.MessageText, []byte(msg)); err != nil {
+			t.Fatal(err)
+		}
+		if r := next(); r.msg != msg || r.err != nil {
+			t.Fatalf("%+v, want %q", r, msg)
+		}
+	}
+	waitParked()
+	conn.Close()
+	if r := next(); r.err == nil {
+		t.Fatalf("after a local close: %+v, want an error", r)
+	}
+	if p.Parked() != 0 {
+		t.Fatalf("%d readers still parked", p.Parked())
 	}
 }

@@ -30,6 +30,7 @@ type Client struct {
 
 	rooms map[string]struct{} // guarded by h.mu
 
+	resume    func() // serve, for a parked reader's next goroutine
 	q         queue
 	writers   sync.WaitGroup // the writer, when running
 	done      chan struct{}
@@ -61,6 +62,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 		bucket: tokenBucket{rate: h.cfg.RatePerSec, burst: float64(h.cfg.RateBurst), tokens: float64(h.cfg.RateBurst)},
 	}
 	c.member = protocol.Member{ID: h.newID("u"), Instance: h.cfg.Instance}
+	c.resume = c.serve
 	h.mu.Lock()
 	if h.closing {
 		h.mu.Unlock()
@@ -78,10 +80,16 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	go c.serve()
 }
 
+// serve reads the connection until it fails or is closed, then cleans up;
+// or, idle, it parks the socket and returns, to run again on a goroutine of
+// its own when the socket is readable or the connection closed.
 func (c *Client) serve() {
+	parked, err := c.readLoop()
+	if parked {
+		return
+	}
 	h := c.h
 	defer h.wg.Done()
-	err := c.readLoop()
 	h.disconnect(c)
 	h.mu.Lock()
 	c.closeLocked(websocket.StatusNormalClosure, "", false)
@@ -108,18 +116,29 @@ func (c *Client) serve() {
 	}
 }
 
-// readLoop reads until the connection fails or is closed. Read gets no
-// cancellable context: that would arm a callback per frame, and closing the
-// connection ends the read anyway.
-func (c *Client) readLoop() error {
+// readLoop reads until the connection fails or is closed, or it is parked.
+// Read gets no cancellable context: that would arm a callback per frame,
+// and closing the connection ends the read anyway.
+func (c *Client) readLoop() (parked bool, err error) {
+	linger := c.h.cfg.ReaderLinger
+	if c.h.poller == nil {
+		linger = 0 // wait here for as long as it takes
+	}
 	for {
-		// An idle connection's reader parks here, with a shallow stack,
-		// rather than inside Read (see cork.WaitReadable); so the frame
-		// is handled further down, to keep this function's frame small.
-		c.cork.WaitReadable()
+		// A connection's reader waits here, with a shallow stack, rather
+		// than inside Read (see cork.WaitReadable); after ReaderLinger
+		// with nothing to read it hands the socket over to the poller and
+		// its goroutine ends. The frame is handled further down, to keep
+		// this function's frame small.
+		if !c.cork.WaitReadable(linger) {
+			if c.cork.Park(c.h.poller, c.resume) {
+				return true, nil
+			}
+			continue
+		}
 		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
-			return err
+			return false, err
 		}
 		c.handle(typ, data)
 	}

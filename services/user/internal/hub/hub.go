@@ -25,6 +25,7 @@ import (
 	"github.com/wschat/wschat/services/protocol/link"
 	"github.com/wschat/wschat/services/user/internal/bus"
 	"github.com/wschat/wschat/services/user/internal/cork"
+	"github.com/wschat/wschat/services/user/internal/park"
 )
 
 // Config sets the hub's limits.
@@ -44,6 +45,10 @@ type Config struct {
 	// goroutine is retired one to two intervals after the last frame
 	// queued for its connection; the next frame starts another.
 	WriterLinger time.Duration
+	// ReaderLinger is how long a connection's reader waits for a frame on
+	// its goroutine (default 250ms); then, where it can (Linux), it parks
+	// the socket (package park) and the goroutine ends until the next.
+	ReaderLinger time.Duration
 	// JoinTimeout bounds how long an extended client's join waits for its
 	// room's subscription (the relay link is down or slow); then it is
 	// answered unavailable and undone (default 10s).
@@ -62,6 +67,9 @@ type Hub struct {
 	ids   atomic.Uint64
 	wg    sync.WaitGroup // client goroutines
 	bufs  cork.Pool      // clients' write batches
+	// poller holds idle connections' sockets; nil where there is none
+	// (their readers then wait on their goroutines).
+	poller *park.Poller
 
 	mu      sync.Mutex
 	rooms   map[string]*room
@@ -122,10 +130,19 @@ func New(cfg Config) *Hub {
 	if cfg.JoinTimeout <= 0 {
 		cfg.JoinTimeout = 10 * time.Second
 	}
+	if cfg.ReaderLinger <= 0 {
+		cfg.ReaderLinger = 250 * time.Millisecond
+	}
+	poller, err := park.New()
+	if err != nil {
+		cfg.Logger.Info("idle connections keep their reader goroutines", "err", err)
+		poller = nil
+	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return &Hub{
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
+		poller:   poller,
 		nonce:    hex.EncodeToString(b),
 		rooms:    map[string]*room{},
 		clients:  map[*Client]struct{}{},
@@ -726,5 +743,10 @@ func (h *Hub) Shutdown(ctx context.Context) {
 			c.conn.CloseNow()
 		}
 		h.mu.Unlock()
+	}
+	if h.poller != nil {
+		// Every connection is closed: any reader still parked is woken
+		// by its close, and the poller's own resources go.
+		h.poller.Close()
 	}
 }

@@ -22,12 +22,12 @@ import (
 )
 
 // startHub serves a hub with a standalone bus on a loopback test server;
-// linger is its Config.WriterLinger (0: the default).
+// linger is its Config.WriterLinger and ReaderLinger (0: the defaults).
 func startHub(t *testing.T, linger time.Duration) (*Hub, *httptest.Server) {
 	t.Helper()
 	h := New(Config{
 		Instance: "test", History: 50, FetchLimit: 100, MaxRooms: 8, SendQueue: 64, SendQueueBytes: 1 << 20,
-		RatePerSec: 1000, RateBurst: 1000, MaxFrame: 16384, WriterLinger: linger,
+		RatePerSec: 1000, RateBurst: 1000, MaxFrame: 16384, WriterLinger: linger, ReaderLinger: linger,
 		Rules:  protocol.Rules{MaxRoomBytes: 64, MaxNickBytes: 32, MaxMessageBytes: 4096},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: NewMetrics(prometheus.NewRegistry()),
 	})
@@ -167,12 +167,12 @@ func TestFramesArrivingTogetherAreAllAnswered(t *testing.T) {
 	c.expect(t, `"late"`)
 }
 
-// An idle connection's reader parks waiting for its socket at the top of
-// its loop, not inside coder/websocket's Read: the GC can then shrink its
-// stack (make bench's W3 shows what that saves). Joins are answered on a
-// short-lived goroutine, so encoding their answers does not grow it first.
-func TestIdleReadersParkShallow(t *testing.T) {
-	_, srv := startHub(t, 0)
+// A connection's reader waits for its socket at the top of its loop, not
+// inside coder/websocket's Read: the GC can then shrink its stack. Joins are
+// answered on a short-lived goroutine, so encoding their answers does not
+// grow it first. (Idle for longer than ReaderLinger, it parks, below.)
+func TestIdleReadersWaitShallow(t *testing.T) {
+	_, srv := startHub(t, time.Hour)
 	const n = 50
 	clients := make([]*rawClient, n)
 	var before, after runtime.MemStats
@@ -200,7 +200,7 @@ func TestIdleReadersParkShallow(t *testing.T) {
 	runtime.ReadMemStats(&after)
 	t.Logf("%d bytes of goroutine stack per idle connection", (after.StackInuse-before.StackInuse)/n)
 
-	waitUntil(t, fmt.Sprintf("the %d readers to park", n), func() bool {
+	waitUntil(t, fmt.Sprintf("the %d readers to wait", n), func() bool {
 		return goroutinesIn("cork.(*Conn).WaitReadable(") == n
 	})
 	// They are alive: they wake for the next frame.
@@ -252,14 +252,74 @@ func TestIdleWritersExitAndReturn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	go h.Shutdown(ctx)
+	b.expectClose(t, 1012)
+}
+
+// expectClose reads until a close frame, which must carry code.
+func (c *rawClient) expectClose(t *testing.T, code uint16) {
+	t.Helper()
 	for {
-		op, p := b.frame(t)
+		op, p := c.frame(t)
 		if op != 0x8 {
 			continue
 		}
-		if code := binary.BigEndian.Uint16([]byte(p)); code != 1012 {
-			t.Fatalf("closed with %d %q, want 1012", code, p[2:])
+		if got := binary.BigEndian.Uint16([]byte(p)); got != code {
+			t.Fatalf("closed with %d %q, want %d", got, p[2:], code)
 		}
 		return
+	}
+}
+
+// After ReaderLinger with nothing to read, a connection has no goroutine at
+// all: its socket is parked (package park). The next frame resumes it, and
+// a parked connection closed by the server (shutdown) is cleaned up.
+func TestIdleReadersPark(t *testing.T) {
+	h, srv := startHub(t, 20*time.Millisecond)
+	if h.poller == nil {
+		t.Skip("no poller on this platform")
+	}
+	const n = 20
+	clients := make([]*rawClient, n)
+	for i := range clients {
+		clients[i] = dialRaw(t, srv.Listener.Addr().String())
+		clients[i].send(t, fmt.Sprintf(`{"type":"hello","nick":"n%d"}`, i), `{"type":"join","room":"r","id":"j"}`)
+		clients[i].expect(t, `"joined"`)
+	}
+	const reader, writer = "hub.(*Client).serve(", "hub.(*Client).writeLoop("
+	idle := func() bool {
+		return h.poller.Parked() == n && goroutinesIn(reader) == 0 && goroutinesIn(writer) == 0
+	}
+	waitUntil(t, "every connection to park, with no goroutine", idle)
+
+	// A frame resumes its reader; the members' writers deliver it.
+	clients[0].send(t, `{"type":"chat","room":"r","message":"wake up","id":"c1"}`)
+	for _, c := range clients[1:] {
+		c.expect(t, `"wake up"`)
+	}
+	clients[0].expect(t, `"ack"`)
+	waitUntil(t, "every connection to park again", idle)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		h.Shutdown(ctx)
+		close(done)
+	}()
+	for _, c := range clients {
+		c.expectClose(t, 1012)
+	}
+	// Clients that answer nothing: the close handshake times out, the
+	// connections close, and their parked readers clean up.
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("shutdown did not finish: parked readers were not woken")
+	}
+	h.mu.Lock()
+	left := len(h.clients)
+	h.mu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d clients left after shutdown", left)
 	}
 }
