@@ -64,6 +64,7 @@ require (
 	github.com/stretchr/testify v1.12.1 // indirect
 	github.com/tklauser/go-sysconf v0.4.0 // indirect
 	github.com/tklauser/numcpus v0.12.0 // indirect
+	github.com/wschat/wschat/services/reclaim v0.0.0
 	github.com/yusufpapurcu/wmi v1.2.4 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
 	go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp v0.69.0 // indirect
@@ -81,3 +82,5 @@ replace github.com/wschat/wschat/services/protocol => ../services/protocol
 replace github.com/wschat/wschat/services/user => ../services/user
 
 replace github.com/wschat/wschat/services/relayer => ../services/relayer
+
+replace github.com/wschat/wschat/services/reclaim => ../services/reclaim

@@ -522,6 +522,8 @@ func TestInvalidConfigFailsBeforeListening(t *testing.T) {
 		{"SEND_QUEUE": "0"},
 		{"JOIN_TIMEOUT": "0s"},
 		{"MAX_FRAME_BYTES": "lots"},
+		{"MEMORY_RECLAIM_QUIET": "-1s"},
+		{"MEMORY_RECLAIM_MIN_BYTES": "4096"},
 	} {
 		err := user.Run(t.Context(), []string{"ws-user"}, func(k string) string { return env[k] }, nilWriter{}, nilWriter{})
 		if err == nil || !strings.Contains(err.Error(), "config") {

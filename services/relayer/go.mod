@@ -17,8 +17,11 @@ require (
 	github.com/prometheus/client_model v0.6.3 // indirect
 	github.com/prometheus/common v0.72.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
+	github.com/wschat/wschat/services/reclaim v0.0.0
 	golang.org/x/sys v0.48.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
 
 replace github.com/wschat/wschat/services/protocol => ../protocol
+
+replace github.com/wschat/wschat/services/reclaim => ../reclaim

@@ -7,6 +7,9 @@ require (
 	github.com/coder/websocket v1.8.15 // indirect
 	github.com/prometheus/client_golang v1.25.0 // indirect
 	github.com/wschat/wschat/services/protocol v0.0.0
+	github.com/wschat/wschat/services/reclaim v0.0.0
 )
 
 replace github.com/wschat/wschat/services/protocol => ../protocol
+
+replace github.com/wschat/wschat/services/reclaim => ../reclaim

@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/reclaim"
 	"github.com/wschat/wschat/services/relayer/internal/sequencer"
 	"github.com/wschat/wschat/services/relayer/internal/store"
 )
@@ -89,6 +90,18 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer stopSeq()
 	seqDone := make(chan error, 1)
 	go func() { seqDone <- seq.Run(seqCtx) }()
+	reclaims := prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_relayer_memory_reclaims_total",
+		Help: "Times free memory was returned to the system after a burst of allocation (MEMORY_RECLAIM_QUIET)."})
+	reg.MustRegister(reclaims)
+	reclaimDone := make(chan struct{})
+	defer func() { <-reclaimDone }() // stopSeq, below on every path, ends it
+	go func() {
+		defer close(reclaimDone)
+		reclaim.Run(seqCtx, reclaim.Config{Quiet: cfg.ReclaimQuiet, MinBytes: cfg.ReclaimMinBytes, Reclaimed: func(took time.Duration) {
+			reclaims.Inc()
+			log.Debug("memory reclaimed", "took", took)
+		}})
+	}()
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(ln) }()
 	log.Info("listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir, "fsync", cfg.Fsync)

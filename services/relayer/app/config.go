@@ -26,6 +26,8 @@ type config struct {
 	LinkFlushDelay    time.Duration `env:"LINK_FLUSH_DELAY" envDefault:"0s"`
 	CompactBytes      int64         `env:"COMPACT_BYTES" envDefault:"67108864"`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
+	ReclaimQuiet      time.Duration `env:"MEMORY_RECLAIM_QUIET" envDefault:"2s"`
+	ReclaimMinBytes   uint64        `env:"MEMORY_RECLAIM_MIN_BYTES" envDefault:"16777216"`
 	LogLevel          string        `env:"LOG_LEVEL" envDefault:"info"`
 
 	level slog.Level
@@ -100,6 +102,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("SHUTDOWN_TIMEOUT must be > 0, got %s", c.ShutdownTimeout)
+	}
+	if c.ReclaimQuiet < 0 {
+		bad("MEMORY_RECLAIM_QUIET must be 0s (off) or positive, got %s", c.ReclaimQuiet)
+	}
+	if c.ReclaimMinBytes < 1<<20 {
+		bad("MEMORY_RECLAIM_MIN_BYTES must be at least 1048576, got %d", c.ReclaimMinBytes)
 	}
 	if err := c.level.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		bad("LOG_LEVEL must be debug, info, warn or error, got %q", c.LogLevel)

@@ -20,6 +20,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/reclaim"
 	"github.com/wschat/wschat/services/user/internal/bus"
 	"github.com/wschat/wschat/services/user/internal/hub"
 	"github.com/wschat/wschat/services/user/internal/listen"
@@ -96,6 +97,17 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		defer close(hubDone)
 		h.Run(busCtx)
 	}()
+	reclaims := prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_memory_reclaims_total",
+		Help: "Times free memory was returned to the system after a burst of allocation (MEMORY_RECLAIM_QUIET)."})
+	reg.MustRegister(reclaims)
+	reclaimDone := make(chan struct{})
+	go func() {
+		defer close(reclaimDone)
+		reclaim.Run(busCtx, reclaim.Config{Quiet: cfg.ReclaimQuiet, MinBytes: cfg.ReclaimMinBytes, Reclaimed: func(took time.Duration) {
+			reclaims.Inc()
+			log.Debug("memory reclaimed", "took", took)
+		}})
+	}()
 	if cfg.DebugAddr != "" {
 		// Profiles on their own listener, never on the public port.
 		dbg := &http.Server{Addr: cfg.DebugAddr, Handler: debugRoutes(), ReadHeaderTimeout: 10 * time.Second}
@@ -129,6 +141,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	stopBus()
 	<-busDone
 	<-hubDone
+	<-reclaimDone
 	log.Info("stopped")
 	if errors.Is(err, http.ErrServerClosed) {
 		err = nil

@@ -37,6 +37,8 @@ type Config struct {
 	ReconnectMin    time.Duration `env:"RELAY_RECONNECT_MIN" envDefault:"100ms"`
 	ReconnectMax    time.Duration `env:"RELAY_RECONNECT_MAX" envDefault:"5s"`
 	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
+	ReclaimQuiet    time.Duration `env:"MEMORY_RECLAIM_QUIET" envDefault:"2s"`
+	ReclaimMinBytes uint64        `env:"MEMORY_RECLAIM_MIN_BYTES" envDefault:"16777216"`
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
 	DebugAddr       string        `env:"DEBUG_ADDR"`
 }
@@ -106,5 +108,7 @@ func (c Config) validate() error {
 	check(c.RelayFlush >= 0 && c.RelayFlush <= time.Second, "RELAY_FLUSH_DELAY must be 0s..1s, got %s", c.RelayFlush)
 	check(c.ReconnectMin > 0 && c.ReconnectMax >= c.ReconnectMin, "RELAY_RECONNECT_MIN must be positive and at most RELAY_RECONNECT_MAX")
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT must be positive")
+	check(c.ReclaimQuiet >= 0, "MEMORY_RECLAIM_QUIET must be 0s (off) or positive, got %s", c.ReclaimQuiet)
+	check(c.ReclaimMinBytes >= 1<<20, "MEMORY_RECLAIM_MIN_BYTES must be at least 1048576, got %d", c.ReclaimMinBytes)
 	return errors.Join(errs...)
 }

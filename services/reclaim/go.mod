@@ -1,0 +1,3 @@
+module github.com/wschat/wschat/services/reclaim
+
+go 1.26.8

@@ -1,0 +1,66 @@
+package reclaim
+
+import (
+	"context"
+	"runtime"
+	"runtime/debug"
+	"testing"
+	"time"
+)
+
+func TestDue(t *testing.T) {
+	const min = 16 << 20
+	for _, c := range []struct {
+		name                    string
+		sinceLast, lastInterval uint64
+		want                    bool
+	}{
+		{"burst, then quiet", 100 << 20, 0, true},
+		{"burst, then a trickle", 100 << 20, min/quietShare - 1, true},
+		{"still busy", 100 << 20, min / quietShare, false},
+		{"busy burst", 100 << 20, 100 << 20, false},
+		{"too little since the last reclaim", min - 1, 0, false},
+		{"just enough", min, 0, true},
+	} {
+		if got := due(c.sinceLast, c.lastInterval, min); got != c.want {
+			t.Errorf("%s: due(%d, %d) = %v, want %v", c.name, c.sinceLast, c.lastInterval, got, c.want)
+		}
+	}
+}
+
+var sink [][]byte
+
+// After a burst of garbage and a quiet interval, Run collects and returns
+// the free memory to the system: what the heap holds from the system
+// (mapped, not released) falls back.
+func TestRunReclaimsAfterABurst(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	reclaims := make(chan time.Duration, 16)
+	// GC off, so that only Run collects the burst.
+	defer debug.SetGCPercent(debug.SetGCPercent(-1))
+	debug.FreeOSMemory() // what earlier tests left
+	retained := func() uint64 {
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapSys - m.HeapReleased
+	}
+	before := retained()
+	for range 64 {
+		sink = append(sink, make([]byte, 1<<20))
+	}
+	sink = nil // 64 MiB of garbage
+	burst := retained()
+	if burst < before+48<<20 {
+		t.Fatalf("the burst did not grow the heap: %d -> %d bytes", before, burst)
+	}
+	go Run(ctx, Config{Quiet: 20 * time.Millisecond, MinBytes: 32 << 20, Reclaimed: func(d time.Duration) { reclaims <- d }})
+	select {
+	case <-reclaims:
+	case <-ctx.Done():
+		t.Fatal("no reclaim after the burst")
+	}
+	if after := retained(); after > before+16<<20 {
+		t.Fatalf("heap retained %d bytes before the burst, %d with it, still %d after the reclaim", before, burst, after)
+	}
+}
