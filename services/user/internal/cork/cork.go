@@ -372,8 +372,8 @@ func (c *Conn) idleLocked() bool {
 // Park hands an idle reader's wait over to p: true means that resume will
 // run on a new goroutine once the socket is readable or hung up, or the
 // Conn is closed, and that the caller's goroutine may end. False: there is
-// something to read (it is buffered now), or parking is not possible here;
-// the caller goes on reading. Only the connection's reader may call it,
+// something buffered to read, or parking is not possible here; the caller
+// goes on reading. Only the connection's reader may call it,
 // between reads.
 func (c *Conn) Park(p *park.Poller, resume func()) bool {
 	if p == nil || c.rc == nil {
@@ -386,7 +386,9 @@ func (c *Conn) Park(p *park.Poller, resume func()) bool {
 		defer c.rmu.Unlock()
 		// rdone under rmu: Close sets it before waking, so a Park that
 		// gets here first is woken, and one that comes after gives up.
-		if !c.idleLocked() || c.readOnceLocked(fd) {
+		// No read first: bytes that came since the reader's last read
+		// make the level-triggered registration fire at once.
+		if !c.idleLocked() {
 			return
 		}
 		parked = p.Park(fd, &c.waiter, resume) == nil
