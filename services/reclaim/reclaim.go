@@ -6,10 +6,11 @@
 // minutes, and the runtime gives freed pages back only above its next heap
 // goal, which the burst itself raised. For a gateway holding many idle
 // connections that garbage is much of its RSS. Run watches the allocation
-// counter: once the process has allocated MinBytes since the last reclaim
-// and then stays quiet for an interval (allocating less than a sixteenth
-// of MinBytes), it collects and returns the free memory, once; a busy
-// process is never interrupted for it.
+// counter: once the process has allocated MinBytes since the last reclaim,
+// some of it in a busy interval (a burst, not a trickle), and then stays
+// quiet for an interval (allocating less than a sixteenth of MinBytes), it
+// collects and returns the free memory, once; a busy process is never
+// interrupted for it, and a steady trickle never triggers it.
 package reclaim
 
 import (
@@ -50,7 +51,8 @@ func Run(ctx context.Context, cfg Config) {
 	t := time.NewTicker(cfg.Quiet)
 	defer t.Stop()
 	prev := allocated()
-	var last uint64 // the counter at the last reclaim: none yet
+	last := prev // the counter at the last reclaim, or at the start
+	burst := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -58,20 +60,23 @@ func Run(ctx context.Context, cfg Config) {
 		case <-t.C:
 		}
 		now := allocated()
-		if due(now-last, now-prev, cfg.MinBytes) {
+		if due(now-last, now-prev, burst, cfg.MinBytes) {
 			start := time.Now()
 			debug.FreeOSMemory()
 			if cfg.Reclaimed != nil {
 				cfg.Reclaimed(time.Since(start))
 			}
 			now = allocated()
-			last = now
+			last, burst = now, false
+		} else if now-prev >= cfg.MinBytes/quietShare {
+			burst = true
 		}
 		prev = now
 	}
 }
 
-// due: enough allocated since the last reclaim, and the last interval quiet.
-func due(sinceLast, lastInterval, minBytes uint64) bool {
-	return sinceLast >= minBytes && lastInterval < minBytes/quietShare
+// due: enough allocated since the last reclaim, in a burst (a busy interval
+// since then), and the last interval quiet.
+func due(sinceLast, lastInterval uint64, burst bool, minBytes uint64) bool {
+	return burst && sinceLast >= minBytes && lastInterval < minBytes/quietShare
 }

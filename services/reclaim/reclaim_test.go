@@ -13,17 +13,19 @@ func TestDue(t *testing.T) {
 	for _, c := range []struct {
 		name                    string
 		sinceLast, lastInterval uint64
+		burst                   bool
 		want                    bool
 	}{
-		{"burst, then quiet", 100 << 20, 0, true},
-		{"burst, then a trickle", 100 << 20, min/quietShare - 1, true},
-		{"still busy", 100 << 20, min / quietShare, false},
-		{"busy burst", 100 << 20, 100 << 20, false},
-		{"too little since the last reclaim", min - 1, 0, false},
-		{"just enough", min, 0, true},
+		{"burst, then quiet", 100 << 20, 0, true, true},
+		{"burst, then a trickle", 100 << 20, min/quietShare - 1, true, true},
+		{"still busy", 100 << 20, min / quietShare, true, false},
+		{"busy burst", 100 << 20, 100 << 20, true, false},
+		{"too little since the last reclaim", min - 1, 0, true, false},
+		{"just enough", min, 0, true, true},
+		{"a long trickle, no burst", 100 << 20, 0, false, false},
 	} {
-		if got := due(c.sinceLast, c.lastInterval, min); got != c.want {
-			t.Errorf("%s: due(%d, %d) = %v, want %v", c.name, c.sinceLast, c.lastInterval, got, c.want)
+		if got := due(c.sinceLast, c.lastInterval, c.burst, min); got != c.want {
+			t.Errorf("%s: due(%d, %d, %v) = %v, want %v", c.name, c.sinceLast, c.lastInterval, c.burst, got, c.want)
 		}
 	}
 }
@@ -46,15 +48,27 @@ func TestRunReclaimsAfterABurst(t *testing.T) {
 		return m.HeapSys - m.HeapReleased
 	}
 	before := retained()
+	// What was allocated before Run started is no burst of its own.
 	for range 64 {
 		sink = append(sink, make([]byte, 1<<20))
 	}
-	sink = nil // 64 MiB of garbage
+	sink = nil
+	go Run(ctx, Config{Quiet: 20 * time.Millisecond, MinBytes: 32 << 20, Reclaimed: func(d time.Duration) { reclaims <- d }})
+	select {
+	case <-reclaims:
+		t.Fatal("reclaimed without a burst while running")
+	case <-time.After(100 * time.Millisecond): // five quiet intervals
+	}
+	debug.FreeOSMemory()
+	before = retained()
+	for range 64 {
+		sink = append(sink, make([]byte, 1<<20))
+	}
+	sink = nil // 64 MiB of garbage, in an interval of Run's
 	burst := retained()
 	if burst < before+48<<20 {
 		t.Fatalf("the burst did not grow the heap: %d -> %d bytes", before, burst)
 	}
-	go Run(ctx, Config{Quiet: 20 * time.Millisecond, MinBytes: 32 << 20, Reclaimed: func(d time.Duration) { reclaims <- d }})
 	select {
 	case <-reclaims:
 	case <-ctx.Done():

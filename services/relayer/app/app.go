@@ -94,7 +94,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Help: "Times free memory was returned to the system after a burst of allocation (MEMORY_RECLAIM_QUIET)."})
 	reg.MustRegister(reclaims)
 	reclaimDone := make(chan struct{})
-	defer func() { <-reclaimDone }() // stopSeq, below on every path, ends it
+	defer func() {
+		stopSeq() // ends reclaim.Run too
+		<-reclaimDone
+	}()
 	go func() {
 		defer close(reclaimDone)
 		reclaim.Run(seqCtx, reclaim.Config{Quiet: cfg.ReclaimQuiet, MinBytes: cfg.ReclaimMinBytes, Reclaimed: func(took time.Duration) {

@@ -79,6 +79,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	ln, err := listen.TCP(ctx, net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)), listen.Config{})
 	if err != nil {
+		h.Shutdown(ctx) // no client yet: frees the hub's poller
 		return err
 	}
 	srv := &http.Server{Handler: routes(h, b, reg, cfg.AllowedOrigins), ReadHeaderTimeout: 10 * time.Second,

@@ -372,16 +372,17 @@ func (c *Conn) idleLocked() bool {
 // Park hands an idle reader's wait over to p: true means that resume will
 // run on a new goroutine once the socket is readable or hung up, or the
 // Conn is closed, and that the caller's goroutine may end. False: there is
-// something buffered to read, or parking is not possible here; the caller
-// goes on reading. Only the connection's reader may call it,
-// between reads.
-func (c *Conn) Park(p *park.Poller, resume func()) bool {
+// something buffered to read, or (with the error) the socket cannot be
+// parked; the caller goes on reading. Only the connection's reader may call
+// it, between reads.
+func (c *Conn) Park(p *park.Poller, resume func()) (bool, error) {
 	if p == nil || c.rc == nil {
-		return false
+		return false, errors.New("cork: no poller or no raw access to the socket")
 	}
 	parked := false
+	var perr error
 	// Inside Control the descriptor cannot be closed and reused.
-	_ = c.rc.Control(func(fd uintptr) {
+	err := c.rc.Control(func(fd uintptr) {
 		c.rmu.Lock()
 		defer c.rmu.Unlock()
 		// rdone under rmu: Close sets it before waking, so a Park that
@@ -391,12 +392,17 @@ func (c *Conn) Park(p *park.Poller, resume func()) bool {
 		if !c.idleLocked() {
 			return
 		}
-		parked = p.Park(fd, &c.waiter, resume) == nil
-		if parked {
+		perr = p.Park(fd, &c.waiter, resume)
+		if perr == nil {
+			parked = true
 			c.poller = p
 		}
 	})
-	return parked
+	if err != nil {
+		// Closed: the reader's next read reports it.
+		return false, nil
+	}
+	return parked, perr
 }
 
 // Close closes the connection and resumes its reader if it is parked (the

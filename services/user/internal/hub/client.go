@@ -3,6 +3,7 @@ package hub
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"sync"
 	"time"
@@ -131,8 +132,20 @@ func (c *Client) readLoop() (parked bool, err error) {
 		// its goroutine ends. The frame is handled further down, to keep
 		// this function's frame small.
 		if !c.cork.WaitReadable(linger) {
-			if c.cork.Park(c.h.poller, c.resume) {
+			parked, err := c.cork.Park(c.h.poller, c.resume)
+			if parked {
 				return true, nil
+			}
+			if err != nil {
+				// Out of epoll watches, or the poller stopped: this
+				// reader waits on its goroutine from now on.
+				level := slog.LevelDebug
+				if c.h.parkFailed.CompareAndSwap(false, true) {
+					level = slog.LevelWarn // once per process
+				}
+				c.h.log.Log(context.Background(), level, "idle connection cannot be parked; its reader keeps its goroutine",
+					"member", c.member.ID, "err", err)
+				linger = 0
 			}
 			continue
 		}

@@ -69,7 +69,8 @@ type Hub struct {
 	bufs  cork.Pool      // clients' write batches
 	// poller holds idle connections' sockets; nil where there is none
 	// (their readers then wait on their goroutines).
-	poller *park.Poller
+	poller     *park.Poller
+	parkFailed atomic.Bool // logged once
 
 	mu      sync.Mutex
 	rooms   map[string]*room

@@ -11,9 +11,14 @@ import (
 	"github.com/wschat/wschat/services/protocol"
 )
 
-func benchRoom(n int) (*Hub, *room, []*Client) {
+func benchRoom(tb testing.TB, n int) (*Hub, *room, []*Client) {
 	h := New(Config{Instance: "bench", History: 50, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Metrics: NewMetrics(prometheus.NewRegistry())})
+	tb.Cleanup(func() {
+		if h.poller != nil {
+			h.poller.Close()
+		}
+	})
 	r := &room{name: "bench", synced: true, local: map[*Client]joinState{}, presence: map[string]protocol.Member{}}
 	clients := make([]*Client, n)
 	for i := range clients {
@@ -38,7 +43,7 @@ func drain(clients []*Client) {
 
 // The fan-out encodes once: its allocations do not grow with the members.
 func TestFanoutAllocatesOncePerMessage(t *testing.T) {
-	h, r, clients := benchRoom(500)
+	h, r, clients := benchRoom(t, 500)
 	m := protocol.Message{Room: "bench", Text: "hi", TS: 1}
 	allocs := testing.AllocsPerRun(100, func() {
 		m.Seq++
@@ -59,7 +64,7 @@ func TestFanoutAllocatesOncePerMessage(t *testing.T) {
 func BenchmarkFanout(b *testing.B) {
 	for _, n := range []int{1, 10, 100, 1000} {
 		b.Run(fmt.Sprintf("members=%d", n), func(b *testing.B) {
-			h, r, clients := benchRoom(n)
+			h, r, clients := benchRoom(b, n)
 			m := protocol.Message{Room: "bench", From: "alice", UID: "u1", ID: "c1", Text: "hello world, this is a chat message", TS: 1764400000000}
 			b.ReportAllocs()
 			b.ResetTimer()

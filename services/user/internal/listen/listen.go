@@ -26,8 +26,8 @@ type Config struct {
 	// their interval; zero means 15 s, negative disables them.
 	KeepAlive time.Duration
 	// DeferAccept is how long the kernel may hold a new connection that
-	// has sent nothing yet before handing it over anyway; zero means 10 s.
-	// Only on Linux.
+	// has sent nothing yet before handing it over anyway; zero means 10 s,
+	// negative hands every connection over at once. Only on Linux.
 	DeferAccept time.Duration
 }
 

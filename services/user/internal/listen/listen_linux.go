@@ -32,8 +32,10 @@ func setListenerOptions(fd int, cfg Config) error {
 		}
 		return nil
 	}
-	if err := set(syscall.IPPROTO_TCP, syscall.TCP_DEFER_ACCEPT, seconds(cfg.DeferAccept), "TCP_DEFER_ACCEPT"); err != nil {
-		return err
+	if cfg.DeferAccept > 0 {
+		if err := set(syscall.IPPROTO_TCP, syscall.TCP_DEFER_ACCEPT, seconds(cfg.DeferAccept), "TCP_DEFER_ACCEPT"); err != nil {
+			return err
+		}
 	}
 	if cfg.KeepAlive < 0 {
 		return nil

@@ -1,6 +1,7 @@
 package park
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 	"syscall"
@@ -9,14 +10,20 @@ import (
 // Poller runs parked readers' resume functions when their sockets are
 // readable. It is safe for concurrent use.
 type Poller struct {
-	epfd    int
-	wakeR   int // read end of a pipe in the epoll set: Close's signal
-	wakeW   int
-	done    chan struct{}
+	epfd  int
+	wakeR int // read end of a pipe in the epoll set: Close's signal
+	wakeW int
+	done  chan struct{}
+
+	// ctl is held shared by each Park across its epoll_ctl, and
+	// exclusively to stop: then no Park is using epfd, and none will.
+	ctl     sync.RWMutex
+	stopped bool // guarded by ctl
+	closing sync.Once
+
 	mu      sync.Mutex
 	waiting map[uint64]func()
 	next    uint64
-	closed  bool
 }
 
 // closeToken is the pipe's token; parked sockets' tokens start at 1.
@@ -62,11 +69,12 @@ func token(ev *syscall.EpollEvent) uint64 {
 // syscall.RawConn.Control). An error means nothing was arranged: the
 // caller keeps reading on its own goroutine.
 func (p *Poller) Park(fd uintptr, w *Waiter, resume func()) error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return fmt.Errorf("park: poller closed")
+	p.ctl.RLock()
+	defer p.ctl.RUnlock()
+	if p.stopped {
+		return errStopped
 	}
+	p.mu.Lock()
 	p.next++
 	t := p.next
 	p.waiting[t] = resume
@@ -122,6 +130,8 @@ func (p *Poller) Parked() int {
 	return len(p.waiting)
 }
 
+var errStopped = errors.New("park: poller stopped; the reader keeps waiting on its goroutine")
+
 func (p *Poller) loop() {
 	defer close(p.done)
 	events := make([]syscall.EpollEvent, 256)
@@ -131,8 +141,9 @@ func (p *Poller) loop() {
 			continue
 		}
 		if err != nil {
-			// Nothing sensible is left to wait with; Close wakes the
-			// parked readers.
+			// Nothing is left to wait with: no more parking, and the
+			// parked readers go back to waiting on their goroutines.
+			p.stop()
 			return
 		}
 		for i := range events[:n] {
@@ -151,18 +162,12 @@ func (p *Poller) loop() {
 	}
 }
 
-// Close stops the poller and wakes every parked reader; Park fails from
-// then on.
-func (p *Poller) Close() error {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return nil
-	}
-	p.closed = true
-	p.mu.Unlock()
-	syscall.Write(p.wakeW, []byte{1})
-	<-p.done
+// stop refuses further Parks, once no Park is in progress, and resumes
+// every parked reader.
+func (p *Poller) stop() {
+	p.ctl.Lock()
+	p.stopped = true
+	p.ctl.Unlock()
 	p.mu.Lock()
 	waiting := p.waiting
 	p.waiting = map[uint64]func(){}
@@ -170,7 +175,19 @@ func (p *Poller) Close() error {
 	for _, resume := range waiting {
 		go resume()
 	}
-	syscall.Close(p.wakeR)
-	syscall.Close(p.wakeW)
-	return syscall.Close(p.epfd)
+}
+
+// Close stops the poller and resumes every parked reader; Park fails from
+// then on.
+func (p *Poller) Close() error {
+	var err error
+	p.closing.Do(func() {
+		p.stop()
+		_, _ = syscall.Write(p.wakeW, []byte{1})
+		<-p.done
+		syscall.Close(p.wakeR)
+		syscall.Close(p.wakeW)
+		err = syscall.Close(p.epfd)
+	})
+	return err
 }

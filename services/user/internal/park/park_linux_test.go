@@ -152,3 +152,48 @@ func TestCloseWakesEveryParkedReader(t *testing.T) {
 		t.Fatal("Park after Close succeeded")
 	}
 }
+
+// Parks racing Close: each either fails or is resumed, exactly once.
+func TestParkRacingClose(t *testing.T) {
+	p, err := New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 50
+	servers := make([]net.Conn, n)
+	for i := range servers {
+		servers[i], _ = pair(t)
+	}
+	var resumed, failed atomic.Int32
+	done := make(chan struct{}, 2*n)
+	start := make(chan struct{})
+	for i := range n {
+		go func() {
+			<-start
+			rc, _ := servers[i].(syscall.Conn).SyscallConn()
+			var perr error
+			rc.Control(func(fd uintptr) {
+				perr = p.Park(fd, new(Waiter), func() { resumed.Add(1); done <- struct{}{} })
+			})
+			if perr != nil {
+				failed.Add(1)
+				done <- struct{}{}
+			}
+		}()
+	}
+	close(start)
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		await(t, done, "a park racing Close")
+	}
+	if r, f := resumed.Load(), failed.Load(); r+f != n {
+		t.Fatalf("%d resumed and %d failed of %d", r, f, n)
+	}
+	select {
+	case <-done:
+		t.Fatal("a reader resumed twice, or resumed after its Park failed")
+	default:
+	}
+}

@@ -1,0 +1,44 @@
+//go:build unix
+
+package cork
+
+import (
+	"context"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+)
+
+// WaitReadable with an idle time gives up when nothing comes, and leaves
+// no deadline behind: the next read waits as long as it takes.
+func TestWaitReadableGivesUpWhenIdle(t *testing.T) {
+	type result struct {
+		ready bool
+		msg   string
+		err   error
+	}
+	results := make(chan result, 4)
+	srv := serveWS(t, func(_ *http.Request, cw *ResponseWriter, ws *websocket.Conn) {
+		defer ws.CloseNow()
+		results <- result{ready: cw.Conn.WaitReadable(10 * time.Millisecond)}
+		// The deadline WaitReadable gave up at has passed: were it still
+		// set, this read would fail at once.
+		_, b, err := ws.Read(context.Background())
+		results <- result{msg: string(b), err: err}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client := dialWS(ctx, t, srv, "/")
+	next := func() result { t.Helper(); return recv(ctx, t, results, "server stuck") }
+	if r := next(); r.ready || r.err != nil {
+		t.Fatalf("WaitReadable with nothing sent: %+v, want false", r)
+	}
+	if err := client.Write(ctx, websocket.MessageText, []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	if r := next(); r.msg != "late" || r.err != nil {
+		t.Fatalf("read after giving up: %+v", r)
+	}
+}
