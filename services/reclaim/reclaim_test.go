@@ -41,13 +41,11 @@ func TestRunReclaimsAfterABurst(t *testing.T) {
 	reclaims := make(chan time.Duration, 16)
 	// GC off, so that only Run collects the burst.
 	defer debug.SetGCPercent(debug.SetGCPercent(-1))
-	debug.FreeOSMemory() // what earlier tests left
 	retained := func() uint64 {
 		var m runtime.MemStats
 		runtime.ReadMemStats(&m)
 		return m.HeapSys - m.HeapReleased
 	}
-	before := retained()
 	// What was allocated before Run started is no burst of its own.
 	for range 64 {
 		sink = append(sink, make([]byte, 1<<20))
@@ -59,8 +57,8 @@ func TestRunReclaimsAfterABurst(t *testing.T) {
 		t.Fatal("reclaimed without a burst while running")
 	case <-time.After(100 * time.Millisecond): // five quiet intervals
 	}
-	debug.FreeOSMemory()
-	before = retained()
+	debug.FreeOSMemory() // that, and what earlier tests left
+	before := retained()
 	for range 64 {
 		sink = append(sink, make([]byte, 1<<20))
 	}
