@@ -523,6 +523,7 @@ func TestInvalidConfigFailsBeforeListening(t *testing.T) {
 		{"JOIN_TIMEOUT": "0s"},
 		{"MAX_FRAME_BYTES": "lots"},
 		{"MEMORY_RECLAIM_QUIET": "-1s"},
+		{"PRESENCE_DELAY": "2s"},
 		{"MEMORY_RECLAIM_MIN_BYTES": "4096"},
 	} {
 		err := user.Run(t.Context(), []string{"ws-user"}, func(k string) string { return env[k] }, nilWriter{}, nilWriter{})

@@ -30,6 +30,7 @@ type Config struct {
 	SendQueue       int           `env:"SEND_QUEUE" envDefault:"1024"`
 	SendQueueBytes  int           `env:"SEND_QUEUE_BYTES" envDefault:"8388608"`
 	JoinTimeout     time.Duration `env:"JOIN_TIMEOUT" envDefault:"10s"`
+	PresenceDelay   time.Duration `env:"PRESENCE_DELAY" envDefault:"20ms"`
 	PendingMax      int           `env:"RELAY_PENDING_MAX" envDefault:"10000"`
 	RelayQueueBytes int           `env:"RELAY_QUEUE_BYTES" envDefault:"67108864"`
 	RelayPing       time.Duration `env:"RELAY_PING_INTERVAL" envDefault:"5s"`
@@ -102,6 +103,7 @@ func (c Config) validate() error {
 	check(c.SendQueue >= 1, "SEND_QUEUE must be positive, got %d", c.SendQueue)
 	check(c.SendQueueBytes >= 2*c.MaxFrameBytes, "SEND_QUEUE_BYTES must be at least twice MAX_FRAME_BYTES, got %d", c.SendQueueBytes)
 	check(c.JoinTimeout > 0, "JOIN_TIMEOUT must be positive, got %s", c.JoinTimeout)
+	check(c.PresenceDelay >= 0 && c.PresenceDelay <= time.Second, "PRESENCE_DELAY must be 0s..1s, got %s", c.PresenceDelay)
 	check(c.PendingMax >= 1, "RELAY_PENDING_MAX must be positive, got %d", c.PendingMax)
 	check(c.RelayQueueBytes >= 1<<16, "RELAY_QUEUE_BYTES must be at least 65536, got %d", c.RelayQueueBytes)
 	check(c.RelayPing > 0, "RELAY_PING_INTERVAL must be positive")

@@ -307,10 +307,18 @@ func (c *Client) retire() bool {
 // sendLocked queues a frame; a client whose queue is full is too slow to
 // keep up with its rooms and is disconnected rather than allowed to hold
 // the room back or grow memory. h.mu must be held.
-func (c *Client) sendLocked(b []byte) {
-	if ok, start := c.q.push(b); ok {
+func (c *Client) sendLocked(b []byte) { c.queueLocked(b, false) }
+
+// queueLocked queues b; a lazy frame neither wakes nor starts the writer:
+// it goes with the connection's next frame, or when the hub flushes lazy
+// frames (Config.PresenceDelay). h.mu must be held.
+func (c *Client) queueLocked(b []byte, lazy bool) {
+	if ok, start := c.q.push(b, lazy); ok {
 		if start {
 			c.startWriterLocked()
+		}
+		if lazy {
+			c.h.lazyLocked(c)
 		}
 		return
 	}
@@ -343,8 +351,9 @@ type queue struct {
 }
 
 // push queues b. ok is false when the queue is full; start tells the
-// caller to start the writer, none running.
-func (q *queue) push(b []byte) (ok, start bool) {
+// caller to start the writer, none running. A lazy push wakes and starts
+// nothing (see kick).
+func (q *queue) push(b []byte, lazy bool) (ok, start bool) {
 	q.mu.Lock()
 	if len(q.items) >= q.limit || q.bytes+len(b) > q.limitBytes {
 		q.mu.Unlock()
@@ -354,11 +363,30 @@ func (q *queue) push(b []byte) (ok, start bool) {
 	q.bytes += len(b)
 	q.pushes++
 	q.retire = false
+	if lazy {
+		q.mu.Unlock()
+		return true, false
+	}
 	start = !q.writing && !q.closed
 	q.writing = q.writing || start
 	q.mu.Unlock()
 	q.signal()
 	return true, start
+}
+
+// kick wakes the writer for what lazy pushes queued; start tells the
+// caller to start it, none running.
+func (q *queue) kick() (start bool) {
+	q.mu.Lock()
+	if len(q.items) == 0 {
+		q.mu.Unlock()
+		return false
+	}
+	start = !q.writing && !q.closed
+	q.writing = q.writing || start
+	q.mu.Unlock()
+	q.signal()
+	return start
 }
 
 // signal wakes the writer, unless a wake-up is pending already.

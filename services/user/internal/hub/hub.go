@@ -49,6 +49,11 @@ type Config struct {
 	// its goroutine (default 250ms); then, where it can (Linux), it parks
 	// the socket (package park) and the goroutine ends until the next.
 	ReaderLinger time.Duration
+	// PresenceDelay is how long presence events may wait for the
+	// connection's next frame before they are written anyway: during a
+	// reconnect storm a member gets a presence event per joiner, and they
+	// share writes instead of costing one each. Zero writes each at once.
+	PresenceDelay time.Duration
 	// JoinTimeout bounds how long an extended client's join waits for its
 	// room's subscription (the relay link is down or slow); then it is
 	// answered unavailable and undone (default 10s).
@@ -71,6 +76,10 @@ type Hub struct {
 	// (their readers then wait on their goroutines).
 	poller     *park.Poller
 	parkFailed atomic.Bool // logged once
+	// lazy holds the clients with lazy frames queued (guarded by mu);
+	// lazyTimer flushes them PresenceDelay after the first.
+	lazy      map[*Client]struct{}
+	lazyTimer *time.Timer
 
 	mu      sync.Mutex
 	rooms   map[string]*room
@@ -141,7 +150,7 @@ func New(cfg Config) *Hub {
 	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
-	return &Hub{
+	h := &Hub{
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
 		poller:   poller,
 		nonce:    hex.EncodeToString(b),
@@ -151,7 +160,31 @@ func New(cfg Config) *Hub {
 		unsynced: map[*room]struct{}{},
 		pubs:     map[string]pubWaiter{},
 		fetches:  map[uint64]fetchFunc{},
+		lazy:     map[*Client]struct{}{},
 	}
+	h.lazyTimer = time.AfterFunc(time.Hour, h.flushLazy)
+	h.lazyTimer.Stop()
+	return h
+}
+
+// lazyLocked notes that c has lazy frames queued.
+func (h *Hub) lazyLocked(c *Client) {
+	if len(h.lazy) == 0 {
+		h.lazyTimer.Reset(h.cfg.PresenceDelay)
+	}
+	h.lazy[c] = struct{}{}
+}
+
+// flushLazy makes the writers of every client with lazy frames write them.
+func (h *Hub) flushLazy() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for c := range h.lazy {
+		if c.q.kick() {
+			c.startWriterLocked()
+		}
+	}
+	clear(h.lazy)
 }
 
 // Run does the hub's housekeeping until ctx ends, every WriterLinger: it
@@ -488,7 +521,7 @@ func (h *Hub) presenceLocked(r *room, event string, m protocol.Member) {
 		if frame == nil {
 			frame = protocol.AppendPresence(nil, r.name, event, &m)
 		}
-		c.sendLocked(frame)
+		c.queueLocked(frame, h.cfg.PresenceDelay > 0)
 	}
 }
 

@@ -25,12 +25,20 @@ import (
 // linger is its Config.WriterLinger and ReaderLinger (0: the defaults).
 func startHub(t *testing.T, linger time.Duration) (*Hub, *httptest.Server) {
 	t.Helper()
-	h := New(Config{
+	return startHubWith(t, func(c *Config) { c.WriterLinger, c.ReaderLinger = linger, linger })
+}
+
+// startHubWith is startHub with the test's own settings.
+func startHubWith(t *testing.T, set func(*Config)) (*Hub, *httptest.Server) {
+	t.Helper()
+	cfg := Config{
 		Instance: "test", History: 50, FetchLimit: 100, MaxRooms: 8, SendQueue: 64, SendQueueBytes: 1 << 20,
-		RatePerSec: 1000, RateBurst: 1000, MaxFrame: 16384, WriterLinger: linger, ReaderLinger: linger,
+		RatePerSec: 1000, RateBurst: 1000, MaxFrame: 16384,
 		Rules:  protocol.Rules{MaxRoomBytes: 64, MaxNickBytes: 32, MaxMessageBytes: 4096},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: NewMetrics(prometheus.NewRegistry()),
-	})
+	}
+	set(&cfg)
+	h := New(cfg)
 	b := bus.NewLocal(h, 100)
 	h.SetBus(b)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -321,5 +329,111 @@ func TestIdleReadersPark(t *testing.T) {
 	h.mu.Unlock()
 	if left != 0 {
 		t.Fatalf("%d clients left after shutdown", left)
+	}
+}
+
+// Presence events wait for the member's next frame, and go before it: a
+// storm of joins costs each member one write, not one per joiner.
+func TestPresenceGoesWithTheNextFrame(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	_, srv := startHubWith(t, func(c *Config) { c.PresenceDelay, c.Metrics = time.Hour, NewMetrics(reg) })
+	addr := srv.Listener.Addr().String()
+	a := dialRaw(t, addr)
+	a.send(t, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j"}`)
+	a.expect(t, `"joined"`)
+	others := map[string]*rawClient{}
+	for _, nick := range []string{"b", "c"} {
+		c := dialRaw(t, addr)
+		c.send(t, fmt.Sprintf(`{"type":"hello","nick":%q}`, nick), `{"type":"join","room":"r","id":"j"}`)
+		c.expect(t, `"joined"`)
+		others[nick] = c
+	}
+	// Written so far: a welcome and a joined each. Held: a's presence of
+	// b and c, b's presence of c (written at once, they would make 9).
+	frames := func(n float64) func() bool {
+		return func() bool { return counterValue(t, reg, "wschat_user_frames_out_total") == n }
+	}
+	waitUntil(t, "the welcomes and joineds, and no presence, written", frames(6))
+	a.send(t, `{"type":"chat","room":"r","message":"now","id":"c1"}`)
+	var got []string
+	for acked := false; len(got) < 3 || !acked; {
+		f := a.next(t)
+		switch {
+		case strings.Contains(f, `"presence"`) && strings.Contains(f, `"nick":"b"`):
+			got = append(got, "b")
+		case strings.Contains(f, `"presence"`) && strings.Contains(f, `"nick":"c"`):
+			got = append(got, "c")
+		case strings.Contains(f, `"now"`):
+			got = append(got, "chat")
+		case strings.Contains(f, `"ack"`):
+			acked = true
+		}
+	}
+	if strings.Join(got, ",") != "b,c,chat" {
+		t.Fatalf("a got %v, want the presence of b and c, then the chat", got)
+	}
+	if f := others["b"].expect(t, `"presence"`); !strings.Contains(f, `"nick":"c"`) {
+		t.Fatalf("b got %s", f)
+	}
+	others["b"].expect(t, `"now"`)
+	others["c"].expect(t, `"now"`)
+	// And then the held ones with the chat: a 2 presence, chat, ack; b
+	// presence, chat; c chat.
+	waitUntil(t, "every frame counted", frames(13))
+}
+
+// counterValue reads a counter from reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no metric %s", name)
+	return 0
+}
+
+// With no other frame, the hub writes held presence events after
+// PresenceDelay.
+func TestPresenceIsWrittenAfterTheDelay(t *testing.T) {
+	_, srv := startHubWith(t, func(c *Config) { c.PresenceDelay = 20 * time.Millisecond })
+	addr := srv.Listener.Addr().String()
+	a := dialRaw(t, addr)
+	a.send(t, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j"}`)
+	a.expect(t, `"joined"`)
+	b := dialRaw(t, addr)
+	b.send(t, `{"type":"hello","nick":"b"}`, `{"type":"join","room":"r","id":"j"}`)
+	if f := a.expect(t, `"presence"`); !strings.Contains(f, `"nick":"b"`) {
+		t.Fatalf("a got %s", f)
+	}
+}
+
+// A lazy push neither wakes nor starts the writer; kick does.
+func TestQueueLazyPushAndKick(t *testing.T) {
+	q := queue{limit: 8, limitBytes: 1 << 10, wake: make(chan struct{}, 1)}
+	if ok, start := q.push([]byte("p"), true); !ok || start {
+		t.Fatalf("lazy push: ok %v, start %v; want queued, no writer", ok, start)
+	}
+	select {
+	case <-q.wake:
+		t.Fatal("a lazy push woke the writer")
+	default:
+	}
+	if !q.kick() {
+		t.Fatal("kick did not start the writer")
+	}
+	if q.kick() {
+		t.Fatal("a second kick started a second writer")
+	}
+	if got := q.take(nil); len(got) != 1 {
+		t.Fatalf("took %d frames, want 1", len(got))
+	}
+	if q.kick() {
+		t.Fatal("kick with nothing queued")
 	}
 }
