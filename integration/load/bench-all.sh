@@ -15,7 +15,7 @@ for proto in seed extended; do
 	for rate in 40 100 120; do
 		run PROTOCOL=$proto RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W1
 	done
-	for rate in 40 150 250; do
+	for rate in 40 150 250 500; do
 		run PROTOCOL=$proto RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W2
 	done
 	run PROTOCOL=$proto IDLE_CONNS=19000 HOLD=10s "$here/run-local.sh" W3
