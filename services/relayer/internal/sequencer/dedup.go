@@ -34,6 +34,17 @@ func (d *recentPubs) add(k midKey, room string, seq uint64) {
 	d.seqs[k] = roomSeq{room, seq}
 }
 
+// all yields the remembered publishes, oldest first.
+func (d *recentPubs) all(yield func(midKey, roomSeq) bool) {
+	n := len(d.order)
+	for i := range n {
+		k := d.order[(d.next+i)%n]
+		if !yield(k, d.seqs[k]) {
+			return
+		}
+	}
+}
+
 func (d *recentPubs) get(k midKey, room string) (uint64, bool) {
 	rs, ok := d.seqs[k]
 	return rs.seq, ok && rs.room == room

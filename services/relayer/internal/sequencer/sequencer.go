@@ -178,6 +178,13 @@ func New(cfg Config, st *store.Log) (*Sequencer, error) {
 
 func (s *Sequencer) replay(p []byte) bool {
 	rec, err := store.DecodeRecord(p)
+	if err == nil && rec.KeyOnly() {
+		if protocol.ValidName(rec.Room, maxRoomBytes) != nil || rec.Seq == 0 {
+			return false
+		}
+		s.recent.add(midKey{rec.Inst, rec.MID}, rec.Room, rec.Seq)
+		return true
+	}
 	if err != nil || protocol.ValidName(rec.Msg.Room, maxRoomBytes) != nil {
 		return false
 	}
@@ -735,16 +742,29 @@ func (s *Sequencer) maybeCompact() {
 		s.nextCheck = size + s.cfg.CompactBytes
 		return
 	}
-	s.nextCheck = s.cfg.CompactBytes
+	// What a compaction keeps (retained messages, the window's keys) must
+	// not make the next batch compact again: the log grows first.
+	s.nextCheck = max(s.cfg.CompactBytes, s.st.Size()+s.cfg.CompactBytes/2)
 	s.m.logBytes.Set(float64(s.st.Size()))
 	s.log.Info("log compacted", "before_bytes", size, "after_bytes", s.st.Size(), "took", time.Since(start).Round(time.Millisecond))
 }
 
-// retained yields the log record of every retained message, each room in
-// seq order.
+// retained yields what a compacted log holds: a key-only record for each
+// publish in the de-duplication window whose message no room retains
+// (oldest first, so a replay rebuilds the window in order), then the
+// record of every retained message, each room in seq order.
 func (s *Sequencer) retained() iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
 		var buf []byte
+		for k, rs := range s.recent.all {
+			if r := s.rooms[rs.room]; r != nil && r.mids[k] == rs.seq {
+				continue // retained: its full record follows
+			}
+			buf = store.AppendKeyRecord(buf[:0], k.mid, k.inst, rs.room, rs.seq)
+			if !yield(buf) {
+				return
+			}
+		}
 		for _, r := range s.rooms {
 			for i := range r.ring {
 				e := r.at(i)

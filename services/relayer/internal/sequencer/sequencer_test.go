@@ -237,17 +237,7 @@ func TestDedupByMID(t *testing.T) {
 // while the room moved on) is still recognised.
 func TestDedupBeyondTheRing(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 5 })
-	a, b := h.dial("a"), h.dial("b")
-	a.sync()
-	b.sync()
-	a.pub("lost-ack", "r", "once")
-	if ack := a.expect(link.OpAck); ack.Seq != 1 {
-		t.Fatalf("ack %+v", ack)
-	}
-	for i := range 20 {
-		b.pub(fmt.Sprint("b", i), "r", "moving on")
-		b.expect(link.OpAck)
-	}
+	a, b := pubThenMoveOn(t, h, 20)
 	a.pub("lost-ack", "r", "once")
 	if ack := a.expect(link.OpAck); ack.Seq != 1 || ack.MID != "lost-ack" {
 		t.Fatalf("re-sent pub: ack %+v, want seq 1", ack)
@@ -255,6 +245,54 @@ func TestDedupBeyondTheRing(t *testing.T) {
 	b.pub("b-last", "r", "next")
 	if ack := b.expect(link.OpAck); ack.Seq != 22 {
 		t.Fatalf("the re-sent publish was sequenced again: next seq %d, want 22", ack.Seq)
+	}
+}
+
+// pubThenMoveOn has instance a publish "lost-ack" to room r (seq 1), then
+// instance b publish n more there.
+func pubThenMoveOn(t *testing.T, h *harness, n int) (a, b *client) {
+	t.Helper()
+	a, b = h.dial("a"), h.dial("b")
+	a.sync()
+	b.sync()
+	a.pub("lost-ack", "r", "once")
+	if ack := a.expect(link.OpAck); ack.Seq != 1 {
+		t.Fatalf("ack %+v", ack)
+	}
+	for i := range n {
+		b.pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
+		b.expect(link.OpAck)
+	}
+	return a, b
+}
+
+// The same after a compaction and a restart: the compacted log remembers
+// the window's keys whose messages it no longer holds.
+func TestDedupSurvivesCompactionAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096 }
+	h := start(t, dir, tweak)
+	_, b := pubThenMoveOn(t, h, 100)
+	b.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r"}) // after any compaction
+	b.expect(link.OpFetched)
+	// The keys a compaction keeps do not make every later batch compact
+	// again (the log must grow by half the threshold first): about one
+	// compaction per 2 KB of these 100 publishes, not one per batch.
+	if n := strings.Count(h.logs.String(), "log compacted"); n == 0 || n > 15 {
+		t.Fatalf("%d compactions", n)
+	}
+	h.stop()
+
+	h2 := start(t, dir, tweak)
+	a2 := h2.dial("a")
+	a2.sync()
+	a2.pub("lost-ack", "r", "once")
+	if ack := a2.expect(link.OpAck); ack.Seq != 1 || ack.MID != "lost-ack" {
+		t.Fatalf("re-sent pub after compaction and restart: ack %+v, want seq 1", ack)
+	}
+	a2.pub("next", "r", "new")
+	if ack := a2.expect(link.OpAck); ack.Seq != 102 {
+		t.Fatalf("next seq %d, want 102: the re-sent publish was sequenced again", ack.Seq)
 	}
 }
 
@@ -619,7 +657,9 @@ func TestSlowLinkIsClosed(t *testing.T) {
 
 func TestCompaction(t *testing.T) {
 	dir := t.TempDir()
-	h := start(t, dir, func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096 })
+	// A small window: its keys are kept by compaction too.
+	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096; c.DedupWindow = 10 }
+	h := start(t, dir, tweak)
 	p := h.dial("p")
 	p.sync()
 	for i := 1; i <= 300; i++ {
@@ -639,7 +679,7 @@ func TestCompaction(t *testing.T) {
 		t.Fatal("no compaction logged")
 	}
 	h.stop()
-	h2 := start(t, dir, func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096 })
+	h2 := start(t, dir, tweak)
 	c := h2.dial("c")
 	subs := c.sync(link.RoomState{Room: "r0", Tail: 100}, link.RoomState{Room: "r1", Tail: 100})
 	if subs[0].Seq != 150 || !slices.Equal(seqs(subs[0].Msgs), seqRange(146, 150)) ||

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/wschat/wschat/services/protocol"
 )
@@ -45,22 +46,48 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Record is one sequenced message. MID and Inst (the publishing instance)
 // form the de-duplication key: a mid is only unique per instance.
+//
+// A record without Msg but with Room and Seq only remembers that key: a
+// compaction writes one for each publish still in the de-duplication
+// window whose message the rooms no longer retain, so that a publish
+// re-sent after a restart is still recognised.
 type Record struct {
 	MID  string           `json:"mid"`
 	Inst string           `json:"inst,omitempty"`
 	Msg  protocol.Message `json:"msg"`
+	Room string           `json:"room,omitempty"`
+	Seq  uint64           `json:"seq,omitempty"`
 }
 
-// AppendRecord appends the JSON of Record{mid, inst, msg} to dst, where
-// msgJSON is the already encoded message: the sequencer encodes each
-// message once and reuses the bytes for the log and for every link.
-func AppendRecord(dst []byte, mid, inst string, msgJSON []byte) []byte {
+// KeyOnly reports whether r only remembers a de-duplication key.
+func (r *Record) KeyOnly() bool { return r.Msg.Room == "" && r.Room != "" }
+
+// appendKey opens a record's JSON with its de-duplication key.
+func appendKey(dst []byte, mid, inst string) []byte {
 	dst = append(dst, `{"mid":`...)
 	dst = protocol.AppendString(dst, mid)
 	if inst != "" {
 		dst = append(dst, `,"inst":`...)
 		dst = protocol.AppendString(dst, inst)
 	}
+	return dst
+}
+
+// AppendKeyRecord appends the JSON of a key-only Record to dst.
+func AppendKeyRecord(dst []byte, mid, inst, room string, seq uint64) []byte {
+	dst = appendKey(dst, mid, inst)
+	dst = append(dst, `,"room":`...)
+	dst = protocol.AppendString(dst, room)
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	return append(dst, '}')
+}
+
+// AppendRecord appends the JSON of Record{mid, inst, msg} to dst, where
+// msgJSON is the already encoded message: the sequencer encodes each
+// message once and reuses the bytes for the log and for every link.
+func AppendRecord(dst []byte, mid, inst string, msgJSON []byte) []byte {
+	dst = appendKey(dst, mid, inst)
 	dst = append(dst, `,"msg":`...)
 	dst = append(dst, msgJSON...)
 	return append(dst, '}')

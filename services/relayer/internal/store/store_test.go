@@ -355,3 +355,18 @@ func BenchmarkAppendSync(b *testing.B) {
 		}
 	}
 }
+
+// A key-only record reads back as one; a message record does not.
+func TestKeyOnlyRecord(t *testing.T) {
+	rec, err := DecodeRecord(AppendKeyRecord(nil, "m\"1", "inst-a", "lobby", 42))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rec.KeyOnly() || rec.MID != "m\"1" || rec.Inst != "inst-a" || rec.Room != "lobby" || rec.Seq != 42 {
+		t.Fatalf("key-only record read back as %+v", rec)
+	}
+	msg := AppendRecord(nil, "m2", "inst-a", []byte(`{"room":"lobby","seq":7,"from":"a","uid":"u","id":"c","text":"hi","ts":1}`))
+	if rec, err := DecodeRecord(msg); err != nil || rec.KeyOnly() || rec.Msg.Seq != 7 {
+		t.Fatalf("message record read back as %+v, %v", rec, err)
+	}
+}
