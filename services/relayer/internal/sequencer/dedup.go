@@ -24,6 +24,12 @@ func (d *recentPubs) add(k midKey, room string, seq uint64) {
 	if cap(d.order) == 0 {
 		return
 	}
+	if _, ok := d.seqs[k]; ok {
+		// One slot per key (an instance reusing a mid in another room):
+		// a second slot's eviction would delete the newer entry.
+		d.seqs[k] = roomSeq{room, seq}
+		return
+	}
 	if len(d.order) < cap(d.order) {
 		d.order = append(d.order, k)
 	} else {

@@ -749,22 +749,15 @@ func (s *Sequencer) maybeCompact() {
 	s.log.Info("log compacted", "before_bytes", size, "after_bytes", s.st.Size(), "took", time.Since(start).Round(time.Millisecond))
 }
 
-// retained yields what a compacted log holds: a key-only record for each
-// publish in the de-duplication window whose message no room retains
-// (oldest first, so a replay rebuilds the window in order), then the
-// record of every retained message, each room in seq order.
+// retained yields what a compacted log holds: the record of every retained
+// message, each room in seq order, then a key-only record for each publish
+// in the de-duplication window whose message no room retains, oldest
+// first. Replay adds both to the window in that order, so should they not
+// all fit, the ones it forgets are retained messages, which their rooms'
+// rings recognise anyway.
 func (s *Sequencer) retained() iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
 		var buf []byte
-		for k, rs := range s.recent.all {
-			if r := s.rooms[rs.room]; r != nil && r.mids[k] == rs.seq {
-				continue // retained: its full record follows
-			}
-			buf = store.AppendKeyRecord(buf[:0], k.mid, k.inst, rs.room, rs.seq)
-			if !yield(buf) {
-				return
-			}
-		}
 		for _, r := range s.rooms {
 			for i := range r.ring {
 				e := r.at(i)
@@ -772,6 +765,15 @@ func (s *Sequencer) retained() iter.Seq[[]byte] {
 				if !yield(buf) {
 					return
 				}
+			}
+		}
+		for k, rs := range s.recent.all {
+			if r := s.rooms[rs.room]; r != nil && r.mids[k] == rs.seq {
+				continue // retained: its record is above
+			}
+			buf = store.AppendKeyRecord(buf[:0], k.mid, k.inst, rs.room, rs.seq)
+			if !yield(buf) {
+				return
 			}
 		}
 	}

@@ -296,6 +296,46 @@ func TestDedupSurvivesCompactionAndRestart(t *testing.T) {
 	}
 }
 
+// And when the retained messages of other, older rooms and the window's
+// other keys are more than the window holds: replay must forget retained
+// messages (their rings know them), not the window's keys.
+func TestDedupSurvivesCompactionBesideOldRooms(t *testing.T) {
+	dir := t.TempDir()
+	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096; c.DedupWindow = 110 }
+	h := start(t, dir, tweak)
+	a, b := h.dial("a"), h.dial("b")
+	a.sync()
+	b.sync()
+	for room := range 13 { // 65 retained messages, older than what follows
+		for i := range 5 {
+			b.pub(fmt.Sprint("x", room, "-", i), fmt.Sprint("x", room), "old")
+			b.expect(link.OpAck)
+		}
+	}
+	a.pub("lost-ack", "r", "once")
+	if ack := a.expect(link.OpAck); ack.Seq != 1 {
+		t.Fatalf("ack %+v", ack)
+	}
+	for i := range 100 {
+		b.pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
+		b.expect(link.OpAck)
+	}
+	b.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r"}) // after any compaction
+	b.expect(link.OpFetched)
+	if !strings.Contains(h.logs.String(), "log compacted") {
+		t.Fatal("no compaction logged")
+	}
+	h.stop()
+
+	h2 := start(t, dir, tweak)
+	a2 := h2.dial("a")
+	a2.sync()
+	a2.pub("lost-ack", "r", "once")
+	if ack := a2.expect(link.OpAck); ack.Seq != 1 {
+		t.Fatalf("re-sent pub after compaction and restart: ack seq %d, want 1", ack.Seq)
+	}
+}
+
 func TestSubscribedCatchUp(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 10 })
 	p := h.dial("p")
@@ -748,5 +788,35 @@ func TestOversizedLinkMessage(t *testing.T) {
 	c.pub("big", "r", strings.Repeat("x", 2000))
 	if got := c.closed(); got != websocket.StatusMessageTooBig {
 		t.Fatalf("close status %v, want 1009", got)
+	}
+}
+
+// A key sequenced again in another room (an instance reusing a mid) holds
+// one slot in the window: the newer room's seq, evicted once.
+func TestRecentPubsOneSlotPerKey(t *testing.T) {
+	d := newRecentPubs(3)
+	k := midKey{"a", "m"}
+	d.add(k, "r1", 1)
+	d.add(k, "r2", 5)
+	if seq, ok := d.get(k, "r2"); !ok || seq != 5 {
+		t.Fatalf("get = %d, %v; want 5 in r2", seq, ok)
+	}
+	n := 0
+	for range d.all {
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("%d entries for one key", n)
+	}
+	d.add(midKey{"a", "x"}, "r1", 2)
+	d.add(midKey{"a", "y"}, "r1", 3)
+	d.add(midKey{"a", "z"}, "r1", 4) // evicts k, the oldest
+	if _, ok := d.get(k, "r2"); ok {
+		t.Fatal("k still known after its eviction")
+	}
+	for key, rs := range d.all {
+		if rs.room == "" || rs.seq == 0 {
+			t.Fatalf("entry %v without its room and seq", key)
+		}
 	}
 }

@@ -363,7 +363,10 @@ func (q *queue) push(b []byte, lazy bool) (ok, start bool) {
 	q.bytes += len(b)
 	q.pushes++
 	q.retire = false
-	if lazy {
+	// Held frames count toward the limits: past half of them, the
+	// writer drains now rather than let a burst of held ones (a storm's
+	// presence) overflow a healthy connection's queue.
+	if lazy && len(q.items) < q.limit/2 && q.bytes < q.limitBytes/2 {
 		q.mu.Unlock()
 		return true, false
 	}

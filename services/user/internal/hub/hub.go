@@ -184,7 +184,11 @@ func (h *Hub) flushLazy() {
 			c.startWriterLocked()
 		}
 	}
-	clear(h.lazy)
+	if len(h.lazy) > 1024 {
+		h.lazy = map[*Client]struct{}{} // a storm's worth is not kept
+	} else {
+		clear(h.lazy)
+	}
 }
 
 // Run does the hub's housekeeping until ctx ends, every WriterLinger: it

@@ -437,3 +437,25 @@ func TestQueueLazyPushAndKick(t *testing.T) {
 		t.Fatal("kick with nothing queued")
 	}
 }
+
+// Held frames count toward the queue's limits: past half of them a lazy
+// push wakes the writer, so a burst of presence cannot overflow the queue
+// of a connection that reads.
+func TestQueueLazyPushPastHalfStartsTheWriter(t *testing.T) {
+	q := queue{limit: 8, limitBytes: 1 << 10, wake: make(chan struct{}, 1)}
+	for i := range 3 {
+		if _, start := q.push([]byte("p"), true); start {
+			t.Fatalf("lazy push %d started the writer", i)
+		}
+	}
+	if ok, start := q.push([]byte("p"), true); !ok || !start {
+		t.Fatalf("fourth lazy push of 8: ok %v, start %v; want the writer started", ok, start)
+	}
+	q = queue{limit: 100, limitBytes: 100, wake: make(chan struct{}, 1)}
+	if _, start := q.push(make([]byte, 40), true); start {
+		t.Fatal("a lazy push under half the bytes started the writer")
+	}
+	if _, start := q.push(make([]byte, 20), true); !start {
+		t.Fatal("a lazy push past half the bytes did not start the writer")
+	}
+}
