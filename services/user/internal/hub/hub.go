@@ -131,8 +131,9 @@ type pubWaiter struct {
 
 type fetchFunc func(msgs []protocol.Message, first uint64, err error)
 
-// New returns a hub; SetBus must be called before it serves clients, and
-// Run must run for idle connections' writers to be retired.
+// New returns a hub; SetBus must be called before it serves clients, Run
+// must run for idle connections' writers to be retired, and Shutdown
+// releases what it holds (the poller of idle connections' sockets).
 func New(cfg Config) *Hub {
 	if cfg.WriterLinger <= 0 {
 		cfg.WriterLinger = 250 * time.Millisecond
