@@ -134,6 +134,7 @@ func TestConfigErrors(t *testing.T) {
 		{"level", map[string]string{"LOG_LEVEL": "loud"}, []string{"LOG_LEVEL"}},
 		{"flush delay", map[string]string{"LINK_FLUSH_DELAY": "-1ms"}, []string{"LINK_FLUSH_DELAY"}},
 		{"reclaim quiet", map[string]string{"MEMORY_RECLAIM_QUIET": "-1s"}, []string{"MEMORY_RECLAIM_QUIET"}},
+		{"inflight", map[string]string{"LINK_INFLIGHT_BYTES": "0"}, []string{"LINK_INFLIGHT_BYTES"}},
 		{"reclaim bytes", map[string]string{"MEMORY_RECLAIM_MIN_BYTES": "4096"}, []string{"MEMORY_RECLAIM_MIN_BYTES"}},
 		{"several at once", map[string]string{"RELAY_SECRET": "", "COMPACT_BYTES": "-1"}, []string{"RELAY_SECRET", "COMPACT_BYTES"}},
 	}

@@ -22,6 +22,7 @@ type config struct {
 	Fsync             bool          `env:"RELAY_FSYNC" envDefault:"true"`
 	LinkQueueBytes    int           `env:"LINK_QUEUE_BYTES" envDefault:"67108864"`
 	LinkMaxFrameBytes int64         `env:"LINK_MAX_FRAME_BYTES" envDefault:"16777216"`
+	LinkInflightBytes int64         `env:"LINK_INFLIGHT_BYTES" envDefault:"33554432"`
 	LinkPingInterval  time.Duration `env:"LINK_PING_INTERVAL" envDefault:"5s"`
 	LinkFlushDelay    time.Duration `env:"LINK_FLUSH_DELAY" envDefault:"0s"`
 	CompactBytes      int64         `env:"COMPACT_BYTES" envDefault:"67108864"`
@@ -99,6 +100,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.CompactBytes <= 0 {
 		bad("COMPACT_BYTES must be > 0, got %d", c.CompactBytes)
+	}
+	if c.LinkInflightBytes <= 0 {
+		bad("LINK_INFLIGHT_BYTES must be > 0, got %d", c.LinkInflightBytes)
 	}
 	if c.ShutdownTimeout <= 0 {
 		bad("SHUTDOWN_TIMEOUT must be > 0, got %s", c.ShutdownTimeout)

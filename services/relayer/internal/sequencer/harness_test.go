@@ -71,6 +71,15 @@ func testConfig() Config {
 // before.
 func start(t testing.TB, dir string, tweak func(*Config)) *harness {
 	t.Helper()
+	h, run := startPaused(t, dir, tweak)
+	run()
+	return h
+}
+
+// startPaused is start with the sequencer's Run held until run is called:
+// links connect and their readers read, nothing is applied.
+func startPaused(t testing.TB, dir string, tweak func(*Config)) (h *harness, run func()) {
+	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
 	}
@@ -93,13 +102,15 @@ func start(t testing.TB, dir string, tweak func(*Config)) *harness {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
+	var runOnce sync.Once
+	run = func() { runOnce.Do(func() { go func() { done <- s.Run(ctx) }() }) }
 	srv := httptest.NewServer(s)
-	h := &harness{t: t, dir: dir, s: s, reg: reg, srv: srv, logs: logs}
+	h = &harness{t: t, dir: dir, s: s, reg: reg, srv: srv, logs: logs}
 	var once sync.Once
 	var stopErr error
 	h.stop = func() error {
 		once.Do(func() {
+			run() // so that there is a Run to stop
 			cancel()
 			stopErr = <-done
 			wctx, wcancel := context.WithTimeout(context.Background(), waitFor)
@@ -116,7 +127,7 @@ func start(t testing.TB, dir string, tweak func(*Config)) *harness {
 			t.Errorf("stop: %v", err)
 		}
 	})
-	return h
+	return h, run
 }
 
 func (h *harness) url() string { return "ws" + strings.TrimPrefix(h.srv.URL, "http") + link.Path }

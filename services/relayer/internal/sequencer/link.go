@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -36,6 +37,9 @@ type conn struct {
 	kill context.CancelFunc
 	wake chan struct{}
 	dead chan struct{} // closed when the reader has returned
+
+	inflight atomic.Int64  // bytes read, not yet applied by the sequencer
+	drained  chan struct{} // capacity 1: the sequencer applied some
 
 	mu      sync.Mutex
 	out     []byte
@@ -250,8 +254,38 @@ func (c *conn) readLoop() error {
 		if len(frames) > 0 {
 			// When the relayer is stopping this drops the frames: it
 			// closes the link itself, after flushing what it owes.
-			c.s.send(event{kind: evFrames, conn: c, frames: frames})
+			c.inflight.Add(int64(len(data)))
+			if c.s.send(event{kind: evFrames, conn: c, frames: frames, bytes: int64(len(data))}) {
+				if err := c.waitApplied(); err != nil {
+					return err
+				}
+			}
 		}
+	}
+}
+
+// waitApplied holds the reader while more than InflightBytes of what it
+// read waits for the sequencer (which, stopped, applies nothing more: the
+// reader then goes on reading and dropping, as the close handshake needs).
+func (c *conn) waitApplied() error {
+	for c.inflight.Load() > c.s.cfg.InflightBytes {
+		select {
+		case <-c.drained:
+		case <-c.ctx.Done():
+			return c.ctx.Err()
+		case <-c.s.stopped:
+			return nil
+		}
+	}
+	return nil
+}
+
+// applied is the sequencer's receipt for n bytes of the link's input.
+func (c *conn) applied(n int64) {
+	c.inflight.Add(-n)
+	select {
+	case c.drained <- struct{}{}:
+	default:
 	}
 }
 
@@ -283,11 +317,12 @@ func (s *Sequencer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ctx, kill := context.WithCancel(context.WithoutCancel(r.Context()))
 	c := &conn{
 		s: s, inst: inst, ws: ws,
-		log:  s.log.With("instance", inst, "remote", r.RemoteAddr),
-		ctx:  ctx,
-		kill: kill,
-		wake: make(chan struct{}, 1),
-		dead: make(chan struct{}),
+		log:     s.log.With("instance", inst, "remote", r.RemoteAddr),
+		ctx:     ctx,
+		kill:    kill,
+		wake:    make(chan struct{}, 1),
+		drained: make(chan struct{}, 1),
+		dead:    make(chan struct{}),
 	}
 	if !s.register(c) {
 		kill()

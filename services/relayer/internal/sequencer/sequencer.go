@@ -50,6 +50,11 @@ type Config struct {
 	PresenceGrace time.Duration // how long a dropped instance's members stay
 	QueueBytes    int           // per-link output limit
 	MaxFrameBytes int64         // per-link read limit
+	// InflightBytes bounds what one link has read and the sequencer not
+	// yet applied (plus the message being read): past it, the link's
+	// reader waits, so a fast peer queues in its own buffers, not here.
+	// Zero means 2 × MaxFrameBytes.
+	InflightBytes int64
 	PingInterval  time.Duration
 	// FlushDelay, when positive, makes a link's writer wait that long
 	// after output appears before sending it, so that more goes in one
@@ -116,6 +121,7 @@ type event struct {
 	kind   eventKind
 	conn   *conn
 	frames []*link.Frame
+	bytes  int64 // of the link message the frames came in
 	inst   *instance
 	gen    uint64
 }
@@ -123,6 +129,9 @@ type event struct {
 // New replays the log into memory and returns a sequencer that owns st
 // from now on (Run closes it).
 func New(cfg Config, st *store.Log) (*Sequencer, error) {
+	if cfg.InflightBytes <= 0 {
+		cfg.InflightBytes = 2 * cfg.MaxFrameBytes
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -442,6 +451,7 @@ func (s *Sequencer) handle(ev event) {
 		}
 		delete(s.insts, inst.id)
 	case evFrames:
+		ev.conn.applied(ev.bytes)
 		inst := s.insts[ev.conn.inst]
 		if inst == nil || inst.link != ev.conn {
 			// A replaced link's last words: its instance re-sends

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -819,4 +820,40 @@ func TestRecentPubsOneSlotPerKey(t *testing.T) {
 			t.Fatalf("entry %v without its room and seq", key)
 		}
 	}
+}
+
+// A link's reader stops reading once more than InflightBytes of its input
+// wait for the sequencer, and goes on once they are applied.
+func TestLinkInputIsBounded(t *testing.T) {
+	h, run := startPaused(t, "", func(c *Config) { c.InflightBytes = 8 << 10 })
+	p := h.dial("p")
+	p.send(&link.Frame{T: link.OpSync})
+	const n = 50
+	for i := range n { // 50 messages of about 1 KB
+		p.pub(fmt.Sprint("m", i), "r", strings.Repeat("z", 1000))
+	}
+	// Nothing is applied: the reader takes what fits and then waits.
+	deadline := time.Now().Add(waitFor)
+	for !strings.Contains(stacks(), "(*conn).waitApplied") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the link's reader never waited; %d events queued", len(h.s.in))
+		}
+		time.Sleep(time.Millisecond) // polling, with a deadline
+	}
+	// The sync (small) and about 8 KB of publishes, the last one past it.
+	if queued := len(h.s.in); queued > 11 {
+		t.Fatalf("%d link messages queued for the sequencer, want at most 11 (8 KiB of 1 KB publishes)", queued)
+	}
+	run()
+	for i := range n {
+		if ack := p.expect(link.OpAck); ack.Seq != uint64(i+1) {
+			t.Fatalf("ack %d: %+v", i, ack)
+		}
+	}
+}
+
+// stacks returns every goroutine's stack.
+func stacks() string {
+	buf := make([]byte, 1<<20)
+	return string(buf[:runtime.Stack(buf, true)])
 }
