@@ -51,9 +51,10 @@ type Config struct {
 	QueueBytes    int           // per-link output limit
 	MaxFrameBytes int64         // per-link read limit
 	// InflightBytes bounds what one link has read and the sequencer not
-	// yet applied (plus the message being read): past it, the link's
-	// reader waits, so a fast peer queues in its own buffers, not here.
-	// Zero means 2 × MaxFrameBytes.
+	// yet applied: past it (by at most the message that crossed it), the
+	// link's reader waits, so a fast peer queues in its own buffers, not
+	// here. A sequencer stalled longer than the keepalive loses its links
+	// meanwhile (their pongs wait unread). Zero means 2 × MaxFrameBytes.
 	InflightBytes int64
 	PingInterval  time.Duration
 	// FlushDelay, when positive, makes a link's writer wait that long
@@ -130,7 +131,10 @@ type event struct {
 // from now on (Run closes it).
 func New(cfg Config, st *store.Log) (*Sequencer, error) {
 	if cfg.InflightBytes <= 0 {
-		cfg.InflightBytes = 2 * cfg.MaxFrameBytes
+		cfg.InflightBytes = 32 << 20
+		if cfg.MaxFrameBytes > 0 {
+			cfg.InflightBytes = 2 * cfg.MaxFrameBytes
+		}
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)

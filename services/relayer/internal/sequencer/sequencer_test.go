@@ -832,17 +832,28 @@ func TestLinkInputIsBounded(t *testing.T) {
 	for i := range n { // 50 messages of about 1 KB
 		p.pub(fmt.Sprint("m", i), "r", strings.Repeat("z", 1000))
 	}
-	// Nothing is applied: the reader takes what fits and then waits.
+	// Nothing is applied: the reader takes what fits, crosses the bound
+	// with one more message, and waits.
 	deadline := time.Now().Add(waitFor)
-	for !strings.Contains(stacks(), "(*conn).waitApplied") {
+	for !h.linkOver(8 << 10) {
 		if time.Now().After(deadline) {
-			t.Fatalf("the link's reader never waited; %d events queued", len(h.s.in))
+			t.Fatalf("the link's input never passed its bound; %d events queued", len(h.s.in))
 		}
 		time.Sleep(time.Millisecond) // polling, with a deadline
 	}
-	// The sync (small) and about 8 KB of publishes, the last one past it.
+	// The link's open, its sync and 8 KiB of publishes plus the one that
+	// crossed the bound.
 	if queued := len(h.s.in); queued > 11 {
-		t.Fatalf("%d link messages queued for the sequencer, want at most 11 (8 KiB of 1 KB publishes)", queued)
+		t.Fatalf("%d events queued for the sequencer, want at most 11 (8 KiB of 1 KB publishes)", queued)
+	}
+	for !strings.Contains(stacks(), "(*conn).waitApplied") {
+		if time.Now().After(deadline) {
+			t.Fatal("the link's reader is not waiting")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if queued := len(h.s.in); queued > 11 {
+		t.Fatalf("%d events queued while the reader waits, want at most 11", queued)
 	}
 	run()
 	for i := range n {
@@ -850,6 +861,19 @@ func TestLinkInputIsBounded(t *testing.T) {
 			t.Fatalf("ack %d: %+v", i, ack)
 		}
 	}
+}
+
+// linkOver reports whether some link has more than n bytes of input waiting
+// for the sequencer.
+func (h *harness) linkOver(n int64) bool {
+	h.s.mu.Lock()
+	defer h.s.mu.Unlock()
+	for c := range h.s.live {
+		if c.inflight.Load() > n {
+			return true
+		}
+	}
+	return false
 }
 
 // stacks returns every goroutine's stack.
