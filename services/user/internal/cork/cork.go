@@ -159,10 +159,16 @@ func (c *Conn) fill() {
 	}
 	if err := c.rc.Read(c.readSocket); err != nil {
 		c.rmu.Lock()
-		if len(c.pend) == 0 && c.rerr == nil {
-			c.rerr = err
-		}
+		c.failLocked(err)
 		c.rmu.Unlock()
+	}
+}
+
+// failLocked keeps err for the next Read unless bytes or an error are
+// waiting already (the other reader's, see EndWaits).
+func (c *Conn) failLocked(err error) {
+	if len(c.pend) == 0 && c.rerr == nil {
+		c.rerr = err
 	}
 }
 
@@ -351,17 +357,23 @@ func (c *Conn) WaitReadable(idle time.Duration) bool {
 	err := c.rc.Read(c.readSocket)
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
+	c.clearDeadlineLocked()
+	if err == nil {
+		return true
+	}
+	if errors.Is(err, os.ErrDeadlineExceeded) && len(c.pend) == 0 && c.rerr == nil {
+		return false
+	}
+	c.failLocked(err)
+	return true
+}
+
+// clearDeadlineLocked removes the read deadline WaitReadable set, if any.
+func (c *Conn) clearDeadlineLocked() {
 	if c.deadline {
 		c.deadline = false
 		_ = c.Conn.SetReadDeadline(time.Time{})
 	}
-	if err != nil && len(c.pend) == 0 && c.rerr == nil {
-		if errors.Is(err, os.ErrDeadlineExceeded) {
-			return false
-		}
-		c.rerr = err
-	}
-	return true
 }
 
 // idleLocked: the reader would wait for the socket (nothing buffered).
@@ -429,9 +441,6 @@ func (c *Conn) Close() error {
 func (c *Conn) EndWaits() {
 	c.rmu.Lock()
 	c.rdone = true
-	if c.deadline {
-		c.deadline = false
-		_ = c.Conn.SetReadDeadline(time.Time{})
-	}
+	c.clearDeadlineLocked()
 	c.rmu.Unlock()
 }

@@ -370,11 +370,18 @@ func (q *queue) push(b []byte, lazy bool) (ok, start bool) {
 		q.mu.Unlock()
 		return true, false
 	}
-	start = !q.writing && !q.closed
-	q.writing = q.writing || start
+	start = q.claimLocked()
 	q.mu.Unlock()
 	q.signal()
 	return true, start
+}
+
+// claimLocked makes the caller the one to start the writer, if none runs
+// and the queue is open; q.mu must be held.
+func (q *queue) claimLocked() bool {
+	start := !q.writing && !q.closed
+	q.writing = q.writing || start
+	return start
 }
 
 // kick wakes the writer for what lazy pushes queued; start tells the
@@ -385,8 +392,7 @@ func (q *queue) kick() (start bool) {
 		q.mu.Unlock()
 		return false
 	}
-	start = !q.writing && !q.closed
-	q.writing = q.writing || start
+	start = q.claimLocked()
 	q.mu.Unlock()
 	q.signal()
 	return start
@@ -437,9 +443,8 @@ func (q *queue) retired() bool {
 func (q *queue) close(flush bool) (start bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	start = flush && q.claimLocked()
 	q.closed = true
-	start = flush && !q.writing
-	q.writing = q.writing || start
 	return start
 }
 

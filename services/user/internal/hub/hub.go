@@ -194,7 +194,7 @@ func (h *Hub) flushLazy() {
 
 // Run does the hub's housekeeping until ctx ends, every WriterLinger: it
 // asks the writers whose connection had no frame queued since the previous
-// sweep to exit (idle connections then cost one goroutine, not two, and a
+// sweep to exit (an idle connection then holds no writer goroutine, and a
 // busy writer is never woken for it), and it expires joins that waited
 // longer than JoinTimeout.
 func (h *Hub) Run(ctx context.Context) {
