@@ -92,4 +92,11 @@ func TestSmokeIdleAndStorm(t *testing.T) {
 	if st := res.Storm; st == nil || len(st.Steps) != 1 || st.Steps[0].OK || st.Stopped != "failure" || st.BestRate != 0 {
 		t.Fatalf("storm beyond reach: %+v", st)
 	}
+	// The same step cut short by the cap ends the storm at the cap: its
+	// rate is not judged, and it is not a sustained rate either.
+	res = runLoad(t, "-mode", "storm", "-protocol", "seed", "-urls", urls, "-conns", "30", "-members", "10",
+		"-storm-start", "40000", "-storm-factor", "2", "-storm-step", "1ms", "-storm-min-achieved", "1")
+	if st := res.Storm; st == nil || len(st.Steps) != 1 || !st.Steps[0].Partial || !st.Steps[0].OK || st.Stopped != "cap" || st.BestRate != 0 {
+		t.Fatalf("storm cut by the cap: %+v", st)
+	}
 }
