@@ -19,7 +19,11 @@
 # SEND_QUEUE (4096), SERVER_CPUS (0), GEN_CPUS (1), OUT (results file,
 # default /tmp/wsload-results.jsonl: one JSON line per generator process),
 # PPROF_DIR (if set: a CPU profile of the first ws-user, taken for
-# PPROF_SECONDS (5) after the warm-up, is written there).
+# PPROF_SECONDS (5) after the warm-up, is written there), PERF_DIR (if set:
+# a kernel-and-user profile of the servers' CPU by Linux perf, PERF_SECONDS
+# (5) long from PERF_DELAY (the warm-up; 1s for W3, W4) on, folded into
+# PERF_DIR/server.folded, with system call counts in server.syscalls;
+# integration/load/perf-summary.sh PERF_DIR prints what it shows).
 set -euo pipefail
 
 workload=${1:?usage: $0 W1|W2|W3|W4 [wsload flags...]}
@@ -104,6 +108,29 @@ if [[ -n ${PPROF_DIR:-} ]]; then
 	pids+=($!)
 fi
 
+if [[ -n ${PERF_DIR:-} ]]; then
+	command -v perf >/dev/null || { echo "PERF_DIR needs perf (Debian: apt-get install linux-perf)" >&2; exit 1; }
+	mkdir -p "$PERF_DIR"
+	case $workload in W1 | W2) delay=${PERF_DELAY:-${WARMUP%s}} ;; *) delay=${PERF_DELAY:-1} ;; esac
+	syscalls=write,read,epoll_pwait,epoll_ctl,futex,nanosleep,accept4,fsync
+	(
+		sleep "$delay"
+		perf stat -a -C "$SERVER_CPUS" -o "$PERF_DIR/server.syscalls" \
+			-e "context-switches,page-faults,syscalls:sys_enter_${syscalls//,/,syscalls:sys_enter_}" \
+			-- sleep "${PERF_SECONDS:-5}" &
+		perf record -q -a -C "$SERVER_CPUS" -g -e cpu-clock -F "${PERF_FREQ:-2000}" -o "$work/perf.data" \
+			-- sleep "${PERF_SECONDS:-5}" 2>"$work/perf.log"
+		wait
+		# Folded here: the binaries perf resolves symbols from go with $work.
+		perf script -i "$work/perf.data" -F comm,ip,sym 2>>"$work/perf.log" |
+			awk -f "$root/integration/load/perf-fold.awk" >"$PERF_DIR/server.folded"
+	) &
+	perf_pid=$!
+	pids+=($perf_pid)
+fi
+# perf_done waits for the profile (a run shorter than its window cuts it).
+perf_done() { if [[ -n ${perf_pid:-} ]]; then wait "$perf_pid" || echo "perf failed: $(tail -n 3 "$work/perf.log")" >&2; fi; }
+
 gen=(taskset -c "$GEN_CPUS" "$work/wsload" -label "$workload" -protocol "$PROTOCOL" -urls "$urls" -pids "$server_pids")
 
 case $workload in
@@ -135,6 +162,7 @@ W3)
 		cat "$work/gen-$p.err" >&2
 		tee -a "$OUT" <"$work/gen-$p.json"
 	done
+	perf_done
 	exit "$status"
 	;;
 W4) "${gen[@]}" -mode storm -conns "$STORM_CAP" -members 10 -storm-start "$STORM_START" -storm-factor 1.5 "$@" | tee -a "$OUT" ;;
@@ -143,3 +171,4 @@ W4) "${gen[@]}" -mode storm -conns "$STORM_CAP" -members 10 -storm-start "$STORM
 	exit 2
 	;;
 esac
+perf_done

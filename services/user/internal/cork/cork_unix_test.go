@@ -5,6 +5,7 @@ package cork
 import (
 	"context"
 	"net/http"
+	"syscall"
 	"testing"
 	"time"
 
@@ -40,5 +41,15 @@ func TestWaitReadableGivesUpWhenIdle(t *testing.T) {
 	}
 	if r := next(); r.msg != "late" || r.err != nil {
 		t.Fatalf("read after giving up: %+v", r)
+	}
+}
+
+// BenchmarkSystemCall is the floor under every write BenchmarkBatch
+// measures: entering and leaving the kernel for a call that does nothing
+// (getppid). On a VM it can be ten times what bare metal costs, and each
+// batch pays it once.
+func BenchmarkSystemCall(b *testing.B) {
+	for b.Loop() {
+		syscall.Getppid()
 	}
 }
