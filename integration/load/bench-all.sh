@@ -20,5 +20,8 @@ for proto in seed extended; do
 	done
 	run PROTOCOL=$proto IDLE_CONNS=19000 HOLD=10s "$here/run-local.sh" W3
 	run PROTOCOL=$proto STORM_CAP=19000 STORM_START=1000 "$here/run-local.sh" W4 -storm-step 500ms
+	# The same storm on one ws-user (the other idle on the same core): what
+	# one instance takes.
+	run PROTOCOL=$proto TARGETS=1 STORM_CAP=19000 STORM_START=1000 "$here/run-local.sh" W4 -storm-step 500ms
 done
 (cd "$root/integration" && go run ./cmd/wsload table) <"$OUT"

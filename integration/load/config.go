@@ -59,7 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.StringVar(&c.mode, "mode", "fanout", "fanout | idle | storm")
 	fs.StringVar(&c.protocol, "protocol", "extended", "extended (hello, join acked, chat acked) | seed (join-room, chat, no acks)")
 	fs.StringVar(&urls, "urls", "ws://127.0.0.1:8080/ws", "comma-separated WebSocket URLs; clients are spread round-robin")
-	fs.StringVar(&sources, "source", "", "comma-separated local IPs to dial from, round-robin (more than ~28k connections per destination)")
+	fs.StringVar(&sources, "source", "", "comma-separated local IPs to dial from, round-robin (for more than ~10,000 connections per destination)")
 	fs.StringVar(&c.label, "label", "", "free text copied into the result (a workload name)")
 	fs.StringVar(&c.prefix, "prefix", "", "room name prefix; default load-<pid>-<time>, unique per run and process")
 	fs.IntVar(&c.rooms, "rooms", 10, "fanout: rooms")

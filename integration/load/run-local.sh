@@ -16,7 +16,9 @@
 # Environment: PROTOCOL (extended|seed), RATE (msg/s per publisher, 10),
 # WARMUP (2s), DURATION (10s), HOLD (10s), IDLE_CONNS (2000), PER_PROC
 # (18000), STORM_CAP (10000), STORM_START (200), RELAY_FSYNC (true),
-# SEND_QUEUE (4096), SERVER_CPUS (0), GEN_CPUS (1), OUT (results file,
+# SEND_QUEUE (4096), SERVER_CPUS (0), GEN_CPUS (1), TARGETS (2: how many
+# of the two ws-users the generator connects to; both always run),
+# STORM_SOURCES (127.0.0.2-5: W4 dials from these), OUT (results file,
 # default /tmp/wsload-results.jsonl: one JSON line per generator process),
 # PPROF_DIR (if set: a CPU profile of the first ws-user, taken for
 # PPROF_SECONDS (5) after the warm-up, is written there), PERF_DIR (if set:
@@ -131,6 +133,9 @@ fi
 # perf_done waits for the profile (a run shorter than its window cuts it).
 perf_done() { if [[ -n ${perf_pid:-} ]]; then wait "$perf_pid" || echo "perf failed: $(tail -n 3 "$work/perf.log")" >&2; fi; }
 
+TARGETS=${TARGETS:-2}
+((TARGETS >= 1 && TARGETS <= 2)) || { echo "TARGETS must be 1 or 2" >&2; exit 2; }
+((TARGETS == 1)) && urls=${urls%%,*}
 gen=(taskset -c "$GEN_CPUS" "$work/wsload" -label "$workload" -protocol "$PROTOCOL" -urls "$urls" -pids "$server_pids")
 
 case $workload in
@@ -165,7 +170,12 @@ W3)
 	perf_done
 	exit "$status"
 	;;
-W4) "${gen[@]}" -mode storm -conns "$STORM_CAP" -members 10 -storm-start "$STORM_START" -storm-factor 1.5 "$@" | tee -a "$OUT" ;;
+W4)
+	# Several source addresses: from one, connect() itself slows down past
+	# ~10,000 connections to one destination (see load/README.md).
+	"${gen[@]}" -mode storm -conns "$STORM_CAP" -members 10 -storm-start "$STORM_START" -storm-factor 1.5 \
+		-source "${STORM_SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}" "$@" | tee -a "$OUT"
+	;;
 *)
 	echo "unknown workload $workload (W1, W2, W3, W4)" >&2
 	exit 2

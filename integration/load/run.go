@@ -46,6 +46,14 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	r := newRunner(cfg, log, server)
+	if len(cfg.sources) == 0 && cfg.conns/len(cfg.urls) > manyPerSource {
+		// Linux's connect() takes even local ports first and searches
+		// them for a free one, slower and slower as they fill: past
+		// ~12,000 connections to one destination the generator, not the
+		// server, sets the pace.
+		log.Warn("many connections from one source address: the kernel's search for a free local port will slow the run down; spread them with -source 127.0.0.2,127.0.0.3,...",
+			"per_destination", cfg.conns/len(cfg.urls))
+	}
 	var res *Result
 	switch cfg.mode {
 	case "fanout":
@@ -68,6 +76,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	writeSummary(stderr, res)
 	return nil
 }
+
+// manyPerSource is the number of connections from one source address to
+// one destination past which connect() slows down (see Run).
+const manyPerSource = 10000
 
 // runner holds what every mode shares.
 type runner struct {

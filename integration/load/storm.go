@@ -2,6 +2,7 @@ package load
 
 import (
 	"context"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -39,7 +40,8 @@ func (r *runner) storm(ctx context.Context) (*Result, error) {
 		step := StormStep{Rate: rate, Conns: n, Partial: n < planned}
 		rec := newRecorder(4)
 		var failed atomic.Int64
-		var lastDone atomic.Int64
+		var firstDone, lastDone atomic.Int64
+		firstDone.Store(math.MaxInt64)
 		var wg sync.WaitGroup
 		start := r.now() + int64(10*time.Millisecond)
 		r.log.Info("storm step", "rate", rate, "conns", n)
@@ -60,12 +62,9 @@ func (r *runner) storm(ctx context.Context) (*Result, error) {
 					return
 				}
 				rec.record(idx, ns)
-				for done := r.now(); ; {
-					last := lastDone.Load()
-					if done <= last || lastDone.CompareAndSwap(last, done) {
-						break
-					}
-				}
+				done := r.now()
+				settle(&firstDone, done, func(cur int64) bool { return done < cur })
+				settle(&lastDone, done, func(cur int64) bool { return done > cur })
 				c := &conn{r: r, idx: idx, ws: ws}
 				mu.Lock()
 				conns = append(conns, c)
@@ -76,9 +75,7 @@ func (r *runner) storm(ctx context.Context) (*Result, error) {
 		wg.Wait()
 		h := rec.merged()
 		step.Failed = int(failed.Load())
-		if ok := int64(n - step.Failed); ok > 0 && lastDone.Load() > start {
-			step.Achieved = round(float64(ok) / (float64(lastDone.Load()-start) / 1e9))
-		}
+		step.Achieved = round(achievedRate(n-step.Failed, rate, start, firstDone.Load(), lastDone.Load()))
 		step.P50 = float64(h.ValueAtQuantile(50)) / 1000
 		step.P99 = float64(h.ValueAtQuantile(99)) / 1000
 		// A step is sustained only if the servers kept up with it: no
@@ -125,4 +122,31 @@ func (r *runner) storm(ctx context.Context) (*Result, error) {
 	res.Generator = makeUsage(r.self, selfBase, selfBase, selfEnd, elapsed, res.Conns)
 	res.Errors, res.ErrorCount = r.errs.snapshot()
 	return res, nil
+}
+
+// achievedRate is the rate at which a step's ok setups completed: over the
+// span from the first completion to the last, but never a shorter span than
+// their launches took (setups that queued behind the previous step must not
+// look faster than the schedule). Measuring from the step's start instead
+// would count the last setup's latency against the rate, and fail a short
+// step that keeps up with some latency (the setup p99 bound judges that).
+func achievedRate(ok int, rate float64, start, firstDone, lastDone int64) float64 {
+	switch {
+	case ok <= 0 || lastDone <= start:
+		return 0
+	case ok == 1:
+		return 1 / (float64(lastDone-start) / 1e9)
+	}
+	span := max(lastDone-firstDone, int64(float64(ok-1)*1e9/rate))
+	return float64(ok-1) / (float64(span) / 1e9)
+}
+
+// settle stores x in v for as long as better says x beats v's value.
+func settle(v *atomic.Int64, x int64, better func(cur int64) bool) {
+	for {
+		cur := v.Load()
+		if !better(cur) || v.CompareAndSwap(cur, x) {
+			return
+		}
+	}
 }

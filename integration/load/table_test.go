@@ -12,7 +12,7 @@ func TestWriteTable(t *testing.T) {
 		Server: &Usage{CPUPercent: 80, CPUPerMsgUs: 20.04, MemPerConn: 75000}}
 	idle := Result{Label: "W3", Mode: "idle", Protocol: "extended", Conns: 19000, TotalConns: 38000, HoldS: 10,
 		Server: &Usage{MemPerConn: 21500}}
-	storm := Result{Label: "W4", Mode: "storm", Protocol: "extended", Conns: 19000, Setup: &Latency{P50: 3, P99: 90, Max: 120},
+	storm := Result{Label: "W4", Mode: "storm", Protocol: "extended", URLs: []string{"ws://a/ws", "ws://b/ws"}, Conns: 19000, Setup: &Latency{P50: 3, P99: 90, Max: 120},
 		Storm: &Storm{BestRate: 3375, BestRatePerInstance: 1687.5, PeakAchieved: 6100, PeakAchievedPerInstance: 3050, Stopped: "failure"}}
 	var in strings.Builder
 	for _, r := range []Result{fan, idle, idle, storm} { // two idle generator processes
@@ -30,7 +30,7 @@ func TestWriteTable(t *testing.T) {
 	for i, want := range []string{
 		"| W1 | seed | 1000 | 40000 | 1.5 / 9.2 / 20 | 20.0 µs | 80 % | 75.0 KB | 0 / 0 / 0 |",
 		"| W3 | extended | 38000 | – | – | – | 0 % | 21.5 KB |",
-		"sustained 3375 conn/s (1688 per instance), peak achieved 6100 (3050 per instance), stopped by failure",
+		"storm on 2 instance(s): sustained 3375 conn/s (1688 per instance), peak achieved 6100 (3050 per instance), stopped by failure",
 	} {
 		if !strings.Contains(rows[2+i], want) {
 			t.Fatalf("row %d = %q, want it to contain %q", i, rows[2+i], want)
