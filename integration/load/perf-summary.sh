@@ -70,6 +70,6 @@ END { for (k in c) printf "%6.1f%%  %s\n", 100 * c[k] / t, k }' "$folded" | sort
 if [[ -s $dir/server.syscalls ]]; then
 	echo "== system calls and events on the servers' core, per second"
 	awk '/elapsed/ { secs = $1 } $1 ~ /^[0-9,]+$/ && $2 != "" { gsub(/,/, "", $1); v[$2] = $1 }
-		END { for (k in v) { name = k; sub(/^syscalls:sys_enter_/, "", name); printf "%10.0f  %s\n", v[k] / secs, name } }' \
+		END { if (secs <= 0) exit; for (k in v) { name = k; sub(/^syscalls:sys_enter_/, "", name); printf "%10.0f  %s\n", v[k] / secs, name } }' \
 		"$dir/server.syscalls" | sort -rn
 fi

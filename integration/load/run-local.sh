@@ -22,10 +22,12 @@
 # default /tmp/wsload-results.jsonl: one JSON line per generator process),
 # PPROF_DIR (if set: a CPU profile of the first ws-user, taken for
 # PPROF_SECONDS (5) after the warm-up, is written there), PERF_DIR (if set:
-# a kernel-and-user profile of the servers' CPU by Linux perf, PERF_SECONDS
-# (5) long from PERF_DELAY (the warm-up; 1s for W3, W4) on, folded into
-# PERF_DIR/server.folded, with system call counts in server.syscalls;
-# integration/load/perf-summary.sh PERF_DIR prints what it shows).
+# a kernel-and-user profile of the servers' CPU by Linux perf at PERF_FREQ
+# (2000) samples a second, PERF_SECONDS (5) long from PERF_DELAY (the
+# warm-up; 1s for W3, W4) on, folded into PERF_DIR/server.folded, with
+# system call counts in server.syscalls; integration/load/perf-summary.sh
+# PERF_DIR prints what it shows. The run waits for the profile: keep its
+# window inside the run).
 set -euo pipefail
 
 workload=${1:?usage: $0 W1|W2|W3|W4 [wsload flags...]}
@@ -101,10 +103,22 @@ for i in 1 2; do
 done
 echo "relayer $relayer, ws-users $urls, server pids $server_pids" >&2
 
+# seconds DURATION prints a Go-style duration (500ms, 2s, 1m) in seconds,
+# for sleep.
+seconds() {
+	case $1 in
+	*ms) awk -v v="${1%ms}" 'BEGIN { print v / 1000 }' ;;
+	*s) echo "${1%s}" ;;
+	*m) awk -v v="${1%m}" 'BEGIN { print v * 60 }' ;;
+	*) echo "cannot read the duration $1 (use ms, s or m)" >&2 && return 1 ;;
+	esac
+}
+warmup_s=$(seconds "$WARMUP")
+
 if [[ -n ${PPROF_DIR:-} ]]; then
 	mkdir -p "$PPROF_DIR"
 	(
-		sleep "${WARMUP%s}"
+		sleep "$warmup_s"
 		curl -s -o "$PPROF_DIR/ws-user-1.cpu.pprof" "http://127.0.0.1:6061/debug/pprof/profile?seconds=${PPROF_SECONDS:-5}"
 	) &
 	pids+=($!)
@@ -113,16 +127,17 @@ fi
 if [[ -n ${PERF_DIR:-} ]]; then
 	command -v perf >/dev/null || { echo "PERF_DIR needs perf (Debian: apt-get install linux-perf)" >&2; exit 1; }
 	mkdir -p "$PERF_DIR"
-	case $workload in W1 | W2) delay=${PERF_DELAY:-${WARMUP%s}} ;; *) delay=${PERF_DELAY:-1} ;; esac
+	case $workload in W1 | W2) delay=${PERF_DELAY:-$warmup_s} ;; *) delay=${PERF_DELAY:-1} ;; esac
 	syscalls=write,read,epoll_pwait,epoll_ctl,futex,nanosleep,accept4,fsync
 	(
 		sleep "$delay"
 		perf stat -a -C "$SERVER_CPUS" -o "$PERF_DIR/server.syscalls" \
 			-e "context-switches,page-faults,syscalls:sys_enter_${syscalls//,/,syscalls:sys_enter_}" \
-			-- sleep "${PERF_SECONDS:-5}" &
+			-- sleep "${PERF_SECONDS:-5}" 2>"$work/perf-stat.log" &
+		stat_pid=$!
 		perf record -q -a -C "$SERVER_CPUS" -g -e cpu-clock -F "${PERF_FREQ:-2000}" -o "$work/perf.data" \
-			-- sleep "${PERF_SECONDS:-5}" 2>"$work/perf.log"
-		wait
+			-- sleep "${PERF_SECONDS:-5}" 2>"$work/perf.log" || { wait "$stat_pid"; exit 1; }
+		wait "$stat_pid" || { cat "$work/perf-stat.log" >>"$work/perf.log"; exit 1; }
 		# Folded here: the binaries perf resolves symbols from go with $work.
 		perf script -i "$work/perf.data" -F comm,ip,sym 2>>"$work/perf.log" |
 			awk -f "$root/integration/load/perf-fold.awk" >"$PERF_DIR/server.folded"
@@ -130,7 +145,8 @@ if [[ -n ${PERF_DIR:-} ]]; then
 	perf_pid=$!
 	pids+=($perf_pid)
 fi
-# perf_done waits for the profile (a run shorter than its window cuts it).
+# perf_done waits for the profile to be written (if the run ended first,
+# the profile's window still runs to its end).
 perf_done() { if [[ -n ${perf_pid:-} ]]; then wait "$perf_pid" || echo "perf failed: $(tail -n 3 "$work/perf.log")" >&2; fi; }
 
 TARGETS=${TARGETS:-2}
@@ -142,7 +158,7 @@ case $workload in
 W1) "${gen[@]}" -rooms 100 -members 10 -publishers 1 -rate "$RATE" -warmup "$WARMUP" -duration "$DURATION" "$@" | tee -a "$OUT" ;;
 W2) "${gen[@]}" -rooms 1 -members 1000 -publishers 1 -rate "$RATE" -warmup "$WARMUP" -duration "$DURATION" "$@" | tee -a "$OUT" ;;
 W3)
-	total=$((IDLE_CONNS * 2))
+	total=$((IDLE_CONNS * TARGETS))
 	procs=$(((total + PER_PROC - 1) / PER_PROC))
 	limit=$(ulimit -n)
 	if ((IDLE_CONNS + 200 > limit)); then

@@ -46,13 +46,13 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	r := newRunner(cfg, log, server)
-	if len(cfg.sources) == 0 && cfg.conns/len(cfg.urls) > manyPerSource {
+	if perPair := cfg.conns / len(cfg.urls) / max(len(cfg.sources), 1); perPair > manyPerSource {
 		// Linux's connect() takes even local ports first and searches
 		// them for a free one, slower and slower as they fill: past
 		// ~12,000 connections to one destination the generator, not the
 		// server, sets the pace.
-		log.Warn("many connections from one source address: the kernel's search for a free local port will slow the run down; spread them with -source 127.0.0.2,127.0.0.3,...",
-			"per_destination", cfg.conns/len(cfg.urls))
+		log.Warn("many connections from one source address to one destination: the kernel's search for a free local port will slow the run down; spread them over more -source addresses (127.0.0.2,127.0.0.3,...)",
+			"per_source_and_destination", perPair)
 	}
 	var res *Result
 	switch cfg.mode {
@@ -202,14 +202,16 @@ type conn struct {
 	acks      int64
 }
 
-// connect dials connection i: URL and source address round-robin.
+// connect dials connection i: URL and source address round-robin, each
+// URL from every source in turn (i%len(urls) alone would pair the two
+// lists up when their lengths share a factor).
 func (r *runner) connect(ctx context.Context, i int) (*wsConn, int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.connectTimeout)
 	defer cancel()
 	u := r.cfg.urls[i%len(r.cfg.urls)]
 	o := dialOptions{readBuf: r.cfg.readBuffer, tlsConfig: r.tlsConfig}
 	if len(r.cfg.sources) > 0 {
-		o.local = r.cfg.sources[i%len(r.cfg.sources)]
+		o.local = r.cfg.sources[(i/len(r.cfg.urls))%len(r.cfg.sources)]
 	}
 	start := r.now()
 	ws, err := dialWS(ctx, u, o)

@@ -85,17 +85,17 @@ func TestSmokeIdleAndStorm(t *testing.T) {
 		st.PeakAchieved < st.Steps[0].Achieved || st.PeakAchievedPerInstance != round(st.PeakAchieved/2) {
 		t.Fatalf("storm: %+v %+v", res, st)
 	}
-	// A rate no server can reach in a step this short is not "sustained",
-	// even though every connection succeeds.
+	// A rate no server can reach (40 setups completing within 10 µs) is
+	// not "sustained", even though every connection succeeds.
 	res = runLoad(t, "-mode", "storm", "-protocol", "seed", "-urls", urls, "-conns", "40", "-members", "10",
-		"-storm-start", "40000", "-storm-factor", "2", "-storm-step", "1ms", "-storm-min-achieved", "1")
+		"-storm-start", "4000000", "-storm-max-rate", "4000000", "-storm-step", "10us", "-storm-min-achieved", "1")
 	if st := res.Storm; st == nil || len(st.Steps) != 1 || st.Steps[0].OK || st.Stopped != "failure" || st.BestRate != 0 {
 		t.Fatalf("storm beyond reach: %+v", st)
 	}
 	// The same step cut short by the cap ends the storm at the cap: its
 	// rate is not judged, and it is not a sustained rate either.
 	res = runLoad(t, "-mode", "storm", "-protocol", "seed", "-urls", urls, "-conns", "30", "-members", "10",
-		"-storm-start", "40000", "-storm-factor", "2", "-storm-step", "1ms", "-storm-min-achieved", "1")
+		"-storm-start", "4000000", "-storm-max-rate", "4000000", "-storm-step", "10us", "-storm-min-achieved", "1")
 	if st := res.Storm; st == nil || len(st.Steps) != 1 || !st.Steps[0].Partial || !st.Steps[0].OK || st.Stopped != "cap" || st.BestRate != 0 {
 		t.Fatalf("storm cut by the cap: %+v", st)
 	}

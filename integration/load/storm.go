@@ -86,7 +86,11 @@ func (r *runner) storm(ctx context.Context) (*Result, error) {
 		// the best rate anyway.
 		step.OK = step.Failed == 0 && time.Duration(h.ValueAtQuantile(99))*time.Microsecond <= cfg.stormMaxP99 &&
 			(step.Partial || step.Achieved >= cfg.stormMinAchieved*rate)
-		st.PeakAchieved = max(st.PeakAchieved, step.Achieved)
+		if !step.Partial {
+			// A short last step that keeps up reads exactly its rate,
+			// which nothing sustained.
+			st.PeakAchieved = max(st.PeakAchieved, step.Achieved)
+		}
 		st.Steps = append(st.Steps, step)
 		total += n
 		failedTotal += step.Failed
@@ -126,10 +130,11 @@ func (r *runner) storm(ctx context.Context) (*Result, error) {
 
 // achievedRate is the rate at which a step's ok setups completed: over the
 // span from the first completion to the last, but never a shorter span than
-// their launches took (setups that queued behind the previous step must not
-// look faster than the schedule). Measuring from the step's start instead
-// would count the last setup's latency against the rate, and fail a short
-// step that keeps up with some latency (the setup p99 bound judges that).
+// their launches took (setups held up by a stall and then finished in a
+// burst must not look faster than the schedule). Measuring from the step's
+// start instead would count the last setup's latency against the rate, and
+// fail a short step that keeps up with some latency (the setup p99 bound
+// judges that). One setup has no span: it is measured from the start.
 func achievedRate(ok int, rate float64, start, firstDone, lastDone int64) float64 {
 	switch {
 	case ok <= 0 || lastDone <= start:

@@ -71,8 +71,12 @@ func tableRow(r *Result) string {
 	case "storm":
 		if s := r.Storm; s != nil {
 			rate = dash
-			notes = cell("storm on %d instance(s): sustained %.0f conn/s (%.0f per instance), peak achieved %.0f (%.0f per instance), stopped by %s",
-				len(r.URLs), s.BestRate, s.BestRatePerInstance, s.PeakAchieved, s.PeakAchievedPerInstance, s.Stopped)
+			on := ""
+			if len(r.URLs) > 0 {
+				on = cell(" on %d instance(s)", len(r.URLs))
+			}
+			notes = cell("storm%s: sustained %.0f conn/s (%.0f per instance), peak achieved %.0f (%.0f per instance), stopped by %s",
+				on, s.BestRate, s.BestRatePerInstance, s.PeakAchieved, s.PeakAchievedPerInstance, s.Stopped)
 		}
 		if l := r.Setup; l != nil {
 			lat = cell("setup %.0f / %.0f / %.0f", l.P50, l.P99, l.Max)

@@ -46,7 +46,7 @@ func TestWaitReadableGivesUpWhenIdle(t *testing.T) {
 
 // BenchmarkSystemCall is the floor under every write BenchmarkBatch
 // measures: entering and leaving the kernel for a call that does nothing
-// (getppid). On a VM it can be ten times what bare metal costs, and each
+// (getppid). On a VM it can be many times what bare metal costs, and each
 // batch pays it once.
 func BenchmarkSystemCall(b *testing.B) {
 	for b.Loop() {
