@@ -46,6 +46,24 @@ SERVER_CPUS=${SERVER_CPUS:-0}
 GEN_CPUS=${GEN_CPUS:-1}
 OUT=${OUT:-/tmp/wsload-results.jsonl}
 SECRET=run-local-secret
+TARGETS=${TARGETS:-2}
+# Bad settings fail here, before anything is built or started.
+((TARGETS >= 1 && TARGETS <= 2)) || { echo "TARGETS must be 1 or 2" >&2; exit 2; }
+if [[ -n ${PERF_DIR:-} ]] && ! command -v perf >/dev/null; then
+	echo "PERF_DIR needs perf (Debian: apt-get install linux-perf)" >&2
+	exit 1
+fi
+# seconds DURATION prints a Go-style duration (500ms, 2s, 1m) in seconds,
+# for sleep.
+seconds() {
+	case $1 in
+	*ms) awk -v v="${1%ms}" 'BEGIN { print v / 1000 }' ;;
+	*s) echo "${1%s}" ;;
+	*m) awk -v v="${1%m}" 'BEGIN { print v * 60 }' ;;
+	*) echo "cannot read the duration $1 (use ms, s or m)" >&2 && return 1 ;;
+	esac
+}
+warmup_s=$(seconds "$WARMUP")
 
 work=$(mktemp -d /tmp/wsload-run.XXXXXX)
 pids=()
@@ -103,18 +121,6 @@ for i in 1 2; do
 done
 echo "relayer $relayer, ws-users $urls, server pids $server_pids" >&2
 
-# seconds DURATION prints a Go-style duration (500ms, 2s, 1m) in seconds,
-# for sleep.
-seconds() {
-	case $1 in
-	*ms) awk -v v="${1%ms}" 'BEGIN { print v / 1000 }' ;;
-	*s) echo "${1%s}" ;;
-	*m) awk -v v="${1%m}" 'BEGIN { print v * 60 }' ;;
-	*) echo "cannot read the duration $1 (use ms, s or m)" >&2 && return 1 ;;
-	esac
-}
-warmup_s=$(seconds "$WARMUP")
-
 if [[ -n ${PPROF_DIR:-} ]]; then
 	mkdir -p "$PPROF_DIR"
 	(
@@ -125,7 +131,6 @@ if [[ -n ${PPROF_DIR:-} ]]; then
 fi
 
 if [[ -n ${PERF_DIR:-} ]]; then
-	command -v perf >/dev/null || { echo "PERF_DIR needs perf (Debian: apt-get install linux-perf)" >&2; exit 1; }
 	mkdir -p "$PERF_DIR"
 	case $workload in W1 | W2) delay=${PERF_DELAY:-$warmup_s} ;; *) delay=${PERF_DELAY:-1} ;; esac
 	syscalls=write,read,epoll_pwait,epoll_ctl,futex,nanosleep,accept4,fsync
@@ -149,8 +154,6 @@ fi
 # the profile's window still runs to its end).
 perf_done() { if [[ -n ${perf_pid:-} ]]; then wait "$perf_pid" || echo "perf failed: $(tail -n 3 "$work/perf.log")" >&2; fi; }
 
-TARGETS=${TARGETS:-2}
-((TARGETS >= 1 && TARGETS <= 2)) || { echo "TARGETS must be 1 or 2" >&2; exit 2; }
 ((TARGETS == 1)) && urls=${urls%%,*}
 gen=(taskset -c "$GEN_CPUS" "$work/wsload" -label "$workload" -protocol "$PROTOCOL" -urls "$urls" -pids "$server_pids")
 
