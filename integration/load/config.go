@@ -33,6 +33,7 @@ type config struct {
 	hold               time.Duration
 
 	stormStart, stormFactor, stormMaxRate float64
+	stormRefine                           int
 	stormMinAchieved                      float64
 	stormStep, stormMaxP99                time.Duration
 
@@ -80,6 +81,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.hold, "hold", 10*time.Second, "idle: how long to hold the connections")
 	fs.Float64Var(&c.stormStart, "storm-start", 100, "storm: first step, connections per second (all instances)")
 	fs.Float64Var(&c.stormFactor, "storm-factor", 1.5, "storm: rate multiplier per step")
+	fs.IntVar(&c.stormRefine, "storm-refine", 3, "storm: bisection steps between the last sustained rate and the first failed one")
 	fs.Float64Var(&c.stormMaxRate, "storm-max-rate", 50000, "storm: highest step rate")
 	fs.DurationVar(&c.stormStep, "storm-step", 2*time.Second, "storm: length of a step")
 	fs.Float64Var(&c.stormMinAchieved, "storm-min-achieved", 0.9, "storm: a step fails when fewer than this fraction of its planned rate complete per second")
@@ -163,6 +165,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	if !(c.stormStart > 0) || !(c.stormFactor > 1) || c.stormMaxRate < c.stormStart {
 		bad("-storm-start must be positive, -storm-factor above 1, -storm-max-rate at least -storm-start")
+	}
+	if c.stormRefine < 0 || c.stormRefine > 20 {
+		bad("-storm-refine must be in [0, 20]")
 	}
 	if c.readBuffer < 512 || c.readBuffer > 1<<20 {
 		bad("-read-buffer must be in [512, 1MiB]")

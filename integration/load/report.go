@@ -55,10 +55,13 @@ type Result struct {
 
 // Storm is the outcome of a connection storm.
 type Storm struct {
-	Steps               []StormStep `json:"steps"`
-	BestRate            float64     `json:"best_rate"` // sustained connections/s, all instances
-	BestRatePerInstance float64     `json:"best_rate_per_instance"`
-	Stopped             string      `json:"stopped"` // failure | cap | max_rate | deadline
+	Steps []StormStep `json:"steps"`
+	// BestRate is the highest rate sustained, in connections/s over all
+	// instances: what the best step that kept up achieved, at most its
+	// plan.
+	BestRate            float64 `json:"best_rate"`
+	BestRatePerInstance float64 `json:"best_rate_per_instance"`
+	Stopped             string  `json:"stopped"` // failure | cap | max_rate | deadline
 	// PeakAchieved is the highest completion rate of any step, sustained
 	// or not: what the servers managed while falling behind.
 	PeakAchieved            float64 `json:"peak_achieved_rate"`
@@ -77,6 +80,8 @@ type StormStep struct {
 	// Partial: cut short by the connection cap; it does not count as
 	// sustained.
 	Partial bool `json:"partial,omitempty"`
+	// Refine: a bisection step after the first failure.
+	Refine bool `json:"refine,omitempty"`
 }
 
 func writeSummary(w io.Writer, r *Result) {
@@ -102,7 +107,8 @@ func writeSummary(w io.Writer, r *Result) {
 		if s := r.Storm; s != nil {
 			for _, st := range s.Steps {
 				fmt.Fprintf(&b, "step %8.0f/s: %6d conns, %4d failed, achieved %8.0f/s, setup p50 %.1f p99 %.1f ms, ok=%v%s\n",
-					st.Rate, st.Conns, st.Failed, st.Achieved, st.P50, st.P99, st.OK, map[bool]string{true: " (partial)"}[st.Partial])
+					st.Rate, st.Conns, st.Failed, st.Achieved, st.P50, st.P99, st.OK,
+					map[bool]string{true: " (partial)"}[st.Partial]+map[bool]string{true: " (refine)"}[st.Refine])
 			}
 			fmt.Fprintf(&b, "best sustained: %.0f conns/s (%.0f per instance), stopped by %s; peak achieved %.0f conns/s (%.0f per instance)\n",
 				s.BestRate, s.BestRatePerInstance, s.Stopped, s.PeakAchieved, s.PeakAchievedPerInstance)
