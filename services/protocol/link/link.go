@@ -16,7 +16,9 @@ package link
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 
 	"github.com/wschat/wschat/services/protocol"
 )
@@ -154,6 +156,28 @@ func Split(data []byte, fn func(*Frame) error) error {
 		}
 	}
 	return nil
+}
+
+// ReadMessage reads r, one link message, to its end into buf's array,
+// growing it as needed, and returns the message. A link reads every
+// message into the same buffer this way instead of allocating one per
+// message (io.ReadAll's way): frames copy whatever they keep, so the bytes
+// are free again once Split returns.
+func ReadMessage(r io.Reader, buf []byte) ([]byte, error) {
+	buf = buf[:0]
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if errors.Is(err, io.EOF) {
+			return buf, nil
+		}
+		if err != nil {
+			return buf, err
+		}
+	}
 }
 
 // AppendMember appends a frame about one member (join, leave, presence),

@@ -1,8 +1,12 @@
 package link
 
 import (
+	"bytes"
+	"errors"
+	"io"
 	"strings"
 	"testing"
+	"testing/iotest"
 
 	"github.com/wschat/wschat/services/protocol"
 )
@@ -41,4 +45,40 @@ func TestSplitRejectsGarbage(t *testing.T) {
 	if err := Split([]byte("\n\n"), func(*Frame) error { t.Fatal("no frame expected"); return nil }); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func TestReadMessageReusesItsBuffer(t *testing.T) {
+	var buf []byte
+	for _, msg := range []string{strings.Repeat("a", 10000), "bc", strings.Repeat("d", 300)} {
+		// Short reads must not lose a byte.
+		got, err := ReadMessage(iotest.HalfReader(strings.NewReader(msg)), buf)
+		if err != nil || string(got) != msg {
+			t.Fatalf("read %d bytes, err %v; want the %d-byte message", len(got), err, len(msg))
+		}
+		if buf != nil && &got[:1][0] != &buf[:1][0] {
+			t.Fatalf("a %d-byte message took a new array; the %d-byte one was there", len(msg), cap(buf))
+		}
+		buf = got
+	}
+	boom := errors.New("boom")
+	if _, err := ReadMessage(iotest.DataErrReader(iotest.ErrReader(boom)), buf); !errors.Is(err, boom) {
+		t.Fatalf("err %v, want the reader's", err)
+	}
+}
+
+func BenchmarkReadMessage(b *testing.B) {
+	msg := bytes.Repeat([]byte(`{"t":"msg","msg":{"room":"r","seq":1,"message":"hello"}}`+"\n"), 200)
+	b.Run("ReadMessage", func(b *testing.B) {
+		var buf []byte
+		b.ReportAllocs()
+		for b.Loop() {
+			buf, _ = ReadMessage(bytes.NewReader(msg), buf)
+		}
+	})
+	b.Run("io.ReadAll", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			_, _ = io.ReadAll(bytes.NewReader(msg))
+		}
+	})
 }

@@ -107,6 +107,9 @@ func (c *conn) close(code websocket.StatusCode, reason string, flush bool, why s
 	c.signal()
 }
 
+// keepReadBuffer bounds the read buffer a link keeps between messages.
+const keepReadBuffer = 1 << 20
+
 // maxMessage bounds one link message: a backlog goes out in several, cut
 // at frame boundaries, so it never exceeds the gateway's read limit.
 const maxMessage = 1 << 20
@@ -222,8 +225,15 @@ var errSyncFirst = errors.New("the first frame of a link must be sync")
 // ends, and says why it ended.
 func (c *conn) readLoop() error {
 	first := true
+	var data []byte
 	for {
-		_, data, err := c.ws.Read(c.ctx)
+		if cap(data) > keepReadBuffer {
+			data = nil // a large message is not kept for good
+		}
+		_, r, err := c.ws.Reader(c.ctx)
+		if err == nil {
+			data, err = link.ReadMessage(r, data)
+		}
 		if err != nil {
 			return err
 		}

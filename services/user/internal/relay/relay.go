@@ -349,17 +349,27 @@ func (b *Bus) writeLoop(ctx context.Context, conn *websocket.Conn) error {
 }
 
 func (b *Bus) readLoop(ctx context.Context, conn *websocket.Conn) error {
+	var buf []byte
 	for {
-		_, data, err := conn.Read(ctx)
+		if cap(buf) > keepReadBuffer {
+			buf = nil // a resync's large message is not kept for good
+		}
+		_, r, err := conn.Reader(ctx)
+		if err == nil {
+			buf, err = link.ReadMessage(r, buf)
+		}
 		if err != nil {
 			return fmt.Errorf("read link: %w", err)
 		}
-		if err := link.Split(data, b.handle); err != nil {
+		if err := link.Split(buf, b.handle); err != nil {
 			conn.Close(websocket.StatusPolicyViolation, "bad link frame")
 			return err
 		}
 	}
 }
+
+// keepReadBuffer bounds the link read buffer kept between messages.
+const keepReadBuffer = 1 << 20
 
 func (b *Bus) pingLoop(ctx context.Context, conn *websocket.Conn) error {
 	t := time.NewTicker(b.cfg.PingInterval)
