@@ -61,7 +61,9 @@ type Storm struct {
 	// plan.
 	BestRate            float64 `json:"best_rate"`
 	BestRatePerInstance float64 `json:"best_rate_per_instance"`
-	Stopped             string  `json:"stopped"` // failure | cap | max_rate | deadline
+	// Stopped says how the rising steps ended (failure | cap | max_rate |
+	// deadline), whatever then cut the bisection short.
+	Stopped string `json:"stopped"`
 	// PeakAchieved is the highest completion rate of any step, sustained
 	// or not: what the servers managed while falling behind.
 	PeakAchieved            float64 `json:"peak_achieved_rate"`

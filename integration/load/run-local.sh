@@ -11,7 +11,8 @@
 # W3  idle: IDLE_CONNS connections per instance (default 2000; 19000 is the
 #     most one ws-user can hold under the 20,000 open-files limit), split
 #     over several generator processes of at most PER_PROC connections
-# W4  connection storm, rate x1.5 per step up to STORM_CAP connections
+# W4  connection storm, rate x1.5 per step until one fails, then the edge
+#     bisected (wsload -storm-refine), up to STORM_CAP connections in all
 #
 # Environment: PROTOCOL (extended|seed), RATE (msg/s per publisher, 10),
 # WARMUP (2s), DURATION (10s), HOLD (10s), IDLE_CONNS (2000), PER_PROC

@@ -25,7 +25,7 @@ func (r *runner) storm(ctx context.Context) (*Result, error) {
 	total := 0
 	st := ramp(ctx, cfg, func(rate float64, n int, partial bool) StormStep {
 		s := r.stormStep(ctx, rate, n, total, partial, kept)
-		total += n
+		total += s.Conns
 		return s
 	}, func() error {
 		return r.sleepUntil(ctx, r.now()+int64(cfg.stormStep))
@@ -104,6 +104,7 @@ func (r *runner) stormStep(ctx context.Context, rate float64, n, first int, part
 	var wg sync.WaitGroup
 	start := r.now() + int64(10*time.Millisecond)
 	r.log.Info("storm step", "rate", rate, "conns", n)
+	launched := 0
 	for j := range n {
 		due := start + int64(float64(j)*1e9/rate)
 		// Timers are coarser than a millisecond: launch whatever is due
@@ -114,6 +115,7 @@ func (r *runner) stormStep(ctx context.Context, rate float64, n, first int, part
 			}
 		}
 		idx := first + j
+		launched++
 		wg.Go(func() {
 			ws, ns, err := r.setup(ctx, idx, roomName(cfg.prefix, idx/cfg.members))
 			if err != nil {
@@ -133,8 +135,10 @@ func (r *runner) stormStep(ctx context.Context, rate float64, n, first int, part
 	}
 	wg.Wait()
 	lat := rec.merged()
+	// The run's end may cut the launches short.
+	step.Conns = launched
 	step.Failed = int(failed.Load())
-	step.Achieved = round(achievedRate(n-step.Failed, rate, start, firstDone.Load(), lastDone.Load()))
+	step.Achieved = round(achievedRate(launched-step.Failed, rate, start, firstDone.Load(), lastDone.Load()))
 	step.P50 = float64(lat.ValueAtQuantile(50)) / 1000
 	step.P99 = float64(lat.ValueAtQuantile(99)) / 1000
 	step.OK = step.Failed == 0 && time.Duration(lat.ValueAtQuantile(99))*time.Microsecond <= cfg.stormMaxP99 &&
@@ -159,7 +163,7 @@ func ramp(ctx context.Context, cfg *config, run func(rate float64, n int, partia
 			st.PeakAchieved = max(st.PeakAchieved, s.Achieved)
 		}
 		st.Steps = append(st.Steps, s)
-		total += n
+		total += s.Conns
 		return s
 	}
 	// A step kept up with by at least -storm-min-achieved of its plan
@@ -194,7 +198,8 @@ func ramp(ctx context.Context, cfg *config, run func(rate float64, n int, partia
 		}
 	}
 	// Bisect between the last sustained step's plan and the failed one,
-	// in whole steps only (a partial one proves nothing).
+	// in whole steps only (a partial one proves nothing). Nothing failed:
+	// hi is 0, and so is the first step.
 	lo, hi := 0.0, failedAt
 	if n := len(st.Steps); n >= 2 && failedAt > 0 {
 		lo = st.Steps[n-2].Rate
@@ -202,7 +207,7 @@ func ramp(ctx context.Context, cfg *config, run func(rate float64, n int, partia
 	for range cfg.stormRefine {
 		rate := (lo + hi) / 2
 		n := int(rate * cfg.stormStep.Seconds())
-		if hi == 0 || n <= 0 || n > cfg.conns-total || ctx.Err() != nil || pause() != nil {
+		if n <= 0 || n > cfg.conns-total || ctx.Err() != nil || pause() != nil {
 			break
 		}
 		if s := step(rate, n, false, true); s.OK {

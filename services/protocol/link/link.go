@@ -16,7 +16,6 @@ package link
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 
@@ -129,7 +128,8 @@ func AppendPub(dst []byte, mid string, m *protocol.Message) []byte {
 // Split calls fn for each frame of one link message, in order, and stops at
 // the first error. A frame that does not decode is an error: the link is
 // between trusted peers, so a bad frame means a bug or a version mismatch,
-// and the caller closes the link.
+// and the caller closes the link. Frames never point into data: both ends
+// reuse its array for the next message while frames are still queued.
 func Split(data []byte, fn func(*Frame) error) error {
 	for len(data) > 0 {
 		line := data
@@ -165,13 +165,16 @@ func Split(data []byte, fn func(*Frame) error) error {
 // are free again once Split returns.
 func ReadMessage(r io.Reader, buf []byte) ([]byte, error) {
 	buf = buf[:0]
+	if cap(buf) == 0 {
+		buf = make([]byte, 0, 512)
+	}
 	for {
 		if len(buf) == cap(buf) {
 			buf = append(buf, 0)[:len(buf)]
 		}
 		n, err := r.Read(buf[len(buf):cap(buf)])
 		buf = buf[:len(buf)+n]
-		if errors.Is(err, io.EOF) {
+		if err == io.EOF { // io.Reader's contract: EOF itself, never wrapped
 			return buf, nil
 		}
 		if err != nil {

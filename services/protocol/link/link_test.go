@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"reflect"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -81,4 +82,32 @@ func BenchmarkReadMessage(b *testing.B) {
 			_, _ = io.ReadAll(bytes.NewReader(msg))
 		}
 	})
+}
+
+// Both ends read the next message into the array the last one's frames
+// came from: no frame may point into it, on either decoding path.
+func TestSplitFramesOutliveTheirBytes(t *testing.T) {
+	want := []Frame{
+		{T: OpMsg, Msg: &protocol.Message{Room: "lobby", Seq: 9, From: "ann", UID: "u1", Text: "hello", TS: 1}}, // fast path
+		{T: OpMsg, Msg: &protocol.Message{Room: "lobby", Seq: 10, Text: "line\nbreak"}},                         // encoding/json
+		{T: OpJoin, Room: "lobby", Member: &protocol.Member{ID: "u1", Nick: "ann", Instance: "i1"}},
+		{T: OpSync, Rooms: []RoomState{{Room: "r", Members: []protocol.Member{{ID: "u2", Nick: "bo"}}}}},
+	}
+	var data []byte
+	for i := range want {
+		var err error
+		if data, err = Append(data, &want[i]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []Frame
+	if err := Split(data, func(f *Frame) error { got = append(got, *f); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for i := range data {
+		data[i] = 'x'
+	}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("after the message's bytes were overwritten the frames read\n%+v\nwant\n%+v", got, want)
+	}
 }

@@ -107,9 +107,6 @@ func (c *conn) close(code websocket.StatusCode, reason string, flush bool, why s
 	c.signal()
 }
 
-// keepReadBuffer bounds the read buffer a link keeps between messages.
-const keepReadBuffer = 1 << 20
-
 // maxMessage bounds one link message: a backlog goes out in several, cut
 // at frame boundaries, so it never exceeds the gateway's read limit.
 const maxMessage = 1 << 20
@@ -180,7 +177,7 @@ func (c *conn) writeLoop() {
 		}
 		// data's array is free again; a large one is not kept, and then
 		// spare must not keep pointing at the array out now uses.
-		if cap(data) <= 1<<20 {
+		if cap(data) <= keepBuffer {
 			c.spare = data
 		} else {
 			c.spare = nil
@@ -221,13 +218,17 @@ func (c *conn) pingLoop() {
 
 var errSyncFirst = errors.New("the first frame of a link must be sync")
 
+// keepBuffer bounds a buffer a link keeps for the next message: a backlog's
+// or a resync's large one is let go.
+const keepBuffer = 1 << 20
+
 // readLoop forwards every message's frames to the sequencer until the link
 // ends, and says why it ended.
 func (c *conn) readLoop() error {
 	first := true
 	var data []byte
 	for {
-		if cap(data) > keepReadBuffer {
+		if cap(data) > keepBuffer {
 			data = nil // a large message is not kept for good
 		}
 		_, r, err := c.ws.Reader(c.ctx)

@@ -351,7 +351,7 @@ func (b *Bus) writeLoop(ctx context.Context, conn *websocket.Conn) error {
 func (b *Bus) readLoop(ctx context.Context, conn *websocket.Conn) error {
 	var buf []byte
 	for {
-		if cap(buf) > keepReadBuffer {
+		if cap(buf) > keepBuffer {
 			buf = nil // a resync's large message is not kept for good
 		}
 		_, r, err := conn.Reader(ctx)
@@ -368,8 +368,8 @@ func (b *Bus) readLoop(ctx context.Context, conn *websocket.Conn) error {
 	}
 }
 
-// keepReadBuffer bounds the link read buffer kept between messages.
-const keepReadBuffer = 1 << 20
+// keepBuffer bounds the read buffer the link keeps for the next message.
+const keepBuffer = 1 << 20
 
 func (b *Bus) pingLoop(ctx context.Context, conn *websocket.Conn) error {
 	t := time.NewTicker(b.cfg.PingInterval)
