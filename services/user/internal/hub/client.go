@@ -352,10 +352,12 @@ type queue struct {
 
 // push queues b. ok is false when the queue is full; start tells the
 // caller to start the writer, none running. A lazy push wakes and starts
-// nothing (see kick).
+// nothing (see kick). An empty queue takes a frame over the byte limit:
+// the server made it (a join's history, a fetch's answer), and refusing it
+// would disconnect the client every time it asked again.
 func (q *queue) push(b []byte, lazy bool) (ok, start bool) {
 	q.mu.Lock()
-	if len(q.items) >= q.limit || q.bytes+len(b) > q.limitBytes {
+	if len(q.items) >= q.limit || len(q.items) > 0 && q.bytes+len(b) > q.limitBytes {
 		q.mu.Unlock()
 		return false, false
 	}

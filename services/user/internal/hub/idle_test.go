@@ -459,3 +459,47 @@ func TestQueueLazyPushPastHalfStartsTheWriter(t *testing.T) {
 		t.Fatal("a lazy push past half the bytes did not start the writer")
 	}
 }
+
+// A frame the server makes larger than the queue's byte limit, here a
+// join's history, goes out on its own: the client is not a slow consumer
+// for asking (it was disconnected, and met the same frame on every retry).
+func TestFrameOverTheByteLimitGoesOutAlone(t *testing.T) {
+	_, srv := startHubWith(t, func(c *Config) { c.SendQueueBytes = 1024 })
+	a := dialRaw(t, srv.Listener.Addr().String(), `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j"}`)
+	a.expect(t, `"joined"`)
+	for i := range 20 {
+		a.send(t, fmt.Sprintf(`{"type":"chat","room":"r","message":"message %02d of twenty, long enough to count","id":"c%d"}`, i, i))
+		a.expect(t, fmt.Sprintf(`"message %02d`, i))
+	}
+	b := dialRaw(t, srv.Listener.Addr().String(), `{"type":"hello","nick":"b"}`, `{"type":"join","room":"r","id":"j"}`)
+	for {
+		op, f := b.frame(t)
+		if op == 8 {
+			t.Fatalf("closed instead of joined: %q", f)
+		}
+		if strings.Contains(f, `"joined"`) {
+			if len(f) <= 1024 || strings.Count(f, "of twenty") != 20 {
+				t.Fatalf("joined of %d bytes with %d messages, want all 20 in more than 1024 bytes", len(f), strings.Count(f, "of twenty"))
+			}
+			return
+		}
+	}
+}
+
+// Past the first frame, the byte limit holds.
+func TestQueueByteLimit(t *testing.T) {
+	q := queue{limit: 8, limitBytes: 100, wake: make(chan struct{}, 1)}
+	if ok, _ := q.push(make([]byte, 150), false); !ok {
+		t.Fatal("an empty queue refused a frame over the byte limit")
+	}
+	if ok, _ := q.push([]byte("x"), false); ok {
+		t.Fatal("a queue over the byte limit took another frame")
+	}
+	q.take(nil)
+	if ok, _ := q.push(make([]byte, 60), false); !ok {
+		t.Fatal("a drained queue refused a frame")
+	}
+	if ok, _ := q.push(make([]byte, 60), false); ok {
+		t.Fatal("a queue took 120 bytes with a limit of 100")
+	}
+}
