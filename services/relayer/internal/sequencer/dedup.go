@@ -14,38 +14,42 @@ type recentPubs struct {
 type roomSeq struct {
 	room string
 	seq  uint64
+	slot int // the key's slot in order; older slots of the key are stale
 }
 
 func newRecentPubs(n int) *recentPubs {
 	return &recentPubs{seqs: make(map[midKey]roomSeq, n), order: make([]midKey, 0, n)}
 }
 
+// add remembers k as the newest publish. A key already remembered moves
+// to the newest slot (an instance reusing a mid in another room, or replay
+// restoring the window's order after a compaction); its old slot goes
+// stale, and evicting a stale slot forgets nothing.
 func (d *recentPubs) add(k midKey, room string, seq uint64) {
 	if cap(d.order) == 0 {
 		return
 	}
-	if _, ok := d.seqs[k]; ok {
-		// One slot per key (an instance reusing a mid in another room):
-		// a second slot's eviction would delete the newer entry.
-		d.seqs[k] = roomSeq{room, seq}
-		return
-	}
-	if len(d.order) < cap(d.order) {
+	slot := len(d.order)
+	if slot < cap(d.order) {
 		d.order = append(d.order, k)
 	} else {
-		delete(d.seqs, d.order[d.next])
-		d.order[d.next] = k
+		slot = d.next
+		if old := d.order[slot]; d.seqs[old].slot == slot {
+			delete(d.seqs, old)
+		}
+		d.order[slot] = k
 		d.next = (d.next + 1) % len(d.order)
 	}
-	d.seqs[k] = roomSeq{room, seq}
+	d.seqs[k] = roomSeq{room, seq, slot}
 }
 
 // all yields the remembered publishes, oldest first.
 func (d *recentPubs) all(yield func(midKey, roomSeq) bool) {
 	n := len(d.order)
 	for i := range n {
-		k := d.order[(d.next+i)%n]
-		if !yield(k, d.seqs[k]) {
+		slot := (d.next + i) % n
+		k := d.order[slot]
+		if rs, ok := d.seqs[k]; ok && rs.slot == slot && !yield(k, rs) {
 			return
 		}
 	}

@@ -764,11 +764,14 @@ func (s *Sequencer) maybeCompact() {
 }
 
 // retained yields what a compacted log holds: the record of every retained
-// message, each room in seq order, then a key-only record for each publish
-// in the de-duplication window whose message no room retains, oldest
-// first. Replay adds both to the window in that order, so should they not
-// all fit, the ones it forgets are retained messages, which their rooms'
-// rings recognise anyway.
+// message, each room in seq order (the rooms in no particular order), then
+// a key-only record for every publish in the de-duplication window, oldest
+// first, whether or not a room retains its message. Replay adds the
+// messages to the window in the rooms' order, which is not the order they
+// were published in, and the key-only records then move the window's keys
+// to its newest end in their true order: it forgets the same publishes
+// the live window would have (those a room still retains are recognised by
+// the room's ring too, but only until the room moves on).
 func (s *Sequencer) retained() iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
 		var buf []byte
@@ -782,9 +785,6 @@ func (s *Sequencer) retained() iter.Seq[[]byte] {
 			}
 		}
 		for k, rs := range s.recent.all {
-			if r := s.rooms[rs.room]; r != nil && r.mids[k] == rs.seq {
-				continue // retained: its record is above
-			}
 			buf = store.AppendKeyRecord(buf[:0], k.mid, k.inst, rs.room, rs.seq)
 			if !yield(buf) {
 				return

@@ -337,6 +337,57 @@ func TestDedupSurvivesCompactionBesideOldRooms(t *testing.T) {
 	}
 }
 
+// A compacted log holds the rooms' messages in no particular order of
+// rooms; replay must still rebuild the window in publish order. Here many
+// older rooms retain more messages than the window holds: were the window
+// rebuilt in the rooms' order, the still-retained "lost-ack" would be
+// forgotten by the window in most runs, and then by its ring once the
+// room moves on.
+func TestDedupWindowKeepsPublishOrderAcrossCompaction(t *testing.T) {
+	dir := t.TempDir()
+	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096; c.DedupWindow = 60 }
+	h := start(t, dir, tweak)
+	a, b := h.dial("a"), h.dial("b")
+	a.sync()
+	b.sync()
+	for room := range 100 { // 500 retained messages, older than lost-ack
+		for i := range 5 {
+			b.pub(fmt.Sprint("x", room, "-", i), fmt.Sprint("x", room), "old")
+			b.expect(link.OpAck)
+		}
+	}
+	compactions := strings.Count(h.logs.String(), "log compacted")
+	a.pub("lost-ack", "r", "once")
+	if ack := a.expect(link.OpAck); ack.Seq != 1 {
+		t.Fatalf("ack %+v", ack)
+	}
+	// Room y's evicted messages make the log compact; the window (60)
+	// still holds lost-ack with room for 5 more, and r's ring too.
+	for i := range 45 {
+		b.pub(fmt.Sprint("y", i), "y", strings.Repeat("z", 2000))
+		b.expect(link.OpAck)
+	}
+	b.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r"}) // after any compaction
+	b.expect(link.OpFetched)
+	if strings.Count(h.logs.String(), "log compacted") == compactions {
+		t.Fatal("no compaction after lost-ack")
+	}
+	h.stop()
+
+	h2 := start(t, dir, tweak)
+	a2, b2 := h2.dial("a"), h2.dial("b")
+	a2.sync()
+	b2.sync()
+	for i := range 5 { // r's ring forgets lost-ack
+		b2.pub(fmt.Sprint("later", i), "r", "new")
+		b2.expect(link.OpAck)
+	}
+	a2.pub("lost-ack", "r", "once")
+	if ack := a2.expect(link.OpAck); ack.Seq != 1 {
+		t.Fatalf("re-sent pub after compaction, restart and 5 more: ack seq %d, want 1", ack.Seq)
+	}
+}
+
 func TestSubscribedCatchUp(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 10 })
 	p := h.dial("p")
@@ -792,9 +843,10 @@ func TestOversizedLinkMessage(t *testing.T) {
 	}
 }
 
-// A key sequenced again in another room (an instance reusing a mid) holds
-// one slot in the window: the newer room's seq, evicted once.
-func TestRecentPubsOneSlotPerKey(t *testing.T) {
+// A key sequenced again in another room (an instance reusing a mid) is one
+// entry of the window: the newer room's seq, at the newest end, forgotten
+// when that slot is evicted, not when its older one is.
+func TestRecentPubsOneEntryPerKey(t *testing.T) {
 	d := newRecentPubs(3)
 	k := midKey{"a", "m"}
 	d.add(k, "r1", 1)
@@ -809,9 +861,21 @@ func TestRecentPubsOneSlotPerKey(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("%d entries for one key", n)
 	}
-	d.add(midKey{"a", "x"}, "r1", 2)
-	d.add(midKey{"a", "y"}, "r1", 3)
-	d.add(midKey{"a", "z"}, "r1", 4) // evicts k, the oldest
+	d.add(midKey{"a", "x"}, "r1", 2) // slots: k (stale), k, x
+	d.add(k, "r2", 5)                // k moves to the newest end: k (stale), x, k
+	var order []string
+	for key := range d.all {
+		order = append(order, key.mid)
+	}
+	if !slices.Equal(order, []string{"x", "m"}) {
+		t.Fatalf("window %v, want [x m]: a re-added key moves to the newest end", order)
+	}
+	d.add(midKey{"a", "y"}, "r1", 3) // evicts k's stale slot
+	if _, ok := d.get(k, "r2"); !ok {
+		t.Fatal("evicting a key's stale slot forgot the key")
+	}
+	d.add(midKey{"a", "z"}, "r1", 4) // evicts x
+	d.add(midKey{"a", "w"}, "r1", 6) // evicts k, now the oldest
 	if _, ok := d.get(k, "r2"); ok {
 		t.Fatal("k still known after its eviction")
 	}
