@@ -267,6 +267,16 @@ func pubThenMoveOn(t *testing.T, h *harness, n int) (a, b *client) {
 	return a, b
 }
 
+// pubToRooms publishes n messages to each of rooms rooms x0, x1, ...
+func pubToRooms(c *client, rooms, n int) {
+	for room := range rooms {
+		for i := range n {
+			c.pub(fmt.Sprint("x", room, "-", i), fmt.Sprint("x", room), "old")
+			c.expect(link.OpAck)
+		}
+	}
+}
+
 // The same after a compaction and a restart: the compacted log remembers
 // the window's keys whose messages it no longer holds.
 func TestDedupSurvivesCompactionAndRestart(t *testing.T) {
@@ -307,12 +317,7 @@ func TestDedupSurvivesCompactionBesideOldRooms(t *testing.T) {
 	a, b := h.dial("a"), h.dial("b")
 	a.sync()
 	b.sync()
-	for room := range 13 { // 65 retained messages, older than what follows
-		for i := range 5 {
-			b.pub(fmt.Sprint("x", room, "-", i), fmt.Sprint("x", room), "old")
-			b.expect(link.OpAck)
-		}
-	}
+	pubToRooms(b, 13, 5) // 65 retained messages, older than what follows
 	a.pub("lost-ack", "r", "once")
 	if ack := a.expect(link.OpAck); ack.Seq != 1 {
 		t.Fatalf("ack %+v", ack)
@@ -350,12 +355,7 @@ func TestDedupWindowKeepsPublishOrderAcrossCompaction(t *testing.T) {
 	a, b := h.dial("a"), h.dial("b")
 	a.sync()
 	b.sync()
-	for room := range 100 { // 500 retained messages, older than lost-ack
-		for i := range 5 {
-			b.pub(fmt.Sprint("x", room, "-", i), fmt.Sprint("x", room), "old")
-			b.expect(link.OpAck)
-		}
-	}
+	pubToRooms(b, 100, 5) // 500 retained messages, older than lost-ack
 	compactions := strings.Count(h.logs.String(), "log compacted")
 	a.pub("lost-ack", "r", "once")
 	if ack := a.expect(link.OpAck); ack.Seq != 1 {
