@@ -269,17 +269,26 @@ func TestPresenceAcrossInstances(t *testing.T) {
 // and when the network heals its members are back and have missed nothing.
 func TestCutOffInstanceLeavesPresenceAndCatchesUp(t *testing.T) {
 	r := startRelayer(t, map[string]string{"LINK_PING_INTERVAL": "200ms", "PRESENCE_GRACE": "300ms"})
-	a := startUser(t, "user-a", r, nil)
+	a := startUser(t, "user-a", r, map[string]string{"RATE_PER_SEC": "1000", "RATE_BURST": "1000"})
 	px := startProxy(t, r.Addr)
 	b := startUserVia(t, "user-b", px.Addr(), map[string]string{"RELAY_PING_INTERVAL": "200ms"})
 
 	alice, _ := hello(t, a.Addr, "alice")
 	alice.join("hall", nil)
+	alice.join("quiet", nil)
 	bob, bw := hello(t, b.Addr, "bob")
 	bob.join("hall", nil)
-	if p := alice.presence(); p.Event != "join" || p.Member.ID != bw.ID {
-		t.Fatalf("alice: want bob's join, got %s", p.Raw)
+	bob.join("quiet", nil) // a room without messages until the cut
+	// bob's presence in both rooms, whatever the order.
+	bobs := func(event string) {
+		t.Helper()
+		for range 2 {
+			if p := alice.presence(); p.Event != event || p.Member.ID != bw.ID {
+				t.Fatalf("alice: want bob's %s, got %s", event, p.Raw)
+			}
+		}
 	}
+	bobs("join")
 	alice.send(map[string]any{"type": "chat", "room": "hall", "message": "before", "id": "0"})
 	if f := bob.chats("hall", 1)[0]; f.Message != "before" {
 		t.Fatalf("bob got %s", f.Raw)
@@ -287,9 +296,7 @@ func TestCutOffInstanceLeavesPresenceAndCatchesUp(t *testing.T) {
 
 	px.freeze()
 	cut := time.Now()
-	if p := alice.presence(); p.Event != "leave" || p.Member.ID != bw.ID {
-		t.Fatalf("alice: want bob's leave, got %s", p.Raw)
-	}
+	bobs("leave")
 	// Two missed pings, the grace period, and slack for a loaded machine.
 	if d := time.Since(cut); d > 5*time.Second {
 		t.Fatalf("bob left alice's presence after %v", d)
@@ -299,15 +306,24 @@ func TestCutOffInstanceLeavesPresenceAndCatchesUp(t *testing.T) {
 		alice.send(map[string]any{"type": "chat", "room": "hall", "message": fmt.Sprint("during ", k), "id": fmt.Sprint(k)})
 	}
 	alice.chats("hall", 5)
+	// More than the history a new subscription gets (HISTORY_SIZE, 50):
+	// bob's instance was subscribed, and is owed every one.
+	for k := 1; k <= 60; k++ {
+		alice.send(map[string]any{"type": "chat", "room": "quiet", "message": fmt.Sprint("quiet ", k), "id": fmt.Sprint("q", k)})
+	}
+	alice.chats("quiet", 60)
 
 	px.thaw()
-	if p := alice.presence(); p.Event != "join" || p.Member.ID != bw.ID {
-		t.Fatalf("alice: want bob back, got %s", p.Raw)
-	}
+	bobs("join")
 	got := bob.chats("hall", 5)
 	for k, f := range got {
 		if f.Message != fmt.Sprint("during ", k+1) || f.Seq != uint64(k+2) {
 			t.Fatalf("bob's catch-up message %d: %s", k, f.Raw)
+		}
+	}
+	for k, f := range bob.chats("quiet", 60) {
+		if f.Message != fmt.Sprint("quiet ", k+1) || f.Seq != uint64(k+1) {
+			t.Fatalf("bob's catch-up message %d in the room that had none: %s", k, f.Raw)
 		}
 	}
 }

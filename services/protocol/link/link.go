@@ -71,11 +71,15 @@ const (
 type RoomState struct {
 	Room string `json:"room"`
 	// Since is the last seq the instance delivered locally; 0 for a new
-	// subscription.
+	// subscription, unless Resume is set.
 	Since uint64 `json:"since,omitempty"`
+	// Resume says the instance was subscribed and delivered every message
+	// up to Since, even when Since is 0 (a room that had none yet): it is
+	// owed every message after Since, not a new subscription's tail.
+	Resume bool `json:"resume,omitempty"`
 	// Tail is how many recent messages the instance keeps for the room.
 	// The relayer answers with every message after min(Since, last-Tail)
-	// when Since > 0, else with the last Tail messages.
+	// when Since > 0 or Resume is set, else with the last Tail messages.
 	Tail int `json:"tail,omitempty"`
 	// Members are the instance's own members of the room.
 	Members []protocol.Member `json:"members"`

@@ -84,12 +84,13 @@ func (r *room) msgs(lo, hi int, dst [][]byte) [][]byte {
 	return dst
 }
 
-// catchUp applies the subscribe rule of link.RoomState: with since > 0
-// every retained message after min(since, last-tail), else the last tail.
-func (r *room) catchUp(since uint64, tail, limit int, dst [][]byte) (msgs [][]byte, gap bool) {
+// catchUp applies the subscribe rule of link.RoomState: with since > 0 or
+// resume, every retained message after min(since, last-tail), else the
+// last tail.
+func (r *room) catchUp(since uint64, resume bool, tail, limit int, dst [][]byte) (msgs [][]byte, gap bool) {
 	t := uint64(min(max(tail, 0), limit))
 	from := r.last - min(t, r.last)
-	if since > 0 {
+	if since > 0 || resume {
 		from = min(since, from)
 		gap = since+1 < r.first()
 	}

@@ -561,7 +561,7 @@ func (s *Sequencer) subscribe(inst *instance, r *room, rs link.RoomState) {
 }
 
 func (s *Sequencer) answerSubscribed(inst *instance, r *room, rs link.RoomState) {
-	msgs, gap := r.catchUp(rs.Since, rs.Tail, s.cfg.HistoryLimit, s.msgsBuf[:0])
+	msgs, gap := r.catchUp(rs.Since, rs.Resume, rs.Tail, s.cfg.HistoryLimit, s.msgsBuf[:0])
 	f := link.Frame{T: link.OpSubscribed, Room: r.name, Seq: r.last, First: r.first(), Gap: gap, Members: r.members()}
 	b, err := appendWithMsgs(nil, &f, msgs)
 	clear(msgs)

@@ -400,25 +400,30 @@ func TestSubscribedCatchUp(t *testing.T) {
 	}
 	cases := []struct {
 		since   uint64
+		resume  bool
 		tail    int
 		want    []uint64
 		wantGap bool
 	}{
-		{0, 0, nil, false},
-		{0, 5, seqRange(16, 20), false},
-		{0, 50, seqRange(11, 20), false}, // tail capped by what is kept
-		{15, 2, seqRange(16, 20), false}, // everything after since
-		{17, 5, seqRange(16, 20), false}, // since is recent: the last tail
-		{10, 0, seqRange(11, 20), false}, // exactly the first kept one is next
-		{3, 0, seqRange(11, 20), true},   // 4..10 are gone
-		{20, 0, nil, false},
+		{0, false, 0, nil, false},
+		{0, false, 5, seqRange(16, 20), false},
+		{0, false, 50, seqRange(11, 20), false}, // tail capped by what is kept
+		{15, false, 2, seqRange(16, 20), false}, // everything after since
+		{17, false, 5, seqRange(16, 20), false}, // since is recent: the last tail
+		{10, false, 0, seqRange(11, 20), false}, // exactly the first kept one is next
+		{3, false, 0, seqRange(11, 20), true},   // 4..10 are gone
+		{20, false, 0, nil, false},
+		// A subscribed room that had no message yet is owed all of them,
+		// and 1..10 are gone.
+		{0, true, 0, seqRange(11, 20), true},
+		{15, true, 0, seqRange(16, 20), false},
 	}
 	for i, tc := range cases {
 		c := h.dial(fmt.Sprint("c", i))
-		sub := c.sync(link.RoomState{Room: "r", Since: tc.since, Tail: tc.tail})[0]
+		sub := c.sync(link.RoomState{Room: "r", Since: tc.since, Resume: tc.resume, Tail: tc.tail})[0]
 		if sub.Room != "r" || sub.Seq != 20 || sub.First != 11 || sub.Gap != tc.wantGap || !slices.Equal(seqs(sub.Msgs), tc.want) {
-			t.Errorf("since %d tail %d: seq %d first %d gap %v msgs %v; want gap %v msgs %v",
-				tc.since, tc.tail, sub.Seq, sub.First, sub.Gap, seqs(sub.Msgs), tc.wantGap, tc.want)
+			t.Errorf("since %d resume %v tail %d: seq %d first %d gap %v msgs %v; want gap %v msgs %v",
+				tc.since, tc.resume, tc.tail, sub.Seq, sub.First, sub.Gap, seqs(sub.Msgs), tc.wantGap, tc.want)
 		}
 		if len(sub.Msgs) > 0 && sub.Msgs[0].Text != fmt.Sprint("msg ", sub.Msgs[0].Seq) {
 			t.Errorf("catch-up message %+v", sub.Msgs[0])

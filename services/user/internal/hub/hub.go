@@ -716,9 +716,10 @@ func (h *Hub) State() []link.RoomState {
 	out := make([]link.RoomState, 0, len(h.rooms))
 	for _, r := range h.rooms {
 		rs := link.RoomState{Room: r.name, Tail: h.cfg.History, Members: make([]protocol.Member, 0, len(r.local))}
-		if r.synced && r.last > 0 {
-			// Only what was missed: the cache is already full.
-			rs.Since, rs.Tail = r.last, 0
+		if r.synced {
+			// Only what was missed: the cache is already full. A room
+			// still at seq 0 is owed every message too, not a tail.
+			rs.Since, rs.Tail, rs.Resume = r.last, 0, true
 		}
 		for c := range r.local {
 			rs.Members = append(rs.Members, c.member)
