@@ -312,6 +312,14 @@ func TestCutOffInstanceLeavesPresenceAndCatchesUp(t *testing.T) {
 		alice.send(map[string]any{"type": "chat", "room": "quiet", "message": fmt.Sprint("quiet ", k), "id": fmt.Sprint("q", k)})
 	}
 	alice.chats("quiet", 60)
+	// A client that saw seq 6 of hall elsewhere gets unavailable from the
+	// cut-off instance, not a room that went back in time.
+	waitFor(t, 10*time.Second, "user-b to see its link down", func() bool { return httpStatus(b.Addr, "/readyz") == 503 })
+	carol, _ := hello(t, b.Addr, "carol")
+	carol.send(map[string]any{"type": "join", "room": "hall", "id": "j1", "since": 6})
+	if f := carol.expect("error"); f.Code != "unavailable" || f.ID != "j1" {
+		t.Fatalf("carol's join with since 6 on the cut-off instance: %s", f.Raw)
+	}
 
 	px.thaw()
 	bobs("join")
@@ -325,6 +333,11 @@ func TestCutOffInstanceLeavesPresenceAndCatchesUp(t *testing.T) {
 		if f.Message != fmt.Sprint("quiet ", k+1) || f.Seq != uint64(k+1) {
 			t.Fatalf("bob's catch-up message %d in the room that had none: %s", k, f.Raw)
 		}
+	}
+	// Caught up, the instance answers carol's join again.
+	carol.send(map[string]any{"type": "join", "room": "hall", "id": "j2", "since": 6})
+	if f := carol.expect("joined"); f.Seq != 6 || f.Recovered == nil || !*f.Recovered || len(f.History) != 0 {
+		t.Fatalf("carol's join with since 6 after the catch-up: %s", f.Raw)
 	}
 }
 

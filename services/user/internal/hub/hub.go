@@ -304,6 +304,15 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 		return
 	}
 	since := *in.Since
+	if since > r.last && !h.bus.Ready() {
+		// The client saw more of the room, elsewhere, than this instance
+		// has while it is cut off from the relay: answering now would say
+		// the room went back in time, and a client then drops what it has.
+		h.leaveLocked(c, r.name)
+		c.sendErrorLocked(in, protocol.CodeUnavailable,
+			"room %q: this instance is cut off from the relay and has not caught up with seq %d yet; join again later", r.name, since)
+		return
+	}
 	cacheFirst := r.cacheFirst()
 	switch {
 	case since >= r.last:
