@@ -787,9 +787,12 @@ func (h *Hub) Shutdown(ctx context.Context) {
 	select {
 	case <-wait:
 	case <-ctx.Done():
+		// The sockets themselves: CloseNow on a connection whose close
+		// handshake is under way waits for it, seconds with a peer that
+		// does not answer.
 		h.mu.Lock()
 		for c := range h.clients {
-			c.conn.CloseNow()
+			c.cork.Close()
 		}
 		h.mu.Unlock()
 	}

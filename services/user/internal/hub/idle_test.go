@@ -503,3 +503,18 @@ func TestQueueByteLimit(t *testing.T) {
 		t.Fatal("a queue took 120 bytes with a limit of 100")
 	}
 }
+
+// Shutdown keeps to its deadline when a peer never answers the close
+// handshake (it neither reads nor closes).
+func TestShutdownKeepsItsDeadline(t *testing.T) {
+	h, srv := startHub(t, 0)
+	c := dialRaw(t, srv.Listener.Addr().String(), `{"type":"hello","nick":"mute"}`)
+	c.expect(t, `"welcome"`)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	h.Shutdown(ctx)
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("Shutdown with a 300ms budget took %v", d)
+	}
+}
