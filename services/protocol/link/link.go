@@ -63,7 +63,9 @@ const (
 	OpNack = "nack"
 	// OpPresence carries Event (protocol.PresenceJoin/Leave) for Member.
 	OpPresence = "presence"
-	// OpFetched answers OpFetch: Msgs ascending, First the oldest kept seq.
+	// OpFetched answers OpFetch: Msgs ascending, First the oldest kept seq;
+	// or Code and Error when the relayer refuses it (its output to the
+	// instance is over its bound: fetch again later).
 	OpFetched = "fetched"
 )
 

@@ -51,7 +51,17 @@ type conn struct {
 
 	spare []byte // writer-owned: the previous out, reused
 
-	staged [][]byte // sequencer-owned: frames of the current batch
+	staged      [][]byte // sequencer-owned: frames of the current batch
+	stagedBytes int      // sequencer-owned: their size
+}
+
+// owes reports how much output the link has that its peer has not taken:
+// what the current batch staged and what earlier ones queued unsent.
+func (c *conn) owes() int {
+	c.mu.Lock()
+	n := len(c.out)
+	c.mu.Unlock()
+	return n + c.stagedBytes
 }
 
 // deliver appends the staged frames of a batch; it is the only way output

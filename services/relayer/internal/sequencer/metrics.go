@@ -16,10 +16,10 @@ const (
 )
 
 type metrics struct {
-	links, rooms, subs, members, logBytes prometheus.Gauge
-	msgsIn, msgsOut, dedup                prometheus.Counter
-	batch, fsync                          prometheus.Histogram
-	drops                                 *prometheus.CounterVec
+	links, rooms, subs, members, logBytes  prometheus.Gauge
+	msgsIn, msgsOut, dedup, fetchesRefused prometheus.Counter
+	batch, fsync                           prometheus.Histogram
+	drops                                  *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -39,6 +39,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		msgsIn:   counter("messages_in_total", "Messages sequenced (duplicates excluded)."),
 		msgsOut:  counter("messages_out_total", "Msg frames delivered to links."),
 		dedup:    counter("dedup_total", "Publishes answered from the de-duplication index."),
+		fetchesRefused: counter("fetches_refused_total",
+			"History fetches refused because the link's output was over LINK_QUEUE_BYTES."),
 		batch: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "batch_size",
 			Help:    "Frames applied per sequencer batch (one log sync each).",
@@ -55,7 +57,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}, []string{"reason"}),
 	}
 	for _, c := range []prometheus.Collector{m.links, m.rooms, m.subs, m.members, m.logBytes,
-		m.msgsIn, m.msgsOut, m.dedup, m.batch, m.fsync, m.drops} {
+		m.msgsIn, m.msgsOut, m.dedup, m.fetchesRefused, m.batch, m.fsync, m.drops} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

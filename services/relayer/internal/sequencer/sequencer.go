@@ -314,7 +314,7 @@ func (s *Sequencer) apply(batch []event) error {
 	for _, c := range s.touched {
 		c.deliver(c.staged)
 		clear(c.staged)
-		c.staged = c.staged[:0]
+		c.staged, c.stagedBytes = c.staged[:0], 0
 	}
 	clear(s.touched)
 	s.touched = s.touched[:0]
@@ -384,6 +384,7 @@ func (s *Sequencer) stage(c *conn, b []byte) {
 		s.touched = append(s.touched, c)
 	}
 	c.staged = append(c.staged, b)
+	c.stagedBytes += len(b)
 }
 
 // broadcast stages b for every subscriber of r whose link is synced,
@@ -717,6 +718,18 @@ func (s *Sequencer) fetch(inst *instance, f *link.Frame) {
 		limit = min(maxFetch, s.cfg.HistoryLimit)
 	}
 	ans := link.Frame{T: link.OpFetched, Req: f.Req, Room: f.Room, First: 1}
+	if inst.link.owes() > s.cfg.QueueBytes {
+		// A fetch of a few bytes asks for up to a thousand messages: a
+		// link that already owes its bound gets a refusal instead, or
+		// one message of fetches could stage gigabytes in one batch.
+		ans.Code, ans.Error = protocol.CodeUnavailable, "the relayer's output to this instance is over LINK_QUEUE_BYTES; fetch again later"
+		b, err := link.Append(nil, &ans)
+		if err == nil {
+			s.stage(inst.link, b)
+		}
+		s.m.fetchesRefused.Inc()
+		return
+	}
 	var msgs [][]byte
 	if r := s.rooms[f.Room]; r != nil {
 		ans.First = r.first()

@@ -436,6 +436,50 @@ func TestSubscribedCatchUp(t *testing.T) {
 	}
 }
 
+// A message of fetches, a few bytes each, must not stage unbounded
+// answers: past LINK_QUEUE_BYTES of output owed to the link, fetches are
+// refused (and the link stays up).
+func TestFetchesAreRefusedPastTheQueueBound(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.QueueBytes = 4096 })
+	p := h.dial("p")
+	p.sync()
+	for i := range 50 {
+		p.pub(fmt.Sprint(i), "r", strings.Repeat("m", 100))
+		p.expect(link.OpAck)
+	}
+	c := h.dial("c")
+	c.sync()
+	var fetches []*link.Frame
+	for i := range 10 {
+		fetches = append(fetches, &link.Frame{T: link.OpFetch, Req: uint64(i + 1), Room: "r"})
+	}
+	c.send(fetches...)
+	answered, refused := 0, 0
+	for range 10 {
+		f := c.expect(link.OpFetched)
+		switch {
+		case f.Code == "" && len(f.Msgs) == 50:
+			answered++
+		case f.Code == protocol.CodeUnavailable && len(f.Msgs) == 0:
+			refused++
+		default:
+			t.Fatalf("fetched %+v", f)
+		}
+	}
+	// The first answer alone is over 4096 bytes: every later one in the
+	// batch is refused. (Fetches in a later batch may be answered again.)
+	if answered < 1 || refused < 1 || answered+refused != 10 {
+		t.Fatalf("%d answered, %d refused", answered, refused)
+	}
+	if got := testutil.ToFloat64(h.s.m.fetchesRefused); got != float64(refused) {
+		t.Fatalf("fetches_refused_total %v, want %d", got, refused)
+	}
+	c.send(&link.Frame{T: link.OpFetch, Req: 99, Room: "r", Limit: 1})
+	if f := c.expect(link.OpFetched); f.Req != 99 {
+		t.Fatalf("the link after the refusals: %+v", f)
+	}
+}
+
 func TestFetchPaging(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 25 })
 	p := h.dial("p")

@@ -422,7 +422,11 @@ func (b *Bus) handle(f *link.Frame) error {
 		_, ok := b.fetches[f.Req]
 		delete(b.fetches, f.Req)
 		b.mu.Unlock()
-		if ok {
+		switch {
+		case !ok:
+		case f.Code != "":
+			b.h.Fetched(f.Req, nil, 0, fmt.Errorf("relayer refused the fetch (%s): %s", f.Code, f.Error))
+		default:
 			b.h.Fetched(f.Req, f.Msgs, f.First, nil)
 		}
 	default:
