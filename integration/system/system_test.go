@@ -341,6 +341,47 @@ func TestCutOffInstanceLeavesPresenceAndCatchesUp(t *testing.T) {
 	}
 }
 
+// A relayer that comes back with a new log (its data directory lost)
+// numbers every room from 1 again. Extended clients, who hold positions in
+// the old numbers, are closed to start over, and their join then shows the
+// lower seq; seed clients go on receiving the new numbers.
+func TestRelayerWithANewLogRestartsNumbering(t *testing.T) {
+	r := startRelayer(t, map[string]string{"DATA_DIR": t.TempDir()})
+	a := startUser(t, "user-a", r, nil)
+	alice, _ := hello(t, a.Addr, "alice")
+	alice.join("hall", nil)
+	seed := dial(t, a.Addr, "")
+	seed.send(map[string]any{"type": "join-room", "room": "hall"})
+	waitFor(t, 10*time.Second, "both members", func() bool { return metric(a.Addr, "wschat_user_memberships") == 2 })
+	for k := 1; k <= 3; k++ {
+		alice.send(map[string]any{"type": "chat", "room": "hall", "message": fmt.Sprint("old ", k), "id": fmt.Sprint(k)})
+	}
+	alice.chats("hall", 3)
+	for k := 1; k <= 3; k++ {
+		if f := seed.next(); f.Seq != uint64(k) {
+			t.Fatalf("seed client: %s", f.Raw)
+		}
+	}
+
+	r.Stop()
+	startRelayer(t, map[string]string{"DATA_DIR": t.TempDir(), "PORT": portOf(r.Addr)})
+	if code, reason := alice.closeStatus(15 * time.Second); code != websocket.StatusServiceRestart {
+		t.Fatalf("alice: closed with %v %q, want 1012", code, reason)
+	}
+	waitFor(t, 10*time.Second, "the link to come back", func() bool { return httpStatus(a.Addr, "/readyz") == 200 })
+	alice2, _ := hello(t, a.Addr, "alice")
+	if f := alice2.join("hall", map[string]any{"since": 3}); f.Seq != 0 {
+		t.Fatalf("alice's join with since 3 after the relayer's new log: %s", f.Raw)
+	}
+	alice2.send(map[string]any{"type": "chat", "room": "hall", "message": "new 1", "id": "n1"})
+	if f := alice2.chats("hall", 1)[0]; f.Seq != 1 {
+		t.Fatalf("alice's first message in the new numbering: %s", f.Raw)
+	}
+	if f := seed.next(); f.Message != "new 1" || f.Seq != 1 {
+		t.Fatalf("seed client after the relayer's new log: %s", f.Raw)
+	}
+}
+
 // The relayer restarts while messages flow: every acknowledged message is
 // delivered exactly once, in order, sequence numbers continue, and the
 // history is still there afterwards.

@@ -28,6 +28,12 @@ const Path = "/link"
 // HeaderInstance carries the dialling ws-user's instance id.
 const HeaderInstance = "X-Wschat-Instance"
 
+// HeaderEpoch, in the relayer's answer to the dial, names its log: a
+// different epoch than the last link's means the relayer's sequence
+// numbers started over (a new or lost data directory), and an instance
+// must forget every position it holds before it syncs.
+const HeaderEpoch = "X-Wschat-Epoch"
+
 // Frame ops. ws-user to relayer:
 const (
 	// OpSync is the first frame after every (re)connect: the instance's

@@ -327,6 +327,7 @@ func (s *Sequencer) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "relay link refused: "+link.HeaderInstance+" "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	w.Header().Set(link.HeaderEpoch, s.st.Epoch())
 	ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{CompressionMode: websocket.CompressionDisabled})
 	if err != nil {
 		s.log.Warn("relay link upgrade failed", "remote", r.RemoteAddr, "instance", inst, "err", err)

@@ -10,7 +10,9 @@ package store
 
 import (
 	"bufio"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -33,6 +35,9 @@ const FileName = "wschat.log"
 // and Open cleans up after a crashed compaction, which only the directory's
 // owner may do.
 const LockName = "LOCK"
+
+// EpochName is the file holding the log's epoch (see Log.Epoch).
+const EpochName = "EPOCH"
 
 const (
 	headerSize = 8
@@ -113,6 +118,7 @@ type Log struct {
 	buf      []byte // appended, not yet written
 	size     int64  // bytes on disk
 	replayed bool
+	epoch    string
 	failed   error // a failed Sync: the file's tail is unknown until replayed
 	// syncDir makes the directory's entries durable (a field so that a
 	// test can make it fail).
@@ -161,7 +167,8 @@ func openLog(dir string, opts Options) (*Log, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open log: %w", err)
 	}
-	if errors.Is(statErr, os.ErrNotExist) {
+	created := errors.Is(statErr, os.ErrNotExist)
+	if created {
 		// The new directory entry must be durable before the first
 		// acknowledged record lands in the file.
 		if err := syncDir(dir); err != nil {
@@ -169,7 +176,64 @@ func openLog(dir string, opts Options) (*Log, error) {
 			return nil, err
 		}
 	}
-	return &Log{dir: dir, path: path, f: f, opts: opts, syncDir: syncDir}, nil
+	epoch, err := loadEpoch(dir, created)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return &Log{dir: dir, path: path, f: f, opts: opts, syncDir: syncDir, epoch: epoch}, nil
+}
+
+// Epoch names this log's sequence numbers: made anew with the log, kept
+// while it lives (compactions included). A relayer whose epoch changed
+// counts from 1 again, and whoever remembers its numbers must forget them.
+func (l *Log) Epoch() string { return l.epoch }
+
+// loadEpoch reads the directory's epoch, or makes a new one for a new log
+// (a missing or unreadable one too: nobody can hold numbers of a log
+// whose epoch was never read).
+func loadEpoch(dir string, created bool) (string, error) {
+	path := filepath.Join(dir, EpochName)
+	if !created {
+		b, err := os.ReadFile(path)
+		if e := string(b); err == nil && len(e) == 32 {
+			if _, err := hex.DecodeString(e); err == nil {
+				return e, nil
+			}
+		}
+	}
+	var raw [16]byte
+	_, _ = rand.Read(raw[:]) // never fails (crypto/rand)
+	epoch := hex.EncodeToString(raw[:])
+	tmp := path + ".tmp"
+	if err := writeSynced(tmp, []byte(epoch)); err != nil {
+		return "", err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return "", fmt.Errorf("install epoch: %w", err)
+	}
+	if err := syncDir(dir); err != nil {
+		return "", err
+	}
+	return epoch, nil
+}
+
+func writeSynced(path string, b []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
 }
 
 // Replay calls fn with the payload (the Record JSON) of every intact

@@ -370,3 +370,34 @@ func TestKeyOnlyRecord(t *testing.T) {
 		t.Fatalf("message record read back as %+v, %v", rec, err)
 	}
 }
+
+// The epoch lives as long as the log: a reopened log keeps it, a new log
+// (its file gone) gets a new one.
+func TestEpochLivesWithTheLog(t *testing.T) {
+	dir := t.TempDir()
+	open := func() string {
+		t.Helper()
+		l, err := Open(dir, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		if err := l.Replay(func([]byte) error { return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if len(l.Epoch()) != 32 {
+			t.Fatalf("epoch %q", l.Epoch())
+		}
+		return l.Epoch()
+	}
+	first := open()
+	if again := open(); again != first {
+		t.Fatalf("reopened log: epoch %s, was %s", again, first)
+	}
+	if err := os.Remove(filepath.Join(dir, FileName)); err != nil {
+		t.Fatal(err)
+	}
+	if fresh := open(); fresh == first {
+		t.Fatal("a new log kept the old epoch")
+	}
+}

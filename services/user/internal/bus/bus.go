@@ -61,8 +61,13 @@ type Handler interface {
 	Nack(mid string, err *protocol.Error)
 	Presence(room, event string, m protocol.Member)
 	// Fetched answers Fetch; err is non-nil when the answer will never come
-	// (the link dropped), and then msgs is empty.
+	// (the link dropped, or the relayer refused the fetch), and then msgs
+	// is empty.
 	Fetched(req uint64, msgs []protocol.Message, first uint64, err error)
+	// Restarted says the backend's sequence numbers started over (its log
+	// is new): every position the instance holds is void. It is called
+	// before State, without bus locks held.
+	Restarted()
 	// State returns this instance's rooms, for the bus to resynchronise
 	// the backend after a reconnect. It is called without bus locks held.
 	State() []link.RoomState

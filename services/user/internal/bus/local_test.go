@@ -39,6 +39,7 @@ func (r *recorder) Presence(string, string, protocol.Member)          {}
 func (r *recorder) Fetched(uint64, []protocol.Message, uint64, error) {}
 func (r *recorder) State() []link.RoomState                           { return nil }
 func (r *recorder) LinkState(bool)                                    {}
+func (r *recorder) Restarted()                                        {}
 
 // wait blocks until n more callbacks happened.
 func (r *recorder) wait(t *testing.T, n int) {

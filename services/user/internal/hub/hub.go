@@ -738,6 +738,28 @@ func (h *Hub) State() []link.RoomState {
 	return out
 }
 
+// Restarted implements bus.Handler: the relayer's numbering started over
+// (a new or lost log). Seed clients go on with the new numbers. Extended
+// members of a room that had messages hold positions in the old ones (a
+// join's since), so they are closed with 1012 to reconnect and join again,
+// and that join answers with the room's new, lower seq: a client takes it
+// for a server that lost its history (docs/protocol.md, recovery) instead
+// of ignoring every message whose number it saw before.
+func (h *Hub) Restarted() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range h.rooms {
+		if r.last > 0 {
+			for c := range r.local {
+				if c.extended {
+					c.closeLocked(statusServiceRestart, "the relay tier's message numbers started over: reconnect and join again", true)
+				}
+			}
+		}
+		r.last, r.first, r.cache = 0, 0, nil
+	}
+}
+
 // LinkState implements bus.Handler.
 func (h *Hub) LinkState(up bool) {
 	if up {

@@ -175,9 +175,16 @@ func (b *Bus) Fetch(req uint64, room string, after, before uint64, limit int) {
 // Run keeps the link up until ctx ends, reconnecting with jittered backoff.
 func (b *Bus) Run(ctx context.Context) error {
 	backoff := b.cfg.MinBackoff
+	var epoch string // the relayer's log, as of the last link
 	for ctx.Err() == nil {
-		conn, err := b.dial(ctx)
+		conn, e, err := b.dial(ctx)
 		if err == nil {
+			if e != epoch && epoch != "" && e != "" {
+				b.log.Warn("relay link: the relayer's log is not the one it had (new or lost data directory); its sequence numbers start over",
+					"epoch", e, "was", epoch)
+				b.h.Restarted()
+			}
+			epoch = cmp.Or(e, epoch)
 			upSince := time.Now()
 			err = b.serve(ctx, conn)
 			b.down()
@@ -207,7 +214,8 @@ func (b *Bus) Run(ctx context.Context) error {
 	return nil
 }
 
-func (b *Bus) dial(ctx context.Context) (*websocket.Conn, error) {
+// dial connects a link and returns the relayer's epoch (link.HeaderEpoch).
+func (b *Bus) dial(ctx context.Context) (*websocket.Conn, string, error) {
 	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	hdr := http.Header{}
@@ -216,12 +224,12 @@ func (b *Bus) dial(ctx context.Context) (*websocket.Conn, error) {
 	conn, resp, err := websocket.Dial(dctx, b.cfg.URL, &websocket.DialOptions{HTTPHeader: hdr})
 	if err != nil {
 		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
-			return nil, fmt.Errorf("relayer refused the link (401): RELAY_SECRET differs from the relayer's: %w", err)
+			return nil, "", fmt.Errorf("relayer refused the link (401): RELAY_SECRET differs from the relayer's: %w", err)
 		}
-		return nil, fmt.Errorf("dial relayer: %w", err)
+		return nil, "", fmt.Errorf("dial relayer: %w", err)
 	}
 	conn.SetReadLimit(b.cfg.MaxFrame)
-	return conn, nil
+	return conn, resp.Header.Get(link.HeaderEpoch), nil
 }
 
 // serve runs one connected link: sync first, then frames both ways until
