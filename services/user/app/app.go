@@ -55,6 +55,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		SendQueue:      cfg.SendQueue,
 		SendQueueBytes: cfg.SendQueueBytes,
 		JoinTimeout:    cfg.JoinTimeout,
+		MaxConns:       cfg.MaxConns,
+		WriteTimeout:   cfg.WriteTimeout,
 		PresenceDelay:  cfg.PresenceDelay,
 		RatePerSec:     cfg.RatePerSec,
 		RateBurst:      cfg.RateBurst,
@@ -126,7 +128,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if cfg.RelayerURL != "" {
 		mode = "relay " + cfg.RelayerURL
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "mode", mode)
+	log.Info("listening", "addr", ln.Addr().String(), "mode", mode, "max_conns", cfg.MaxConns)
 
 	select {
 	case <-ctx.Done():

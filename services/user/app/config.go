@@ -30,6 +30,8 @@ type Config struct {
 	SendQueue       int           `env:"SEND_QUEUE" envDefault:"1024"`
 	SendQueueBytes  int           `env:"SEND_QUEUE_BYTES" envDefault:"8388608"`
 	JoinTimeout     time.Duration `env:"JOIN_TIMEOUT" envDefault:"10s"`
+	MaxConns        int           `env:"MAX_CONNS" envDefault:"0"`
+	WriteTimeout    time.Duration `env:"WRITE_TIMEOUT" envDefault:"30s"`
 	PresenceDelay   time.Duration `env:"PRESENCE_DELAY" envDefault:"20ms"`
 	PendingMax      int           `env:"RELAY_PENDING_MAX" envDefault:"10000"`
 	RelayQueueBytes int           `env:"RELAY_QUEUE_BYTES" envDefault:"67108864"`
@@ -71,6 +73,14 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	if err := cfg.validate(); err != nil {
 		return cfg, fmt.Errorf("config: %w", err)
 	}
+	if cfg.MaxConns == 0 {
+		// Below the open-files limit, with room for the listener, the
+		// relay link and the rest: past it, accept would fail with
+		// EMFILE and stall every new connection, good or not.
+		if n, ok := openFilesLimit(); ok {
+			cfg.MaxConns = max(1, int(min(n, 1<<30))-256)
+		}
+	}
 	return cfg, nil
 }
 
@@ -103,6 +113,8 @@ func (c Config) validate() error {
 	check(c.SendQueue >= 1, "SEND_QUEUE must be positive, got %d", c.SendQueue)
 	check(c.SendQueueBytes >= 2*c.MaxFrameBytes, "SEND_QUEUE_BYTES must be at least twice MAX_FRAME_BYTES, got %d", c.SendQueueBytes)
 	check(c.JoinTimeout > 0, "JOIN_TIMEOUT must be positive, got %s", c.JoinTimeout)
+	check(c.MaxConns >= 0, "MAX_CONNS must be 0 (the open-files limit less 256) or positive, got %d", c.MaxConns)
+	check(c.WriteTimeout >= 0, "WRITE_TIMEOUT must be 0s (off) or positive, got %s", c.WriteTimeout)
 	check(c.PresenceDelay >= 0 && c.PresenceDelay <= time.Second, "PRESENCE_DELAY must be 0s..1s, got %s", c.PresenceDelay)
 	check(c.PendingMax >= 1, "RELAY_PENDING_MAX must be positive, got %d", c.PendingMax)
 	check(c.RelayQueueBytes >= 1<<16, "RELAY_QUEUE_BYTES must be at least 65536, got %d", c.RelayQueueBytes)

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -36,21 +37,39 @@ type Client struct {
 	writers   sync.WaitGroup // the writer, when running
 	done      chan struct{}
 	closeOnce sync.Once
-	code      websocket.StatusCode
-	reason    string
-	flush     bool
+	// writeSince is the hub's sweep count when the write under way began,
+	// plus one; 0 between writes. The sweep closes a connection stuck in
+	// one (a count, not a clock: no time.Now per write).
+	writeSince atomic.Int64
+	code       websocket.StatusCode
+	reason     string
+	flush      bool
 }
 
 // Accept upgrades r to a WebSocket client of the hub and serves it until it
 // closes. origins are the allowed Origin host patterns; empty means the
 // request's own host only.
 func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
+	h.mu.Lock()
+	if max := h.cfg.MaxConns; max > 0 && len(h.clients)+h.upgrading >= max {
+		h.mu.Unlock()
+		h.m.Refused.Inc()
+		w.Header().Set("Retry-After", "1")
+		http.Error(w, fmt.Sprintf("this instance holds its most connections (MAX_CONNS=%d); retry, or connect to another", max),
+			http.StatusServiceUnavailable)
+		return
+	}
+	h.upgrading++
+	h.mu.Unlock()
 	cw := &cork.ResponseWriter{ResponseWriter: w, Pool: &h.bufs}
 	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		OriginPatterns:  origins,
 		CompressionMode: websocket.CompressionDisabled,
 	})
 	if err != nil {
+		h.mu.Lock()
+		h.upgrading--
+		h.mu.Unlock()
 		h.log.Debug("websocket upgrade refused", "remote", r.RemoteAddr, "err", err)
 		return
 	}
@@ -65,6 +84,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	c.member = protocol.Member{ID: h.newID("u"), Instance: h.cfg.Instance}
 	c.resume = c.serve
 	h.mu.Lock()
+	h.upgrading--
 	if h.closing {
 		h.mu.Unlock()
 		conn.Close(statusServiceRestart, "service restart: reconnect to another instance")
@@ -245,6 +265,8 @@ func (c *Client) writeLoop() {
 		if len(batch) == 0 {
 			return true // woken for frames an earlier turn took
 		}
+		c.writeSince.Store(c.h.sweeps.Load() + 1)
+		defer c.writeSince.Store(0)
 		c.cork.Hold()
 		for i, b := range batch {
 			if err := c.cork.AppendText(b); err != nil {
@@ -281,6 +303,12 @@ func (c *Client) writeLoop() {
 			return // without flush, closeLocked closes the connection itself
 		}
 	}
+}
+
+// stuck reports whether the write under way began more than n sweeps ago.
+func (c *Client) stuck(n int64) bool {
+	since := c.writeSince.Load()
+	return since != 0 && c.h.sweeps.Load()+1-since > n
 }
 
 // startWriterLocked starts the connection's writer; the queue said none

@@ -58,8 +58,15 @@ type Config struct {
 	// room's subscription (the relay link is down or slow); then it is
 	// answered unavailable and undone (default 10s).
 	JoinTimeout time.Duration
-	Logger      *slog.Logger
-	Metrics     *Metrics
+	// MaxConns bounds the connections held; an upgrade past it is refused
+	// with 503 (0: no bound).
+	MaxConns int
+	// WriteTimeout bounds how long a write to a client may make no
+	// progress (a peer that stopped reading, its buffers full) before the
+	// connection is closed; Run's sweep checks it (0: no bound).
+	WriteTimeout time.Duration
+	Logger       *slog.Logger
+	Metrics      *Metrics
 }
 
 // Hub is the state of one ws-user instance.
@@ -84,7 +91,10 @@ type Hub struct {
 	mu      sync.Mutex
 	rooms   map[string]*room
 	clients map[*Client]struct{}
-	writing map[*Client]struct{} // clients whose writer runs, for Run's sweep
+	// upgrading counts upgrades under way, which MaxConns counts too.
+	upgrading int
+	sweeps    atomic.Int64         // Run's sweeps so far
+	writing   map[*Client]struct{} // clients whose writer runs, for Run's sweep
 	// unsynced holds the rooms with joins waiting for their subscription.
 	unsynced map[*room]struct{}
 	pubs     map[string]pubWaiter
@@ -200,17 +210,30 @@ func (h *Hub) flushLazy() {
 func (h *Hub) Run(ctx context.Context) {
 	t := time.NewTicker(h.cfg.WriterLinger)
 	defer t.Stop()
+	// A write is stuck once this many sweeps passed since it began.
+	var stuck int64
+	if h.cfg.WriteTimeout > 0 {
+		stuck = max(1, int64((h.cfg.WriteTimeout+h.cfg.WriterLinger-1)/h.cfg.WriterLinger))
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
+		now := time.Now()
+		h.sweeps.Add(1)
 		h.mu.Lock()
 		for c := range h.writing {
 			c.q.sweep()
+			if stuck > 0 && c.stuck(stuck) {
+				h.m.WriteTimeouts.Inc()
+				h.log.Info("client write made no progress; closing", "member", c.member.ID, "timeout", h.cfg.WriteTimeout)
+				// The socket itself: the writer is blocked in it.
+				c.cork.Close()
+			}
 		}
-		h.expireJoinsLocked(time.Now())
+		h.expireJoinsLocked(now)
 		h.mu.Unlock()
 	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/user/internal/bus"
@@ -100,7 +101,12 @@ func dialRaw(t *testing.T, addr string, early ...string) *rawClient {
 func frame(texts ...string) []byte {
 	var b []byte
 	for _, s := range texts {
-		b = append(b, 0x81, 0x80|byte(len(s)), 0, 0, 0, 0)
+		if len(s) < 126 {
+			b = append(b, 0x81, 0x80|byte(len(s)))
+		} else {
+			b = append(b, 0x81, 0x80|126, byte(len(s)>>8), byte(len(s)))
+		}
+		b = append(b, 0, 0, 0, 0)
 		b = append(b, s...)
 	}
 	return b
@@ -516,5 +522,71 @@ func TestShutdownKeepsItsDeadline(t *testing.T) {
 	h.Shutdown(ctx)
 	if d := time.Since(start); d > 3*time.Second {
 		t.Fatalf("Shutdown with a 300ms budget took %v", d)
+	}
+}
+
+// Past MaxConns an upgrade is refused with 503, and a slot freed is taken
+// again.
+func TestMaxConns(t *testing.T) {
+	h, srv := startHubWith(t, func(c *Config) { c.MaxConns = 2 })
+	addr := srv.Listener.Addr().String()
+	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`)
+	a.expect(t, `"welcome"`)
+	b := dialRaw(t, addr, `{"type":"hello","nick":"b"}`)
+	b.expect(t, `"welcome"`)
+	upgrade := func() int {
+		t.Helper()
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprint(conn, "GET / HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+			"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.StatusCode
+	}
+	if code := upgrade(); code != http.StatusServiceUnavailable {
+		t.Fatalf("third connection: %d, want 503", code)
+	}
+	if got := testutil.ToFloat64(h.m.Refused); got != 1 {
+		t.Fatalf("connections_refused_total %v", got)
+	}
+	a.conn.Close()
+	deadline := time.Now().Add(10 * time.Second)
+	for upgrade() != http.StatusSwitchingProtocols {
+		if time.Now().After(deadline) {
+			t.Fatal("a freed slot was not taken again")
+		}
+		runtime.Gosched()
+	}
+}
+
+// A client that stops reading while frames keep coming is closed once a
+// write to it made no progress for WriteTimeout, its queue not yet full.
+func TestWriteTimeout(t *testing.T) {
+	h, srv := startHubWith(t, func(c *Config) {
+		c.WriterLinger, c.WriteTimeout = 20*time.Millisecond, 200*time.Millisecond
+		c.SendQueue, c.SendQueueBytes = 1<<20, 1<<30
+		c.RatePerSec, c.RateBurst = 1e6, 1e6
+	})
+	addr := srv.Listener.Addr().String()
+	mute := dialRaw(t, addr, `{"type":"hello","nick":"mute"}`, `{"type":"join","room":"r","id":"j"}`)
+	mute.expect(t, `"joined"`) // and never reads again
+	sender := dialRaw(t, addr) // seed: sends to r without joining it
+	chat := fmt.Sprintf(`{"type":"chat","room":"r","message":"%s"}`, strings.Repeat("x", 4000))
+	deadline := time.Now().Add(30 * time.Second)
+	for testutil.ToFloat64(h.m.WriteTimeouts) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("no write timeout after 30s of frames to a client that does not read")
+		}
+		sender.send(t, chat, chat, chat, chat)
+	}
+	if got := testutil.ToFloat64(h.m.SlowConsumers); got != 0 {
+		t.Fatalf("the queue overflowed first (%v): the test does not show the timeout", got)
 	}
 }

@@ -14,6 +14,8 @@ type Metrics struct {
 	Delivered     prometheus.Counter
 	Errors        *prometheus.CounterVec
 	SlowConsumers prometheus.Counter
+	Refused       prometheus.Counter // connections refused at MaxConns
+	WriteTimeouts prometheus.Counter // connections closed with a write stuck past WriteTimeout
 	LinkUp        prometheus.Gauge
 	Fanout        prometheus.Histogram // seconds from sequencing to queued for members
 	AckLatency    prometheus.Histogram // seconds from a client's chat to its ack
@@ -36,13 +38,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wschat_user_errors_total", Help: "Error frames sent to clients, by code."},
 			[]string{"code"}),
 		SlowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_queue_drops_total", Help: "Clients disconnected because their send queue overflowed."}),
-		LinkUp:        prometheus.NewGauge(prometheus.GaugeOpts{Name: "wschat_user_relay_link_up", Help: "1 when the relay link (or the standalone bus) is up."}),
+		Refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_connections_refused_total",
+			Help: "WebSocket upgrades refused (503) because the instance held MAX_CONNS connections."}),
+		WriteTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_write_timeouts_total",
+			Help: "Clients disconnected because a write to them made no progress for WRITE_TIMEOUT."}),
+		LinkUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wschat_user_relay_link_up", Help: "1 when the relay link (or the standalone bus) is up."}),
 		Fanout: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wschat_user_delivery_latency_seconds",
 			Help: "Time from sequencing a message to queueing it for local members.", Buckets: buckets}),
 		AckLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wschat_user_ack_latency_seconds",
 			Help: "Time from receiving a client's chat to its acknowledgement.", Buckets: buckets}),
 	}
 	reg.MustRegister(m.Connections, m.Rooms, m.Memberships, m.FramesIn, m.FramesOut, m.Writes, m.ChatsIn, m.Delivered, m.Errors,
-		m.SlowConsumers, m.LinkUp, m.Fanout, m.AckLatency)
+		m.SlowConsumers, m.Refused, m.WriteTimeouts, m.LinkUp, m.Fanout, m.AckLatency)
 	return m
 }
