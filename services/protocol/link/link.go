@@ -38,7 +38,10 @@ const HeaderEpoch = "X-Wschat-Epoch"
 const (
 	// OpSync is the first frame after every (re)connect: the instance's
 	// whole state (Rooms). The relayer replaces all presence it holds for
-	// the instance and answers with one OpSubscribed per room.
+	// the instance and answers with one OpSubscribed per room. A large
+	// state comes in parts: sync frames with More, then the last without;
+	// the relayer applies them together, a room listed in several parts
+	// with the members of all.
 	OpSync = "sync"
 	// OpSub subscribes one room (Rooms holds exactly one RoomState).
 	OpSub = "sub"
@@ -114,6 +117,7 @@ type Frame struct {
 	Limit   int                `json:"limit,omitempty"`
 	Code    string             `json:"code,omitempty"`
 	Error   string             `json:"error,omitempty"`
+	More    bool               `json:"more,omitempty"` // sync: more parts follow
 }
 
 // Append appends f and its terminating newline to dst.

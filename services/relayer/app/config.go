@@ -89,8 +89,9 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if c.LinkQueueBytes <= 0 {
 		bad("LINK_QUEUE_BYTES must be > 0, got %d", c.LinkQueueBytes)
 	}
-	if c.LinkMaxFrameBytes <= 0 {
-		bad("LINK_MAX_FRAME_BYTES must be > 0, got %d", c.LinkMaxFrameBytes)
+	if c.LinkMaxFrameBytes < 1<<20 {
+		// A ws-user sends link messages of up to 1 MiB.
+		bad("LINK_MAX_FRAME_BYTES must be at least 1048576 (ws-user sends link messages of up to 1 MiB), got %d", c.LinkMaxFrameBytes)
 	}
 	if c.LinkPingInterval <= 0 {
 		bad("LINK_PING_INTERVAL must be > 0, got %s", c.LinkPingInterval)

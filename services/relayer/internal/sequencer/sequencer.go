@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"iter"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -107,7 +108,16 @@ type instance struct {
 	gen    uint64
 	grace  *time.Timer
 	rooms  map[*room]struct{} // subscribed or with members present
+	// syncParts are the parts of a sync received so far (link.OpSync
+	// with More), applied with the last; parts counts their entries.
+	syncParts []link.RoomState
+	parts     int
 }
+
+// maxSyncEntries bounds the rooms and members a sync's parts may hold
+// before the last arrives: what one instance could have (its connections
+// times their rooms) with room to spare, not what a broken peer can send.
+const maxSyncEntries = 1 << 23
 
 type eventKind uint8
 
@@ -434,6 +444,7 @@ func (s *Sequencer) handle(ev event) {
 		}
 		inst.gen++
 		inst.link, inst.synced = c, false
+		inst.syncParts, inst.parts = nil, 0
 	case evClosed:
 		inst := s.insts[ev.conn.inst]
 		if inst == nil || inst.link != ev.conn {
@@ -472,7 +483,22 @@ func (s *Sequencer) handle(ev event) {
 func (s *Sequencer) frame(inst *instance, f *link.Frame) {
 	switch f.T {
 	case link.OpSync:
-		s.sync(inst, f.Rooms)
+		for _, rs := range f.Rooms {
+			inst.parts += 1 + len(rs.Members)
+		}
+		if inst.parts > maxSyncEntries {
+			inst.link.log.Warn("relay link sync over its bound; closing it", "entries", inst.parts, "limit", maxSyncEntries)
+			inst.syncParts, inst.parts = nil, 0
+			inst.link.close(websocket.StatusPolicyViolation, "sync too large", false, dropProtocol)
+			return
+		}
+		if f.More {
+			inst.syncParts = append(inst.syncParts, f.Rooms...)
+			return
+		}
+		states := append(inst.syncParts, f.Rooms...)
+		inst.syncParts, inst.parts = nil, 0
+		s.sync(inst, states)
 	case link.OpSub:
 		for _, rs := range f.Rooms {
 			if err := protocol.ValidName(rs.Room, maxRoomBytes); err != nil {
@@ -510,9 +536,13 @@ func (s *Sequencer) sync(inst *instance, states []link.RoomState) {
 			continue
 		}
 		r := s.room(rs.Room)
-		if _, dup := want[r]; !dup {
-			order = append(order, r)
+		if w, dup := want[r]; dup {
+			// A room split over parts: the members of all.
+			w.Members = slices.Concat(w.Members, rs.Members)
+			want[r] = w
+			continue
 		}
+		order = append(order, r)
 		want[r] = rs
 	}
 	for r := range inst.rooms {

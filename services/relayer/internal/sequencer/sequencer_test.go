@@ -833,6 +833,34 @@ func TestCompaction(t *testing.T) {
 	}
 }
 
+// A sync in parts is applied with its last part, a room listed in several
+// with the members of all.
+func TestSyncInParts(t *testing.T) {
+	h := start(t, "", nil)
+	a := h.dial("A")
+	ann, bob, cat := protocol.Member{ID: "a1", Nick: "ann"}, protocol.Member{ID: "a2", Nick: "bob"}, protocol.Member{ID: "a3", Nick: "cat"}
+	// (A first part applied on its own would answer r with ann alone, and
+	// then r again: the first two answers below would not add up.)
+	a.send(&link.Frame{T: link.OpSync, More: true, Rooms: []link.RoomState{{Room: "r", Members: []protocol.Member{ann}}}})
+	a.send(&link.Frame{T: link.OpSync, Rooms: []link.RoomState{
+		{Room: "r", Members: []protocol.Member{bob}}, {Room: "s", Members: []protocol.Member{cat}},
+	}})
+	subs := map[string][]string{}
+	for range 2 {
+		f := a.expect(link.OpSubscribed)
+		for _, m := range f.Members {
+			subs[f.Room] = append(subs[f.Room], m.ID)
+		}
+	}
+	slices.Sort(subs["r"])
+	if !slices.Equal(subs["r"], []string{"a1", "a2"}) || !slices.Equal(subs["s"], []string{"a3"}) {
+		t.Fatalf("members after a sync in parts: %v", subs)
+	}
+	if got := testutil.ToFloat64(h.s.m.members); got != 3 {
+		t.Fatalf("presence_members = %v, want 3", got)
+	}
+}
+
 func TestSyncReplacesSubscriptions(t *testing.T) {
 	h := start(t, "", nil)
 	b := h.dial("B")

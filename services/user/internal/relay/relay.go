@@ -250,7 +250,7 @@ func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
 	if state == nil {
 		state = []link.RoomState{}
 	}
-	head, err := link.Append(nil, &link.Frame{T: link.OpSync, Rooms: state})
+	head, err := appendSync(nil, state)
 	if err != nil {
 		return fmt.Errorf("encode sync: %w", err)
 	}
@@ -284,6 +284,56 @@ func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
 	<-errc
 	<-errc
 	return err
+}
+
+// syncPart is about the most bytes of state one sync frame carries.
+const syncPart = 256 << 10
+
+// appendSync appends state as sync frames of about syncPart bytes, every
+// one but the last marked More, a room's members split over several if
+// need be: as one frame, the state of a large instance would be larger
+// than the relayer reads in one message (LINK_MAX_FRAME_BYTES), and the
+// link would be refused at every reconnect.
+func appendSync(dst []byte, state []link.RoomState) ([]byte, error) {
+	part := link.Frame{T: link.OpSync, Rooms: []link.RoomState{}}
+	size := 0
+	flush := func(more bool) error {
+		part.More = more
+		var err error
+		dst, err = link.Append(dst, &part)
+		part.Rooms, size = part.Rooms[:0], 0
+		return err
+	}
+	for _, rs := range state {
+		rest := rs.Members
+		for first := true; first || len(rest) > 0; first = false {
+			if size += len(rs.Room) + 64; size > syncPart && len(part.Rooms) > 0 {
+				if err := flush(true); err != nil {
+					return dst, err
+				}
+				size = len(rs.Room) + 64
+			}
+			n := 0
+			for n < len(rest) {
+				// Its JSON: the strings and about 40 bytes of keys.
+				m := len(rest[n].ID) + len(rest[n].Nick) + len(rest[n].Instance) + 40
+				if size+m > syncPart && (n > 0 || len(part.Rooms) > 0) {
+					break
+				}
+				size += m
+				n++
+			}
+			piece := rs
+			piece.Members = rest[:n]
+			part.Rooms = append(part.Rooms, piece)
+			if rest = rest[n:]; len(rest) > 0 {
+				if err := flush(true); err != nil {
+					return dst, err
+				}
+			}
+		}
+	}
+	return dst, flush(false)
 }
 
 func (b *Bus) down() {
