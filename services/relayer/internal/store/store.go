@@ -184,8 +184,30 @@ func openLog(dir string, opts Options) (*Log, error) {
 	return &Log{dir: dir, path: path, f: f, opts: opts, syncDir: syncDir, epoch: epoch}, nil
 }
 
+// intactAfter reports whether an intact record starts anywhere after off
+// (one byte on): its header's length fits, its payload is a JSON object,
+// and its checksum holds.
+func (l *Log) intactAfter(off int64) (bool, error) {
+	rest, err := io.ReadAll(io.NewSectionReader(l.f, off+1, 1<<62))
+	if err != nil {
+		return false, fmt.Errorf("scan %s past offset %d: %w", l.path, off, err)
+	}
+	for p := 0; p+headerSize < len(rest); p++ {
+		size := int(binary.LittleEndian.Uint32(rest[p:]))
+		end := p + headerSize + size
+		if size < 2 || size > maxRecordBytes || end > len(rest) || rest[p+headerSize] != '{' || rest[end-1] != '}' {
+			continue
+		}
+		if crc32.Checksum(rest[p+headerSize:end], castagnoli) == binary.LittleEndian.Uint32(rest[p+4:]) {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
 // Epoch names this log's sequence numbers: made anew with the log, kept
-// while it lives (compactions included). A relayer whose epoch changed
+// while it lives (compactions included), made anew again when replay had
+// to drop records from the middle of the log. A relayer whose epoch changed
 // counts from 1 again, and whoever remembers its numbers must forget them.
 func (l *Log) Epoch() string { return l.epoch }
 
@@ -296,13 +318,32 @@ func (l *Log) Replay(fn func(payload []byte) error) error {
 		if err != nil {
 			return fmt.Errorf("replay: %w", err)
 		}
-		l.opts.Logger.Warn("log has a torn or corrupt tail; truncating it",
-			"path", l.path, "reason", bad, "offset", off, "dropped_bytes", end-off, "records_kept", records)
+		// A crash tears at most the batch being written, which nobody was
+		// told of. An intact record past the bad spot means damage in the
+		// middle: what is dropped was acknowledged and delivered, and its
+		// numbers will be handed out again.
+		intact, err := l.intactAfter(off)
+		if err != nil {
+			return err
+		}
+		if intact {
+			l.opts.Logger.Error("log is corrupt before its end: truncating it, acknowledged records included; "+
+				"the log gets a new epoch so that gateways start their clients over (keep a copy of the file to recover it by hand)",
+				"path", l.path, "reason", bad, "offset", off, "dropped_bytes", end-off, "records_kept", records)
+		} else {
+			l.opts.Logger.Warn("log has a torn or corrupt tail; truncating it",
+				"path", l.path, "reason", bad, "offset", off, "dropped_bytes", end-off, "records_kept", records)
+		}
 		if err := l.f.Truncate(off); err != nil {
 			return fmt.Errorf("truncate corrupt tail of %s: %w", l.path, err)
 		}
 		if err := l.f.Sync(); err != nil {
 			return fmt.Errorf("sync truncated %s: %w", l.path, err)
+		}
+		if intact {
+			if l.epoch, err = loadEpoch(l.dir, true); err != nil {
+				return err
+			}
 		}
 	}
 	l.size = off

@@ -131,28 +131,38 @@ func TestTornAndCorruptTails(t *testing.T) {
 		// damage changes the file; kept is how many records survive.
 		damage func(t *testing.T, path string, offs []int64)
 		kept   int
+		// newEpoch: records after the damage were dropped, acknowledged
+		// ones: the log's numbers start over.
+		newEpoch bool
 	}{
 		{"torn header", func(t *testing.T, path string, offs []int64) {
 			appendBytes(t, path, []byte{1, 2, 3})
-		}, 5},
+		}, 5, false},
 		{"torn payload", func(t *testing.T, path string, offs []int64) {
 			st, _ := os.Stat(path)
 			os.Truncate(path, st.Size()-4)
-		}, 4},
+		}, 4, false},
 		{"corrupt crc in the middle", func(t *testing.T, path string, offs []int64) {
 			flipByte(t, path, offs[2]+headerSize+3)
-		}, 2},
+		}, 2, true},
+		{"corrupt last record", func(t *testing.T, path string, offs []int64) {
+			flipByte(t, path, offs[4]+headerSize+3)
+		}, 4, false},
 		{"zero length", func(t *testing.T, path string, offs []int64) {
 			appendBytes(t, path, make([]byte, 16))
-		}, 5},
+		}, 5, false},
 		{"huge length", func(t *testing.T, path string, offs []int64) {
 			appendBytes(t, path, []byte{0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 'x'})
-		}, 5},
+		}, 5, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			offs, path := writeLog(t, dir, 5)
+			before, err := os.ReadFile(filepath.Join(dir, EpochName))
+			if err != nil {
+				t.Fatal(err)
+			}
 			tc.damage(t, path, offs)
 			var logs bytes.Buffer
 			l, err := Open(dir, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
@@ -171,6 +181,9 @@ func TestTornAndCorruptTails(t *testing.T) {
 			}
 			if n != tc.kept {
 				t.Fatalf("replayed %d records, want %d", n, tc.kept)
+			}
+			if changed := l.Epoch() != string(before); changed != tc.newEpoch {
+				t.Fatalf("epoch changed: %v, want %v", changed, tc.newEpoch)
 			}
 			if !strings.Contains(logs.String(), "truncating") {
 				t.Errorf("truncation not logged: %q", logs.String())
