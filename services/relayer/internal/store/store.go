@@ -186,20 +186,44 @@ func openLog(dir string, opts Options) (*Log, error) {
 
 // intactAfter reports whether an intact record starts anywhere after off
 // (one byte on): its header's length fits, its payload is a JSON object,
-// and its checksum holds.
+// and its checksum holds. It reads the file a window at a time: damage
+// near the start of a large log must not need the log's size in memory.
 func (l *Log) intactAfter(off int64) (bool, error) {
-	rest, err := io.ReadAll(io.NewSectionReader(l.f, off+1, 1<<62))
+	end, err := l.f.Seek(0, io.SeekEnd)
 	if err != nil {
-		return false, fmt.Errorf("scan %s past offset %d: %w", l.path, off, err)
+		return false, fmt.Errorf("scan %s: %w", l.path, err)
 	}
-	for p := 0; p+headerSize < len(rest); p++ {
-		size := int(binary.LittleEndian.Uint32(rest[p:]))
-		end := p + headerSize + size
-		if size < 2 || size > maxRecordBytes || end > len(rest) || rest[p+headerSize] != '{' || rest[end-1] != '}' {
-			continue
+	const window = 1 << 20
+	buf := make([]byte, window+headerSize)
+	var payload []byte
+	for base := off + 1; base+headerSize < end; base += window {
+		n, err := l.f.ReadAt(buf, base)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return false, fmt.Errorf("scan %s past offset %d: %w", l.path, off, err)
 		}
-		if crc32.Checksum(rest[p+headerSize:end], castagnoli) == binary.LittleEndian.Uint32(rest[p+4:]) {
-			return true, nil
+		for p := 0; p < min(window, n-headerSize); p++ {
+			// Cheap tests first: JSON text never makes a length this small
+			// (it has no bytes below 0x20), so only the neighbourhood of a
+			// real header gets as far as reading a payload.
+			size := int64(binary.LittleEndian.Uint32(buf[p:]))
+			at := base + int64(p) + headerSize
+			if size < 2 || size > maxRecordBytes || at+size > end || buf[p+headerSize] != '{' {
+				continue
+			}
+			var last [1]byte
+			if _, err := l.f.ReadAt(last[:], at+size-1); err != nil || last[0] != '}' {
+				continue
+			}
+			if cap(payload) < int(size) {
+				payload = make([]byte, size)
+			}
+			payload = payload[:size]
+			if _, err := l.f.ReadAt(payload, at); err != nil {
+				return false, fmt.Errorf("scan %s past offset %d: %w", l.path, off, err)
+			}
+			if crc32.Checksum(payload, castagnoli) == binary.LittleEndian.Uint32(buf[p+4:]) {
+				return true, nil
+			}
 		}
 	}
 	return false, nil
@@ -334,16 +358,18 @@ func (l *Log) Replay(fn func(payload []byte) error) error {
 			l.opts.Logger.Warn("log has a torn or corrupt tail; truncating it",
 				"path", l.path, "reason", bad, "offset", off, "dropped_bytes", end-off, "records_kept", records)
 		}
+		if intact {
+			// Before the truncation: a crash between the two must not
+			// leave a shorter log with the old epoch.
+			if l.epoch, err = loadEpoch(l.dir, true); err != nil {
+				return err
+			}
+		}
 		if err := l.f.Truncate(off); err != nil {
 			return fmt.Errorf("truncate corrupt tail of %s: %w", l.path, err)
 		}
 		if err := l.f.Sync(); err != nil {
 			return fmt.Errorf("sync truncated %s: %w", l.path, err)
-		}
-		if intact {
-			if l.epoch, err = loadEpoch(l.dir, true); err != nil {
-				return err
-			}
 		}
 	}
 	l.size = off

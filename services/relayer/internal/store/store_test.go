@@ -159,10 +159,7 @@ func TestTornAndCorruptTails(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			offs, path := writeLog(t, dir, 5)
-			before, err := os.ReadFile(filepath.Join(dir, EpochName))
-			if err != nil {
-				t.Fatal(err)
-			}
+			before := epochOf(t, dir)
 			tc.damage(t, path, offs)
 			var logs bytes.Buffer
 			l, err := Open(dir, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
@@ -182,7 +179,7 @@ func TestTornAndCorruptTails(t *testing.T) {
 			if n != tc.kept {
 				t.Fatalf("replayed %d records, want %d", n, tc.kept)
 			}
-			if changed := l.Epoch() != string(before); changed != tc.newEpoch {
+			if changed := l.Epoch() != before; changed != tc.newEpoch {
 				t.Fatalf("epoch changed: %v, want %v", changed, tc.newEpoch)
 			}
 			if !strings.Contains(logs.String(), "truncating") {
@@ -413,4 +410,51 @@ func TestEpochLivesWithTheLog(t *testing.T) {
 	if fresh := open(); fresh == first {
 		t.Fatal("a new log kept the old epoch")
 	}
+}
+
+// The scan for intact records past the damage reads the log a window at a
+// time, and finds one more than a window away; past damage that runs to
+// the end, it finds none and the epoch stays.
+func TestDamageScanCrossesWindows(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		toEnd    bool
+		newEpoch bool
+	}{{"intact records after 1.5 MiB of damage", false, true}, {"damage to the end", true, false}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			offs, path := writeLog(t, dir, 30000) // about 3 MiB
+			before := epochOf(t, dir)
+			f, err := os.OpenFile(path, os.O_RDWR, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			from, to := offs[2], offs[2]+3<<19
+			if tc.toEnd {
+				st, _ := f.Stat()
+				to = st.Size()
+			}
+			if _, err := f.WriteAt(bytes.Repeat([]byte{' '}, int(to-from)), from); err != nil {
+				t.Fatal(err)
+			}
+			f.Close()
+			l, got := open(t, dir, false)
+			defer l.Close()
+			if len(got) != 2 {
+				t.Fatalf("kept %d records, want 2", len(got))
+			}
+			if changed := l.Epoch() != before; changed != tc.newEpoch {
+				t.Fatalf("epoch changed: %v, want %v", changed, tc.newEpoch)
+			}
+		})
+	}
+}
+
+func epochOf(t *testing.T, dir string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, EpochName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }

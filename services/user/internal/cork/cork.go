@@ -35,6 +35,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -98,7 +99,8 @@ type Conn struct {
 	net.Conn
 	pool *Pool
 
-	mu        sync.Mutex // serialises writes to the underlying conn
+	mu        sync.Mutex    // serialises writes to the underlying conn
+	written   atomic.Uint64 // bytes of gathered frames sent (see Written)
 	held      bool
 	closeSent bool    // a close frame went out: no data frame may follow
 	buf       *[]byte // nil unless held and written to
@@ -296,13 +298,29 @@ func (c *Conn) sendLocked() error {
 	}
 	b := c.buf
 	c.buf = nil
-	_, err := c.Conn.Write(*b)
+	var err error
+	// In chunks, so that a large batch to a slow reader shows progress
+	// (Written) as it goes; a batch of one chunk is one Write, as before.
+	for p := *b; len(p) > 0 && err == nil; {
+		n := min(len(p), writeChunk)
+		if _, err = c.Conn.Write(p[:n]); err == nil {
+			c.written.Add(uint64(n))
+		}
+		p = p[n:]
+	}
 	c.pool.put(b)
 	if err != nil {
 		return fmt.Errorf("write gathered frames: %w", err)
 	}
 	return nil
 }
+
+// writeChunk is the most of a batch one Write sends.
+const writeChunk = 64 << 10
+
+// Written counts the bytes of gathered frames sent so far: a writer whose
+// count stops moving is stuck on a peer that does not read.
+func (c *Conn) Written() uint64 { return c.written.Load() }
 
 // ResponseWriter wraps an http.ResponseWriter so that Hijack returns a
 // *Conn with small buffers. Conn is set by a successful Hijack.

@@ -37,13 +37,16 @@ type Client struct {
 	writers   sync.WaitGroup // the writer, when running
 	done      chan struct{}
 	closeOnce sync.Once
-	// writeSince is the hub's sweep count when the write under way began,
-	// plus one; 0 between writes. The sweep closes a connection stuck in
-	// one (a count, not a clock: no time.Now per write).
-	writeSince atomic.Int64
-	code       websocket.StatusCode
-	reason     string
-	flush      bool
+	// inWrite is set while the writer writes. The hub's sweep (under
+	// h.mu) watches cork.Written move meanwhile: sweepWritten is what it
+	// saw last, stalled for how many sweeps in a row it has not moved (a
+	// count of sweeps, not a clock: no time.Now per write).
+	inWrite      atomic.Bool
+	sweepWritten uint64
+	stalled      int64
+	code         websocket.StatusCode
+	reason       string
+	flush        bool
 }
 
 // Accept upgrades r to a WebSocket client of the hub and serves it until it
@@ -265,8 +268,8 @@ func (c *Client) writeLoop() {
 		if len(batch) == 0 {
 			return true // woken for frames an earlier turn took
 		}
-		c.writeSince.Store(c.h.sweeps.Load() + 1)
-		defer c.writeSince.Store(0)
+		c.inWrite.Store(true)
+		defer c.inWrite.Store(false)
 		c.cork.Hold()
 		for i, b := range batch {
 			if err := c.cork.AppendText(b); err != nil {
@@ -305,10 +308,17 @@ func (c *Client) writeLoop() {
 	}
 }
 
-// stuck reports whether the write under way began more than n sweeps ago.
+// stuck reports whether a write has been under way for more than n sweeps
+// without sending a byte; the hub's sweep calls it, once a sweep, under
+// h.mu.
 func (c *Client) stuck(n int64) bool {
-	since := c.writeSince.Load()
-	return since != 0 && c.h.sweeps.Load()+1-since > n
+	w := c.cork.Written()
+	if !c.inWrite.Load() || w != c.sweepWritten {
+		c.sweepWritten, c.stalled = w, 0
+		return false
+	}
+	c.stalled++
+	return c.stalled > n
 }
 
 // startWriterLocked starts the connection's writer; the queue said none
@@ -380,17 +390,19 @@ type queue struct {
 
 // push queues b. ok is false when the queue is full; start tells the
 // caller to start the writer, none running. A lazy push wakes and starts
-// nothing (see kick). An empty queue takes a frame over the byte limit:
-// the server made it (a join's history, a fetch's answer), and refusing it
-// would disconnect the client every time it asked again.
+// nothing (see kick). One frame counts as half the byte limit at most: a
+// frame over it is the server's own (a join's history, a fetch's answer),
+// refusing it would disconnect the client every time it asked again, and
+// the room's frames around it must still find room.
 func (q *queue) push(b []byte, lazy bool) (ok, start bool) {
 	q.mu.Lock()
-	if len(q.items) >= q.limit || len(q.items) > 0 && q.bytes+len(b) > q.limitBytes {
+	n := min(len(b), q.limitBytes/2)
+	if len(q.items) >= q.limit || q.bytes+n > q.limitBytes {
 		q.mu.Unlock()
 		return false, false
 	}
 	q.items = append(q.items, b)
-	q.bytes += len(b)
+	q.bytes += n
 	q.pushes++
 	q.retire = false
 	// Held frames count toward the limits: past half of them, the

@@ -93,7 +93,6 @@ type Hub struct {
 	clients map[*Client]struct{}
 	// upgrading counts upgrades under way, which MaxConns counts too.
 	upgrading int
-	sweeps    atomic.Int64         // Run's sweeps so far
 	writing   map[*Client]struct{} // clients whose writer runs, for Run's sweep
 	// unsynced holds the rooms with joins waiting for their subscription.
 	unsynced map[*room]struct{}
@@ -123,6 +122,9 @@ type room struct {
 	cache    []protocol.Message // the last cfg.History messages, ascending
 	last     uint64             // last seq delivered locally
 	first    uint64             // oldest seq the bus still keeps
+	// behind: the link is down, or its resync of the room not answered
+	// yet; last may lag what clients saw on other instances.
+	behind   bool
 	presence map[string]protocol.Member
 }
 
@@ -210,7 +212,7 @@ func (h *Hub) flushLazy() {
 func (h *Hub) Run(ctx context.Context) {
 	t := time.NewTicker(h.cfg.WriterLinger)
 	defer t.Stop()
-	// A write is stuck once this many sweeps passed since it began.
+	// A write is stuck once it sent nothing for this many sweeps.
 	var stuck int64
 	if h.cfg.WriteTimeout > 0 {
 		stuck = max(1, int64((h.cfg.WriteTimeout+h.cfg.WriterLinger-1)/h.cfg.WriterLinger))
@@ -222,7 +224,6 @@ func (h *Hub) Run(ctx context.Context) {
 		case <-t.C:
 		}
 		now := time.Now()
-		h.sweeps.Add(1)
 		h.mu.Lock()
 		for c := range h.writing {
 			c.q.sweep()
@@ -327,10 +328,11 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 		return
 	}
 	since := *in.Since
-	if since > r.last && !h.bus.Ready() {
+	if since > r.last && (r.behind || !h.bus.Ready()) {
 		// The client saw more of the room, elsewhere, than this instance
-		// has while it is cut off from the relay: answering now would say
-		// the room went back in time, and a client then drops what it has.
+		// has while it is cut off from the relay or catching up: answering
+		// now would say the room went back in time, and a client then
+		// drops what it has.
 		h.leaveLocked(c, r.name)
 		c.sendErrorLocked(in, protocol.CodeUnavailable,
 			"room %q: this instance is cut off from the relay and has not caught up with seq %d yet; join again later", r.name, since)
@@ -352,12 +354,18 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 				return // left, or left and joined again, meanwhile
 			}
 			delete(r.fetchReq, c)
+			if err != nil {
+				// Nothing is known lost: the link dropped, or the relayer
+				// was too busy to answer. recovered:false would tell the
+				// client it lost messages; it joins again instead.
+				h.log.Warn("recovery fetch failed", "room", r.name, "err", err)
+				h.leaveLocked(c, r.name)
+				c.sendErrorLocked(in, protocol.CodeUnavailable, "room %q: the history since seq %d could not be fetched now (%v); join again", r.name, since, err)
+				return
+			}
 			// The fetched messages and the cache must meet without a hole:
 			// the cache only moves forward while the fetch is in flight.
-			if err != nil || len(msgs) == 0 || msgs[0].Seq != since+1 || msgs[len(msgs)-1].Seq+1 < r.cacheFirst() {
-				if err != nil {
-					h.log.Warn("recovery fetch failed", "room", r.name, "err", err)
-				}
+			if len(msgs) == 0 || msgs[0].Seq != since+1 || msgs[len(msgs)-1].Seq+1 < r.cacheFirst() {
 				h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.History), ptr(false))
 				return
 			}
@@ -627,7 +635,7 @@ func (h *Hub) Subscribed(s bus.Subscription) {
 		}
 		r.last = s.Seq
 	}
-	r.first = s.First
+	r.first, r.behind = s.First, false
 	// Presence: the backend's view for other instances, our own for ours.
 	next := map[string]protocol.Member{}
 	for _, m := range s.Members {
@@ -747,6 +755,7 @@ func (h *Hub) State() []link.RoomState {
 	defer h.mu.Unlock()
 	out := make([]link.RoomState, 0, len(h.rooms))
 	for _, r := range h.rooms {
+		r.behind = true // until the resync's answer
 		rs := link.RoomState{Room: r.name, Tail: h.cfg.History, Members: make([]protocol.Member, 0, len(r.local))}
 		if r.synced {
 			// Only what was missed: the cache is already full. A room
@@ -775,7 +784,9 @@ func (h *Hub) Restarted() {
 		if r.last > 0 {
 			for c := range r.local {
 				if c.extended {
-					c.closeLocked(statusServiceRestart, "the relay tier's message numbers started over: reconnect and join again", true)
+					// Without flush: what is queued, and what the resync
+					// brings, is in numbers the client must not mix.
+					c.closeLocked(statusServiceRestart, "the relay tier's message numbers started over: reconnect and join again", false)
 				}
 			}
 		}
@@ -787,9 +798,14 @@ func (h *Hub) Restarted() {
 func (h *Hub) LinkState(up bool) {
 	if up {
 		h.m.LinkUp.Set(1)
-	} else {
-		h.m.LinkUp.Set(0)
+		return
 	}
+	h.m.LinkUp.Set(0)
+	h.mu.Lock()
+	for _, r := range h.rooms {
+		r.behind = true
+	}
+	h.mu.Unlock()
 }
 
 // ---- shutdown ----

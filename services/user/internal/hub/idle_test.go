@@ -492,21 +492,30 @@ func TestFrameOverTheByteLimitGoesOutAlone(t *testing.T) {
 	}
 }
 
-// Past the first frame, the byte limit holds.
+// A frame over the byte limit counts as half of it: it is taken, and the
+// room's frames around it queue as usual, up to the limit.
 func TestQueueByteLimit(t *testing.T) {
 	q := queue{limit: 8, limitBytes: 100, wake: make(chan struct{}, 1)}
-	if ok, _ := q.push(make([]byte, 150), false); !ok {
-		t.Fatal("an empty queue refused a frame over the byte limit")
+	if ok, _ := q.push(make([]byte, 10), false); !ok {
+		t.Fatal("an empty queue refused a small frame")
 	}
-	if ok, _ := q.push([]byte("x"), false); ok {
-		t.Fatal("a queue over the byte limit took another frame")
+	if ok, _ := q.push(make([]byte, 150), false); !ok {
+		t.Fatal("a frame over the byte limit was refused behind 10 bytes")
+	}
+	if ok, _ := q.push(make([]byte, 30), false); !ok {
+		t.Fatal("a frame behind the large one was refused with 60 of 100 bytes counted")
+	}
+	if ok, _ := q.push(make([]byte, 20), false); ok {
+		t.Fatal("a queue took 110 bytes with a limit of 100")
 	}
 	q.take(nil)
-	if ok, _ := q.push(make([]byte, 60), false); !ok {
-		t.Fatal("a drained queue refused a frame")
+	for range 2 {
+		if ok, _ := q.push(make([]byte, 40), false); !ok {
+			t.Fatal("a drained queue refused a frame")
+		}
 	}
-	if ok, _ := q.push(make([]byte, 60), false); ok {
-		t.Fatal("a queue took 120 bytes with a limit of 100")
+	if ok, _ := q.push(make([]byte, 30), false); ok {
+		t.Fatal("a queue took 110 bytes with a limit of 100")
 	}
 }
 
@@ -566,27 +575,78 @@ func TestMaxConns(t *testing.T) {
 	}
 }
 
-// A client that stops reading while frames keep coming is closed once a
-// write to it made no progress for WriteTimeout, its queue not yet full.
-func TestWriteTimeout(t *testing.T) {
+// startFloodHub serves a hub whose queues and rate limits let a sender
+// flood room r with bigChat; the sweep runs every 20 ms.
+func startFloodHub(t *testing.T, writeTimeout time.Duration) (*Hub, string) {
+	t.Helper()
 	h, srv := startHubWith(t, func(c *Config) {
-		c.WriterLinger, c.WriteTimeout = 20*time.Millisecond, 200*time.Millisecond
+		c.WriterLinger, c.WriteTimeout = 20*time.Millisecond, writeTimeout
 		c.SendQueue, c.SendQueueBytes = 1<<20, 1<<30
 		c.RatePerSec, c.RateBurst = 1e6, 1e6
 	})
-	addr := srv.Listener.Addr().String()
+	return h, srv.Listener.Addr().String()
+}
+
+// bigChat is a seed chat frame of 4 KB to room r.
+var bigChat = fmt.Sprintf(`{"type":"chat","room":"r","message":"%s"}`, strings.Repeat("x", 4000))
+
+// A client that stops reading while frames keep coming is closed once a
+// write to it made no progress for WriteTimeout, its queue not yet full.
+func TestWriteTimeout(t *testing.T) {
+	h, addr := startFloodHub(t, 200*time.Millisecond)
 	mute := dialRaw(t, addr, `{"type":"hello","nick":"mute"}`, `{"type":"join","room":"r","id":"j"}`)
 	mute.expect(t, `"joined"`) // and never reads again
 	sender := dialRaw(t, addr) // seed: sends to r without joining it
-	chat := fmt.Sprintf(`{"type":"chat","room":"r","message":"%s"}`, strings.Repeat("x", 4000))
 	deadline := time.Now().Add(30 * time.Second)
 	for testutil.ToFloat64(h.m.WriteTimeouts) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("no write timeout after 30s of frames to a client that does not read")
 		}
-		sender.send(t, chat, chat, chat, chat)
+		sender.send(t, bigChat, bigChat, bigChat, bigChat)
 	}
 	if got := testutil.ToFloat64(h.m.SlowConsumers); got != 0 {
 		t.Fatalf("the queue overflowed first (%v): the test does not show the timeout", got)
+	}
+}
+
+// A client that reads slowly but steadily is not taken for one that
+// stopped: WriteTimeout watches a large batch's bytes move, it does not
+// bound how long the batch takes.
+func TestWriteTimeoutSparesASlowReader(t *testing.T) {
+	h, addr := startFloodHub(t, 1500*time.Millisecond)
+	slow := dialRaw(t, addr, `{"type":"hello","nick":"slow"}`, `{"type":"join","room":"r","id":"j"}`)
+	slow.expect(t, `"joined"`)
+	sender := dialRaw(t, addr)
+	const n = 2000 // 8 MB, far more than the sockets' buffers
+	go func() {
+		for range n / 4 {
+			if _, err := sender.conn.Write(frame(bigChat, bigChat, bigChat, bigChat)); err != nil {
+				return
+			}
+		}
+	}()
+	// About 2 MB/s: 100 KB every 50 ms, so one batch of several MB takes
+	// seconds, past the timeout, while its bytes keep moving (the kernel
+	// wakes a writer when a third of its send buffer is free: hundreds of
+	// milliseconds apart here).
+	pace := time.NewTicker(50 * time.Millisecond)
+	defer pace.Stop()
+	got, budget := 0, 0
+	for got < n {
+		if budget <= 0 {
+			<-pace.C
+			budget = 100 << 10
+		}
+		op, f := slow.frame(t)
+		if op == 8 {
+			t.Fatalf("closed after %d of %d messages: %q", got, n, f)
+		}
+		budget -= len(f)
+		if strings.Contains(f, `"chat"`) {
+			got++
+		}
+	}
+	if got := testutil.ToFloat64(h.m.WriteTimeouts); got != 0 {
+		t.Fatalf("write_timeouts_total %v", got)
 	}
 }
