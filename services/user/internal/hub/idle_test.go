@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -32,6 +33,13 @@ func startHub(t *testing.T, linger time.Duration) (*Hub, *httptest.Server) {
 // startHubWith is startHub with the test's own settings.
 func startHubWith(t *testing.T, set func(*Config)) (*Hub, *httptest.Server) {
 	t.Helper()
+	return startHubOn(t, set, nil)
+}
+
+// startHubOn is startHubWith with the standalone bus seen through wrap
+// (nil: as it is).
+func startHubOn(t *testing.T, set func(*Config), wrap func(*Hub, bus.Bus) bus.Bus) (*Hub, *httptest.Server) {
+	t.Helper()
 	cfg := Config{
 		Instance: "test", History: 50, FetchLimit: 100, MaxRooms: 8, SendQueue: 64, SendQueueBytes: 1 << 20,
 		RatePerSec: 1000, RateBurst: 1000, MaxFrame: 16384,
@@ -41,7 +49,11 @@ func startHubWith(t *testing.T, set func(*Config)) (*Hub, *httptest.Server) {
 	set(&cfg)
 	h := New(cfg)
 	b := bus.NewLocal(h, 100)
-	h.SetBus(b)
+	if wrap != nil {
+		h.SetBus(wrap(h, b))
+	} else {
+		h.SetBus(b)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	busDone := make(chan struct{})
 	go func() {
@@ -648,5 +660,40 @@ func TestWriteTimeoutSparesASlowReader(t *testing.T) {
 	}
 	if got := testutil.ToFloat64(h.m.WriteTimeouts); got != 0 {
 		t.Fatalf("write_timeouts_total %v", got)
+	}
+}
+
+// failingFetches is a bus whose history fetches fail, as when the relay
+// link drops or the relayer is too busy to answer.
+type failingFetches struct {
+	bus.Bus
+	h *Hub
+}
+
+func (f failingFetches) Fetch(req uint64, _ string, _, _ uint64, _ int) {
+	go f.h.Fetched(req, nil, 0, errors.New("relayer refused the fetch (unavailable): busy"))
+}
+
+// A recovery whose fetch fails loses nothing known: the join is answered
+// unavailable and undone (the client joins again), not recovered:false.
+func TestRecoveryWhoseFetchFailsIsUnavailable(t *testing.T) {
+	_, srv := startHubOn(t, func(c *Config) { c.History = 10 }, func(h *Hub, b bus.Bus) bus.Bus { return failingFetches{b, h} })
+	addr := srv.Listener.Addr().String()
+	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j"}`)
+	a.expect(t, `"joined"`)
+	for i := range 30 {
+		a.send(t, fmt.Sprintf(`{"type":"chat","room":"r","message":"m%d","id":"c%d"}`, i, i))
+	}
+	a.expect(t, `"m29"`)
+	// Seq 5 is older than the 10 cached: its recovery needs a fetch.
+	b := dialRaw(t, addr, `{"type":"hello","nick":"b"}`, `{"type":"join","room":"r","id":"j","since":5}`)
+	f := b.expect(t, `"j"`)
+	if !strings.Contains(f, `"error"`) || !strings.Contains(f, `"unavailable"`) {
+		t.Fatalf("recovery with a failed fetch: %s", f)
+	}
+	// Undone: joining again is not "already joined".
+	b.send(t, `{"type":"join","room":"r","id":"j2"}`)
+	if f := b.expect(t, `"j2"`); !strings.Contains(f, `"joined"`) {
+		t.Fatalf("join after the failed recovery: %s", f)
 	}
 }
