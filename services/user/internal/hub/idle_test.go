@@ -697,3 +697,28 @@ func TestRecoveryWhoseFetchFailsIsUnavailable(t *testing.T) {
 		t.Fatalf("join after the failed recovery: %s", f)
 	}
 }
+
+// From the link's loss until the resync answers a room, the instance may
+// be behind what clients saw elsewhere: a join with a since beyond its
+// last seq is unavailable then, and answered once the room is resynced.
+func TestJoinSinceWhileBehindIsUnavailable(t *testing.T) {
+	h, srv := startHub(t, 0)
+	addr := srv.Listener.Addr().String()
+	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j"}`)
+	a.expect(t, `"joined"`)
+	for i := range 3 {
+		a.send(t, fmt.Sprintf(`{"type":"chat","room":"r","message":"m%d","id":"c%d"}`, i, i))
+	}
+	a.expect(t, `"m2"`)
+	h.LinkState(false) // what the relay bus reports when its link drops
+	b := dialRaw(t, addr, `{"type":"hello","nick":"b"}`, `{"type":"join","room":"r","id":"j1","since":5}`)
+	if f := b.expect(t, `"j1"`); !strings.Contains(f, `"unavailable"`) {
+		t.Fatalf("join with since 5 while behind at seq 3: %s", f)
+	}
+	// The resync's answer: the room is at 3 after all.
+	h.Subscribed(bus.Subscription{Room: "r", Seq: 3, First: 1})
+	b.send(t, `{"type":"join","room":"r","id":"j2","since":5}`)
+	if f := b.expect(t, `"j2"`); !strings.Contains(f, `"joined"`) || !strings.Contains(f, `"seq":3`) {
+		t.Fatalf("join with since 5 once resynced at seq 3: %s", f)
+	}
+}
