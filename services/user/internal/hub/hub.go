@@ -391,6 +391,22 @@ func (h *Hub) joinedLocked(r *room, c *Client, in protocol.Inbound, history []pr
 	if history == nil {
 		history = []protocol.Message{}
 	}
+	if recovered != nil {
+		// A recovery answers up to HISTORY_LIMIT messages in one frame,
+		// encoded for this client alone: in a room of large messages,
+		// and a reconnect storm, that is memory without bound. Past half
+		// the send queue's bytes the oldest go, and recovered says so
+		// (the client pages back with history).
+		budget, n := h.cfg.SendQueueBytes/2, 0
+		var scratch []byte
+		for i := len(history) - 1; i >= 0; i-- {
+			scratch = protocol.AppendMessage(scratch[:0], &history[i])
+			if n += len(scratch) + 1; n > budget {
+				history, recovered = history[i+1:], ptr(false)
+				break
+			}
+		}
+	}
 	members := slices.SortedFunc(maps.Values(r.presence), func(a, b protocol.Member) int {
 		return cmp.Or(cmp.Compare(a.Nick, b.Nick), cmp.Compare(a.ID, b.ID))
 	})

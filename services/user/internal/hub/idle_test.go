@@ -722,3 +722,28 @@ func TestJoinSinceWhileBehindIsUnavailable(t *testing.T) {
 		t.Fatalf("join with since 5 once resynced at seq 3: %s", f)
 	}
 }
+
+// A recovery's history is bounded by half the send queue's bytes: past it
+// the oldest messages go and recovered is false (the client pages back).
+func TestRecoveryIsBoundedInBytes(t *testing.T) {
+	_, srv := startHubWith(t, func(c *Config) { c.History, c.SendQueueBytes = 50, 8192 })
+	addr := srv.Listener.Addr().String()
+	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j"}`)
+	a.expect(t, `"joined"`)
+	text := strings.Repeat("y", 300)
+	for i := range 30 {
+		a.send(t, fmt.Sprintf(`{"type":"chat","room":"r","message":"%s %02d","id":"c%d"}`, text, i, i))
+		a.expect(t, fmt.Sprintf(`"c%d"`, i))
+	}
+	b := dialRaw(t, addr, `{"type":"hello","nick":"b"}`, `{"type":"join","room":"r","id":"j","since":1}`)
+	f := b.expect(t, `"joined"`)
+	n := strings.Count(f, text)
+	if !strings.Contains(f, `"recovered":false`) || n == 0 || n >= 29 || len(f) > 8192 || !strings.Contains(f, text+` 29`) {
+		t.Fatalf("recovery of 29 messages of 300 bytes with 4 KB to spare: %d messages, %d bytes: %.200s", n, len(f), f)
+	}
+	// Within the budget, a recovery is whole.
+	c := dialRaw(t, addr, `{"type":"hello","nick":"c"}`, `{"type":"join","room":"r","id":"j","since":27}`)
+	if f := c.expect(t, `"joined"`); !strings.Contains(f, `"recovered":true`) || strings.Count(f, text) != 3 {
+		t.Fatalf("recovery of 3 messages: %.300s", f)
+	}
+}
