@@ -253,10 +253,16 @@ func (h *Hub) expireJoinsLocked(now time.Time) {
 		}
 	}
 	for _, p := range expired {
-		h.leaveLocked(p.c, p.in.Room)
-		p.c.sendErrorLocked(p.in, protocol.CodeUnavailable,
+		h.unavailableLocked(p.c, p.in,
 			"room %q could not be joined within %s: the relay is unreachable or slow; join again later", p.in.Room, h.cfg.JoinTimeout)
 	}
+}
+
+// unavailableLocked undoes c's join in.Room and answers it unavailable:
+// the client joins again later.
+func (h *Hub) unavailableLocked(c *Client, in protocol.Inbound, format string, args ...any) {
+	h.leaveLocked(c, in.Room)
+	c.sendErrorLocked(in, protocol.CodeUnavailable, format, args...)
 }
 
 // SetBus connects the hub to its bus (the bus needs the hub as handler, so
@@ -333,8 +339,7 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 		// has while it is cut off from the relay or catching up: answering
 		// now would say the room went back in time, and a client then
 		// drops what it has.
-		h.leaveLocked(c, r.name)
-		c.sendErrorLocked(in, protocol.CodeUnavailable,
+		h.unavailableLocked(c, in,
 			"room %q: this instance is cut off from the relay and has not caught up with seq %d yet; join again later", r.name, since)
 		return
 	}
@@ -359,8 +364,7 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 				// was too busy to answer. recovered:false would tell the
 				// client it lost messages; it joins again instead.
 				h.log.Warn("recovery fetch failed", "room", r.name, "err", err)
-				h.leaveLocked(c, r.name)
-				c.sendErrorLocked(in, protocol.CodeUnavailable, "room %q: the history since seq %d could not be fetched now (%v); join again", r.name, since, err)
+				h.unavailableLocked(c, in, "room %q: the history since seq %d could not be fetched now (%v); join again", r.name, since, err)
 				return
 			}
 			// The fetched messages and the cache must meet without a hole:
