@@ -61,6 +61,14 @@ func TestReadMessageReusesItsBuffer(t *testing.T) {
 		}
 		buf = got
 	}
+	// A large message's array is not kept for the next.
+	big, err := ReadMessage(strings.NewReader(strings.Repeat("b", 2<<20)), buf)
+	if err != nil || len(big) != 2<<20 {
+		t.Fatalf("read %d bytes, err %v; want 2 MiB", len(big), err)
+	}
+	if next, _ := ReadMessage(strings.NewReader("c"), big); cap(next) > 1<<20 {
+		t.Fatalf("a %d-byte array was kept after a large message", cap(next))
+	}
 	boom := errors.New("boom")
 	if _, err := ReadMessage(iotest.DataErrReader(iotest.ErrReader(boom)), buf); !errors.Is(err, boom) {
 		t.Fatalf("err %v, want the reader's", err)

@@ -117,6 +117,10 @@ func (c *conn) close(code websocket.StatusCode, reason string, flush bool, why s
 	c.signal()
 }
 
+// keepBuffer bounds the output buffer a link keeps for the next batch: a
+// backlog's large one is let go.
+const keepBuffer = 1 << 20
+
 // maxMessage bounds one link message: a backlog goes out in several, cut
 // at frame boundaries, so it never exceeds the gateway's read limit.
 const maxMessage = 1 << 20
@@ -228,19 +232,12 @@ func (c *conn) pingLoop() {
 
 var errSyncFirst = errors.New("the first frame of a link must be sync")
 
-// keepBuffer bounds a buffer a link keeps for the next message: a backlog's
-// or a resync's large one is let go.
-const keepBuffer = 1 << 20
-
 // readLoop forwards every message's frames to the sequencer until the link
 // ends, and says why it ended.
 func (c *conn) readLoop() error {
 	first := true
 	var data []byte
 	for {
-		if cap(data) > keepBuffer {
-			data = nil // a large message is not kept for good
-		}
 		_, r, err := c.ws.Reader(c.ctx)
 		if err == nil {
 			data, err = link.ReadMessage(r, data)

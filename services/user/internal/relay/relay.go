@@ -409,9 +409,6 @@ func (b *Bus) writeLoop(ctx context.Context, conn *websocket.Conn) error {
 func (b *Bus) readLoop(ctx context.Context, conn *websocket.Conn) error {
 	var buf []byte
 	for {
-		if cap(buf) > keepBuffer {
-			buf = nil // a resync's large message is not kept for good
-		}
 		_, r, err := conn.Reader(ctx)
 		if err == nil {
 			buf, err = link.ReadMessage(r, buf)
@@ -425,9 +422,6 @@ func (b *Bus) readLoop(ctx context.Context, conn *websocket.Conn) error {
 		}
 	}
 }
-
-// keepBuffer bounds the read buffer the link keeps for the next message.
-const keepBuffer = 1 << 20
 
 func (b *Bus) pingLoop(ctx context.Context, conn *websocket.Conn) error {
 	t := time.NewTicker(b.cfg.PingInterval)
