@@ -354,16 +354,14 @@ func (l *Log) Replay(fn func(payload []byte) error) error {
 			l.opts.Logger.Error("log is corrupt before its end: truncating it, acknowledged records included; "+
 				"the log gets a new epoch so that gateways start their clients over (keep a copy of the file to recover it by hand)",
 				"path", l.path, "reason", bad, "offset", off, "dropped_bytes", end-off, "records_kept", records)
-		} else {
-			l.opts.Logger.Warn("log has a torn or corrupt tail; truncating it",
-				"path", l.path, "reason", bad, "offset", off, "dropped_bytes", end-off, "records_kept", records)
-		}
-		if intact {
 			// Before the truncation: a crash between the two must not
 			// leave a shorter log with the old epoch.
 			if l.epoch, err = loadEpoch(l.dir, true); err != nil {
 				return err
 			}
+		} else {
+			l.opts.Logger.Warn("log has a torn or corrupt tail; truncating it",
+				"path", l.path, "reason", bad, "offset", off, "dropped_bytes", end-off, "records_kept", records)
 		}
 		if err := l.f.Truncate(off); err != nil {
 			return fmt.Errorf("truncate corrupt tail of %s: %w", l.path, err)
