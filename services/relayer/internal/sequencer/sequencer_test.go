@@ -239,14 +239,30 @@ func TestDedupByMID(t *testing.T) {
 func TestDedupBeyondTheRing(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 5 })
 	a, b := pubThenMoveOn(t, h, 20)
-	a.pub("lost-ack", "r", "once")
-	if ack := a.expect(link.OpAck); ack.Seq != 1 || ack.MID != "lost-ack" {
-		t.Fatalf("re-sent pub: ack %+v, want seq 1", ack)
-	}
+	pubLostAck(t, a, "re-sent pub")
 	b.pub("b-last", "r", "next")
 	if ack := b.expect(link.OpAck); ack.Seq != 22 {
 		t.Fatalf("the re-sent publish was sequenced again: next seq %d, want 22", ack.Seq)
 	}
+}
+
+// pubLostAck has c publish "lost-ack" to room r, the first time or again,
+// and checks it is (still) seq 1; when says which time, for the failure.
+func pubLostAck(t *testing.T, c *client, when string) {
+	t.Helper()
+	c.pub("lost-ack", "r", "once")
+	if ack := c.expect(link.OpAck); ack.Seq != 1 || ack.MID != "lost-ack" {
+		t.Fatalf("%s: ack %+v, want lost-ack at seq 1", when, ack)
+	}
+}
+
+// afterCompactions waits for b's batches so far to be applied (and any
+// compaction they caused to be logged) and returns how many compactions
+// h logged.
+func afterCompactions(h *harness, b *client) int {
+	b.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r"})
+	b.expect(link.OpFetched)
+	return strings.Count(h.logs.String(), "log compacted")
 }
 
 // pubThenMoveOn has instance a publish "lost-ack" to room r (seq 1), then
@@ -256,10 +272,7 @@ func pubThenMoveOn(t *testing.T, h *harness, n int) (a, b *client) {
 	a, b = h.dial("a"), h.dial("b")
 	a.sync()
 	b.sync()
-	a.pub("lost-ack", "r", "once")
-	if ack := a.expect(link.OpAck); ack.Seq != 1 {
-		t.Fatalf("ack %+v", ack)
-	}
+	pubLostAck(t, a, "first pub")
 	for i := range n {
 		b.pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
 		b.expect(link.OpAck)
@@ -284,12 +297,10 @@ func TestDedupSurvivesCompactionAndRestart(t *testing.T) {
 	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096 }
 	h := start(t, dir, tweak)
 	_, b := pubThenMoveOn(t, h, 100)
-	b.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r"}) // after any compaction
-	b.expect(link.OpFetched)
 	// The keys a compaction keeps do not make every later batch compact
 	// again (the log must grow by half the threshold first): about one
 	// compaction per 2 KB of these 100 publishes, not one per batch.
-	if n := strings.Count(h.logs.String(), "log compacted"); n == 0 || n > 15 {
+	if n := afterCompactions(h, b); n == 0 || n > 15 {
 		t.Fatalf("%d compactions", n)
 	}
 	h.stop()
@@ -297,10 +308,7 @@ func TestDedupSurvivesCompactionAndRestart(t *testing.T) {
 	h2 := start(t, dir, tweak)
 	a2 := h2.dial("a")
 	a2.sync()
-	a2.pub("lost-ack", "r", "once")
-	if ack := a2.expect(link.OpAck); ack.Seq != 1 || ack.MID != "lost-ack" {
-		t.Fatalf("re-sent pub after compaction and restart: ack %+v, want seq 1", ack)
-	}
+	pubLostAck(t, a2, "re-sent pub after compaction and restart")
 	a2.pub("next", "r", "new")
 	if ack := a2.expect(link.OpAck); ack.Seq != 102 {
 		t.Fatalf("next seq %d, want 102: the re-sent publish was sequenced again", ack.Seq)
@@ -318,17 +326,12 @@ func TestDedupSurvivesCompactionBesideOldRooms(t *testing.T) {
 	a.sync()
 	b.sync()
 	pubToRooms(b, 13, 5) // 65 retained messages, older than what follows
-	a.pub("lost-ack", "r", "once")
-	if ack := a.expect(link.OpAck); ack.Seq != 1 {
-		t.Fatalf("ack %+v", ack)
-	}
+	pubLostAck(t, a, "first pub")
 	for i := range 100 {
 		b.pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
 		b.expect(link.OpAck)
 	}
-	b.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r"}) // after any compaction
-	b.expect(link.OpFetched)
-	if !strings.Contains(h.logs.String(), "log compacted") {
+	if afterCompactions(h, b) == 0 {
 		t.Fatal("no compaction logged")
 	}
 	h.stop()
@@ -336,10 +339,7 @@ func TestDedupSurvivesCompactionBesideOldRooms(t *testing.T) {
 	h2 := start(t, dir, tweak)
 	a2 := h2.dial("a")
 	a2.sync()
-	a2.pub("lost-ack", "r", "once")
-	if ack := a2.expect(link.OpAck); ack.Seq != 1 {
-		t.Fatalf("re-sent pub after compaction and restart: ack seq %d, want 1", ack.Seq)
-	}
+	pubLostAck(t, a2, "re-sent pub after compaction and restart")
 }
 
 // A compacted log holds the rooms' messages in no particular order of
@@ -356,20 +356,15 @@ func TestDedupWindowKeepsPublishOrderAcrossCompaction(t *testing.T) {
 	a.sync()
 	b.sync()
 	pubToRooms(b, 100, 5) // 500 retained messages, older than lost-ack
-	compactions := strings.Count(h.logs.String(), "log compacted")
-	a.pub("lost-ack", "r", "once")
-	if ack := a.expect(link.OpAck); ack.Seq != 1 {
-		t.Fatalf("ack %+v", ack)
-	}
+	compactions := afterCompactions(h, b)
+	pubLostAck(t, a, "first pub")
 	// Room y's evicted messages make the log compact; the window (60)
 	// still holds lost-ack with room for 5 more, and r's ring too.
 	for i := range 45 {
 		b.pub(fmt.Sprint("y", i), "y", strings.Repeat("z", 2000))
 		b.expect(link.OpAck)
 	}
-	b.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r"}) // after any compaction
-	b.expect(link.OpFetched)
-	if strings.Count(h.logs.String(), "log compacted") == compactions {
+	if afterCompactions(h, b) == compactions {
 		t.Fatal("no compaction after lost-ack")
 	}
 	h.stop()
@@ -382,10 +377,7 @@ func TestDedupWindowKeepsPublishOrderAcrossCompaction(t *testing.T) {
 		b2.pub(fmt.Sprint("later", i), "r", "new")
 		b2.expect(link.OpAck)
 	}
-	a2.pub("lost-ack", "r", "once")
-	if ack := a2.expect(link.OpAck); ack.Seq != 1 {
-		t.Fatalf("re-sent pub after compaction, restart and 5 more: ack seq %d, want 1", ack.Seq)
-	}
+	pubLostAck(t, a2, "re-sent pub after compaction, restart and 5 more")
 }
 
 func TestSubscribedCatchUp(t *testing.T) {
