@@ -110,6 +110,9 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 		if err := ValidName(in.Nick, rules.MaxNickBytes); err != nil {
 			return bad(CodeBadNick, "nick %v", err)
 		}
+		if len(in.Session) > rules.MaxIDBytes || !utf8.ValidString(in.Session) {
+			return bad(CodeBadRequest, "session must be valid UTF-8 of at most %d bytes", rules.MaxIDBytes)
+		}
 	case TypeJoin, TypeJoinRoom, TypeLeave, TypeHistory:
 		if err := ValidName(in.Room, rules.MaxRoomBytes); err != nil {
 			return bad(CodeBadRoom, "room %v", err)
@@ -183,6 +186,8 @@ func decodeFast(data []byte, in *Inbound) bool {
 			in.Message, ok = p.Str()
 		case "nick":
 			in.Nick, ok = p.Str()
+		case "session":
+			in.Session, ok = p.Str()
 		case "since":
 			var v uint64
 			if v, ok = p.Uint(); ok {

@@ -10,6 +10,7 @@ var inboundSeeds = []string{
 	`{"type":"join-room","room":"R"}`,
 	`{"type":"chat","room":"R","message":"hi"}`,
 	`{"type":"hello","nick":"ann"}`,
+	`{"type":"hello","nick":"ann","session":"3f9a0c1e","id":"h1"}`,
 	`{"type":"join","room":"lobby","id":"j1","since":0}`,
 	`{"type":"history","room":"lobby","before":100,"limit":-3}`,
 	`{"type":"chat","room":"R","message":"say \"hi\""}`,
@@ -49,7 +50,7 @@ func FuzzDecodeFastMatchesEncodingJSON(f *testing.F) {
 
 // What the seed and extended clients send takes the fast path.
 func TestDecodeFastTakesClientFrames(t *testing.T) {
-	for _, s := range inboundSeeds[:5] {
+	for _, s := range inboundSeeds[:6] {
 		var in Inbound
 		if !decodeFast([]byte(s), &in) || in.Type == "" {
 			t.Fatalf("%s did not take the fast path", s)

@@ -73,6 +73,13 @@ type Inbound struct {
 	Room    string `json:"room,omitempty"`
 	Message string `json:"message,omitempty"`
 	Nick    string `json:"nick,omitempty"`
+	// Session (hello only) is the client's own opaque token, the same on
+	// every connection of one client (a browser tab): with it, a chat
+	// re-sent with the same id after a reconnect is recognised and
+	// answered with its original seq instead of being sequenced twice.
+	// It must stay secret to the client: whoever knows it can make that
+	// client's chats look like re-sends. It is never sent to anyone else.
+	Session string `json:"session,omitempty"`
 	// Since asks join to recover every message after this sequence number.
 	Since *uint64 `json:"since,omitempty"`
 	// Before pages history backwards: messages with seq < Before.

@@ -17,6 +17,8 @@ func TestDecode(t *testing.T) {
 		{`{"type":"join-room","room":"Room 1"}`, "", ""},
 		{`{"type":"chat","room":"Room 1","message":"hi"}`, "", ""},
 		{`{"type":"hello","nick":"alice"}`, "", ""},
+		{`{"type":"hello","nick":"alice","session":"` + strings.Repeat("s", 64) + `"}`, "", ""},
+		{`{"type":"hello","nick":"alice","session":"` + strings.Repeat("s", 65) + `","id":"h"}`, CodeBadRequest, "h"},
 		{`{"type":"join","room":"r","since":0,"id":"j"}`, "", ""},
 		{`  {"type":"ping"}  `, "", ""},
 		{``, CodeBadJSON, ""},
@@ -214,5 +216,22 @@ func BenchmarkDecodeChat(b *testing.B) {
 		if _, err := Decode(data, Rules{}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// A client's session reaches the hub; a session is opaque, so any valid
+// UTF-8 is one (here an escaped quote takes the slow path).
+func TestDecodeSession(t *testing.T) {
+	for _, s := range []string{`"3f9a0c1e"`, `"a\"b"`} {
+		in, err := Decode([]byte(`{"type":"hello","nick":"ann","session":`+s+`}`), Rules{})
+		var want string
+		json.Unmarshal([]byte(s), &want)
+		if err != nil || in.Session != want {
+			t.Fatalf("session %s: got %+v, %v", s, in, err)
+		}
+	}
+	in, err := Decode([]byte(`{"type":"hello","nick":"ann","session":"`+strings.Repeat("é", 33)+`"}`), Rules{})
+	if err == nil || err.Code != CodeBadRequest || !strings.Contains(err.Message, "session") {
+		t.Fatalf("a 66-byte session: got %+v, %v", in, err)
 	}
 }

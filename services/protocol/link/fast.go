@@ -27,6 +27,8 @@ func decodeFast(line []byte, f *Frame) bool {
 			f.Room, ok = p.Str()
 		case "mid":
 			f.MID, ok = p.Str()
+		case "sess":
+			f.Sess, ok = p.Str()
 		case "seq":
 			f.Seq, ok = p.Uint()
 		case "msg":

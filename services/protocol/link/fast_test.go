@@ -11,6 +11,7 @@ import (
 var fastSeeds = []string{
 	`{"t":"msg","msg":{"room":"lobby","seq":42,"id":"c1","from":"ann","uid":"u-1","message":"hello there","ts":1764400000000}}`,
 	`{"t":"pub","mid":"m-7","msg":{"room":"lobby","id":"c1","from":"ann","uid":"u-1","message":"hi","seq":0,"ts":0}}`,
+	`{"t":"pub","mid":"m-8","sess":"3f9a","msg":{"room":"lobby","id":"c2","message":"hi"}}`,
 	`{"t":"ack","room":"lobby","mid":"m-7","seq":18446744073709551615}`,
 	`{"t":"msg","msg":{"room":"ü-room","seq":1,"message":"naïve ☃","ts":-5}}`,
 	`{"t":"msg","msg":{"room":"r","seq":1,"message":"quote \" inside","ts":1}}`,
@@ -58,6 +59,7 @@ func TestDecodeFastTakesPeerFrames(t *testing.T) {
 	for _, f := range []Frame{
 		{T: OpMsg, Msg: &m},
 		{T: OpPub, MID: "m-1", Msg: &protocol.Message{Room: "lobby", ID: "c1", From: "ann", UID: "u1", Text: "hi"}},
+		{T: OpPub, MID: "m-2", Sess: "3f9a0c1e", Msg: &protocol.Message{Room: "lobby", ID: "c2", From: "ann", UID: "u1", Text: "hi"}},
 		{T: OpAck, Room: "lobby", MID: "m-1", Seq: 9},
 		{T: OpJoin, Room: "lobby", Member: &protocol.Member{ID: "u1", Nick: "ann", Instance: "i1"}},
 		{T: OpLeave, Room: "lobby", Member: &protocol.Member{ID: "u1"}},
@@ -120,7 +122,8 @@ func TestHandEncodersMatchAppend(t *testing.T) {
 		hand  []byte
 		frame Frame
 	}{
-		{AppendPub(nil, "m\"1", &m), Frame{T: OpPub, MID: "m\"1", Msg: &m}},
+		{AppendPub(nil, "m\"1", "", &m), Frame{T: OpPub, MID: "m\"1", Msg: &m}},
+		{AppendPub(nil, "m2", "s\"é", &m), Frame{T: OpPub, MID: "m2", Sess: "s\"é", Msg: &m}},
 		{AppendMember(nil, OpJoin, "r\u2028", "", &who), Frame{T: OpJoin, Room: "r\u2028", Member: &who}},
 		{AppendMember(nil, OpLeave, "r", "", &protocol.Member{ID: "u1"}), Frame{T: OpLeave, Room: "r", Member: &protocol.Member{ID: "u1"}}},
 		{AppendMember(nil, OpPresence, "r", protocol.PresenceLeave, &who), Frame{T: OpPresence, Room: "r", Event: protocol.PresenceLeave, Member: &who}},

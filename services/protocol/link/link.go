@@ -50,7 +50,11 @@ const (
 	// OpJoin and OpLeave change the instance's members of Room.
 	OpJoin  = "join"
 	OpLeave = "leave"
-	// OpPub publishes Msg (Seq and TS unset) under the unique MID.
+	// OpPub publishes Msg (Seq and TS unset) under the unique MID. Sess,
+	// when set, is the sending client's session (protocol.Inbound.Session):
+	// with Msg.ID it is the publish's de-duplication key instead of MID,
+	// so that the client's re-send through another instance (another MID)
+	// and this instance's own re-send are one message.
 	OpPub = "pub"
 	// OpFetch asks for history of Room: After/Before/Limit, answered by
 	// OpFetched with the same Req.
@@ -103,6 +107,7 @@ type Frame struct {
 	Room    string             `json:"room,omitempty"`
 	Rooms   []RoomState        `json:"rooms,omitempty"`
 	MID     string             `json:"mid,omitempty"`
+	Sess    string             `json:"sess,omitempty"`
 	Msg     *protocol.Message  `json:"msg,omitempty"`
 	Msgs    []protocol.Message `json:"msgs,omitempty"`
 	Member  *protocol.Member   `json:"member,omitempty"`
@@ -130,12 +135,17 @@ func Append(dst []byte, f *Frame) ([]byte, error) {
 	return append(dst, '\n'), nil
 }
 
-// AppendPub appends the pub frame of m under mid, reading back as the frame
-// Append would encode (TestHandEncodersMatchAppend): written by hand because
-// every message sent crosses the link once.
-func AppendPub(dst []byte, mid string, m *protocol.Message) []byte {
+// AppendPub appends the pub frame of m under mid and the client's session
+// sess (may be empty), reading back as the frame Append would encode
+// (TestHandEncodersMatchAppend): written by hand because every message
+// sent crosses the link once.
+func AppendPub(dst []byte, mid, sess string, m *protocol.Message) []byte {
 	dst = append(dst, `{"t":"pub","mid":`...)
 	dst = protocol.AppendString(dst, mid)
+	if sess != "" {
+		dst = append(dst, `,"sess":`...)
+		dst = protocol.AppendString(dst, sess)
+	}
 	dst = append(dst, `,"msg":`...)
 	dst = protocol.AppendMessage(dst, m)
 	return append(dst, '}', '\n')

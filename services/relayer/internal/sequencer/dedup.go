@@ -1,13 +1,14 @@
 package sequencer
 
-// recentPubs remembers the last n publishes by (instance, mid), whatever
+// recentPubs remembers the last n publishes by their key (pubKey), whatever
 // room they went to and however early their room's ring forgot them: an
 // instance cut off while its room moved on by more than HISTORY_LIMIT
-// messages re-sends publishes whose acknowledgement it never got, and they
-// must not be sequenced twice.
+// messages re-sends publishes whose acknowledgement it never got, and so
+// does a client through another instance, and they must not be sequenced
+// twice.
 type recentPubs struct {
-	seqs  map[midKey]roomSeq
-	order []midKey // a ring of the keys, oldest at next once full
+	seqs  map[pubKey]roomSeq
+	order []pubKey // a ring of the keys, oldest at next once full
 	next  int
 }
 
@@ -18,14 +19,14 @@ type roomSeq struct {
 }
 
 func newRecentPubs(n int) *recentPubs {
-	return &recentPubs{seqs: make(map[midKey]roomSeq, n), order: make([]midKey, 0, n)}
+	return &recentPubs{seqs: make(map[pubKey]roomSeq, n), order: make([]pubKey, 0, n)}
 }
 
 // add remembers k as the newest publish. A key already remembered moves
-// to the newest slot (an instance reusing a mid in another room, or replay
+// to the newest slot (an instance reusing a mid, or a client an id, in another room, or replay
 // restoring the window's order after a compaction); its old slot goes
 // stale, and evicting a stale slot forgets nothing.
-func (d *recentPubs) add(k midKey, room string, seq uint64) {
+func (d *recentPubs) add(k pubKey, room string, seq uint64) {
 	if cap(d.order) == 0 {
 		return
 	}
@@ -44,7 +45,7 @@ func (d *recentPubs) add(k midKey, room string, seq uint64) {
 }
 
 // all yields the remembered publishes, oldest first.
-func (d *recentPubs) all(yield func(midKey, roomSeq) bool) {
+func (d *recentPubs) all(yield func(pubKey, roomSeq) bool) {
 	n := len(d.order)
 	for i := range n {
 		slot := (d.next + i) % n
@@ -55,7 +56,7 @@ func (d *recentPubs) all(yield func(midKey, roomSeq) bool) {
 	}
 }
 
-func (d *recentPubs) get(k midKey, room string) (uint64, bool) {
+func (d *recentPubs) get(k pubKey, room string) (uint64, bool) {
 	rs, ok := d.seqs[k]
 	return rs.seq, ok && rs.room == room
 }

@@ -6,16 +6,48 @@ import (
 	"sort"
 
 	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/relayer/internal/store"
 )
 
-// midKey identifies a publish for de-duplication. A mid is only unique per
-// instance, so two gateways may well use the same one.
-type midKey struct{ inst, mid string }
+// pubKey identifies a publish for de-duplication: by the sending client's
+// session and its own message id when the client gave both, else by the
+// publishing instance and its mid (a mid is only unique per instance, so
+// two gateways may well use the same one). A client that re-sends through
+// another instance after a reconnect sends another mid but the same
+// session and id; its old instance re-sends the same mid, session and id:
+// with the client's key, all of them are one publish.
+type pubKey struct {
+	a, b   string // instance and mid; or session and client id
+	client bool
+}
+
+func keyOf(inst, mid, sess, id string) pubKey {
+	if sess != "" && id != "" {
+		return pubKey{sess, id, true}
+	}
+	return pubKey{inst, mid, false}
+}
+
+// appendRecord appends the log record of a message published under k.
+func (k pubKey) appendRecord(dst, js []byte) []byte {
+	if k.client {
+		return store.AppendSessionRecord(dst, "", "", k.a, js)
+	}
+	return store.AppendRecord(dst, k.b, k.a, js)
+}
+
+// appendKeyRecord appends the key-only log record of k.
+func (k pubKey) appendKeyRecord(dst []byte, room string, seq uint64) []byte {
+	if k.client {
+		return store.AppendSessionKeyRecord(dst, k.a, k.b, room, seq)
+	}
+	return store.AppendKeyRecord(dst, k.b, k.a, room, seq)
+}
 
 // entry is one retained message.
 type entry struct {
 	seq  uint64
-	key  midKey
+	key  pubKey
 	js   []byte // the protocol.Message JSON, encoded once
 	size int64  // bytes of its log record, for the compaction trigger
 }
@@ -29,7 +61,7 @@ type room struct {
 	// start; it grows to the limit and then overwrites the oldest.
 	ring     []entry
 	start    int
-	mids     map[midKey]uint64
+	mids     map[pubKey]uint64
 	subs     map[*instance]struct{}
 	presence map[*instance]map[string]protocol.Member
 }
@@ -37,7 +69,7 @@ type room struct {
 func newRoom(name string) *room {
 	return &room{
 		name:     name,
-		mids:     map[midKey]uint64{},
+		mids:     map[pubKey]uint64{},
 		subs:     map[*instance]struct{}{},
 		presence: map[*instance]map[string]protocol.Member{},
 	}

@@ -205,7 +205,7 @@ func (s *Sequencer) replay(p []byte) bool {
 		if protocol.ValidName(rec.Room, maxRoomBytes) != nil || rec.Seq == 0 {
 			return false
 		}
-		s.recent.add(midKey{rec.Inst, rec.MID}, rec.Room, rec.Seq)
+		s.recent.add(keyOf(rec.Inst, rec.MID, rec.Sess, rec.CID), rec.Room, rec.Seq)
 		return true
 	}
 	if err != nil || protocol.ValidName(rec.Msg.Room, maxRoomBytes) != nil {
@@ -219,7 +219,7 @@ func (s *Sequencer) replay(p []byte) bool {
 	// the bytes the message was first delivered with.
 	js := protocol.AppendMessage(nil, &rec.Msg)
 	r.last, r.lastTS = rec.Msg.Seq, max(r.lastTS, rec.Msg.TS)
-	s.retain(r, entry{seq: rec.Msg.Seq, key: midKey{rec.Inst, rec.MID}, js: js, size: store.RecordSize(p)})
+	s.retain(r, entry{seq: rec.Msg.Seq, key: keyOf(rec.Inst, rec.MID, rec.Sess, rec.Msg.ID), js: js, size: store.RecordSize(p)})
 	return true
 }
 
@@ -699,6 +699,10 @@ func (s *Sequencer) publish(inst *instance, f *link.Frame) {
 		s.nack(inst, f.MID, protocol.CodeBadRequest, "pub without msg")
 		return
 	}
+	if len(f.Sess) > maxFieldBytes || !utf8.ValidString(f.Sess) {
+		s.nack(inst, f.MID, protocol.CodeBadRequest, "pub's sess must be at most %d bytes of UTF-8", maxFieldBytes)
+		return
+	}
 	m := *f.Msg
 	if err := protocol.ValidName(m.Room, maxRoomBytes); err != nil {
 		s.nack(inst, f.MID, protocol.CodeBadRoom, "room %v", err)
@@ -719,7 +723,7 @@ func (s *Sequencer) publish(inst *instance, f *link.Frame) {
 		return
 	}
 	r := s.room(m.Room)
-	key := midKey{inst.id, f.MID}
+	key := keyOf(inst.id, f.MID, f.Sess, m.ID)
 	seq, ok := r.mids[key]
 	if !ok {
 		seq, ok = s.recent.get(key, r.name)
@@ -733,7 +737,7 @@ func (s *Sequencer) publish(inst *instance, f *link.Frame) {
 	m.Seq, m.TS = r.last+1, max(s.cfg.Now().UnixMilli(), r.lastTS)
 	r.last, r.lastTS = m.Seq, m.TS
 	frame, js := newMsgFrame(&m)
-	rec := store.AppendRecord(s.scratch[:0], f.MID, inst.id, js)
+	rec := store.AppendSessionRecord(s.scratch[:0], f.MID, inst.id, f.Sess, js)
 	s.st.Append(rec)
 	s.scratch = rec
 	s.retain(r, entry{seq: m.Seq, key: key, js: js, size: store.RecordSize(rec)})
@@ -821,14 +825,14 @@ func (s *Sequencer) retained() iter.Seq[[]byte] {
 		for _, r := range s.rooms {
 			for i := range r.ring {
 				e := r.at(i)
-				buf = store.AppendRecord(buf[:0], e.key.mid, e.key.inst, e.js)
+				buf = e.key.appendRecord(buf[:0], e.js)
 				if !yield(buf) {
 					return
 				}
 			}
 		}
 		for k, rs := range s.recent.all {
-			buf = store.AppendKeyRecord(buf[:0], k.mid, k.inst, rs.room, rs.seq)
+			buf = k.appendKeyRecord(buf[:0], rs.room, rs.seq)
 			if !yield(buf) {
 				return
 			}

@@ -917,7 +917,7 @@ func TestOversizedLinkMessage(t *testing.T) {
 // when that slot is evicted, not when its older one is.
 func TestRecentPubsOneEntryPerKey(t *testing.T) {
 	d := newRecentPubs(3)
-	k := midKey{"a", "m"}
+	k := pubKey{a: "a", b: "m"}
 	d.add(k, "r1", 1)
 	d.add(k, "r2", 5)
 	if seq, ok := d.get(k, "r2"); !ok || seq != 5 {
@@ -930,21 +930,21 @@ func TestRecentPubsOneEntryPerKey(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("%d entries for one key", n)
 	}
-	d.add(midKey{"a", "x"}, "r1", 2) // slots: k (stale), k, x
-	d.add(k, "r2", 5)                // k moves to the newest end: k (stale), x, k
+	d.add(pubKey{a: "a", b: "x"}, "r1", 2) // slots: k (stale), k, x
+	d.add(k, "r2", 5)                      // k moves to the newest end: k (stale), x, k
 	var order []string
 	for key := range d.all {
-		order = append(order, key.mid)
+		order = append(order, key.b)
 	}
 	if !slices.Equal(order, []string{"x", "m"}) {
 		t.Fatalf("window %v, want [x m]: a re-added key moves to the newest end", order)
 	}
-	d.add(midKey{"a", "y"}, "r1", 3) // evicts k's stale slot
+	d.add(pubKey{a: "a", b: "y"}, "r1", 3) // evicts k's stale slot
 	if _, ok := d.get(k, "r2"); !ok {
 		t.Fatal("evicting a key's stale slot forgot the key")
 	}
-	d.add(midKey{"a", "z"}, "r1", 4) // evicts x
-	d.add(midKey{"a", "w"}, "r1", 6) // evicts k, now the oldest
+	d.add(pubKey{a: "a", b: "z"}, "r1", 4) // evicts x
+	d.add(pubKey{a: "a", b: "w"}, "r1", 6) // evicts k, now the oldest
 	if _, ok := d.get(k, "r2"); ok {
 		t.Fatal("k still known after its eviction")
 	}

@@ -50,15 +50,19 @@ const (
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // Record is one sequenced message. MID and Inst (the publishing instance)
-// form the de-duplication key: a mid is only unique per instance.
+// form the de-duplication key: a mid is only unique per instance. When
+// Sess is set, the key is Sess and Msg.ID instead (the sending client's
+// session and its own message id), and MID and Inst may be empty.
 //
-// A record without Msg but with Room and Seq only remembers that key: a
-// compaction writes one for each publish still in the de-duplication
-// window whose message the rooms no longer retain, so that a publish
-// re-sent after a restart is still recognised.
+// A record without Msg but with Room and Seq only remembers that key
+// (MID and Inst, or Sess and CID): a compaction writes one for each
+// publish still in the de-duplication window, so that a publish re-sent
+// after a restart is still recognised.
 type Record struct {
 	MID  string           `json:"mid"`
 	Inst string           `json:"inst,omitempty"`
+	Sess string           `json:"sess,omitempty"`
+	CID  string           `json:"cid,omitempty"` // a key-only record's client id
 	Msg  protocol.Message `json:"msg"`
 	Room string           `json:"room,omitempty"`
 	Seq  uint64           `json:"seq,omitempty"`
@@ -68,19 +72,35 @@ type Record struct {
 func (r *Record) KeyOnly() bool { return r.Msg.Room == "" && r.Room != "" }
 
 // appendKey opens a record's JSON with its de-duplication key.
-func appendKey(dst []byte, mid, inst string) []byte {
+func appendKey(dst []byte, mid, inst, sess string) []byte {
 	dst = append(dst, `{"mid":`...)
 	dst = protocol.AppendString(dst, mid)
 	if inst != "" {
 		dst = append(dst, `,"inst":`...)
 		dst = protocol.AppendString(dst, inst)
 	}
+	if sess != "" {
+		dst = append(dst, `,"sess":`...)
+		dst = protocol.AppendString(dst, sess)
+	}
 	return dst
 }
 
 // AppendKeyRecord appends the JSON of a key-only Record to dst.
 func AppendKeyRecord(dst []byte, mid, inst, room string, seq uint64) []byte {
-	dst = appendKey(dst, mid, inst)
+	return appendRoomSeq(appendKey(dst, mid, inst, ""), room, seq)
+}
+
+// AppendSessionKeyRecord appends the JSON of a key-only Record of a
+// client's key (its session and message id) to dst.
+func AppendSessionKeyRecord(dst []byte, sess, cid, room string, seq uint64) []byte {
+	dst = appendKey(dst, "", "", sess)
+	dst = append(dst, `,"cid":`...)
+	dst = protocol.AppendString(dst, cid)
+	return appendRoomSeq(dst, room, seq)
+}
+
+func appendRoomSeq(dst []byte, room string, seq uint64) []byte {
 	dst = append(dst, `,"room":`...)
 	dst = protocol.AppendString(dst, room)
 	dst = append(dst, `,"seq":`...)
@@ -92,7 +112,13 @@ func AppendKeyRecord(dst []byte, mid, inst, room string, seq uint64) []byte {
 // msgJSON is the already encoded message: the sequencer encodes each
 // message once and reuses the bytes for the log and for every link.
 func AppendRecord(dst []byte, mid, inst string, msgJSON []byte) []byte {
-	dst = appendKey(dst, mid, inst)
+	return AppendSessionRecord(dst, mid, inst, "", msgJSON)
+}
+
+// AppendSessionRecord is AppendRecord with the sending client's session
+// (may be empty).
+func AppendSessionRecord(dst []byte, mid, inst, sess string, msgJSON []byte) []byte {
+	dst = appendKey(dst, mid, inst, sess)
 	dst = append(dst, `,"msg":`...)
 	dst = append(dst, msgJSON...)
 	return append(dst, '}')

@@ -381,6 +381,25 @@ func TestKeyOnlyRecord(t *testing.T) {
 	}
 }
 
+// A client's session and id read back from both kinds of record, and the
+// hand-built JSON is what encoding/json would write.
+func TestSessionRecords(t *testing.T) {
+	m := protocol.Message{Room: "lobby", Seq: 7, ID: "c\"1", Text: "hi", TS: 1}
+	js, _ := json.Marshal(m)
+	got := AppendSessionRecord(nil, "m2", "inst-a", "s\"é", js)
+	want, _ := json.Marshal(Record{MID: "m2", Inst: "inst-a", Sess: "s\"é", Msg: m})
+	if !bytes.Equal(got, want) {
+		t.Fatalf("AppendSessionRecord\n got %s\nwant %s", got, want)
+	}
+	if rec, err := DecodeRecord(got); err != nil || rec.KeyOnly() || rec.Sess != "s\"é" || rec.Msg != m {
+		t.Fatalf("message record read back as %+v, %v", rec, err)
+	}
+	rec, err := DecodeRecord(AppendSessionKeyRecord(nil, "s\"é", "c\"1", "lobby", 42))
+	if err != nil || !rec.KeyOnly() || rec.Sess != "s\"é" || rec.CID != "c\"1" || rec.Room != "lobby" || rec.Seq != 42 || rec.MID != "" {
+		t.Fatalf("session key-only record read back as %+v, %v", rec, err)
+	}
+}
+
 // The epoch lives as long as the log: a reopened log keeps it, a new log
 // (its file gone) gets a new one.
 func TestEpochLivesWithTheLog(t *testing.T) {
