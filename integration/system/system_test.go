@@ -608,6 +608,7 @@ func TestInvalidConfigFailsBeforeListening(t *testing.T) {
 		{"MEMORY_RECLAIM_QUIET": "-1s"},
 		{"PRESENCE_DELAY": "2s"},
 		{"MEMORY_RECLAIM_MIN_BYTES": "4096"},
+		{"DEDUP_WINDOW": "-1"},
 	} {
 		err := user.Run(t.Context(), []string{"ws-user"}, func(k string) string { return env[k] }, nilWriter{}, nilWriter{})
 		if err == nil || !strings.Contains(err.Error(), "config") {

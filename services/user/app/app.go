@@ -69,7 +69,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	})
 	var b bus.Bus
 	if cfg.RelayerURL == "" {
-		b = bus.NewLocal(h, cfg.HistoryLimit)
+		b = bus.NewLocal(h, cfg.HistoryLimit).WithDedupWindow(cfg.DedupWindow)
 	} else {
 		b = relay.New(relay.Config{
 			URL: cfg.RelayerURL, Secret: cfg.RelaySecret, Instance: cfg.InstanceID,

@@ -20,6 +20,7 @@ type Config struct {
 	AllowedOrigins  []string      `env:"ALLOWED_ORIGINS" envSeparator:","`
 	HistorySize     int           `env:"HISTORY_SIZE" envDefault:"50"`
 	HistoryLimit    int           `env:"HISTORY_LIMIT" envDefault:"1000"`
+	DedupWindow     int           `env:"DEDUP_WINDOW" envDefault:"100000"`
 	MaxFrameBytes   int           `env:"MAX_FRAME_BYTES" envDefault:"16384"`
 	MaxMessageBytes int           `env:"MAX_MESSAGE_BYTES" envDefault:"4096"`
 	MaxRoomBytes    int           `env:"MAX_ROOM_NAME_BYTES" envDefault:"64"`
@@ -100,6 +101,7 @@ func (c Config) validate() error {
 	}
 	check(c.HistorySize >= 0 && c.HistorySize <= 10000, "HISTORY_SIZE must be 0..10000, got %d", c.HistorySize)
 	check(c.HistoryLimit >= c.HistorySize, "HISTORY_LIMIT (%d) must be at least HISTORY_SIZE (%d)", c.HistoryLimit, c.HistorySize)
+	check(c.DedupWindow >= 0, "DEDUP_WINDOW must be 0 (off) or positive, got %d", c.DedupWindow)
 	check(c.MaxFrameBytes >= 256, "MAX_FRAME_BYTES must be at least 256, got %d", c.MaxFrameBytes)
 	check(c.MaxMessageBytes >= 1 && c.MaxMessageBytes < c.MaxFrameBytes,
 		"MAX_MESSAGE_BYTES must be 1..MAX_FRAME_BYTES-1, got %d", c.MaxMessageBytes)

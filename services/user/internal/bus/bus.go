@@ -34,7 +34,11 @@ type Bus interface {
 	Leave(room string, memberID string)
 	// Publish queues m under the instance-unique mid; answered by
 	// Handler.Ack or Handler.Nack exactly once, possibly after a reconnect.
-	Publish(mid string, m protocol.Message) error
+	// session is the sending client's (protocol.Inbound.Session), or
+	// empty: a publish of the same session, room and m.ID as one the
+	// backend still remembers is that one, acknowledged with its seq and
+	// delivered to no one again.
+	Publish(mid, session string, m protocol.Message) error
 	// Fetch asks for history (see link.OpFetch); answered by Handler.Fetched.
 	Fetch(req uint64, room string, after, before uint64, limit int)
 	// Ready reports whether messages currently flow to the backend.

@@ -22,6 +22,20 @@ type Local struct {
 	ops   []func()
 	wake  chan struct{}
 	rooms map[string]*localRoom
+
+	// Owned by Run: the last window publishes of clients with a session,
+	// by session and id, as a relayer remembers them (its DEDUP_WINDOW).
+	window int
+	sent   map[clientKey]roomSeq
+	order  []clientKey // a ring, oldest at next once full
+	next   int
+}
+
+type clientKey struct{ session, id string }
+
+type roomSeq struct {
+	room string
+	seq  uint64
 }
 
 type localRoom struct {
@@ -29,9 +43,20 @@ type localRoom struct {
 	msgs []protocol.Message // ascending, at most limit
 }
 
-// NewLocal returns a standalone bus keeping limit messages per room.
+// NewLocal returns a standalone bus keeping limit messages per room. It
+// de-duplicates no publishes unless given a window (WithDedupWindow).
 func NewLocal(h Handler, limit int) *Local {
-	return &Local{h: h, limit: limit, now: time.Now, wake: make(chan struct{}, 1), rooms: map[string]*localRoom{}}
+	return &Local{
+		h: h, limit: limit, now: time.Now, wake: make(chan struct{}, 1), rooms: map[string]*localRoom{},
+		sent: map[clientKey]roomSeq{},
+	}
+}
+
+// WithDedupWindow makes l remember the last n publishes of clients with a
+// session (see Publish); call it before Run.
+func (l *Local) WithDedupWindow(n int) *Local {
+	l.window = n
+	return l
 }
 
 func (l *Local) enqueue(op func()) {
@@ -139,9 +164,17 @@ func (l *Local) Join(string, protocol.Member) {}
 // Leave needs no bookkeeping, as Join.
 func (l *Local) Leave(string, string) {}
 
-// Publish sequences m.
-func (l *Local) Publish(mid string, m protocol.Message) error {
+// Publish sequences m, unless it is a client's re-send of a publish still
+// in the window: that one is only acknowledged again.
+func (l *Local) Publish(mid, session string, m protocol.Message) error {
 	l.enqueue(func() {
+		k := clientKey{session, m.ID}
+		if session != "" && m.ID != "" {
+			if rs, ok := l.sent[k]; ok && rs.room == m.Room {
+				l.h.Ack(mid, m.Room, rs.seq)
+				return
+			}
+		}
 		r := l.room(m.Room)
 		r.last++
 		m.Seq = r.last
@@ -154,10 +187,34 @@ func (l *Local) Publish(mid string, m protocol.Message) error {
 			clear(r.msgs[n:])
 			r.msgs = r.msgs[:n]
 		}
+		if session != "" && m.ID != "" {
+			l.remember(k, roomSeq{m.Room, m.Seq})
+		}
 		l.h.Message(&m)
 		l.h.Ack(mid, m.Room, m.Seq)
 	})
 	return nil
+}
+
+// remember adds k to the window, forgetting the oldest key once it is
+// full. A key sent again to another room only changes its room and seq:
+// it is forgotten from its first slot, a little early.
+func (l *Local) remember(k clientKey, rs roomSeq) {
+	if l.window <= 0 {
+		return
+	}
+	if _, ok := l.sent[k]; ok {
+		l.sent[k] = rs
+		return
+	}
+	if len(l.order) < l.window {
+		l.order = append(l.order, k)
+	} else {
+		delete(l.sent, l.order[l.next])
+		l.order[l.next] = k
+		l.next = (l.next + 1) % len(l.order)
+	}
+	l.sent[k] = rs
 }
 
 // Fetch answers from memory.

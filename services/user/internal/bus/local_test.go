@@ -61,7 +61,7 @@ func TestLocalSequencesAndCatchesUp(t *testing.T) {
 	go l.Run(ctx)
 
 	for k := range 8 {
-		if err := l.Publish(fmt.Sprint("m", k), protocol.Message{Room: "r", Text: fmt.Sprint(k)}); err != nil {
+		if err := l.Publish(fmt.Sprint("m", k), "", protocol.Message{Room: "r", Text: fmt.Sprint(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -91,6 +91,45 @@ func TestLocalSequencesAndCatchesUp(t *testing.T) {
 	}
 	if s := rec.subs[3]; s.Seq != 0 || s.First != 1 || len(s.Msgs) != 0 {
 		t.Fatalf("unknown room: %+v", s)
+	}
+}
+
+// A client's re-send (same session, room and id, another mid) is
+// acknowledged with the first one's seq and not delivered again, within
+// the window; other sessions' ids, or ids without one, are not keys.
+func TestLocalDedupBySession(t *testing.T) {
+	rec := newRecorder()
+	l := NewLocal(rec, 5).WithDedupWindow(3)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go l.Run(ctx)
+	pub := func(mid, session, id string) {
+		t.Helper()
+		if err := l.Publish(mid, session, protocol.Message{Room: "r", ID: id, Text: mid}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pub("m1", "S", "c1")  // seq 1
+	pub("m2", "S", "c1")  // its re-send: ack 1
+	pub("m3", "T", "c1")  // seq 2
+	pub("m4", "", "c1")   // seq 3
+	pub("m5", "", "c1")   // seq 4
+	pub("m6", "S", "c2")  // seq 5: the window (3) holds S/c1, T/c1, S/c2
+	pub("m7", "S", "c1")  // ack 1
+	pub("m8", "S", "c3")  // seq 6, S/c1 forgotten
+	pub("m9", "S", "c1")  // seq 7: beyond the window
+	pub("m10", "S", "c3") // ack 6
+	rec.wait(t, 17)       // 10 acks, 7 messages
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if !slices.Equal(rec.msgs, []uint64{1, 2, 3, 4, 5, 6, 7}) {
+		t.Fatalf("delivered %v, want 1..7 once each", rec.msgs)
+	}
+	want := map[string]uint64{"m1": 1, "m2": 1, "m3": 2, "m4": 3, "m5": 4, "m6": 5, "m7": 1, "m8": 6, "m9": 7, "m10": 6}
+	for mid, seq := range want {
+		if rec.acks[mid] != seq {
+			t.Errorf("ack of %s: seq %d, want %d", mid, rec.acks[mid], seq)
+		}
 	}
 }
 

@@ -24,6 +24,9 @@ type Client struct {
 	cork   *cork.Conn // conn's socket: the writer sends each batch in one write
 	member protocol.Member
 	nick   string
+	// session is the client's own (hello's), the key of its chats'
+	// de-duplication with their ids; written before any chat, like nick.
+	session string
 
 	// Owned by the reader goroutine.
 	started  bool // a valid frame was received
@@ -238,6 +241,7 @@ func (c *Client) control(in protocol.Inbound, first bool) {
 		c.h.mu.Lock()
 		c.extended = true
 		c.nick = in.Nick
+		c.session = in.Session
 		c.member.Nick = in.Nick
 		c.h.mu.Unlock()
 		c.send(protocol.Encode(protocol.Welcome{

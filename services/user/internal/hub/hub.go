@@ -473,7 +473,7 @@ func (h *Hub) chat(c *Client, in protocol.Inbound) {
 	h.pubs[mid] = pubWaiter{c: c, id: in.ID, room: in.Room, t0: time.Now()}
 	h.mu.Unlock()
 	h.m.ChatsIn.Inc()
-	err := h.bus.Publish(mid, protocol.Message{Room: in.Room, ID: in.ID, From: c.nick, UID: c.member.ID, Text: in.Message})
+	err := h.bus.Publish(mid, c.session, protocol.Message{Room: in.Room, ID: in.ID, From: c.nick, UID: c.member.ID, Text: in.Message})
 	if err != nil {
 		h.mu.Lock()
 		delete(h.pubs, mid)

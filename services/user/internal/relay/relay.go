@@ -137,8 +137,8 @@ func (b *Bus) sendMember(op, room string, m *protocol.Member) {
 
 // Publish implements bus.Bus: the message is kept until the relayer
 // acknowledges it, and re-sent after every reconnect until then.
-func (b *Bus) Publish(mid string, m protocol.Message) error {
-	frame := link.AppendPub(make([]byte, 0, 128+len(m.Text)), mid, &m)
+func (b *Bus) Publish(mid, session string, m protocol.Message) error {
+	frame := link.AppendPub(make([]byte, 0, 128+len(session)+len(m.Text)), mid, session, &m)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if len(b.pending) >= b.cfg.PendingMax || b.pendingBytes+len(frame) > b.cfg.QueueBytes {
