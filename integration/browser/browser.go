@@ -164,39 +164,7 @@ func (b *tab) screenshot() image.Image {
 
 // Scenario runs the whole browser story against target.
 func Scenario(t *testing.T, target Target) {
-	bin := Chromium()
-	if bin == "" {
-		t.Skip("no chromium installed (apt-get install chromium); .ci/run installs it")
-	}
-	opts := append(slices.Clone(chromedp.DefaultExecAllocatorOptions[:]),
-		chromedp.ExecPath(bin),
-		chromedp.NoSandbox, // root in a container or CI
-		chromedp.NoFirstRun,
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.WindowSize(1024, 680),
-	)
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	browserCtx, cancelBrowser := chromedp.NewContext(allocCtx)
-	defer cancelBrowser()
-	if err := chromedp.Do(browserCtx); err != nil {
-		t.Fatalf("start chromium: %v", err)
-	}
-	newTab := func(name string) *tab {
-		ctx, _ := chromedp.NewContext(browserCtx, chromedp.WithNewBrowserContext())
-		b := &tab{t: t, name: name, ctx: ctx}
-		if err := chromedp.Listen(ctx, func(ev any) {
-			if _, ok := ev.(*page.EventJavascriptDialogOpening); ok {
-				b.dialogs.Add(1)
-				go chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{})
-			}
-		}); err != nil {
-			t.Fatalf("%s: listen: %v", name, err)
-		}
-		return b
-	}
+	newTab := start(t)
 	alice, bob := newTab("alice"), newTab("bob")
 	const room = "demo"
 
@@ -328,5 +296,100 @@ func saveSideBySide(t *testing.T, dir string, left, right image.Image) {
 			t.Fatal(err)
 		}
 		t.Logf("screenshot: %s", p)
+	}
+}
+
+// start runs a headless Chromium until the test ends and returns a maker
+// of tabs, each its own browser context (a person); it skips the test when
+// no Chromium is installed.
+func start(t *testing.T) (newTab func(name string) *tab) {
+	t.Helper()
+	bin := Chromium()
+	if bin == "" {
+		t.Skip("no chromium installed (apt-get install chromium); .ci/run installs it")
+	}
+	opts := append(slices.Clone(chromedp.DefaultExecAllocatorOptions[:]),
+		chromedp.ExecPath(bin),
+		chromedp.NoSandbox, // root in a container or CI
+		chromedp.NoFirstRun,
+		chromedp.Flag("disable-background-networking", true),
+		chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true),
+		chromedp.WindowSize(1024, 680),
+	)
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	t.Cleanup(cancelAlloc)
+	browserCtx, cancelBrowser := chromedp.NewContext(allocCtx)
+	t.Cleanup(cancelBrowser)
+	if err := chromedp.Do(browserCtx); err != nil {
+		t.Fatalf("start chromium: %v", err)
+	}
+	return func(name string) *tab {
+		ctx, _ := chromedp.NewContext(browserCtx, chromedp.WithNewBrowserContext())
+		b := &tab{t: t, name: name, ctx: ctx}
+		if err := chromedp.Listen(ctx, func(ev any) {
+			if _, ok := ev.(*page.EventJavascriptDialogOpening); ok {
+				b.dialogs.Add(1)
+				go chromedp.Call(ctx, page.HandleJavaScriptDialog, page.HandleJavaScriptDialogParams{})
+			}
+		}); err != nil {
+			t.Fatalf("%s: listen: %v", name, err)
+		}
+		return b
+	}
+}
+
+// ResendTarget is a running wschat for ResendScenario: the page reaches
+// one instance first, whose relay link can be cut.
+type ResendTarget struct {
+	BaseURL string
+	// Cut cuts the page's instance off the relay tier and returns once
+	// the instance knows (it queues chats without acknowledging them).
+	Cut func()
+	// Drop drops the page's connection, and sends its next ones to
+	// another instance.
+	Drop func()
+	// Heal restores the cut link, waits for it, and has a member on the
+	// healed instance say marker in room once the instance has re-sent
+	// what it held.
+	Heal func(room, marker string)
+}
+
+// ResendScenario: chats typed while the page's instance is cut off from
+// the relayer are sent there and never acknowledged; the page's connection
+// drops, it reconnects to another instance and re-sends them (the same
+// ids, its session); then the first instance's link heals and it re-sends
+// them too. The page shows each message once, in one sequence.
+func ResendScenario(t *testing.T, target ResendTarget) {
+	x := start(t)("x")
+	const room = "resend"
+	first := x.open(target.BaseURL, "x", room)
+	x.say("before the cut")
+	x.waitMessage("before the cut")
+
+	target.Cut()
+	texts := []string{"during 1", "during 2", "during 3"}
+	for _, text := range texts {
+		x.say(text)
+	}
+	x.waitFor("the chats sent, unacknowledged", `document.querySelectorAll('#messages li.outgoing.sent').length === 3`, 20*time.Second)
+
+	target.Drop()
+	x.waitFor("a connection to another instance", fmt.Sprintf(
+		`document.querySelector('#conn-state').dataset.state === 'connected' && document.querySelector('#instance').textContent !== %s`,
+		strconv.Quote(first)), 30*time.Second)
+	for _, text := range texts {
+		x.waitMessage(text)
+	}
+	target.Heal(room, "marker")
+	x.waitMessage("marker")
+
+	got, seqs := x.messages()
+	want := append(append([]string{"before the cut"}, texts...), "marker")
+	if !slices.Equal(got, want) || !slices.Equal(seqs, []int{1, 2, 3, 4, 5}) {
+		t.Fatalf("the page shows %q at seqs %v, want %q at 1..5: a re-sent chat was sequenced twice", got, seqs, want)
+	}
+	if n := evalAs[int](x, `document.querySelectorAll('#messages li.outgoing').length`); n != 0 {
+		t.Fatalf("%d messages still shown as outgoing", n)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/wschat/wschat/integration/browser"
 )
@@ -93,6 +94,44 @@ func TestBrowserChatAcrossInstances(t *testing.T) {
 			lb.mu.Lock()
 			lb.refuse = on
 			lb.mu.Unlock()
+		},
+	})
+}
+
+// The chat page re-sends unacknowledged chats after a reconnect, and they
+// are sequenced once: its instance, cut off from the relayer, held them,
+// and sends them too once its link heals.
+func TestBrowserResendAfterReconnect(t *testing.T) {
+	if browser.Chromium() == "" {
+		t.Skip("no chromium installed (apt-get install chromium); .ci/run installs it")
+	}
+	r := startRelayer(t, map[string]string{"LINK_PING_INTERVAL": "200ms"})
+	fast := map[string]string{"RELAY_PING_INTERVAL": "200ms", "RELAY_RECONNECT_MIN": "50ms", "RELAY_RECONNECT_MAX": "300ms"}
+	link := startProxy(t, r.Addr)
+	a := startUserVia(t, "user-a", link.Addr(), fast)
+	b := startUser(t, "user-b", r, fast)
+	front := startProxy(t, a.Addr) // the page's connection to user-a, to drop
+	lb := &balancer{backends: []string{front.Addr()}}
+	srv := httptest.NewServer(lb)
+	defer srv.Close()
+	browser.ResendScenario(t, browser.ResendTarget{
+		BaseURL: srv.URL,
+		Cut: func() {
+			link.freeze()
+			waitFor(t, 10*time.Second, "user-a to see its relay link down", func() bool { return httpStatus(a.Addr, "/readyz") == 503 })
+		},
+		Drop: func() {
+			lb.mu.Lock()
+			lb.backends = []string{b.Addr}
+			lb.mu.Unlock()
+			front.close()
+		},
+		Heal: func(room, marker string) {
+			link.thaw()
+			waitFor(t, 15*time.Second, "user-a's relay link back", func() bool { return httpStatus(a.Addr, "/readyz") == 200 })
+			w, _ := hello(t, a.Addr, "witness")
+			w.join(room, nil)
+			w.send(map[string]any{"type": "chat", "room": room, "message": marker, "id": "w1"})
 		},
 	})
 }

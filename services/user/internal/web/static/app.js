@@ -24,11 +24,20 @@
     sendError: $('send-error'), members: $('members'), memberCount: $('member-count'),
   };
 
+  const randomHex = (n) => Array.from(crypto.getRandomValues(new Uint8Array(n)), (b) => b.toString(16).padStart(2, '0')).join('');
   // A per-tab random prefix makes our message ids recognisable in history
   // recovered after a reconnect, when our member id has changed.
-  const tab = Array.from(crypto.getRandomValues(new Uint8Array(6)), (b) => b.toString(16).padStart(2, '0')).join('');
+  const tab = randomHex(6);
   let counter = 0;
   const newId = (kind) => kind + tab + '.' + (++counter).toString(36);
+  // The session (hello's) makes the server recognise a chat re-sent with
+  // the same id after a reconnect, so unacknowledged chats are simply sent
+  // again. It is secret (not the ids' prefix: every member sees those) and
+  // lives as long as this page, like the outbox and the id counter: kept
+  // in sessionStorage it would outlive both (a reload would number ids
+  // from 1 again under the same session, and the server would take the
+  // new messages for re-sends), and a duplicated tab would share it.
+  const session = randomHex(16);
 
   const state = {
     nick: '',
@@ -98,7 +107,7 @@
     // as a dead connection too.
     state.timers.pong = setTimeout(() => dropped(ws, 4000, 'connect timeout'), PONG_TIMEOUT);
     ws.addEventListener('open', () => {
-      if (ws === state.ws) ws.send(JSON.stringify({ type: 'hello', nick: state.nick, id: newId('h') }));
+      if (ws === state.ws) ws.send(JSON.stringify({ type: 'hello', nick: state.nick, session, id: newId('h') }));
     });
     ws.addEventListener('message', (ev) => {
       if (ws !== state.ws) return;
@@ -133,8 +142,9 @@
       r.loading = false;
       r.members.clear();
     }
-    // The server may or may not have sequenced these; the join with since
-    // after reconnecting tells (their ids show up in the recovered history).
+    // The server may or may not have sequenced these: they are sent again
+    // with the same ids after the rejoin, and the server answers a re-send
+    // of one it sequenced with that one's seq (the session's doing).
     for (const e of state.outbox) if (e.state === 'sent') e.state = 'queued';
     if (code === 1008 || code === 1009 || code === 1011) showError('Connection closed: ' + (reason || 'code ' + code));
     renderRooms();
@@ -266,8 +276,8 @@
     for (const m of history) addMsg(room, m);
     if (isSeq(f.seq) && f.seq > room.lastSeq) room.lastSeq = f.seq;
     if (room.msgs.length === 0 ? room.lastSeq === 0 : room.msgs[0].seq <= 1) room.atStart = true;
-    // Anything of ours that reached the room before the connection died is
-    // in the history now (acked ones certainly); resending would duplicate.
+    // Anything of ours that reached the room before the connection died and
+    // is in the history now needs no re-send (the server would only ack it).
     const seen = new Set(room.msgs.filter((m) => m.id && state.myIds.has(m.uid)).map((m) => m.id));
     state.outbox = state.outbox.filter((e) => e.room !== room.name || !(e.state === 'acked' || seen.has(e.cid)));
     if (room.name === state.active) renderRoom(nearBottom());
