@@ -35,6 +35,10 @@ type Client struct {
 
 	rooms map[string]struct{} // guarded by h.mu
 
+	// lagging is set while the client is behind in a room (see
+	// Hub.fallBehindLocked): the writer asks for more after each batch.
+	lagging atomic.Bool
+
 	resume    func() // serve, for a parked reader's next goroutine
 	q         queue
 	writers   sync.WaitGroup // the writer, when running
@@ -303,6 +307,9 @@ func (c *Client) writeLoop() {
 			if !writeAll() {
 				return
 			}
+			if c.lagging.Load() {
+				c.h.catchUp(c)
+			}
 		case <-c.done:
 			if c.flush && writeAll() {
 				c.closeConn(c.code, c.reason)
@@ -346,16 +353,29 @@ func (c *Client) retire() bool {
 	return true
 }
 
-// sendLocked queues a frame; a client whose queue is full is too slow to
-// keep up with its rooms and is disconnected rather than allowed to hold
-// the room back or grow memory. h.mu must be held.
+// sendLocked queues a frame other than a room's message (an answer, an
+// ack, an error); such frames may use the queue's limits twice over, room
+// messages only once (see liveLocked). A client whose queue is full even
+// so gets more of these than it reads, and is disconnected rather than
+// allowed to grow memory. h.mu must be held.
 func (c *Client) sendLocked(b []byte) { c.queueLocked(b, false) }
+
+// liveLocked queues a room's message; false when the queue is at its
+// limits: the member then falls behind in the room instead (see
+// Hub.fallBehindLocked). h.mu must be held.
+func (c *Client) liveLocked(b []byte) bool {
+	ok, start := c.q.push(b, false, true)
+	if start {
+		c.startWriterLocked()
+	}
+	return ok
+}
 
 // queueLocked queues b; a lazy frame neither wakes nor starts the writer:
 // it goes with the connection's next frame, or when the hub flushes lazy
 // frames (Config.PresenceDelay). h.mu must be held.
 func (c *Client) queueLocked(b []byte, lazy bool) {
-	if ok, start := c.q.push(b, lazy); ok {
+	if ok, start := c.q.push(b, lazy, false); ok {
 		if start {
 			c.startWriterLocked()
 		}
@@ -370,9 +390,9 @@ func (c *Client) queueLocked(b []byte, lazy bool) {
 	default:
 	}
 	c.h.m.SlowConsumers.Inc()
-	c.h.log.Info("slow consumer disconnected", "member", c.member.ID, "frames", c.q.limit, "bytes", c.q.limitBytes)
+	c.h.log.Info("slow consumer disconnected", "member", c.member.ID, "frames", 2*c.q.limit, "bytes", 2*c.q.limitBytes)
 	c.closeLocked(websocket.StatusPolicyViolation,
-		fmt.Sprintf("slow consumer: more than %d frames or %d bytes queued; read faster", c.q.limit, c.q.limitBytes), false)
+		fmt.Sprintf("slow consumer: more than %d frames or %d bytes queued; read faster", 2*c.q.limit, 2*c.q.limitBytes), false)
 }
 
 // queue is a client's bounded frame queue. Unlike a channel sized for the
@@ -392,16 +412,23 @@ type queue struct {
 	retire     bool          // the last sweep found the writer idle
 }
 
-// push queues b. ok is false when the queue is full; start tells the
-// caller to start the writer, none running. A lazy push wakes and starts
-// nothing (see kick). One frame counts as half the byte limit at most: a
-// frame over it is the server's own (a join's history, a fetch's answer),
-// refusing it would disconnect the client every time it asked again, and
-// the room's frames around it must still find room.
-func (q *queue) push(b []byte, lazy bool) (ok, start bool) {
+// push queues b. ok is false when the queue is full: a room's message
+// (live) finds it full at the limits, any other frame at twice them, so
+// that the acks, answers and presence of a member that fell behind in its
+// rooms still go out. start tells the caller to start the writer, none
+// running. A lazy push wakes and starts nothing (see kick). One frame
+// counts as half the byte limit at most: a frame over it is the server's
+// own (a join's history, a fetch's answer), refusing it would disconnect
+// the client every time it asked again, and the room's frames around it
+// must still find room.
+func (q *queue) push(b []byte, lazy, live bool) (ok, start bool) {
 	q.mu.Lock()
 	n := min(len(b), q.limitBytes/2)
-	if len(q.items) >= q.limit || q.bytes+n > q.limitBytes {
+	limit, limitBytes := 2*q.limit, 2*q.limitBytes
+	if live {
+		limit, limitBytes = q.limit, q.limitBytes
+	}
+	if len(q.items) >= limit || q.bytes+n > limitBytes {
 		q.mu.Unlock()
 		return false, false
 	}
@@ -420,6 +447,14 @@ func (q *queue) push(b []byte, lazy bool) (ok, start bool) {
 	q.mu.Unlock()
 	q.signal()
 	return true, start
+}
+
+// drained reports whether the queue is below half its limits, where a
+// member that fell behind is given more of its rooms' messages.
+func (q *queue) drained() bool {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return len(q.items) < max(1, q.limit/2) && q.bytes < q.limitBytes/2
 }
 
 // claimLocked makes the caller the one to start the writer, if none runs

@@ -103,6 +103,10 @@ type Hub struct {
 	// memberships counts (client, room) pairs receiving messages.
 	memberships int
 	pubsDone    chan struct{} // closed when closing and no publish is in flight
+
+	// lagging holds the clients behind in a room, for Run's sweep to
+	// resume a catch-up that waits for the bus.
+	lagging map[*Client]struct{}
 }
 
 type joinState uint8
@@ -111,14 +115,20 @@ const (
 	waiting  joinState = iota // until the room is subscribed
 	fetching                  // until its recovery is fetched
 	joined                    // receives the room's messages
+	behind                    // its queue was full: catches up from history (behind.go)
 )
+
+// member reports whether a client in this state is a member of the room:
+// it gets the room's messages, live or by catching up.
+func (s joinState) member() bool { return s >= joined }
 
 type room struct {
 	name     string
 	synced   bool
 	local    map[*Client]joinState
 	waiting  []pendingJoin
-	fetchReq map[*Client]uint64 // the recovery fetch each fetching client waits for
+	fetchReq map[*Client]uint64 // the fetch each fetching or behind client waits for
+	lag      map[*Client]uint64 // the last seq queued to each behind client
 	cache    []protocol.Message // the last cfg.History messages, ascending
 	last     uint64             // last seq delivered locally
 	first    uint64             // oldest seq the bus still keeps
@@ -171,6 +181,7 @@ func New(cfg Config) *Hub {
 		clients:  map[*Client]struct{}{},
 		writing:  map[*Client]struct{}{},
 		unsynced: map[*room]struct{}{},
+		lagging:  map[*Client]struct{}{},
 		pubs:     map[string]pubWaiter{},
 		fetches:  map[uint64]fetchFunc{},
 		lazy:     map[*Client]struct{}{},
@@ -235,6 +246,9 @@ func (h *Hub) Run(ctx context.Context) {
 			}
 		}
 		h.expireJoinsLocked(now)
+		for c := range h.lagging {
+			h.catchUpLocked(c)
+		}
 		h.mu.Unlock()
 	}
 }
@@ -383,7 +397,7 @@ func ptr[T any](v T) *T { return &v }
 
 // setJoinedLocked makes c receive the room's messages from now on.
 func (h *Hub) setJoinedLocked(r *room, c *Client) {
-	if r.local[c] != joined {
+	if !r.local[c].member() {
 		h.memberships++
 		h.m.Memberships.Set(float64(h.memberships))
 	}
@@ -436,12 +450,13 @@ func (h *Hub) leaveLocked(c *Client, name string) {
 	if r == nil {
 		return
 	}
-	if st, ok := r.local[c]; ok && st == joined {
+	if st, ok := r.local[c]; ok && st.member() {
 		h.memberships--
 		h.m.Memberships.Set(float64(h.memberships))
 	}
 	delete(r.local, c)
 	delete(r.fetchReq, c)
+	delete(r.lag, c)
 	r.waiting = slices.DeleteFunc(r.waiting, func(p pendingJoin) bool { return p.c == c })
 	if _, ok := r.presence[c.member.ID]; ok {
 		delete(r.presence, c.member.ID)
@@ -491,7 +506,7 @@ func (h *Hub) history(c *Client, in protocol.Inbound) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := h.rooms[in.Room]
-	if _, ok := c.rooms[in.Room]; !ok || r == nil || r.local[c] != joined {
+	if _, ok := c.rooms[in.Room]; !ok || r == nil || !r.local[c].member() {
 		c.sendErrorLocked(in, protocol.CodeNotJoined, "join room %q before asking for its history", in.Room)
 		return
 	}
@@ -539,6 +554,7 @@ func (h *Hub) disconnect(c *Client) {
 		h.leaveLocked(c, name)
 	}
 	delete(h.clients, c)
+	delete(h.lagging, c)
 	h.m.Connections.Set(float64(len(h.clients)))
 }
 
@@ -580,7 +596,7 @@ func (r *room) remember(m *protocol.Message, keep int) {
 func (h *Hub) presenceLocked(r *room, event string, m protocol.Member) {
 	var frame []byte
 	for c, st := range r.local {
-		if st != joined || !c.extended || c.member.ID == m.ID {
+		if !st.member() || !c.extended || c.member.ID == m.ID {
 			continue
 		}
 		if frame == nil {
@@ -590,7 +606,8 @@ func (h *Hub) presenceLocked(r *room, event string, m protocol.Member) {
 	}
 }
 
-// deliverLocked queues m, encoded once, to every joined local member.
+// deliverLocked queues m, encoded once, to every joined local member; one
+// whose queue is full falls behind instead.
 func (h *Hub) deliverLocked(r *room, m *protocol.Message) {
 	if m.Seq <= r.last {
 		return // already delivered, e.g. re-sent after a reconnect
@@ -608,7 +625,10 @@ func (h *Hub) deliverLocked(r *room, m *protocol.Message) {
 		if frame == nil {
 			frame = protocol.AppendChat(make([]byte, 0, 128+len(m.Text)), m)
 		}
-		c.sendLocked(frame)
+		if !c.liveLocked(frame) {
+			h.fallBehindLocked(r, c, m.Seq-1)
+			continue
+		}
 		n++
 	}
 	h.m.Delivered.Add(float64(n))
@@ -645,6 +665,7 @@ func (h *Hub) Subscribed(s bus.Subscription) {
 		// rather than drop everything until the numbers catch up.
 		h.log.Warn("room sequence went backwards; history restarts", "room", r.name, "had", r.last, "now", s.Seq)
 		r.last, r.cache = 0, nil
+		h.restartLagLocked(r)
 	}
 	for i := range s.Msgs {
 		h.deliverLocked(r, &s.Msgs[i])
@@ -811,6 +832,7 @@ func (h *Hub) Restarted() {
 			}
 		}
 		r.last, r.first, r.cache = 0, 0, nil
+		h.restartLagLocked(r)
 	}
 }
 

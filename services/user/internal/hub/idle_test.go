@@ -40,6 +40,18 @@ func startHubWith(t *testing.T, set func(*Config)) (*Hub, *httptest.Server) {
 // (nil: as it is).
 func startHubOn(t *testing.T, set func(*Config), wrap func(*Hub, bus.Bus) bus.Bus) (*Hub, *httptest.Server) {
 	t.Helper()
+	return startHubBus(t, set, func(h *Hub) bus.Bus {
+		b := bus.NewLocal(h, 100)
+		if wrap != nil {
+			return wrap(h, b)
+		}
+		return b
+	})
+}
+
+// startHubBus is startHubWith on the bus mk makes for the hub.
+func startHubBus(t *testing.T, set func(*Config), mk func(*Hub) bus.Bus) (*Hub, *httptest.Server) {
+	t.Helper()
 	cfg := Config{
 		Instance: "test", History: 50, FetchLimit: 100, MaxRooms: 8, SendQueue: 64, SendQueueBytes: 1 << 20,
 		RatePerSec: 1000, RateBurst: 1000, MaxFrame: 16384,
@@ -48,12 +60,8 @@ func startHubOn(t *testing.T, set func(*Config), wrap func(*Hub, bus.Bus) bus.Bu
 	}
 	set(&cfg)
 	h := New(cfg)
-	b := bus.NewLocal(h, 100)
-	if wrap != nil {
-		h.SetBus(wrap(h, b))
-	} else {
-		h.SetBus(b)
-	}
+	b := mk(h)
+	h.SetBus(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	busDone := make(chan struct{})
 	go func() {
@@ -141,23 +149,40 @@ func (c *rawClient) next(t *testing.T) string {
 // frame returns the opcode and payload of the next server frame.
 func (c *rawClient) frame(t *testing.T) (byte, string) {
 	t.Helper()
-	var h [2]byte
-	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+	op, p, err := c.read()
+	if err != nil {
 		t.Fatal(err)
 	}
+	return op, p
+}
+
+// read returns the opcode and payload of the next server frame; unlike
+// frame, it may be called from any goroutine.
+func (c *rawClient) read() (byte, string, error) {
+	var h [2]byte
+	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+		return 0, "", err
+	}
 	n := int(h[1] & 0x7f)
-	if n == 126 {
+	switch n {
+	case 126:
 		var l [2]byte
 		if _, err := io.ReadFull(c.br, l[:]); err != nil {
-			t.Fatal(err)
+			return 0, "", err
 		}
 		n = int(binary.BigEndian.Uint16(l[:]))
+	case 127:
+		var l [8]byte
+		if _, err := io.ReadFull(c.br, l[:]); err != nil {
+			return 0, "", err
+		}
+		n = int(binary.BigEndian.Uint64(l[:]))
 	}
 	p := make([]byte, n)
 	if _, err := io.ReadFull(c.br, p); err != nil {
-		t.Fatal(err)
+		return 0, "", err
 	}
-	return h[0] & 0x0f, string(p)
+	return h[0] & 0x0f, string(p), nil
 }
 
 // expect skips frames until one contains want.
@@ -434,7 +459,7 @@ func TestPresenceIsWrittenAfterTheDelay(t *testing.T) {
 // A lazy push neither wakes nor starts the writer; kick does.
 func TestQueueLazyPushAndKick(t *testing.T) {
 	q := queue{limit: 8, limitBytes: 1 << 10, wake: make(chan struct{}, 1)}
-	if ok, start := q.push([]byte("p"), true); !ok || start {
+	if ok, start := q.push([]byte("p"), true, false); !ok || start {
 		t.Fatalf("lazy push: ok %v, start %v; want queued, no writer", ok, start)
 	}
 	select {
@@ -462,18 +487,18 @@ func TestQueueLazyPushAndKick(t *testing.T) {
 func TestQueueLazyPushPastHalfStartsTheWriter(t *testing.T) {
 	q := queue{limit: 8, limitBytes: 1 << 10, wake: make(chan struct{}, 1)}
 	for i := range 3 {
-		if _, start := q.push([]byte("p"), true); start {
+		if _, start := q.push([]byte("p"), true, false); start {
 			t.Fatalf("lazy push %d started the writer", i)
 		}
 	}
-	if ok, start := q.push([]byte("p"), true); !ok || !start {
+	if ok, start := q.push([]byte("p"), true, false); !ok || !start {
 		t.Fatalf("fourth lazy push of 8: ok %v, start %v; want the writer started", ok, start)
 	}
 	q = queue{limit: 100, limitBytes: 100, wake: make(chan struct{}, 1)}
-	if _, start := q.push(make([]byte, 40), true); start {
+	if _, start := q.push(make([]byte, 40), true, false); start {
 		t.Fatal("a lazy push under half the bytes started the writer")
 	}
-	if _, start := q.push(make([]byte, 20), true); !start {
+	if _, start := q.push(make([]byte, 20), true, false); !start {
 		t.Fatal("a lazy push past half the bytes did not start the writer")
 	}
 }
@@ -508,25 +533,25 @@ func TestFrameOverTheByteLimitGoesOutAlone(t *testing.T) {
 // room's frames around it queue as usual, up to the limit.
 func TestQueueByteLimit(t *testing.T) {
 	q := queue{limit: 8, limitBytes: 100, wake: make(chan struct{}, 1)}
-	if ok, _ := q.push(make([]byte, 10), false); !ok {
+	if ok, _ := q.push(make([]byte, 10), false, true); !ok {
 		t.Fatal("an empty queue refused a small frame")
 	}
-	if ok, _ := q.push(make([]byte, 150), false); !ok {
+	if ok, _ := q.push(make([]byte, 150), false, true); !ok {
 		t.Fatal("a frame over the byte limit was refused behind 10 bytes")
 	}
-	if ok, _ := q.push(make([]byte, 30), false); !ok {
+	if ok, _ := q.push(make([]byte, 30), false, true); !ok {
 		t.Fatal("a frame behind the large one was refused with 60 of 100 bytes counted")
 	}
-	if ok, _ := q.push(make([]byte, 20), false); ok {
+	if ok, _ := q.push(make([]byte, 20), false, true); ok {
 		t.Fatal("a queue took 110 bytes with a limit of 100")
 	}
 	q.take(nil)
 	for range 2 {
-		if ok, _ := q.push(make([]byte, 40), false); !ok {
+		if ok, _ := q.push(make([]byte, 40), false, true); !ok {
 			t.Fatal("a drained queue refused a frame")
 		}
 	}
-	if ok, _ := q.push(make([]byte, 30), false); ok {
+	if ok, _ := q.push(make([]byte, 30), false, true); ok {
 		t.Fatal("a queue took 110 bytes with a limit of 100")
 	}
 }

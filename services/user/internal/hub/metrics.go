@@ -14,6 +14,7 @@ type Metrics struct {
 	Delivered     prometheus.Counter
 	Errors        *prometheus.CounterVec
 	SlowConsumers prometheus.Counter
+	FellBehind    prometheus.Counter // a member's queue was full for a room's message: it catches up from history
 	Refused       prometheus.Counter // connections refused at MaxConns
 	WriteTimeouts prometheus.Counter // connections closed with a write stuck past WriteTimeout
 	LinkUp        prometheus.Gauge
@@ -37,7 +38,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Delivered: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_messages_out_total", Help: "Chat messages queued to local members."}),
 		Errors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wschat_user_errors_total", Help: "Error frames sent to clients, by code."},
 			[]string{"code"}),
-		SlowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_queue_drops_total", Help: "Clients disconnected because their send queue overflowed."}),
+		SlowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_queue_drops_total", Help: "Clients disconnected because their send queue overflowed (twice its limits, with frames other than room messages)."}),
+		FellBehind: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_fell_behind_total",
+			Help: "Times a member's send queue was full for a message of one of its rooms: it fell behind in the room, to catch up from its history."}),
 		Refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_connections_refused_total",
 			Help: "WebSocket upgrades refused (503) because the instance held MAX_CONNS connections."}),
 		WriteTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_write_timeouts_total",
@@ -49,6 +52,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Time from receiving a client's chat to its acknowledgement.", Buckets: buckets}),
 	}
 	reg.MustRegister(m.Connections, m.Rooms, m.Memberships, m.FramesIn, m.FramesOut, m.Writes, m.ChatsIn, m.Delivered, m.Errors,
-		m.SlowConsumers, m.Refused, m.WriteTimeouts, m.LinkUp, m.Fanout, m.AckLatency)
+		m.SlowConsumers, m.FellBehind, m.Refused, m.WriteTimeouts, m.LinkUp, m.Fanout, m.AckLatency)
 	return m
 }
