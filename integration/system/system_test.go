@@ -534,6 +534,8 @@ func TestBadInputGetsErrorsAndHurtsNoOne(t *testing.T) {
 		{`{"type":"join","room":"a\u0000b","id":"x3"}`, "bad_room"},
 		{`{"type":"join","room":" padded","id":"x4"}`, "bad_room"},
 		{`{"type":"chat","room":"calm","message":"","id":"x5"}`, "bad_request"},
+		{"{\"type\":\"chat\",\"room\":\"calm\",\"message\":\"caf\xe9\",\"id\":\"x12\"}", "bad_request"},
+		{"{\"type\":\"join\",\"room\":\"R\xff\",\"id\":\"x13\"}", "bad_request"},
 		{`{"type":"chat","room":"calm","message":"` + strings.Repeat("y", 600) + `","id":"x6"}`, "too_large"},
 		{`{"type":"chat","room":"elsewhere","message":"hi","id":"x7"}`, "not_joined"},
 		{`{"type":"hello","nick":"again","id":"x8"}`, "hello_first"},
