@@ -11,14 +11,15 @@ TEST_TIMEOUT ?= 20m
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
 
-.PHONY: help images project-images up down ps logs test vet lint fmt demo-screenshot bench bench-go
+.PHONY: help images project-images up down ps logs test vet lint fmt fuzz demo-screenshot bench bench-go
 
 help:
 	@echo 'make images          base images without a registry (idempotent)'
 	@echo 'make project-images  wschat/ws-relayer, wschat/ws-user, wschat/nginx'
 	@echo 'make up              build and start the stack, 3 ws-user replicas, http://localhost:$${WSCHAT_PORT:-8080}'
 	@echo 'make down            stop the stack (WSCHAT_DOWN_VOLUMES=1 drops the data volume)'
-	@echo 'make test            gofmt, go vet, staticcheck and go test -race of every module, containers and browser included'
+	@echo 'make test            gofmt, go vet, staticcheck and go test -race of every module, containers and browser included, then make fuzz'
+	@echo 'make fuzz            each fuzz target of an untrusted-input decoder for FUZZTIME (default 5s)'
 	@echo 'make demo-screenshot regenerate docs/demo.png (two browser tabs on two replicas, through nginx)'
 	@echo 'make bench           the load suite of docs/benchmarks.md (W1-W4, both protocols; ~10 min)'
 	@echo 'make bench-go        the Go benchmarks (encode, decode, fan-out, write batching, relay batching)'
@@ -57,6 +58,25 @@ test: vet lint
 	@failed=; for m in $(MODULES); do echo "== go test $$m"; \
 		(cd "$$m" && go test -race -count=1 -timeout $(TEST_TIMEOUT) ./...) || failed="$$failed $$m"; done; \
 		if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
+	@$(MAKE) --no-print-directory fuzz
+
+# The decoders of untrusted bytes, as module:package:target (go test -fuzz
+# takes one target per run). Their committed corpora (testdata/fuzz) run
+# with every go test; this explores beyond them briefly. A failing input
+# is written to the package's testdata/fuzz: commit it with the fix.
+FUZZTIME ?= 5s
+FUZZ_TARGETS := \
+	services/protocol:.:FuzzDecode \
+	services/protocol:.:FuzzDecodeFastMatchesEncodingJSON \
+	services/protocol:./link:FuzzSplit \
+	services/protocol:./link:FuzzDecodeFastMatchesEncodingJSON \
+	services/relayer:./internal/store:FuzzDecodeRecord \
+	services/relayer:./internal/store:FuzzReplay
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do IFS=: read -r dir pkg name <<< "$$t"; \
+		echo "== fuzz $$name in $$dir/$$pkg for $(FUZZTIME)"; \
+		(cd "$$dir" && go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"); done
 
 fmt:
 	gofmt -w $(MODULES)

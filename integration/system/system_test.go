@@ -601,6 +601,8 @@ func TestBadInputGetsErrorsAndHurtsNoOne(t *testing.T) {
 		{`{"type":"join","room":"a\u0000b","id":"x3"}`, "bad_room"},
 		{`{"type":"join","room":" padded","id":"x4"}`, "bad_room"},
 		{`{"type":"chat","room":"calm","message":"","id":"x5"}`, "bad_request"},
+		{"{\"type\":\"chat\",\"room\":\"calm\",\"message\":\"caf\xe9\",\"id\":\"x12\"}", "bad_request"},
+		{"{\"type\":\"join\",\"room\":\"R\xff\",\"id\":\"x13\"}", "bad_request"},
 		{`{"type":"chat","room":"calm","message":"` + strings.Repeat("y", 600) + `","id":"x6"}`, "too_large"},
 		{`{"type":"chat","room":"elsewhere","message":"hi","id":"x7"}`, "not_joined"},
 		{`{"type":"hello","nick":"again","id":"x8"}`, "hello_first"},
@@ -800,5 +802,83 @@ func TestLinkFlushDelays(t *testing.T) {
 		if f.Message != fmt.Sprint(i) {
 			t.Fatalf("chat %d is %s", i, f.Raw)
 		}
+	}
+}
+
+// The relayer holds presence in memory: after its restart, the first
+// instance to re-sync is answered without the members of the others, which
+// have not re-synced yet. Members who stayed must not flap (leave, then
+// join again when their instance syncs); a member who left while the
+// relayer was down gets exactly one leave, within the relayer's
+// PRESENCE_GRACE of its start (plus the hub's 250 ms sweep).
+func TestRelayerRestartDoesNotFlapPresence(t *testing.T) {
+	const grace = 3 * time.Second
+	dir := t.TempDir()
+	renv := map[string]string{"DATA_DIR": dir, "PRESENCE_GRACE": grace.String()}
+	r := startRelayer(t, renv)
+	a := startUser(t, "user-a", r, nil)
+	// b reaches the relayer through a proxy, so that the test can make it
+	// re-sync after a: the order in which a flap shows.
+	px := startProxy(t, r.Addr)
+	b := startUserVia(t, "user-b", px.Addr(), nil)
+
+	alice, _ := hello(t, a.Addr, "alice")
+	alice.join("hall", nil)
+	bob, bw := hello(t, b.Addr, "bob")
+	bob.join("hall", nil)
+	carol, cw := hello(t, b.Addr, "carol")
+	carol.join("hall", nil)
+	for _, id := range []string{bw.ID, cw.ID} {
+		if p := alice.presence(); p.Event != "join" || p.Member.ID != id {
+			t.Fatalf("alice: want the join of %s, got %s", id, p.Raw)
+		}
+	}
+
+	r.Stop()
+	waitFor(t, 10*time.Second, "user-b to see its link down", func() bool { return httpStatus(b.Addr, "/readyz") == 503 })
+	// carol really leaves while the relayer is down.
+	carol.conn.Close(websocket.StatusNormalClosure, "bye")
+	waitFor(t, 10*time.Second, "carol gone from user-b", func() bool { return metric(b.Addr, "wschat_user_memberships") == 1 })
+	px.freeze()
+	renv["PORT"] = portOf(r.Addr)
+	r2 := startRelayer(t, renv)
+	restarted := time.Now()
+	// a re-syncs first: the relayer then knows alice alone.
+	waitFor(t, 10*time.Second, "user-a to re-sync alone", func() bool {
+		return metric(r2.Addr, "wschat_relayer_presence_members") == 1
+	})
+	px.thaw()
+	waitFor(t, 10*time.Second, "user-b to re-sync", func() bool {
+		return metric(r2.Addr, "wschat_relayer_presence_members") == 2
+	})
+
+	// Through to bob's message after both re-synced (the link is FIFO:
+	// a flap's leave and join come before it), and to carol's leave:
+	// nothing about bob, carol's leave once.
+	bob.send(map[string]any{"type": "chat", "room": "hall", "message": "still here", "id": "b1"})
+	sawChat, carolLeft := false, false
+	deadline := time.Now().Add(grace + 10*time.Second)
+	for !sawChat || !carolLeft {
+		f, err := alice.read(time.Until(deadline))
+		if err != nil {
+			t.Fatalf("alice: %v (bob's message seen: %v, carol's leave seen: %v)", err, sawChat, carolLeft)
+		}
+		switch {
+		case f.Type == "chat" && f.ID == "b1":
+			sawChat = true
+		case f.Type == "presence" && f.Member.ID == cw.ID && f.Event == "leave" && !carolLeft:
+			carolLeft = true
+			if d := time.Since(restarted); d > grace+5*time.Second {
+				t.Fatalf("carol's leave came %v after the relayer's restart; its grace is %v", d, grace)
+			}
+			t.Logf("carol's leave came %v after the relayer's restart", time.Since(restarted).Round(time.Millisecond))
+		default:
+			t.Fatalf("alice: unexpected frame after the relayer's restart: %s", f.Raw)
+		}
+	}
+	// And nothing more: bob's next message comes with no presence before it.
+	bob.send(map[string]any{"type": "chat", "room": "hall", "message": "and now", "id": "b2"})
+	if f := alice.next(); f.Type != "chat" || f.ID != "b2" {
+		t.Fatalf("alice: want bob's second message, got %s", f.Raw)
 	}
 }

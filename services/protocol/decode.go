@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"unicode"
 	"unicode/utf8"
 
@@ -82,7 +83,8 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 	if len(data) == 0 || data[0] != '{' {
 		return in, Errorf(CodeBadJSON, "frame must be a JSON object")
 	}
-	if !decodeFast(data, &in) {
+	fast := decodeFast(data, &in)
+	if !fast {
 		in = Inbound{}
 		if err := json.Unmarshal(data, &in); err != nil {
 			in = Inbound{}
@@ -98,6 +100,19 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 			e.Room = in.Room
 		}
 		return in, e
+	}
+	// encoding/json turns invalid UTF-8 in strings into U+FFFD, which
+	// would pass every check below as some other text than was sent. The
+	// fast path reads only valid UTF-8, so only the fallback's input needs
+	// the check. An id or room without U+FFFD was not altered: it is
+	// echoed, so that the client can tell which frame failed.
+	if !fast && !utf8.Valid(data) {
+		for _, s := range []*string{&in.ID, &in.Room} {
+			if strings.ContainsRune(*s, utf8.RuneError) {
+				*s = ""
+			}
+		}
+		return bad(CodeBadRequest, "frame must be valid UTF-8")
 	}
 	if len(in.ID) > rules.MaxIDBytes || !utf8.ValidString(in.ID) {
 		return bad(CodeBadRequest, "id must be valid UTF-8 of at most %d bytes", rules.MaxIDBytes)

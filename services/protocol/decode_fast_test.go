@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"reflect"
 	"testing"
+	"unicode/utf8"
 )
 
 var inboundSeeds = []string{
@@ -37,6 +38,9 @@ func FuzzDecodeFastMatchesEncodingJSON(f *testing.F) {
 		var fast Inbound
 		if !decodeFast(data, &fast) {
 			return
+		}
+		if !utf8.Valid(data) {
+			t.Fatalf("fast path accepted invalid UTF-8 %q, which Decode refuses", data)
 		}
 		var slow Inbound
 		if err := json.Unmarshal(data, &slow); err != nil {

@@ -51,6 +51,41 @@ func TestDecode(t *testing.T) {
 	}
 }
 
+// encoding/json would read invalid UTF-8 as U+FFFD, turning bytes the
+// client sent into other text: every field, known or not, is refused
+// instead, whichever decoding path the frame takes.
+func TestDecodeRefusesInvalidUTF8(t *testing.T) {
+	cases := []struct{ in, id, room string }{
+		{"{\"type\":\"chat\",\"room\":\"r\",\"message\":\"caf\xe9\",\"id\":\"c1\"}", "c1", "r"},
+		{"{\"type\":\"join\",\"room\":\"R\xff\",\"id\":\"j1\"}", "j1", ""},
+		{"{\"type\":\"join-room\",\"room\":\"\xc3\"}", "", ""},
+		{"{\"type\":\"hello\",\"nick\":\"ann\xed\xa0\x80\"}", "", ""}, // an encoded surrogate
+		{"{\"type\":\"ping\",\"id\":\"p\xfe\"}", "", ""},
+		{"{\"type\":\"ping\",\"extra\":\"\xff\",\"id\":\"p2\"}", "p2", ""},
+		{"{\"type\":\"chat\",\"room\":\"r\",\"message\":\"say \\\"hi\\\" \xff\"}", "", "r"}, // escapes: not the fast path either
+	}
+	for _, c := range cases {
+		_, err := Decode([]byte(c.in), Rules{})
+		if err == nil || err.Code != CodeBadRequest {
+			t.Errorf("%q: want %s, got %v", c.in, CodeBadRequest, err)
+			continue
+		}
+		if err.ID != c.id || err.Room != c.room {
+			t.Errorf("%q: error names id %q room %q, want %q %q", c.in, err.ID, err.Room, c.id, c.room)
+		}
+	}
+	// Valid UTF-8, escaped or not, and U+FFFD itself are text like any other.
+	for _, s := range []string{
+		`{"type":"chat","room":"Café","message":"naïve ☃ \ufffd","id":"ok"}`,
+		`{"type":"chat","room":"Caf\u00e9","message":"\u2603 \"quoted\""}`,
+		`{"type":"join-room","room":"Room 1"}`,
+	} {
+		if _, err := Decode([]byte(s), Rules{}); err != nil {
+			t.Errorf("%s: %v", s, err)
+		}
+	}
+}
+
 func TestDecodeAcceptsUnicodeNames(t *testing.T) {
 	in, err := Decode([]byte(`{"type":"join","room":"Café ☕ 1"}`), Rules{})
 	if err != nil || in.Room != "Café ☕ 1" {
@@ -182,6 +217,9 @@ func FuzzDecode(f *testing.F) {
 		}
 		if in.Type == "" {
 			t.Fatalf("accepted a frame without type: %q", data)
+		}
+		if !utf8.Valid(data) {
+			t.Fatalf("accepted invalid UTF-8: %q read as %+v", data, in)
 		}
 	})
 }

@@ -8,6 +8,7 @@ require (
 	github.com/prometheus/client_golang v1.25.0 // indirect
 	github.com/wschat/wschat/services/protocol v0.0.0
 	github.com/wschat/wschat/services/reclaim v0.0.0
+	go.uber.org/goleak v1.3.0
 )
 
 replace github.com/wschat/wschat/services/protocol => ../protocol

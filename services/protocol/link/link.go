@@ -123,6 +123,13 @@ type Frame struct {
 	Code    string             `json:"code,omitempty"`
 	Error   string             `json:"error,omitempty"`
 	More    bool               `json:"more,omitempty"` // sync: more parts follow
+	// Settle, in subscribed, is set by a relayer that started less than
+	// its presence grace ago: it holds presence in memory, so Members may
+	// lack the members of instances that have not re-synced since. For
+	// Settle milliseconds the instance keeps the other instances' members
+	// it knew and Members lacks; presence joins confirm them as their
+	// instances sync, and those still unconfirmed then have left.
+	Settle int64 `json:"settle,omitempty"`
 }
 
 // Append appends f and its terminating newline to dst.

@@ -97,6 +97,10 @@ type Sequencer struct {
 	scratch   []byte
 	msgsBuf   [][]byte
 	recent    *recentPubs
+	// settleUntil ends the presence grace after this process's start:
+	// until then the instances that were connected before it may not
+	// have re-synced, so presence lacks their members (see link.Frame.Settle).
+	settleUntil time.Time
 }
 
 // instance is a ws-user as the sequencer knows it; it outlives its links
@@ -192,6 +196,7 @@ func New(cfg Config, st *store.Log) (*Sequencer, error) {
 	s.updateGauges()
 	s.log.Info("log replayed", "records", records, "rooms", len(s.rooms),
 		"log_bytes", st.Size(), "took", time.Since(start).Round(time.Millisecond))
+	s.settleUntil = time.Now().Add(cfg.PresenceGrace)
 	// Ready from here: links that connect before Run starts queue their
 	// events for it. (Ready only once Run ran raced with the listener:
 	// /readyz could say 503 to the first caller.)
@@ -594,6 +599,9 @@ func (s *Sequencer) subscribe(inst *instance, r *room, rs link.RoomState) {
 func (s *Sequencer) answerSubscribed(inst *instance, r *room, rs link.RoomState) {
 	msgs, gap := r.catchUp(rs.Since, rs.Resume, rs.Tail, s.cfg.HistoryLimit, s.msgsBuf[:0])
 	f := link.Frame{T: link.OpSubscribed, Room: r.name, Seq: r.last, First: r.first(), Gap: gap, Members: r.members()}
+	if d := time.Until(s.settleUntil); d > 0 {
+		f.Settle = int64((d + time.Millisecond - 1) / time.Millisecond)
+	}
 	b, err := appendWithMsgs(nil, &f, msgs)
 	clear(msgs)
 	s.msgsBuf = msgs[:0]

@@ -579,6 +579,21 @@ func TestPresence(t *testing.T) {
 	}
 }
 
+// A relayer that started less than its presence grace ago says so in
+// its subscribed answers: instances connected before it may not have
+// re-synced yet, so the members it lists may be fewer than there are.
+func TestSubscribedSaysPresenceSettlesAfterStart(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.PresenceGrace = time.Minute })
+	sub := h.dial("A").sync(link.RoomState{Room: "r"})[0]
+	if sub.Settle <= 50*1000 || sub.Settle > 60*1000 {
+		t.Fatalf("subscribed within a minute's grace of the start: settle %d ms, want up to 60000", sub.Settle)
+	}
+	h = start(t, "", func(c *Config) { c.PresenceGrace = 0 })
+	if sub := h.dial("A").sync(link.RoomState{Room: "r"})[0]; sub.Settle != 0 {
+		t.Fatalf("subscribed without a grace: settle %d ms, want none", sub.Settle)
+	}
+}
+
 func TestReconnectWithinGraceKeepsPresence(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.PresenceGrace = time.Minute })
 	b := h.dial("B")

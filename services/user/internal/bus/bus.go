@@ -12,6 +12,7 @@ package bus
 import (
 	"context"
 	"errors"
+	"time"
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
@@ -55,6 +56,9 @@ type Subscription struct {
 	Gap     bool
 	Members []protocol.Member
 	Msgs    []protocol.Message
+	// Settle is how long Members may still lack other instances' members
+	// (see link.Frame.Settle); zero when it is the whole presence.
+	Settle time.Duration
 }
 
 // Handler receives what the bus delivers.

@@ -107,6 +107,8 @@ type Hub struct {
 	// lagging holds the clients behind in a room, for Run's sweep to
 	// resume a catch-up that waits for the bus.
 	lagging map[*Client]struct{}
+	// holding holds the rooms with held members.
+	holding map[*room]struct{}
 }
 
 type joinState uint8
@@ -136,6 +138,12 @@ type room struct {
 	// yet; last may lag what clients saw on other instances.
 	behind   bool
 	presence map[string]protocol.Member
+	// held are members of other instances kept in presence after a
+	// restarted relayer's answer lacked them (bus.Subscription.Settle):
+	// their instances may not have re-synced yet. A presence join
+	// confirms one; those left at heldUntil have left (Run's sweep).
+	held      map[string]struct{}
+	heldUntil time.Time
 }
 
 type pendingJoin struct {
@@ -182,6 +190,7 @@ func New(cfg Config) *Hub {
 		writing:  map[*Client]struct{}{},
 		unsynced: map[*room]struct{}{},
 		lagging:  map[*Client]struct{}{},
+		holding:  map[*room]struct{}{},
 		pubs:     map[string]pubWaiter{},
 		fetches:  map[uint64]fetchFunc{},
 		lazy:     map[*Client]struct{}{},
@@ -249,6 +258,7 @@ func (h *Hub) Run(ctx context.Context) {
 		for c := range h.lagging {
 			h.catchUpLocked(c)
 		}
+		h.expireHeldLocked(now)
 		h.mu.Unlock()
 	}
 }
@@ -269,6 +279,25 @@ func (h *Hub) expireJoinsLocked(now time.Time) {
 	for _, p := range expired {
 		h.unavailableLocked(p.c, p.in,
 			"room %q could not be joined within %s: the relay is unreachable or slow; join again later", p.in.Room, h.cfg.JoinTimeout)
+	}
+}
+
+// expireHeldLocked ends the held members' grace: those no presence join
+// confirmed by then have left (their instance did not re-sync in time, or
+// they left while the relayer was down).
+func (h *Hub) expireHeldLocked(now time.Time) {
+	for r := range h.holding {
+		if now.Before(r.heldUntil) {
+			continue
+		}
+		for id := range r.held {
+			if m, ok := r.presence[id]; ok {
+				delete(r.presence, id)
+				h.presenceLocked(r, protocol.PresenceLeave, m)
+			}
+		}
+		r.held = nil
+		delete(h.holding, r)
 	}
 }
 
@@ -465,6 +494,7 @@ func (h *Hub) leaveLocked(c *Client, name string) {
 	if len(r.local) == 0 {
 		delete(h.rooms, name)
 		delete(h.unsynced, r)
+		delete(h.holding, r)
 		h.m.Rooms.Set(float64(len(h.rooms)))
 		h.bus.Unsubscribe(name)
 		return
@@ -687,11 +717,28 @@ func (h *Hub) Subscribed(s bus.Subscription) {
 	for c := range r.local {
 		next[c.member.ID] = c.member
 	}
+	r.held = nil
+	delete(h.holding, r)
 	if r.synced {
 		for id, m := range r.presence {
-			if _, ok := next[id]; !ok {
-				h.presenceLocked(r, protocol.PresenceLeave, m)
+			if _, ok := next[id]; ok {
+				continue
 			}
+			if s.Settle > 0 && m.Instance != h.cfg.Instance {
+				// A restarted relayer may not have heard from m's
+				// instance yet: no leave unless it stays away.
+				if r.held == nil {
+					r.held = map[string]struct{}{}
+				}
+				r.held[id] = struct{}{}
+				next[id] = m
+				continue
+			}
+			h.presenceLocked(r, protocol.PresenceLeave, m)
+		}
+		if r.held != nil {
+			r.heldUntil = time.Now().Add(s.Settle)
+			h.holding[r] = struct{}{}
 		}
 		for id, m := range next {
 			if _, ok := r.presence[id]; !ok {
@@ -767,6 +814,14 @@ func (h *Hub) Presence(room, event string, m protocol.Member) {
 		return
 	}
 	_, present := r.presence[m.ID]
+	if _, ok := r.held[m.ID]; ok {
+		// Its instance re-synced (join: it never left) or it left.
+		delete(r.held, m.ID)
+		if len(r.held) == 0 {
+			r.held = nil
+			delete(h.holding, r)
+		}
+	}
 	switch {
 	case event == protocol.PresenceJoin && !present:
 		r.presence[m.ID] = m

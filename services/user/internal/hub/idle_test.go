@@ -98,23 +98,34 @@ type rawClient struct {
 // in the same write.
 func dialRaw(t *testing.T, addr string, early ...string) *rawClient {
 	t.Helper()
-	conn, err := net.Dial("tcp", addr)
+	c, err := dialRawConn(addr, early...)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close() })
+	t.Cleanup(func() { c.conn.Close() })
+	return c
+}
+
+// dialRawConn is dialRaw leaving the connection's closing to the caller.
+func dialRawConn(addr string, early ...string) (*rawClient, error) {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	c := &rawClient{conn: conn, br: bufio.NewReader(conn)}
 	hs := "GET / HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
 	if _, err := conn.Write(append([]byte(hs), frame(early...)...)); err != nil {
-		t.Fatal(err)
+		conn.Close()
+		return nil, err
 	}
 	resp, err := http.ReadResponse(c.br, nil)
 	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Fatalf("upgrade: %v %v", resp, err)
+		conn.Close()
+		return nil, fmt.Errorf("upgrade: %v %v", resp, err)
 	}
-	return c
+	return c, nil
 }
 
 // frame encodes texts as masked client text frames (mask key zero).

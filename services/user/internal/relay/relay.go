@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"slices"
@@ -441,10 +442,16 @@ func (b *Bus) pingLoop(ctx context.Context, conn *websocket.Conn) error {
 	}
 }
 
+// settle reads link.Frame.Settle, clamped so that it cannot overflow.
+func settle(ms int64) time.Duration {
+	return time.Duration(min(max(ms, 0), int64(math.MaxInt64/time.Millisecond))) * time.Millisecond
+}
+
 func (b *Bus) handle(f *link.Frame) error {
 	switch f.T {
 	case link.OpSubscribed:
-		b.h.Subscribed(bus.Subscription{Room: f.Room, Seq: f.Seq, First: f.First, Gap: f.Gap, Members: f.Members, Msgs: f.Msgs})
+		b.h.Subscribed(bus.Subscription{Room: f.Room, Seq: f.Seq, First: f.First, Gap: f.Gap, Members: f.Members, Msgs: f.Msgs,
+			Settle: settle(f.Settle)})
 	case link.OpMsg:
 		if f.Msg == nil {
 			return fmt.Errorf("msg frame without msg")
