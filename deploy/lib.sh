@@ -66,3 +66,47 @@ load_dotenv() {
 		export "$key=$value"
 	done <"$file"
 }
+
+# docker_build IMAGE DOCKER-BUILD-ARGS...: docker build -t IMAGE, showing
+# progress as one line per Dockerfile step that runs (steps served by
+# Docker's layer cache are only counted), and Docker's whole output when
+# the build fails. The classic builder's "Step n/m" lines and BuildKit's
+# plain "#n [stage i/j]" ones are both understood.
+docker_build() {
+	local image=$1 out start=$SECONDS pending= ran=0 cached=0 rc line
+	shift
+	out=$(mktemp)
+	# Fed by process substitution, so that the counters live in this shell.
+	while IFS= read -r line; do
+		printf '%s\n' "$line" >>"$out"
+		case "$line" in
+		"Step "[0-9]*" : FROM "*) # a stage's base: nothing to run
+			pending= ;;
+		"Step "[0-9]*) # classic: the step's fate shows on the next line
+			pending=${line#*: } ;;
+		" ---> Using cache")
+			pending= cached=$((cached + 1)) ;;
+		"#"[0-9]*" CACHED")
+			cached=$((cached + 1)) ;;
+		"#"[0-9]*" [internal]"*) ;;
+		"#"[0-9]*" ["*"] "*)
+			log "$image: ${line#* } ($((SECONDS - start))s)" ;;
+		*)
+			if [ -n "$pending" ]; then
+				log "$image: ${pending:0:110} ($((SECONDS - start))s)"
+				pending= ran=$((ran + 1))
+			fi
+			;;
+		esac
+	done < <(docker build --force-rm -t "$image" "$@" 2>&1; echo "exit status $?")
+	rc=$(tail -n1 "$out")
+	rc=${rc#exit status }
+	if [ "$rc" != 0 ]; then
+		grep -v -e DEPRECATED -e 'legacy builder' -e buildx -e BuildKit -e '^ *Install the buildx' \
+			-e 'docs.docker.com/go/buildx' -e '^exit status' "$out" | tail -n 40 >&2 || true
+		rm -f "$out"
+		die "building $image failed (output above)"
+	fi
+	rm -f "$out"
+	log "$image ready in $((SECONDS - start))s (steps run: $ran, from Docker's cache: $cached)"
+}
