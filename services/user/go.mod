@@ -8,6 +8,7 @@ require (
 	github.com/prometheus/client_golang v1.25.0 // indirect
 	github.com/wschat/wschat/services/protocol v0.0.0
 	github.com/wschat/wschat/services/reclaim v0.0.0
+	golang.org/x/net v0.60.0
 )
 
 replace github.com/wschat/wschat/services/protocol => ../protocol
