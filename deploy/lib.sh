@@ -15,6 +15,12 @@ local_nginx_image=wschat-local/nginx:bookworm
 # ones, built by offline-images.sh (machines without a registry).
 choose_base_images() {
 	if [ -n "${GO_IMAGE:-}" ] && [ -n "${NGINX_IMAGE:-}" ]; then
+		# The local names (.env, as make images writes it) may have been
+		# removed since: offline-images.sh rebuilds what is missing, and
+		# takes about a second when nothing is.
+		case "$GO_IMAGE $NGINX_IMAGE" in
+		*"$local_go_image"* | *"$local_nginx_image"*) "$deploy_dir/offline-images.sh" ;;
+		esac
 		export GO_IMAGE NGINX_IMAGE
 		return
 	fi
@@ -46,8 +52,9 @@ compose_cmd() {
 		COMPOSE=(docker compose)
 	elif command -v docker-compose >/dev/null; then
 		COMPOSE=(docker-compose)
+		log "using docker-compose 1.x; 'make compose-plugin' installs 'docker compose' (v2)"
 	else
-		die "neither 'docker compose' nor 'docker-compose' is installed"
+		die "neither 'docker compose' nor 'docker-compose' is installed; 'make compose-plugin' installs 'docker compose'"
 	fi
 }
 
