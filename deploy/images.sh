@@ -20,18 +20,14 @@ docker info >/dev/null 2>&1 || die "no Docker daemon reachable"
 tag=${WSCHAT_TAG:-dev}
 choose_base_images
 
-# build builds one image and removes the one it replaces, if no container
-# uses it: a stale build stage holds hundreds of megabytes. (Only that one:
-# a prune of dangling images would take Docker's cache of the current
-# compile with it where Compose built the stage untagged.)
+# build builds one image and removes the one it replaces where nothing
+# else names or uses it: a stale build stage holds hundreds of megabytes.
+# (Only that one: a prune of dangling images would take Docker's cache of
+# the current compile with it where Compose built the stage untagged.)
 build() { # image dockerfile [args...]
-	local image=$1 file=$2 old
+	local image=$1 file=$2
 	shift 2
-	old=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
-	docker_build "$image" -f "$root/$file" --label org.wschat.image=1 "$@" "$root"
-	if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
-		docker rmi "$old" >/dev/null 2>&1 || true
-	fi
+	build_replacing "$image" -f "$root/$file" --label org.wschat.image=1 "$@" "$root"
 }
 
 start=$SECONDS

@@ -117,3 +117,27 @@ docker_build() {
 	rm -f "$out"
 	log "$image ready in $((SECONDS - start))s (steps run: $ran, from Docker's cache: $cached)"
 }
+
+# remove_replaced ID...: removes images that rebuilds replaced, in the
+# order given, each only when no tag names it any more: another
+# WSCHAT_TAG may share it, and `docker rmi ID` would take that tag with
+# it. An image that others build on or a container uses stays (docker
+# refuses those).
+remove_replaced() {
+	local id
+	for id in "$@"; do
+		[ "$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null)" = 0 ] || continue
+		docker rmi "$id" >/dev/null 2>&1 || true
+	done
+}
+
+# build_replacing IMAGE DOCKER-BUILD-ARGS...: docker_build, then
+# remove_replaced of the image IMAGE named before.
+build_replacing() {
+	local image=$1 old
+	old=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
+	docker_build "$@"
+	if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+		remove_replaced "$old"
+	fi
+}

@@ -243,7 +243,8 @@ wait "$nginx_pid" || die "building $nginx_image failed"
 # the project's build stages inherit the label from the golang image, and
 # a prune would throw away Docker's cache of their compile.
 if [ -f "$workdir/replaced" ]; then
-	tac "$workdir/replaced" | while read -r id; do docker rmi "$id" >/dev/null 2>&1 || true; done
+	mapfile -t replaced < <(tac "$workdir/replaced")
+	remove_replaced "${replaced[@]}"
 fi
 [ -z "$dotenv" ] || record_dotenv
 log "base images ready in $((SECONDS - start))s"
