@@ -11,11 +11,12 @@ TEST_TIMEOUT ?= 20m
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
 
-.PHONY: help images project-images up down ps logs test vet lint fmt fuzz demo-screenshot bench bench-go
+.PHONY: help images project-images compose-plugin up down ps logs test vet lint fmt fuzz demo-screenshot bench bench-go
 
 help:
-	@echo 'make images          base images without a registry (idempotent)'
+	@echo 'make images          base images without a registry, recorded in .env for Compose (idempotent)'
 	@echo 'make project-images  wschat/ws-relayer, wschat/ws-user, wschat/nginx'
+	@echo 'make compose-plugin  install the Compose v2 plugin (docker compose) from the Go module proxy'
 	@echo 'make up              build and start the stack, 3 ws-user replicas, http://localhost:$${WSCHAT_PORT:-8080}'
 	@echo 'make down            stop the stack (WSCHAT_DOWN_VOLUMES=1 drops the data volume)'
 	@echo 'make test            gofmt, go vet, staticcheck and go test -race of every module, containers and browser included, then make fuzz'
@@ -25,7 +26,10 @@ help:
 	@echo 'make bench-go        the Go benchmarks (encode, decode, fan-out, write batching, relay batching)'
 
 images:
-	deploy/offline-images.sh
+	deploy/offline-images.sh --dotenv
+
+compose-plugin:
+	deploy/compose-plugin.sh
 
 project-images:
 	deploy/images.sh

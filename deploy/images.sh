@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Builds the project's images from the working tree:
 #   wschat/ws-relayer:$WSCHAT_TAG  wschat/ws-user:$WSCHAT_TAG  wschat/nginx:$WSCHAT_TAG
-# (WSCHAT_TAG defaults to dev, the tag docker-compose.yml uses). Base images
+# (WSCHAT_TAG defaults to dev, the tag docker-compose.yml uses), and
+# wschat/ws-build:$WSCHAT_TAG, the build stage both service images copy
+# their binary from: tagged, it is compiled once for both and no prune of
+# dangling images can take Docker's cache of the compile away. Base images
 # come from GO_IMAGE / NGINX_IMAGE, else the official ones when a registry
-# answers, else deploy/offline-images.sh builds local ones. Docker's layer
-# cache makes a run with unchanged sources take seconds.
+# answers, else deploy/offline-images.sh builds local ones. With unchanged
+# sources every step comes from Docker's layer cache: seconds.
 set -euo pipefail
 
 deploy_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,19 +20,23 @@ docker info >/dev/null 2>&1 || die "no Docker daemon reachable"
 tag=${WSCHAT_TAG:-dev}
 choose_base_images
 
-errf=$(mktemp)
-trap 'rm -f "$errf"' EXIT
+# build builds one image and removes the one it replaces where nothing
+# else names or uses it: a stale build stage holds hundreds of megabytes.
+# (Only that one: a prune of dangling images would take Docker's cache of
+# the current compile with it where Compose built the stage untagged.)
 build() { # image dockerfile [args...]
 	local image=$1 file=$2
 	shift 2
-	log "building $image"
-	if ! docker build -q --force-rm -f "$root/$file" -t "$image" --label org.wschat.image=1 "$@" "$root" >/dev/null 2>"$errf"; then
-		grep -v -e DEPRECATED -e 'legacy builder' -e buildx -e BuildKit "$errf" >&2 || true
-		die "building $image failed"
-	fi
+	build_replacing "$image" -f "$root/$file" --label org.wschat.image=1 "$@" "$root"
 }
 
-build "wschat/ws-relayer:$tag" deploy/Dockerfile --target ws-relayer --build-arg "GO_IMAGE=$GO_IMAGE"
-# Same build stage as above: Docker's cache compiles once for both.
-build "wschat/ws-user:$tag" deploy/Dockerfile --target ws-user --build-arg "GO_IMAGE=$GO_IMAGE"
+start=$SECONDS
+build "wschat/ws-build:$tag" deploy/Dockerfile --target build --build-arg "GO_IMAGE=$GO_IMAGE"
+# org.wschat.go-image records which Go image compiled the binaries (the
+# container tests rebuild the build stage with it).
+build "wschat/ws-relayer:$tag" deploy/Dockerfile --target ws-relayer --build-arg "GO_IMAGE=$GO_IMAGE" \
+	--label "org.wschat.go-image=$GO_IMAGE"
+build "wschat/ws-user:$tag" deploy/Dockerfile --target ws-user --build-arg "GO_IMAGE=$GO_IMAGE" \
+	--label "org.wschat.go-image=$GO_IMAGE"
 build "wschat/nginx:$tag" deploy/nginx.Dockerfile --build-arg "NGINX_IMAGE=$NGINX_IMAGE"
+log "images ready in $((SECONDS - start))s"

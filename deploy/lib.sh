@@ -15,6 +15,12 @@ local_nginx_image=wschat-local/nginx:bookworm
 # ones, built by offline-images.sh (machines without a registry).
 choose_base_images() {
 	if [ -n "${GO_IMAGE:-}" ] && [ -n "${NGINX_IMAGE:-}" ]; then
+		# The local names (.env, as make images writes it) may have been
+		# removed since: offline-images.sh rebuilds what is missing, and
+		# takes about a second when nothing is.
+		case "$GO_IMAGE $NGINX_IMAGE" in
+		*"$local_go_image"* | *"$local_nginx_image"*) "$deploy_dir/offline-images.sh" ;;
+		esac
 		export GO_IMAGE NGINX_IMAGE
 		return
 	fi
@@ -46,8 +52,9 @@ compose_cmd() {
 		COMPOSE=(docker compose)
 	elif command -v docker-compose >/dev/null; then
 		COMPOSE=(docker-compose)
+		log "using docker-compose 1.x; 'make compose-plugin' installs 'docker compose' (v2)"
 	else
-		die "neither 'docker compose' nor 'docker-compose' is installed"
+		die "neither 'docker compose' nor 'docker-compose' is installed; 'make compose-plugin' installs 'docker compose'"
 	fi
 }
 
@@ -65,4 +72,72 @@ load_dotenv() {
 		value=${value%\"} value=${value#\"}
 		export "$key=$value"
 	done <"$file"
+}
+
+# docker_build IMAGE DOCKER-BUILD-ARGS...: docker build -t IMAGE, showing
+# progress as one line per Dockerfile step that runs (steps served by
+# Docker's layer cache are only counted), and Docker's whole output when
+# the build fails. The classic builder's "Step n/m" lines and BuildKit's
+# plain "#n [stage i/j]" ones are both understood.
+docker_build() {
+	local image=$1 out start=$SECONDS pending= ran=0 cached=0 rc line
+	shift
+	out=$(mktemp)
+	# Fed by process substitution, so that the counters live in this shell.
+	while IFS= read -r line; do
+		printf '%s\n' "$line" >>"$out"
+		case "$line" in
+		"Step "[0-9]*" : FROM "*) # a stage's base: nothing to run
+			pending= ;;
+		"Step "[0-9]*) # classic: the step's fate shows on the next line
+			pending=${line#*: } ;;
+		" ---> Using cache")
+			pending= cached=$((cached + 1)) ;;
+		"#"[0-9]*" CACHED")
+			cached=$((cached + 1)) ;;
+		"#"[0-9]*" [internal]"*) ;;
+		"#"[0-9]*" ["*"] "*)
+			log "$image: ${line#* } ($((SECONDS - start))s)" ;;
+		*)
+			if [ -n "$pending" ]; then
+				log "$image: ${pending:0:110} ($((SECONDS - start))s)"
+				pending= ran=$((ran + 1))
+			fi
+			;;
+		esac
+	done < <(docker build --force-rm -t "$image" "$@" 2>&1; echo "exit status $?")
+	rc=$(tail -n1 "$out")
+	rc=${rc#exit status }
+	if [ "$rc" != 0 ]; then
+		grep -v -e DEPRECATED -e 'legacy builder' -e buildx -e BuildKit -e '^ *Install the buildx' \
+			-e 'docs.docker.com/go/buildx' -e '^exit status' "$out" | tail -n 40 >&2 || true
+		rm -f "$out"
+		die "building $image failed (output above)"
+	fi
+	rm -f "$out"
+	log "$image ready in $((SECONDS - start))s (steps run: $ran, from Docker's cache: $cached)"
+}
+
+# remove_replaced ID...: removes images that rebuilds replaced, in the
+# order given, each only when no tag names it any more: another
+# WSCHAT_TAG may share it, and `docker rmi ID` would take that tag with
+# it. An image that others build on or a container uses stays (docker
+# refuses those).
+remove_replaced() {
+	local id
+	for id in "$@"; do
+		[ "$(docker image inspect -f '{{len .RepoTags}}' "$id" 2>/dev/null)" = 0 ] || continue
+		docker rmi "$id" >/dev/null 2>&1 || true
+	done
+}
+
+# build_replacing IMAGE DOCKER-BUILD-ARGS...: docker_build, then
+# remove_replaced of the image IMAGE named before.
+build_replacing() {
+	local image=$1 old
+	old=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
+	docker_build "$@"
+	if [ -n "$old" ] && [ "$old" != "$(docker image inspect -f '{{.Id}}' "$image")" ]; then
+		remove_replaced "$old"
+	fi
 }

@@ -14,20 +14,31 @@
 # hash differs (FORCE=1 rebuilds all). Installs its own prerequisites
 # (debootstrap) when missing.
 #
+# With --dotenv (make images), it also records the images in the
+# repository's .env as GO_IMAGE and NGINX_IMAGE, unless .env sets them
+# already: plain Compose (docker compose up --build) reads .env, and then
+# builds without a registry too.
+#
 # Environment: DEBIAN_MIRROR, DEBIAN_SECURITY_MIRROR (default: taken from
 # /etc/apt/sources.list*), GOROOT_HOST (default: /usr/local/go), FORCE=1.
 set -euo pipefail
 shopt -s nullglob
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+dotenv=
+case "${1:-}" in
+--dotenv) dotenv=$(dirname "$here")/.env ;;
+"") ;;
+*) printf 'usage: %s [--dotenv]\n' "$0" >&2; exit 2 ;;
+esac
 suite=bookworm
 debian_image=wschat-local/debian:bookworm
 golang_image=wschat-local/golang:1.26
 nginx_image=wschat-local/nginx:bookworm
 label=org.wschat.inputs
 
-log() { printf 'offline-images: %s\n' "$*" >&2; }
-die() { log "error: $*"; exit 1; }
+# shellcheck source=deploy/lib.sh
+. "$here/lib.sh"
 
 # debootstrap and the rootfs it makes need root.
 sudo_cmd=()
@@ -53,18 +64,16 @@ up_to_date() { # image wanted-hash
 
 image_id() { docker image inspect -f '{{.Id}}' "$1"; }
 
-# docker build, quiet unless it fails (the legacy builder's deprecation
-# banner is noise here); the replaced image is removed when unused.
+# build records the images its rebuilds replace in $workdir/replaced, one
+# a line, in build order (builds may run in the background): they are
+# removed at the end, children first, where nothing uses them any more.
 build() { # image inputs-hash docker-build-args...
-	local image=$1 hash=$2 old errf=$workdir/build.err
+	local image=$1 hash=$2 old
 	shift 2
 	old=$(docker image inspect -f '{{.Id}}' "$image" 2>/dev/null || true)
-	if ! docker build -q --force-rm -t "$image" --label "$label=$hash" "$@" >/dev/null 2>"$errf"; then
-		grep -v -e DEPRECATED -e 'legacy builder' -e buildx -e BuildKit "$errf" >&2 || true
-		die "building $image failed"
-	fi
+	docker_build "$image" --label "$label=$hash" "$@"
 	if [ -n "$old" ] && [ "$old" != "$(image_id "$image")" ]; then
-		docker rmi "$old" >/dev/null 2>&1 || true
+		echo "$old" >>"$workdir/replaced"
 	fi
 }
 
@@ -202,8 +211,40 @@ build_nginx() {
 	log "built $nginx_image"
 }
 
+# record_dotenv appends to .env the settings Compose needs to build from
+# the local base images, each unless .env sets it already.
+record_dotenv() {
+	local key value lines=()
+	for key in GO_IMAGE NGINX_IMAGE; do
+		grep -qE "^[[:space:]]*$key=" "$dotenv" 2>/dev/null && continue
+		value=$golang_image
+		[ "$key" = NGINX_IMAGE ] && value=$nginx_image
+		lines+=("$key=$value")
+	done
+	[ ${#lines[@]} -gt 0 ] || return 0
+	{
+		printf '\n# Added by make images (deploy/offline-images.sh): no container registry\n'
+		printf '# here, so Compose builds from the local base images.\n'
+		printf '%s\n' "${lines[@]}"
+	} >>"$dotenv"
+	log "recorded ${lines[*]} in $dotenv, for plain docker compose"
+}
+
+start=$SECONDS
 build_debian
+# Both build on debian alone, and spend most of their time in apt and in
+# copying the toolchain: side by side they take about as long as one.
+build_nginx &
+nginx_pid=$!
 build_golang
-build_nginx
-# Images replaced above that children kept alive until now.
-docker image prune -f --filter "label=$label" >/dev/null
+wait "$nginx_pid" || die "building $nginx_image failed"
+# What the rebuilds above replaced, children first: an image some other
+# image still builds on stays. Never a prune of dangling images by label:
+# the project's build stages inherit the label from the golang image, and
+# a prune would throw away Docker's cache of their compile.
+if [ -f "$workdir/replaced" ]; then
+	mapfile -t replaced < <(tac "$workdir/replaced")
+	remove_replaced "${replaced[@]}"
+fi
+[ -z "$dotenv" ] || record_dotenv
+log "base images ready in $((SECONDS - start))s"

@@ -20,7 +20,9 @@ compose_cmd
 case "${1:-}" in
 up)
 	shift
+	start=$SECONDS
 	"$deploy_dir/images.sh"
+	log "starting the stack with ${COMPOSE[*]}"
 	"${COMPOSE[@]}" up -d --no-build --scale "ws-user=${WSCHAT_REPLICAS:-3}" "$@"
 	nginx=$("${COMPOSE[@]}" ps -q nginx)
 	[ -n "$nginx" ] || die "nginx did not start; see: ${COMPOSE[*]} logs"
@@ -29,7 +31,7 @@ up)
 		[ $SECONDS -lt $deadline ] || die "nginx not healthy in time; see: ${COMPOSE[*]} logs"
 		sleep 1 # polling a status Docker updates on its own schedule
 	done
-	log "wschat is up: http://localhost:${WSCHAT_PORT:-8080}"
+	log "wschat is up in $((SECONDS - start))s: http://localhost:${WSCHAT_PORT:-8080}"
 	;;
 down)
 	flags=(--remove-orphans)

@@ -244,11 +244,34 @@ func Scenario(t *testing.T, target Target) {
 	// bounded time (missed keepalives plus the relayer's grace period).
 	bob.waitFor("alice's old connection to leave presence",
 		`[...document.querySelectorAll('#members li')].filter(li => li.textContent.includes('alice')).length === 1`, 40*time.Second)
-	alice.say("back, on " + alice.text("#instance"))
-	bob.waitMessage("back, on " + alice.text("#instance"))
+	ia2 := alice.text("#instance")
+	alice.say("back, on " + ia2)
+	bob.waitMessage("back, on " + ia2)
 
+	// The picture shows the two tabs on two instances: should alice have
+	// landed on bob's, bob reloads (the room's history comes back with
+	// him) until the balancer puts him elsewhere, a bounded number of times.
+	for i := 0; ib == ia2 && i < 20; i++ {
+		ib = bob.open(target.BaseURL, "bob", room)
+		bob.waitMessage("back, on " + ia2)
+	}
+	if ib == ia2 {
+		t.Fatalf("bob kept landing on alice's new instance %s", ia2)
+	}
 	saveSideBySide(t, target.Artifacts, alice.screenshot(), bob.screenshot())
-	phone(t, newTab("carol"), target.BaseURL, room)
+	carol := newTab("carol")
+	beforeLogin(t, carol, target.BaseURL)
+	phone(t, carol, target.BaseURL, room)
+}
+
+// beforeLogin checks the page before anyone logged in: the nickname form,
+// and no connection badge or instance label, which would read like an
+// error before the user did anything.
+func beforeLogin(t *testing.T, b *tab, base string) {
+	b.do("open the page", chromedp.Navigate(base+"/"), chromedp.WaitVisible(chromedp.CSS(`#nick-input`)))
+	if shown := evalAs[[]string](b, `['conn-state', 'instance'].filter(id => document.getElementById(id).offsetParent !== null)`); len(shown) > 0 {
+		t.Fatalf("before login the page shows %q", shown)
+	}
 }
 
 // phone checks the page on a phone-sized screen, driven by the keyboard.

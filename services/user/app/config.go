@@ -16,7 +16,7 @@ type Config struct {
 	Port            int           `env:"PORT" envDefault:"8080"`
 	RelayerURL      string        `env:"RELAYER_URL"`
 	RelaySecret     string        `env:"RELAY_SECRET"`
-	InstanceID      string        `env:"INSTANCE_ID"`
+	InstanceID      string        `env:"INSTANCE_ID"` // default: defaultInstanceID
 	AllowedOrigins  []string      `env:"ALLOWED_ORIGINS" envSeparator:","`
 	HistorySize     int           `env:"HISTORY_SIZE" envDefault:"50"`
 	HistoryLimit    int           `env:"HISTORY_LIMIT" envDefault:"1000"`
@@ -69,7 +69,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		if err != nil {
 			return cfg, fmt.Errorf("config: INSTANCE_ID is empty and the hostname is unknown (%w); set INSTANCE_ID", err)
 		}
-		cfg.InstanceID = host
+		cfg.InstanceID = defaultInstanceID(host)
 	}
 	if err := cfg.validate(); err != nil {
 		return cfg, fmt.Errorf("config: %w", err)

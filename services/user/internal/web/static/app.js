@@ -16,7 +16,8 @@
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    conn: $('conn-state'), instance: $('instance'), me: $('me'), meNick: $('me-nick'), logout: $('logout'),
+    status: $('status'), conn: $('conn-state'), instance: $('instance'), instanceLabel: $('instance-label'),
+    me: $('me'), meNick: $('me-nick'), logout: $('logout'),
     login: $('login'), loginForm: $('login-form'), nick: $('nick-input'), loginError: $('login-error'),
     chat: $('chat'), joinForm: $('join-form'), room: $('room-input'), joinError: $('join-error'),
     roomList: $('room-list'), roomTitle: $('room-title'), leave: $('leave'), notice: $('room-notice'),
@@ -91,6 +92,13 @@
     ui.conn.dataset.state = s;
   }
 
+  // The instance label shows only while connected: an empty one reads
+  // like an error.
+  function setInstance(name) {
+    ui.instance.textContent = name;
+    ui.instanceLabel.hidden = !name;
+  }
+
   function connect() {
     clearTimeout(state.timers.retry);
     if (state.stopped) return;
@@ -135,7 +143,7 @@
     try {
       ws.close();
     } catch (err) { /* already closed */ }
-    ui.instance.textContent = '';
+    setInstance('');
     state.requests.clear();
     for (const r of state.rooms.values()) {
       r.joined = false;
@@ -252,7 +260,7 @@
     state.refillAt = performance.now();
     state.pingId = '';
     state.timers.ping = setInterval(ping, PING_EVERY);
-    ui.instance.textContent = String(f.instance || '');
+    setInstance(String(f.instance || ''));
     setConn('connected');
     for (const r of state.rooms.values()) sendJoin(r);
   }
@@ -680,6 +688,9 @@
     ui.login.hidden = true;
     ui.chat.hidden = false;
     ui.me.hidden = false;
+    // The connection badge only once a connection is wanted: before
+    // login, "disconnected" would read like an error.
+    ui.status.hidden = false;
     state.stopped = false;
     state.attempt = 0;
     connect();
@@ -693,6 +704,7 @@
   });
   ui.logout.addEventListener('click', () => {
     stop();
+    ui.status.hidden = true;
     showLogin('');
   });
   ui.joinForm.addEventListener('submit', (ev) => {
