@@ -160,7 +160,8 @@ func TestPerRoomOrderIsIdenticalEverywhere(t *testing.T) {
 // A client reads some messages, disconnects, misses some, and reconnects
 // to another instance asking for everything after the last seq it saw.
 func TestHistoryAndRecoveryAcrossInstances(t *testing.T) {
-	r := startRelayer(t, map[string]string{"HISTORY_LIMIT": "40"})
+	// No history on disk beyond the rings: the relayer keeps 40 messages.
+	r := startRelayer(t, map[string]string{"HISTORY_LIMIT": "40", "RETENTION_BYTES": "0"})
 	env := map[string]string{"HISTORY_SIZE": "5", "RATE_PER_SEC": "1000", "RATE_BURST": "1000"}
 	a := startUser(t, "user-a", r, env)
 	b := startUser(t, "user-b", r, env)

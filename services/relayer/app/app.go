@@ -47,18 +47,20 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	seq, err := sequencer.New(sequencer.Config{
-		Secret:        cfg.RelaySecret,
-		HistoryLimit:  cfg.HistoryLimit,
-		DedupWindow:   cfg.DedupWindow,
-		PresenceGrace: cfg.PresenceGrace,
-		QueueBytes:    cfg.LinkQueueBytes,
-		MaxFrameBytes: cfg.LinkMaxFrameBytes,
-		InflightBytes: cfg.LinkInflightBytes,
-		PingInterval:  cfg.LinkPingInterval,
-		FlushDelay:    cfg.LinkFlushDelay,
-		CompactBytes:  cfg.CompactBytes,
-		Logger:        log,
-		Registry:      reg,
+		Secret:         cfg.RelaySecret,
+		HistoryLimit:   cfg.HistoryLimit,
+		DedupWindow:    cfg.DedupWindow,
+		PresenceGrace:  cfg.PresenceGrace,
+		QueueBytes:     cfg.LinkQueueBytes,
+		MaxFrameBytes:  cfg.LinkMaxFrameBytes,
+		InflightBytes:  cfg.LinkInflightBytes,
+		PingInterval:   cfg.LinkPingInterval,
+		FlushDelay:     cfg.LinkFlushDelay,
+		CompactBytes:   cfg.CompactBytes,
+		RetentionBytes: cfg.RetentionBytes,
+		RetentionAge:   cfg.RetentionAge,
+		Logger:         log,
+		Registry:       reg,
 	}, st)
 	if err != nil {
 		st.Close()
@@ -108,7 +110,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}()
 	srvDone := make(chan error, 1)
 	go func() { srvDone <- srv.Serve(ln) }()
-	log.Info("listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir, "fsync", cfg.Fsync)
+	log.Info("listening", "addr", ln.Addr().String(), "data_dir", cfg.DataDir, "fsync", cfg.Fsync,
+		"retention_bytes", cfg.RetentionBytes, "retention_age", cfg.RetentionAge)
 
 	var runErr error
 	select {

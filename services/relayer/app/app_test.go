@@ -136,6 +136,9 @@ func TestConfigErrors(t *testing.T) {
 		{"reclaim quiet", map[string]string{"MEMORY_RECLAIM_QUIET": "-1s"}, []string{"MEMORY_RECLAIM_QUIET"}},
 		{"inflight", map[string]string{"LINK_INFLIGHT_BYTES": "0"}, []string{"LINK_INFLIGHT_BYTES"}},
 		{"reclaim bytes", map[string]string{"MEMORY_RECLAIM_MIN_BYTES": "4096"}, []string{"MEMORY_RECLAIM_MIN_BYTES"}},
+		{"retention bytes", map[string]string{"RETENTION_BYTES": "-1"}, []string{"RETENTION_BYTES"}},
+		{"retention age", map[string]string{"RETENTION_AGE": "-1h"}, []string{"RETENTION_AGE"}},
+		{"retention age unit", map[string]string{"RETENTION_AGE": "7"}, []string{"RETENTION_AGE"}},
 		{"several at once", map[string]string{"RELAY_SECRET": "", "COMPACT_BYTES": "-1"}, []string{"RELAY_SECRET", "COMPACT_BYTES"}},
 	}
 	for _, tc := range cases {

@@ -26,6 +26,8 @@ type config struct {
 	LinkPingInterval  time.Duration `env:"LINK_PING_INTERVAL" envDefault:"5s"`
 	LinkFlushDelay    time.Duration `env:"LINK_FLUSH_DELAY" envDefault:"0s"`
 	CompactBytes      int64         `env:"COMPACT_BYTES" envDefault:"67108864"`
+	RetentionBytes    int64         `env:"RETENTION_BYTES" envDefault:"67108864"`
+	RetentionAge      time.Duration `env:"RETENTION_AGE" envDefault:"168h"`
 	ShutdownTimeout   time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
 	ReclaimQuiet      time.Duration `env:"MEMORY_RECLAIM_QUIET" envDefault:"2s"`
 	ReclaimMinBytes   uint64        `env:"MEMORY_RECLAIM_MIN_BYTES" envDefault:"16777216"`
@@ -101,6 +103,12 @@ func loadConfig(getenv func(string) string) (config, error) {
 	}
 	if c.CompactBytes <= 0 {
 		bad("COMPACT_BYTES must be > 0, got %d", c.CompactBytes)
+	}
+	if c.RetentionBytes < 0 {
+		bad("RETENTION_BYTES must be >= 0 (0 keeps only HISTORY_LIMIT messages per room), got %d", c.RetentionBytes)
+	}
+	if c.RetentionAge < 0 {
+		bad("RETENTION_AGE must be 0s (no age bound) or positive, got %s", c.RetentionAge)
 	}
 	if c.LinkInflightBytes <= 0 {
 		bad("LINK_INFLIGHT_BYTES must be > 0, got %d", c.LinkInflightBytes)

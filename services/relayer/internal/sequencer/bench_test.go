@@ -97,3 +97,79 @@ func BenchmarkLinkBatching(b *testing.B) {
 		b.ReportMetric(float64(got)/float64(msgs), "frames/wsmsg")
 	}
 }
+
+// benchLog returns a sequencer (not running) whose log holds n messages of
+// each of rooms rooms, published round-robin, so that a room's records lie
+// scattered over the log as they do in practice.
+func benchLog(b *testing.B, rooms, n int, tweak func(*Config)) *Sequencer {
+	st, err := store.Open(b.TempDir(), store.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg := testConfig()
+	cfg.QueueBytes = 1 << 30
+	tweak(&cfg)
+	s, err := New(cfg, st)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() {
+		s.reader.Close()
+		st.Close()
+	})
+	pub := &conn{s: s, inst: "pub", log: s.log, wake: make(chan struct{}, 1)}
+	s.apply([]event{{kind: evOpen, conn: pub}, {kind: evFrames, conn: pub, frames: []*link.Frame{{T: link.OpSync}}}})
+	text := "a typical chat message of moderate length, a little longer than a short one"
+	var frames []*link.Frame
+	for i := range n {
+		for r := range rooms {
+			msg := protocol.Message{Room: fmt.Sprint("room-", r), Text: text, From: "alice", UID: "u-1", ID: "c-1"}
+			frames = append(frames, &link.Frame{T: link.OpPub, MID: fmt.Sprint(i, "-", r), Msg: &msg})
+			if len(frames) == maxBatch {
+				if err := s.apply([]event{{kind: evFrames, conn: pub, frames: frames}}); err != nil {
+					b.Fatal(err)
+				}
+				frames, pub.out = frames[:0], pub.out[:0]
+			}
+		}
+	}
+	if err := s.apply([]event{{kind: evFrames, conn: pub, frames: frames}}); err != nil {
+		b.Fatal(err)
+	}
+	return s
+}
+
+// BenchmarkReadFromLog reads 1000 messages of one room from a log of 100
+// rooms (the file in the page cache): what one fetch or catch-up older
+// than the ring costs the reader goroutine.
+func BenchmarkReadFromLog(b *testing.B) {
+	s := benchLog(b, 100, 1000, func(c *Config) { c.HistoryLimit = 10; c.RetentionBytes = 1 << 30 })
+	r := s.rooms["room-7"]
+	b.ReportAllocs()
+	for b.Loop() {
+		it := &readItem{room: r, lo: 1, hi: 1000, offs: r.disk.offsets(1, 1000), back: true}
+		s.runJob(s.reader, &readJob{items: []*readItem{it}})
+		if !it.complete() {
+			b.Fatal(it.err)
+		}
+	}
+}
+
+// BenchmarkCompactRetained rewrites a log of about 64 MiB that the
+// retention keeps whole: the pause a compaction costs the sequencer per
+// 64 MiB of RETENTION_BYTES (no fsync: add the disk's time to write it).
+func BenchmarkCompactRetained(b *testing.B) {
+	s := benchLog(b, 100, 2600, func(c *Config) { c.HistoryLimit = 10; c.RetentionBytes = 1 << 30 })
+	size := s.st.Size()
+	for b.Loop() {
+		cut := s.cutoff()
+		kept := s.kept(cut)
+		moved := make([]int64, len(kept))
+		var readErr error
+		if err := s.st.CompactChecked(s.retained(kept, moved, &readErr), func() error { return readErr }); err != nil {
+			b.Fatal(err)
+		}
+		s.moved(cut, kept, moved)
+	}
+	b.ReportMetric(float64(size)/(1<<20), "MiB")
+}

@@ -50,6 +50,7 @@ type entry struct {
 	key  pubKey
 	js   []byte // the protocol.Message JSON, encoded once
 	size int64  // bytes of its log record, for the compaction trigger
+	off  int64  // where its log record is
 }
 
 // room is everything the sequencer knows about one room.
@@ -61,6 +62,7 @@ type room struct {
 	// start; it grows to the limit and then overwrites the oldest.
 	ring     []entry
 	start    int
+	disk     diskIndex // the offsets of its messages in the log
 	mids     map[pubKey]uint64
 	subs     map[*instance]struct{}
 	presence map[*instance]map[string]protocol.Member
@@ -116,17 +118,37 @@ func (r *room) msgs(lo, hi int, dst [][]byte) [][]byte {
 	return dst
 }
 
-// catchUp applies the subscribe rule of link.RoomState: with since > 0 or
-// resume, every retained message after min(since, last-tail), else the
-// last tail.
-func (r *room) catchUp(since uint64, resume bool, tail, limit int, dst [][]byte) (msgs [][]byte, gap bool) {
+// catchUpFrom applies the subscribe rule of link.RoomState: with since > 0
+// or resume, every kept message after min(since, last-tail), else the last
+// tail. It returns the seq the answer's messages follow, and whether some
+// after since are gone (oldest being the oldest kept).
+func (r *room) catchUpFrom(since uint64, resume bool, tail, limit int, oldest uint64) (from uint64, gap bool) {
 	t := uint64(min(max(tail, 0), limit))
-	from := r.last - min(t, r.last)
+	from = r.last - min(t, r.last)
 	if since > 0 || resume {
 		from = min(since, from)
-		gap = since+1 < r.first()
+		gap = since+1 < oldest
 	}
-	return r.msgs(r.index(from), len(r.ring), dst), gap
+	return from, gap
+}
+
+// seqWindow applies the link.OpFetch rule in seqs, over the kept seqs
+// oldest..last: after < seq < before (before 0: unbounded), at most limit,
+// the newest ones when paging back (after 0), else the oldest ones after
+// after. The window is empty when lo > hi.
+func seqWindow(after, before, last, oldest uint64, limit int) (lo, hi uint64) {
+	lo, hi = max(after+1, oldest), last
+	if before != 0 {
+		hi = min(hi, before-1)
+	}
+	if lo <= hi && hi-lo >= uint64(limit) {
+		if after == 0 {
+			lo = hi - uint64(limit) + 1
+		} else {
+			hi = lo + uint64(limit) - 1
+		}
+	}
+	return lo, hi
 }
 
 // window applies the link.OpFetch rule: after < seq < before (before 0:

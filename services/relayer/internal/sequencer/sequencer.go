@@ -38,6 +38,8 @@ const (
 	maxTextBytes  = 64 << 10
 	maxFieldBytes = 256 // mid, member and client ids, nicknames, instance ids
 	maxFetch      = 1000
+	// minMsgBytes is less than the JSON of any message takes.
+	minMsgBytes = 32
 	// maxBatch bounds the frames applied per log sync, and so the latency
 	// a batch adds to the first frame in it.
 	maxBatch = 4096
@@ -46,7 +48,7 @@ const (
 // Config configures a Sequencer.
 type Config struct {
 	Secret        string
-	HistoryLimit  int           // messages retained per room
+	HistoryLimit  int           // messages kept in memory per room
 	DedupWindow   int           // publishes remembered for de-duplication beyond the rings
 	PresenceGrace time.Duration // how long a dropped instance's members stay
 	QueueBytes    int           // per-link output limit
@@ -63,9 +65,15 @@ type Config struct {
 	// message: less CPU at moderate rates for that much latency.
 	FlushDelay   time.Duration
 	CompactBytes int64 // compact the log once it is at least this big
-	Logger       *slog.Logger
-	Registry     prometheus.Registerer
-	Now          func() time.Time // message timestamps; time.Now when nil
+	// RetentionBytes and RetentionAge bound the history kept beyond the
+	// rings: messages in the last RetentionBytes of the log and younger
+	// than RetentionAge (0: no age bound) survive compaction and are
+	// served from the log. RetentionBytes 0 keeps only the rings.
+	RetentionBytes int64
+	RetentionAge   time.Duration
+	Logger         *slog.Logger
+	Registry       prometheus.Registerer
+	Now            func() time.Time // message timestamps; time.Now when nil
 }
 
 // Sequencer is the relayer core. Serve links with ServeHTTP, drive it with
@@ -101,6 +109,15 @@ type Sequencer struct {
 	// until then the instances that were connected before it may not
 	// have re-synced, so presence lacks their members (see link.Frame.Settle).
 	settleUntil time.Time
+	// History on disk (disk.go).
+	marks      []ageMark
+	maxTS      int64 // newest message timestamp
+	reader     *store.Reader
+	rd         diskReader
+	batchReads map[*conn]*readJob // this batch's reads, by link
+	readOrder  []*readJob         // the same, in order
+	nextJob    uint64
+	reads      int // jobs out with the reader
 }
 
 // instance is a ws-user as the sequencer knows it; it outlives its links
@@ -112,6 +129,10 @@ type instance struct {
 	gen    uint64
 	grace  *time.Timer
 	rooms  map[*room]struct{} // subscribed or with members present
+	// catching holds the rooms whose subscribed answer waits for a read
+	// of their history (by job id): until it is staged, the room's live
+	// frames skip this instance (the answer will carry them).
+	catching map[*room]uint64
 	// syncParts are the parts of a sync received so far (link.OpSync
 	// with More), applied with the last; parts counts their entries.
 	syncParts []link.RoomState
@@ -130,6 +151,7 @@ const (
 	evOpen
 	evClosed
 	evGrace
+	evRead // a readJob back from the reader
 )
 
 type event struct {
@@ -139,6 +161,7 @@ type event struct {
 	bytes  int64 // of the link message the frames came in
 	inst   *instance
 	gen    uint64
+	job    *readJob
 }
 
 // New replays the log into memory and returns a sequencer that owns st
@@ -164,17 +187,19 @@ func New(cfg Config, st *store.Log) (*Sequencer, error) {
 		return nil, fmt.Errorf("register metrics: %w", err)
 	}
 	s := &Sequencer{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		st:       st,
-		m:        m,
-		authHash: sha256.Sum256([]byte("Bearer " + cfg.Secret)),
-		in:       make(chan event, 1024),
-		stopped:  make(chan struct{}),
-		live:     map[*conn]struct{}{},
-		rooms:    map[string]*room{},
-		insts:    map[string]*instance{},
-		recent:   newRecentPubs(cfg.DedupWindow),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		st:         st,
+		m:          m,
+		authHash:   sha256.Sum256([]byte("Bearer " + cfg.Secret)),
+		in:         make(chan event, 1024),
+		stopped:    make(chan struct{}),
+		live:       map[*conn]struct{}{},
+		rooms:      map[string]*room{},
+		insts:      map[string]*instance{},
+		recent:     newRecentPubs(cfg.DedupWindow),
+		rd:         diskReader{wake: make(chan struct{}, 1), done: make(chan struct{})},
+		batchReads: map[*conn]*readJob{},
 	}
 	start := time.Now()
 	var records, skipped int
@@ -192,6 +217,9 @@ func New(cfg Config, st *store.Log) (*Sequencer, error) {
 	if skipped > 0 {
 		s.log.Error("log records skipped during replay: intact on disk but unusable (a bug or a foreign file)", "skipped", skipped)
 	}
+	if s.reader, err = st.OpenReader(); err != nil {
+		return nil, err
+	}
 	s.nextCheck = cfg.CompactBytes
 	s.updateGauges()
 	s.log.Info("log replayed", "records", records, "rooms", len(s.rooms),
@@ -205,6 +233,8 @@ func New(cfg Config, st *store.Log) (*Sequencer, error) {
 }
 
 func (s *Sequencer) replay(p []byte) bool {
+	off := s.st.ReplayOffset()
+	defer s.markAge(off + store.RecordSize(p))
 	rec, err := store.DecodeRecord(p)
 	if err == nil && rec.KeyOnly() {
 		if protocol.ValidName(rec.Room, maxRoomBytes) != nil || rec.Seq == 0 {
@@ -224,7 +254,8 @@ func (s *Sequencer) replay(p []byte) bool {
 	// the bytes the message was first delivered with.
 	js := protocol.AppendMessage(nil, &rec.Msg)
 	r.last, r.lastTS = rec.Msg.Seq, max(r.lastTS, rec.Msg.TS)
-	s.retain(r, entry{seq: rec.Msg.Seq, key: keyOf(rec.Inst, rec.MID, rec.Sess, rec.Msg.ID), js: js, size: store.RecordSize(p)})
+	s.retain(r, entry{seq: rec.Msg.Seq, key: keyOf(rec.Inst, rec.MID, rec.Sess, rec.Msg.ID), js: js, size: store.RecordSize(p), off: off})
+	s.indexed(r, rec.Msg.Seq, off, rec.Msg.TS)
 	return true
 }
 
@@ -278,6 +309,7 @@ func (s *Sequencer) unregister(c *conn) {
 // Run sequences until ctx ends or the log fails. Then it closes every
 // link (after delivering what it owes them) with 1012 and closes the log.
 func (s *Sequencer) Run(ctx context.Context) error {
+	go s.readLoop()
 	batch := make([]event, 0, 256)
 	for {
 		select {
@@ -323,6 +355,7 @@ func (s *Sequencer) apply(batch []event) error {
 			return fmt.Errorf("sequencer: log write failed, stopping: %w", err)
 		}
 		s.m.fsync.Observe(time.Since(start).Seconds())
+		s.markAge(s.st.Size())
 	}
 	// Gauges first, so whoever sees this batch's output sees them too.
 	s.updateGauges()
@@ -333,6 +366,7 @@ func (s *Sequencer) apply(batch []event) error {
 	}
 	clear(s.touched)
 	s.touched = s.touched[:0]
+	s.dispatchReads()
 	s.maybeCompact()
 	return nil
 }
@@ -363,6 +397,10 @@ func (s *Sequencer) shutdown(cause error) error {
 		if inst.grace != nil {
 			inst.grace.Stop()
 		}
+	}
+	<-s.rd.done
+	if s.reader != nil {
+		s.reader.Close()
 	}
 	if err := s.st.Close(); err != nil {
 		return errors.Join(cause, fmt.Errorf("close log: %w", err))
@@ -407,7 +445,7 @@ func (s *Sequencer) stage(c *conn, b []byte) {
 func (s *Sequencer) broadcast(r *room, b []byte, skip *instance) int {
 	n := 0
 	for inst := range r.subs {
-		if inst != skip && inst.link != nil && inst.synced {
+		if inst != skip && inst.link != nil && inst.synced && inst.catching[r] == 0 {
 			s.stage(inst.link, b)
 			n++
 		}
@@ -450,12 +488,14 @@ func (s *Sequencer) handle(ev event) {
 		inst.gen++
 		inst.link, inst.synced = c, false
 		inst.syncParts, inst.parts = nil, 0
+		inst.catching = nil
 	case evClosed:
 		inst := s.insts[ev.conn.inst]
 		if inst == nil || inst.link != ev.conn {
 			return // replaced already
 		}
 		inst.link, inst.synced = nil, false
+		inst.catching = nil
 		gen := inst.gen
 		inst.grace = time.AfterFunc(s.cfg.PresenceGrace, func() {
 			s.send(event{kind: evGrace, inst: inst, gen: gen})
@@ -471,6 +511,8 @@ func (s *Sequencer) handle(ev event) {
 			s.unsubscribe(inst, r)
 		}
 		delete(s.insts, inst.id)
+	case evRead:
+		s.read(ev.job)
 	case evFrames:
 		ev.conn.applied(ev.bytes)
 		inst := s.insts[ev.conn.inst]
@@ -596,17 +638,45 @@ func (s *Sequencer) subscribe(inst *instance, r *room, rs link.RoomState) {
 	s.answerSubscribed(inst, r, rs)
 }
 
+// answerSubscribed answers a subscription with its catch-up: at once from
+// the ring, or, when it reaches further back, once the log is read.
 func (s *Sequencer) answerSubscribed(inst *instance, r *room, rs link.RoomState) {
-	msgs, gap := r.catchUp(rs.Since, rs.Resume, rs.Tail, s.cfg.HistoryLimit, s.msgsBuf[:0])
-	f := link.Frame{T: link.OpSubscribed, Room: r.name, Seq: r.last, First: r.first(), Gap: gap, Members: r.members()}
+	delete(inst.catching, r)
+	oldest := s.oldest(r, s.cutoff())
+	from, gap := r.catchUpFrom(rs.Since, rs.Resume, rs.Tail, s.cfg.HistoryLimit, oldest)
+	if ringFirst := r.first(); from+1 < ringFirst && oldest < ringFirst {
+		it := &readItem{room: r, gap: gap, lo: max(from+1, oldest), hi: ringFirst - 1, back: true}
+		// No more than the budget can take, at minMsgBytes each: the
+		// offsets and the reader's slots of a long retention are memory.
+		if n := uint64(s.cfg.QueueBytes / minMsgBytes); it.hi-it.lo >= n {
+			it.lo, it.gap = it.hi-n+1, true
+		}
+		it.offs = r.disk.offsets(it.lo, it.hi)
+		if inst.catching == nil {
+			inst.catching = map[*room]uint64{}
+		}
+		inst.catching[r] = s.queueRead(inst.link, it).id
+		return
+	}
+	msgs := r.msgs(r.index(from), len(r.ring), s.msgsBuf[:0])
+	s.stageSubscribed(inst, r, msgs, gap)
+	clear(msgs)
+	s.msgsBuf = msgs[:0]
+}
+
+func (s *Sequencer) stageSubscribed(inst *instance, r *room, msgs [][]byte, gap bool) {
+	f := link.Frame{T: link.OpSubscribed, Room: r.name, Seq: r.last, First: s.oldest(r, s.cutoff()), Gap: gap, Members: r.members()}
 	if d := time.Until(s.settleUntil); d > 0 {
 		f.Settle = int64((d + time.Millisecond - 1) / time.Millisecond)
 	}
-	b, err := appendWithMsgs(nil, &f, msgs)
-	clear(msgs)
-	s.msgsBuf = msgs[:0]
+	s.stageWithMsgs(inst, &f, msgs)
+}
+
+// stageWithMsgs stages f for inst with msgs spliced in (appendWithMsgs).
+func (s *Sequencer) stageWithMsgs(inst *instance, f *link.Frame, msgs [][]byte) {
+	b, err := appendWithMsgs(nil, f, msgs)
 	if err != nil {
-		inst.link.log.Error("cannot encode subscribed", "room", r.name, "err", err)
+		inst.link.log.Error("cannot encode "+f.T, "room", f.Room, "err", err)
 		return
 	}
 	s.stage(inst.link, b)
@@ -617,6 +687,7 @@ func (s *Sequencer) unsubscribe(inst *instance, r *room) {
 		delete(r.subs, inst)
 		s.nsubs--
 	}
+	delete(inst.catching, r)
 	for id, m := range r.presence[inst] {
 		s.removeMember(r, inst, id, m, inst)
 	}
@@ -746,9 +817,11 @@ func (s *Sequencer) publish(inst *instance, f *link.Frame) {
 	r.last, r.lastTS = m.Seq, m.TS
 	frame, js := newMsgFrame(&m)
 	rec := store.AppendSessionRecord(s.scratch[:0], f.MID, inst.id, f.Sess, js)
+	off := s.st.End()
 	s.st.Append(rec)
 	s.scratch = rec
-	s.retain(r, entry{seq: m.Seq, key: key, js: js, size: store.RecordSize(rec)})
+	s.retain(r, entry{seq: m.Seq, key: key, js: js, size: store.RecordSize(rec), off: off})
+	s.indexed(r, m.Seq, off, m.TS)
 	s.m.msgsIn.Inc()
 	s.m.msgsOut.Add(float64(s.broadcast(r, frame, nil)))
 	s.stage(inst.link, appendAck(nil, r.name, f.MID, m.Seq))
@@ -756,8 +829,8 @@ func (s *Sequencer) publish(inst *instance, f *link.Frame) {
 
 func (s *Sequencer) fetch(inst *instance, f *link.Frame) {
 	limit := f.Limit
-	if limit <= 0 || limit > min(maxFetch, s.cfg.HistoryLimit) {
-		limit = min(maxFetch, s.cfg.HistoryLimit)
+	if limit <= 0 || limit > maxFetch {
+		limit = maxFetch
 	}
 	ans := link.Frame{T: link.OpFetched, Req: f.Req, Room: f.Room, First: 1}
 	if inst.link.owes() > s.cfg.QueueBytes {
@@ -774,35 +847,55 @@ func (s *Sequencer) fetch(inst *instance, f *link.Frame) {
 	}
 	var msgs [][]byte
 	if r := s.rooms[f.Room]; r != nil {
-		ans.First = r.first()
+		oldest := s.oldest(r, s.cutoff())
+		ans.First = oldest
+		lo, hi := seqWindow(f.After, f.Before, r.last, oldest, limit)
+		if ringFirst := r.first(); lo < ringFirst && lo <= hi {
+			// Partly or wholly older than the ring: read from the log.
+			dhi := min(hi, ringFirst-1)
+			it := &readItem{room: r, lo: lo, hi: dhi, offs: r.disk.offsets(lo, dhi), back: f.After == 0,
+				fetch: &ans, tail: r.msgs(r.index(dhi), r.index(hi), nil)}
+			s.queueRead(inst.link, it)
+			return
+		}
 		msgs = r.window(f.After, f.Before, limit, s.msgsBuf[:0])
 	}
-	b, err := appendWithMsgs(nil, &ans, msgs)
+	s.stageWithMsgs(inst, &ans, msgs)
 	clear(msgs)
 	if msgs != nil {
 		s.msgsBuf = msgs[:0]
 	}
-	if err != nil {
-		inst.link.log.Error("cannot encode fetched", "room", f.Room, "err", err)
-		return
-	}
-	s.stage(inst.link, b)
 }
 
-// maybeCompact rewrites the log to the retained messages once it is past
-// COMPACT_BYTES and at least half of it is dead, so a retained set larger
-// than the threshold does not cause a compaction after every batch.
+// maybeCompact rewrites the log to what it must keep (see kept) once it is
+// past COMPACT_BYTES and at least half of it would go, so a kept set
+// larger than the threshold does not cause a compaction after every batch.
+// It copies the kept records from the log while the sequencer waits: its
+// cost grows with the retention (RETENTION_BYTES), not with the traffic.
 func (s *Sequencer) maybeCompact() {
 	size := s.st.Size()
-	if size < s.nextCheck {
+	if size < s.nextCheck || s.reads > 0 {
+		// With reads out, the next batch tries again: a compaction
+		// moves every record the reader may be reading.
 		return
 	}
-	if size <= 2*s.liveBytes {
+	cut := s.cutoff()
+	if size <= 2*(size-cut+s.liveBytes) {
 		s.nextCheck = size + s.cfg.CompactBytes/2
 		return
 	}
+	if s.reader == nil {
+		if s.reopen(); s.reader == nil {
+			s.nextCheck = size + s.cfg.CompactBytes
+			return
+		}
+	}
 	start := time.Now()
-	if err := s.st.Compact(s.retained()); err != nil {
+	kept := s.kept(cut)
+	moved := make([]int64, len(kept))
+	var readErr error
+	err := s.st.CompactChecked(s.retained(kept, moved, &readErr), func() error { return readErr })
+	if err != nil {
 		// Either the old log is intact, and compaction is tried again
 		// after more growth, or the directory could not be synced after
 		// the rename, and the log has failed: the next Sync stops the
@@ -811,32 +904,42 @@ func (s *Sequencer) maybeCompact() {
 		s.nextCheck = size + s.cfg.CompactBytes
 		return
 	}
+	s.moved(cut, kept, moved)
 	// What a compaction keeps (retained messages, the window's keys) must
 	// not make the next batch compact again: the log grows first.
 	s.nextCheck = max(s.cfg.CompactBytes, s.st.Size()+s.cfg.CompactBytes/2)
 	s.m.logBytes.Set(float64(s.st.Size()))
-	s.log.Info("log compacted", "before_bytes", size, "after_bytes", s.st.Size(), "took", time.Since(start).Round(time.Millisecond))
+	s.log.Info("log compacted", "before_bytes", size, "after_bytes", s.st.Size(), "messages", len(kept),
+		"took", time.Since(start).Round(time.Millisecond))
 }
 
-// retained yields what a compacted log holds: the record of every retained
-// message, each room in seq order (the rooms in no particular order), then
-// a key-only record for every publish in the de-duplication window, oldest
-// first, whether or not a room retains its message. Replay adds the
-// messages to the window in the rooms' order, which is not the order they
-// were published in, and the key-only records then move the window's keys
-// to its newest end in their true order: it forgets the same publishes
-// the live window would have (those a room still retains are recognised by
-// the room's ring too, but only until the room moves on).
-func (s *Sequencer) retained() iter.Seq[[]byte] {
+// retained yields what a compacted log holds: the records at the offsets
+// kept (ascending, so in the order they were written: the order of
+// publishing), read back from the log, then a key-only record for every
+// publish in the de-duplication window, oldest first, whether or not a
+// room retains its message. Replay adds the messages to the window in the
+// log's order, which is not the order they were published in once the log
+// of an older relayer compacted it room by room, and the key-only records
+// then move the window's keys to its newest end in their true order: it
+// forgets the same publishes the live window would have (those a room
+// still retains are recognised by the room's ring too, but only until the
+// room moves on). moved receives each kept record's new offset; a read
+// that fails ends the records and is left in readErr.
+func (s *Sequencer) retained(kept, moved []int64, readErr *error) iter.Seq[[]byte] {
 	return func(yield func([]byte) bool) {
 		var buf []byte
-		for _, r := range s.rooms {
-			for i := range r.ring {
-				e := r.at(i)
-				buf = e.key.appendRecord(buf[:0], e.js)
-				if !yield(buf) {
-					return
-				}
+		var off int64
+		sc := s.reader.Scanner()
+		for i, o := range kept {
+			p, err := sc.Record(o)
+			if err != nil {
+				*readErr = err
+				return
+			}
+			moved[i] = off
+			off += store.RecordSize(p)
+			if !yield(p) {
+				return
 			}
 		}
 		for k, rs := range s.recent.all {

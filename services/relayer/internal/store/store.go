@@ -144,6 +144,7 @@ type Log struct {
 	buf      []byte // appended, not yet written
 	size     int64  // bytes on disk
 	replayed bool
+	at       int64 // offset of the record Replay is handing to its fn
 	epoch    string
 	failed   error // a failed Sync: the file's tail is unknown until replayed
 	// syncDir makes the directory's entries durable (a field so that a
@@ -357,6 +358,7 @@ func (l *Log) Replay(fn func(payload []byte) error) error {
 			bad = "CRC mismatch"
 			break
 		}
+		l.at = off
 		if err := fn(payload); err != nil {
 			return fmt.Errorf("replay %s at offset %d: %w", l.path, off, err)
 		}
@@ -458,6 +460,13 @@ func RecordSize(payload []byte) int64 { return headerSize + int64(len(payload)) 
 // directory fsynced: a crash at any point leaves either the old or the new
 // log whole. Pending records must be synced first.
 func (l *Log) Compact(records iter.Seq[[]byte]) error {
+	return l.CompactChecked(records, nil)
+}
+
+// CompactChecked is Compact for records that can fail to come (read back
+// from the log): after they are written, a non-nil error from check
+// abandons the compaction, and the log stays as it was.
+func (l *Log) CompactChecked(records iter.Seq[[]byte], check func() error) error {
 	if len(l.buf) > 0 || l.failed != nil {
 		return errors.New("store: Compact with unsynced records or after a failed Sync")
 	}
@@ -480,6 +489,11 @@ func (l *Log) Compact(records iter.Seq[[]byte]) error {
 		w.Write(hdr[:])
 		w.Write(p)
 		size += RecordSize(p)
+	}
+	if check != nil {
+		if err := check(); err != nil {
+			return fail(err)
+		}
 	}
 	if err := w.Flush(); err != nil {
 		return fail(err)
