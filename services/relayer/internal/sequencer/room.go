@@ -28,14 +28,6 @@ func keyOf(inst, mid, sess, id string) pubKey {
 	return pubKey{inst, mid, false}
 }
 
-// appendRecord appends the log record of a message published under k.
-func (k pubKey) appendRecord(dst, js []byte) []byte {
-	if k.client {
-		return store.AppendSessionRecord(dst, "", "", k.a, js)
-	}
-	return store.AppendRecord(dst, k.b, k.a, js)
-}
-
 // appendKeyRecord appends the key-only log record of k.
 func (k pubKey) appendKeyRecord(dst []byte, room string, seq uint64) []byte {
 	if k.client {
