@@ -27,6 +27,7 @@ type Config struct {
 	MaxRooms        int           `env:"MAX_ROOMS" envDefault:"32"`
 	RatePerSec      float64       `env:"RATE_PER_SEC" envDefault:"20"`
 	RateBurst       int           `env:"RATE_BURST" envDefault:"40"`
+	RateCloseAfter  time.Duration `env:"RATE_LIMIT_CLOSE_AFTER" envDefault:"60s"`
 	SendQueue       int           `env:"SEND_QUEUE" envDefault:"1024"`
 	SendQueueBytes  int           `env:"SEND_QUEUE_BYTES" envDefault:"8388608"`
 	JoinTimeout     time.Duration `env:"JOIN_TIMEOUT" envDefault:"10s"`
@@ -110,6 +111,7 @@ func (c Config) validate() error {
 	check(c.MaxRooms >= 1, "MAX_ROOMS must be positive, got %d", c.MaxRooms)
 	check(c.RatePerSec > 0, "RATE_PER_SEC must be positive, got %g", c.RatePerSec)
 	check(c.RateBurst >= 1, "RATE_BURST must be positive, got %d", c.RateBurst)
+	check(c.RateCloseAfter >= 0, "RATE_LIMIT_CLOSE_AFTER must be 0s (never) or positive, got %s", c.RateCloseAfter)
 	check(c.SendQueue >= 1, "SEND_QUEUE must be positive, got %d", c.SendQueue)
 	check(c.SendQueueBytes >= 2*c.MaxFrameBytes, "SEND_QUEUE_BYTES must be at least twice MAX_FRAME_BYTES, got %d", c.SendQueueBytes)
 	check(c.JoinTimeout > 0, "JOIN_TIMEOUT must be positive, got %s", c.JoinTimeout)

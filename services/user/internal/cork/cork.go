@@ -386,6 +386,33 @@ func (c *Conn) WaitReadable(idle time.Duration) bool {
 	return true
 }
 
+// Pending reports, without waiting, whether the next Read would not block:
+// bytes are buffered, or the socket has some (read into the Conn, where
+// WaitReadable and Read find them), or the connection failed. Without raw
+// access to the socket it cannot tell and says false. Only the
+// connection's reader may call it, between reads.
+func (c *Conn) Pending() bool {
+	c.rmu.Lock()
+	idle := c.idleLocked()
+	known := c.rc != nil && c.br != nil
+	c.rmu.Unlock()
+	if !known {
+		return false
+	}
+	if !idle {
+		return true
+	}
+	// One non-blocking read: readSocket's false (nothing there) would make
+	// RawConn.Read wait, so its answer is ignored.
+	_ = c.rc.Read(func(fd uintptr) bool {
+		c.readOnce(fd)
+		return true
+	})
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	return len(c.pend) > 0 || c.rerr != nil
+}
+
 // clearDeadlineLocked removes the read deadline WaitReadable set, if any.
 func (c *Conn) clearDeadlineLocked() {
 	if c.deadline {

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
@@ -29,6 +30,11 @@ type Client struct {
 	started  bool // a valid frame was received
 	extended bool // written once before any room is joined, then only read
 	bucket   tokenBucket
+	// pause is how long the reader waits for a token before it reads the
+	// next frame; overSince is when the client's frames began to wait
+	// for tokens without a break (zero: they do not).
+	pause     time.Duration
+	overSince time.Time
 
 	rooms map[string]struct{} // guarded by h.mu
 
@@ -149,6 +155,9 @@ func (c *Client) readLoop() (parked bool, err error) {
 		linger = 0 // wait here for as long as it takes
 	}
 	for {
+		if c.pause > 0 && !c.waitForToken() {
+			return false, errRateLimited
+		}
 		// A connection's reader waits here, with a shallow stack, rather
 		// than inside Read (see cork.WaitReadable); after ReaderLinger
 		// with nothing to read it hands the socket over to the poller and
@@ -176,8 +185,50 @@ func (c *Client) readLoop() (parked bool, err error) {
 		if err != nil {
 			return false, err
 		}
+		c.pause = c.bucket.take(time.Now())
 		c.handle(typ, data)
 	}
+}
+
+// errRateLimited ends the reader of a client closed by waitForToken.
+var errRateLimited = errors.New("client stayed over the rate limit; closed")
+
+// waitForToken holds the client's next frame unread (its bytes stay in the
+// socket, and TCP slows the sender down) until the token bucket has a
+// token for it, or the connection closes. A client whose frames have
+// waited for tokens without a break for RateLimitCloseAfter is closed
+// with 1008 instead, and false returned.
+func (c *Client) waitForToken() bool {
+	h := c.h
+	now := time.Now()
+	if c.overSince.IsZero() {
+		c.overSince = now
+	}
+	if after := h.cfg.RateLimitCloseAfter; after > 0 && now.Sub(c.overSince) >= after {
+		h.m.RateLimitCloses.Inc()
+		h.log.Info("client over the rate limit for too long; closing", "member", c.member.ID,
+			"rate", h.cfg.RatePerSec, "burst", h.cfg.RateBurst, "after", after)
+		h.mu.Lock()
+		// Flushed: the client gets the answers to what it sent in time.
+		c.closeLocked(websocket.StatusPolicyViolation,
+			fmt.Sprintf("rate limit: over %g frames/s for %s; slow down", h.cfg.RatePerSec, after), true)
+		h.mu.Unlock()
+		return false
+	}
+	h.m.RateLimitWaits.Inc()
+	t := time.NewTimer(c.pause)
+	select {
+	case <-t.C:
+	case <-c.done:
+		t.Stop() // closed: the read below fails and the reader cleans up
+	}
+	c.pause = 0
+	// The streak goes on only while the next frame is there already: a
+	// client that sends at the rate, or paused, is not over the limit.
+	if !c.cork.Pending() {
+		c.overSince = time.Time{}
+	}
+	return true
 }
 
 func (c *Client) handle(typ websocket.MessageType, data []byte) {
@@ -189,13 +240,6 @@ func (c *Client) handle(typ websocket.MessageType, data []byte) {
 	in, perr := protocol.Decode(data, c.h.cfg.Rules)
 	if perr != nil {
 		c.sendError(perr)
-		return
-	}
-	if !c.bucket.allow(time.Now()) {
-		e := protocol.Errorf(protocol.CodeRateLimited, "more than %g frames per second (burst %d); frame dropped, slow down",
-			c.h.cfg.RatePerSec, c.h.cfg.RateBurst)
-		e.ID, e.Room = in.ID, in.Room
-		c.sendError(e)
 		return
 	}
 	first := !c.started
@@ -543,20 +587,23 @@ func (c *Client) closeConn(code websocket.StatusCode, reason string) {
 	c.conn.Close(code, reason)
 }
 
-// tokenBucket limits a client's frame rate.
+// tokenBucket paces a client's frames: each frame read takes a token, and
+// with none left the reader waits for the next before it reads on.
 type tokenBucket struct {
 	rate, burst, tokens float64
 	last                time.Time
 }
 
-func (b *tokenBucket) allow(now time.Time) bool {
+// take spends a token on a frame read at now and returns how long the
+// reader must wait before it reads the next one: 0 while tokens are left.
+func (b *tokenBucket) take(now time.Time) time.Duration {
 	if !b.last.IsZero() {
 		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
 	}
 	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
 	b.tokens--
-	return true
+	if b.tokens >= 1 {
+		return 0
+	}
+	return time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
 }

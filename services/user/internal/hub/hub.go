@@ -39,8 +39,11 @@ type Config struct {
 	SendQueueBytes int
 	RatePerSec     float64
 	RateBurst      int
-	MaxFrame       int64
-	Rules          protocol.Rules
+	// RateLimitCloseAfter: a client whose frames wait for tokens without
+	// a break for this long is closed with 1008 (0: never).
+	RateLimitCloseAfter time.Duration
+	MaxFrame            int64
+	Rules               protocol.Rules
 	// WriterLinger is Run's sweep interval (default 250ms): a writer
 	// goroutine is retired one to two intervals after the last frame
 	// queued for its connection; the next frame starts another.

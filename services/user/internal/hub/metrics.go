@@ -16,9 +16,13 @@ type Metrics struct {
 	SlowConsumers prometheus.Counter
 	Refused       prometheus.Counter // connections refused at MaxConns
 	WriteTimeouts prometheus.Counter // connections closed with a write stuck past WriteTimeout
-	LinkUp        prometheus.Gauge
-	Fanout        prometheus.Histogram // seconds from sequencing to queued for members
-	AckLatency    prometheus.Histogram // seconds from a client's chat to its ack
+	// RateLimitWaits counts the times a reader held a client's next frame
+	// for a token; RateLimitCloses the clients closed for staying over.
+	RateLimitWaits  prometheus.Counter
+	RateLimitCloses prometheus.Counter
+	LinkUp          prometheus.Gauge
+	Fanout          prometheus.Histogram // seconds from sequencing to queued for members
+	AckLatency      prometheus.Histogram // seconds from a client's chat to its ack
 }
 
 // NewMetrics registers the hub's collectors with reg.
@@ -42,6 +46,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "WebSocket upgrades refused (503) because the instance held MAX_CONNS connections."}),
 		WriteTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_write_timeouts_total",
 			Help: "Clients disconnected because a write to them made no progress for WRITE_TIMEOUT."}),
+		RateLimitWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_rate_limit_waits_total",
+			Help: "Times a client's next frame was left unread until its token bucket had a token (RATE_PER_SEC, RATE_BURST)."}),
+		RateLimitCloses: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_rate_limit_closes_total",
+			Help: "Clients closed with 1008 because their frames waited for tokens without a break for RATE_LIMIT_CLOSE_AFTER."}),
 		LinkUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wschat_user_relay_link_up", Help: "1 when the relay link (or the standalone bus) is up."}),
 		Fanout: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wschat_user_delivery_latency_seconds",
 			Help: "Time from sequencing a message to queueing it for local members.", Buckets: buckets}),
@@ -49,6 +57,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Time from receiving a client's chat to its acknowledgement.", Buckets: buckets}),
 	}
 	reg.MustRegister(m.Connections, m.Rooms, m.Memberships, m.FramesIn, m.FramesOut, m.Writes, m.ChatsIn, m.Delivered, m.Errors,
-		m.SlowConsumers, m.Refused, m.WriteTimeouts, m.LinkUp, m.Fanout, m.AckLatency)
+		m.SlowConsumers, m.Refused, m.WriteTimeouts, m.RateLimitWaits, m.RateLimitCloses, m.LinkUp, m.Fanout, m.AckLatency)
 	return m
 }
