@@ -1,8 +1,13 @@
 package system
 
 import (
+	"bufio"
 	"context"
+	"encoding/binary"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -99,4 +104,128 @@ func TestFloodingClientIsClosed(t *testing.T) {
 		t.Fatalf("calm client after the flood: %s", f.Raw)
 	}
 	t.Logf("flooding client closed after %s: %q", took, reason)
+}
+
+// rawWS speaks WebSocket over a plain socket, so that a test can send
+// what no WebSocket library would: half a frame.
+type rawWS struct {
+	conn net.Conn
+	br   *bufio.Reader
+}
+
+// dialRawWS upgrades a connection to addr; header adds request headers.
+// It returns nil and the response when the upgrade is refused.
+func dialRawWS(t *testing.T, addr string, header map[string]string) (*rawWS, *http.Response) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(30 * time.Second))
+	req := "GET /ws HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+	for k, v := range header {
+		req += k + ": " + v + "\r\n"
+	}
+	if _, err := conn.Write([]byte(req + "\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("upgrade: %v", err)
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		return nil, resp
+	}
+	return &rawWS{conn: conn, br: br}, resp
+}
+
+// clientFrame is a masked client frame (mask key zero) of opcode op, FIN
+// set.
+func clientFrame(op byte, payload string) []byte {
+	b := []byte{0x80 | op}
+	if len(payload) < 126 {
+		b = append(b, 0x80|byte(len(payload)))
+	} else {
+		b = binary.BigEndian.AppendUint16(append(b, 0x80|126), uint16(len(payload)))
+	}
+	return append(append(b, 0, 0, 0, 0), payload...)
+}
+
+func (c *rawWS) write(t *testing.T, b []byte) {
+	t.Helper()
+	if _, err := c.conn.Write(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// frame returns the next server frame's opcode and payload, or an error
+// when none comes within d.
+func (c *rawWS) frame(d time.Duration) (byte, []byte, error) {
+	c.conn.SetReadDeadline(time.Now().Add(d))
+	var h [2]byte
+	if _, err := io.ReadFull(c.br, h[:]); err != nil {
+		return 0, nil, err
+	}
+	n := int(h[1] & 0x7f)
+	if n == 126 {
+		var l [2]byte
+		if _, err := io.ReadFull(c.br, l[:]); err != nil {
+			return 0, nil, err
+		}
+		n = int(binary.BigEndian.Uint16(l[:]))
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(c.br, p); err != nil {
+		return 0, nil, err
+	}
+	return h[0] & 0x0f, p, nil
+}
+
+// A client that sends half a frame and stalls is closed with 1008 once
+// FRAME_READ_TIMEOUT has passed since the frame began, and its socket
+// released; a connection idle between messages (after a control frame,
+// too) stays open however long it waits.
+func TestHalfFrameIsClosedWithinTheTimeout(t *testing.T) {
+	const timeout = time.Second
+	u := startUser(t, "solo", nil, map[string]string{"FRAME_READ_TIMEOUT": timeout.String()})
+	idle, _ := dialRawWS(t, u.Addr, nil)
+	idle.write(t, clientFrame(0x9, "still there?")) // a WebSocket ping
+	if op, p, err := idle.frame(10 * time.Second); err != nil || op != 0xA || string(p) != "still there?" {
+		t.Fatalf("pong: opcode %x %q %v", op, p, err)
+	}
+
+	stalled, _ := dialRawWS(t, u.Addr, nil)
+	start := time.Now()
+	f := clientFrame(0x1, `{"type":"hello","nick":"half"}`)
+	stalled.write(t, f[:len(f)/2])
+	op, p, err := stalled.frame(timeout + 10*time.Second)
+	took := time.Since(start)
+	if err != nil || op != 0x8 || len(p) < 2 {
+		t.Fatalf("stalled client after %s: opcode %x %q %v, want a close frame", took, op, p, err)
+	}
+	if code := websocket.StatusCode(binary.BigEndian.Uint16(p)); code != websocket.StatusPolicyViolation ||
+		!strings.Contains(string(p[2:]), "frame read timeout") {
+		t.Fatalf("stalled client closed with %d %q", code, p[2:])
+	}
+	if took < timeout {
+		t.Fatalf("closed after %s, before FRAME_READ_TIMEOUT (%s)", took, timeout)
+	}
+	// The server does not wait for this peer's close frame: the socket
+	// ends at once.
+	if _, _, err := stalled.frame(3 * time.Second); err != io.EOF {
+		t.Fatalf("after the close frame: %v, want the end of the connection", err)
+	}
+	if n := metric(u.Addr, "wschat_user_frame_timeouts_total"); n != 1 {
+		t.Fatalf("frame timeouts = %v, want 1", n)
+	}
+	// The idle connection waited longer than the timeout, between
+	// messages: it is still served.
+	idle.write(t, clientFrame(0x1, `{"type":"hello","nick":"idle"}`))
+	if op, p, err := idle.frame(10 * time.Second); err != nil || op != 0x1 || !strings.Contains(string(p), `"welcome"`) {
+		t.Fatalf("idle client: opcode %x %q %v", op, p, err)
+	}
+	t.Logf("stalled client closed after %s", took)
 }

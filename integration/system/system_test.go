@@ -586,6 +586,7 @@ func TestInvalidConfigFailsBeforeListening(t *testing.T) {
 		{"PRESENCE_DELAY": "2s"},
 		{"MEMORY_RECLAIM_MIN_BYTES": "4096"},
 		{"RATE_LIMIT_CLOSE_AFTER": "-1s"},
+		{"FRAME_READ_TIMEOUT": "-1s"},
 	} {
 		err := user.Run(t.Context(), []string{"ws-user"}, func(k string) string { return env[k] }, nilWriter{}, nilWriter{})
 		if err == nil || !strings.Contains(err.Error(), "config") {

@@ -61,6 +61,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		RatePerSec:          cfg.RatePerSec,
 		RateBurst:           cfg.RateBurst,
 		RateLimitCloseAfter: cfg.RateCloseAfter,
+		FrameReadTimeout:    cfg.FrameTimeout,
 		MaxFrame:            int64(cfg.MaxFrameBytes),
 		Rules: protocol.Rules{
 			MaxRoomBytes: cfg.MaxRoomBytes, MaxNickBytes: cfg.MaxNickBytes, MaxMessageBytes: cfg.MaxMessageBytes,

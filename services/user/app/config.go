@@ -28,6 +28,7 @@ type Config struct {
 	RatePerSec      float64       `env:"RATE_PER_SEC" envDefault:"20"`
 	RateBurst       int           `env:"RATE_BURST" envDefault:"40"`
 	RateCloseAfter  time.Duration `env:"RATE_LIMIT_CLOSE_AFTER" envDefault:"60s"`
+	FrameTimeout    time.Duration `env:"FRAME_READ_TIMEOUT" envDefault:"5s"`
 	SendQueue       int           `env:"SEND_QUEUE" envDefault:"1024"`
 	SendQueueBytes  int           `env:"SEND_QUEUE_BYTES" envDefault:"8388608"`
 	JoinTimeout     time.Duration `env:"JOIN_TIMEOUT" envDefault:"10s"`
@@ -111,6 +112,7 @@ func (c Config) validate() error {
 	check(c.MaxRooms >= 1, "MAX_ROOMS must be positive, got %d", c.MaxRooms)
 	check(c.RatePerSec > 0, "RATE_PER_SEC must be positive, got %g", c.RatePerSec)
 	check(c.RateBurst >= 1, "RATE_BURST must be positive, got %d", c.RateBurst)
+	check(c.FrameTimeout >= 0, "FRAME_READ_TIMEOUT must be 0s (off) or positive, got %s", c.FrameTimeout)
 	check(c.RateCloseAfter >= 0, "RATE_LIMIT_CLOSE_AFTER must be 0s (never) or positive, got %s", c.RateCloseAfter)
 	check(c.SendQueue >= 1, "SEND_QUEUE must be positive, got %d", c.SendQueue)
 	check(c.SendQueueBytes >= 2*c.MaxFrameBytes, "SEND_QUEUE_BYTES must be at least twice MAX_FRAME_BYTES, got %d", c.SendQueueBytes)

@@ -70,7 +70,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	}
 	h.upgrading++
 	h.mu.Unlock()
-	cw := &cork.ResponseWriter{ResponseWriter: w, Pool: &h.bufs}
+	cw := &cork.ResponseWriter{ResponseWriter: w, Pool: &h.bufs, FrameTimeout: h.cfg.FrameReadTimeout}
 	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		OriginPatterns:  origins,
 		CompressionMode: websocket.CompressionDisabled,
@@ -183,11 +183,27 @@ func (c *Client) readLoop() (parked bool, err error) {
 		}
 		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
+			if errors.Is(err, cork.ErrFrameTimeout) {
+				c.frameTimedOut()
+			}
 			return false, err
 		}
 		c.pause = c.bucket.take(time.Now())
 		c.handle(typ, data)
 	}
+}
+
+// frameTimedOut closes a connection whose message stalled half-way (see
+// Config.FrameReadTimeout) with 1008. The close handshake does not wait
+// for such a peer: its read deadline has passed for good.
+func (c *Client) frameTimedOut() {
+	h := c.h
+	h.m.FrameTimeouts.Inc()
+	h.log.Info("client message not completed in time; closing", "member", c.member.ID, "timeout", h.cfg.FrameReadTimeout)
+	h.mu.Lock()
+	c.closeLocked(websocket.StatusPolicyViolation,
+		fmt.Sprintf("frame read timeout: a message must arrive whole within %s of its first byte", h.cfg.FrameReadTimeout), false)
+	h.mu.Unlock()
 }
 
 // errRateLimited ends the reader of a client closed by waitForToken.

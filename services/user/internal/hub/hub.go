@@ -42,8 +42,12 @@ type Config struct {
 	// RateLimitCloseAfter: a client whose frames wait for tokens without
 	// a break for this long is closed with 1008 (0: never).
 	RateLimitCloseAfter time.Duration
-	MaxFrame            int64
-	Rules               protocol.Rules
+	// FrameReadTimeout: once a client's message has started to arrive,
+	// all of it must within this long, or the connection is closed with
+	// 1008 (0: no bound). Idle time between messages does not count.
+	FrameReadTimeout time.Duration
+	MaxFrame         int64
+	Rules            protocol.Rules
 	// WriterLinger is Run's sweep interval (default 250ms): a writer
 	// goroutine is retired one to two intervals after the last frame
 	// queued for its connection; the next frame starts another.

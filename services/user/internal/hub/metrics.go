@@ -20,6 +20,7 @@ type Metrics struct {
 	// for a token; RateLimitCloses the clients closed for staying over.
 	RateLimitWaits  prometheus.Counter
 	RateLimitCloses prometheus.Counter
+	FrameTimeouts   prometheus.Counter // connections closed with a message stalled past FrameReadTimeout
 	LinkUp          prometheus.Gauge
 	Fanout          prometheus.Histogram // seconds from sequencing to queued for members
 	AckLatency      prometheus.Histogram // seconds from a client's chat to its ack
@@ -50,6 +51,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Times a client's next frame was left unread until its token bucket had a token (RATE_PER_SEC, RATE_BURST)."}),
 		RateLimitCloses: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_rate_limit_closes_total",
 			Help: "Clients closed with 1008 because their frames waited for tokens without a break for RATE_LIMIT_CLOSE_AFTER."}),
+		FrameTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_frame_timeouts_total",
+			Help: "Clients closed with 1008 because a message did not arrive whole within FRAME_READ_TIMEOUT of its first byte."}),
 		LinkUp: prometheus.NewGauge(prometheus.GaugeOpts{Name: "wschat_user_relay_link_up", Help: "1 when the relay link (or the standalone bus) is up."}),
 		Fanout: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wschat_user_delivery_latency_seconds",
 			Help: "Time from sequencing a message to queueing it for local members.", Buckets: buckets}),
@@ -57,6 +60,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Time from receiving a client's chat to its acknowledgement.", Buckets: buckets}),
 	}
 	reg.MustRegister(m.Connections, m.Rooms, m.Memberships, m.FramesIn, m.FramesOut, m.Writes, m.ChatsIn, m.Delivered, m.Errors,
-		m.SlowConsumers, m.Refused, m.WriteTimeouts, m.RateLimitWaits, m.RateLimitCloses, m.LinkUp, m.Fanout, m.AckLatency)
+		m.SlowConsumers, m.Refused, m.WriteTimeouts, m.RateLimitWaits, m.RateLimitCloses, m.FrameTimeouts, m.LinkUp, m.Fanout, m.AckLatency)
 	return m
 }
