@@ -229,3 +229,61 @@ func TestHalfFrameIsClosedWithinTheTimeout(t *testing.T) {
 	}
 	t.Logf("stalled client closed after %s", took)
 }
+
+// One address holds at most MAX_CONNS_PER_ADDR connections: the next
+// upgrade is refused with 429, the others go on, and a closed one frees
+// its place. Behind a trusted proxy (loopback is, by default) the address
+// is the one it names in X-Real-IP; an untrusted peer's header is ignored.
+func TestConnectionsPerAddress(t *testing.T) {
+	u := startUser(t, "solo", nil, map[string]string{"MAX_CONNS_PER_ADDR": "3"})
+	var held []*rawWS
+	for range 3 {
+		c, resp := dialRawWS(t, u.Addr, nil)
+		if c == nil {
+			t.Fatalf("connection %d refused: %s", len(held)+1, resp.Status)
+		}
+		held = append(held, c)
+	}
+	refused := func(addr string, header map[string]string) {
+		t.Helper()
+		c, resp := dialRawWS(t, addr, header)
+		if c != nil {
+			t.Fatalf("connection past MAX_CONNS_PER_ADDR accepted (header %v)", header)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		if resp.StatusCode != http.StatusTooManyRequests || !strings.Contains(string(body), "MAX_CONNS_PER_ADDR") {
+			t.Fatalf("refusal: %s %q", resp.Status, body)
+		}
+	}
+	refused(u.Addr, nil)
+	if n := metric(u.Addr, "wschat_user_connections_refused_per_addr_total"); n != 1 {
+		t.Fatalf("refused per address = %v, want 1", n)
+	}
+	// The connections held are fine.
+	for i, c := range held {
+		c.write(t, clientFrame(0x1, fmt.Sprintf(`{"type":"hello","nick":"n%d"}`, i)))
+		if op, p, err := c.frame(10 * time.Second); err != nil || op != 0x1 || !strings.Contains(string(p), `"welcome"`) {
+			t.Fatalf("connection %d: opcode %x %q %v", i, op, p, err)
+		}
+	}
+	// Another client behind the same (trusted) proxy counts apart.
+	if c, resp := dialRawWS(t, u.Addr, map[string]string{"X-Real-IP": "203.0.113.7"}); c == nil {
+		t.Fatalf("a client named by a trusted proxy was refused: %s", resp.Status)
+	}
+	// A closed connection frees its place (once the instance has seen it go).
+	held[0].conn.Close()
+	waitFor(t, 10*time.Second, "the closed connection to be released", func() bool {
+		return metric(u.Addr, "wschat_user_connections") == 3
+	})
+	if c, resp := dialRawWS(t, u.Addr, nil); c == nil {
+		t.Fatalf("a connection after one closed was refused: %s", resp.Status)
+	}
+
+	// With no trusted proxy, the peer's own address counts, whatever it
+	// claims.
+	strict := startUser(t, "strict", nil, map[string]string{"MAX_CONNS_PER_ADDR": "1", "TRUSTED_PROXIES": "none"})
+	if c, resp := dialRawWS(t, strict.Addr, map[string]string{"X-Real-IP": "203.0.113.8"}); c == nil {
+		t.Fatalf("first connection refused: %s", resp.Status)
+	}
+	refused(strict.Addr, map[string]string{"X-Real-IP": "203.0.113.9", "X-Forwarded-For": "203.0.113.9"})
+}

@@ -587,6 +587,8 @@ func TestInvalidConfigFailsBeforeListening(t *testing.T) {
 		{"MEMORY_RECLAIM_MIN_BYTES": "4096"},
 		{"RATE_LIMIT_CLOSE_AFTER": "-1s"},
 		{"FRAME_READ_TIMEOUT": "-1s"},
+		{"MAX_CONNS_PER_ADDR": "-1"},
+		{"TRUSTED_PROXIES": "10.0.0.0/33"},
 	} {
 		err := user.Run(t.Context(), []string{"ws-user"}, func(k string) string { return env[k] }, nilWriter{}, nilWriter{})
 		if err == nil || !strings.Contains(err.Error(), "config") {

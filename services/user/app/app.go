@@ -56,6 +56,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		SendQueueBytes:      cfg.SendQueueBytes,
 		JoinTimeout:         cfg.JoinTimeout,
 		MaxConns:            cfg.MaxConns,
+		MaxConnsPerAddr:     cfg.MaxConnsPerAddr,
+		TrustedProxies:      cfg.Trusted,
 		WriteTimeout:        cfg.WriteTimeout,
 		PresenceDelay:       cfg.PresenceDelay,
 		RatePerSec:          cfg.RatePerSec,
@@ -130,7 +132,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if cfg.RelayerURL != "" {
 		mode = "relay " + cfg.RelayerURL
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "mode", mode, "max_conns", cfg.MaxConns)
+	log.Info("listening", "addr", ln.Addr().String(), "mode", mode, "max_conns", cfg.MaxConns, "max_conns_per_addr", cfg.MaxConnsPerAddr)
 
 	select {
 	case <-ctx.Done():

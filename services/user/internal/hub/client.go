@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +26,7 @@ type Client struct {
 	cork   *cork.Conn // conn's socket: the writer sends each batch in one write
 	member protocol.Member
 	nick   string
+	addr   netip.Prefix // what MaxConnsPerAddr counts it under; zero: not counted
 
 	// Owned by the reader goroutine.
 	started  bool // a valid frame was received
@@ -59,6 +61,10 @@ type Client struct {
 // closes. origins are the allowed Origin host patterns; empty means the
 // request's own host only.
 func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
+	var addr netip.Prefix
+	if h.cfg.MaxConnsPerAddr > 0 {
+		addr, _ = clientAddr(r, h.cfg.TrustedProxies)
+	}
 	h.mu.Lock()
 	if max := h.cfg.MaxConns; max > 0 && len(h.clients)+h.upgrading >= max {
 		h.mu.Unlock()
@@ -67,6 +73,18 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 		http.Error(w, fmt.Sprintf("this instance holds its most connections (MAX_CONNS=%d); retry, or connect to another", max),
 			http.StatusServiceUnavailable)
 		return
+	}
+	if max := h.cfg.MaxConnsPerAddr; addr.IsValid() && h.perAddr[addr] >= max {
+		h.mu.Unlock()
+		h.m.RefusedPerAddr.Inc()
+		h.log.Debug("connection refused: too many from one address", "addr", addr, "max", max)
+		w.Header().Set("Retry-After", "10")
+		http.Error(w, fmt.Sprintf("too many connections from your address (MAX_CONNS_PER_ADDR=%d); close some and retry", max),
+			http.StatusTooManyRequests)
+		return
+	}
+	if addr.IsValid() {
+		h.perAddr[addr]++
 	}
 	h.upgrading++
 	h.mu.Unlock()
@@ -78,13 +96,14 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	if err != nil {
 		h.mu.Lock()
 		h.upgrading--
+		h.releaseAddrLocked(addr)
 		h.mu.Unlock()
 		h.log.Debug("websocket upgrade refused", "remote", r.RemoteAddr, "err", err)
 		return
 	}
 	conn.SetReadLimit(h.cfg.MaxFrame)
 	c := &Client{
-		h: h, conn: conn, cork: cw.Conn,
+		h: h, conn: conn, cork: cw.Conn, addr: addr,
 		rooms:  map[string]struct{}{},
 		q:      queue{limit: h.cfg.SendQueue, limitBytes: h.cfg.SendQueueBytes, wake: make(chan struct{}, 1)},
 		done:   make(chan struct{}),
@@ -95,6 +114,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	h.mu.Lock()
 	h.upgrading--
 	if h.closing {
+		h.releaseAddrLocked(addr)
 		h.mu.Unlock()
 		conn.Close(statusServiceRestart, "service restart: reconnect to another instance")
 		return
@@ -108,6 +128,19 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	// returns: net/http's goroutine, its stack and the request are freed,
 	// which is a good part of what an idle connection would otherwise cost.
 	go c.serve()
+}
+
+// releaseAddrLocked uncounts a connection from addr (zero: not counted).
+// h.mu must be held.
+func (h *Hub) releaseAddrLocked(addr netip.Prefix) {
+	if !addr.IsValid() {
+		return
+	}
+	if h.perAddr[addr] <= 1 {
+		delete(h.perAddr, addr)
+		return
+	}
+	h.perAddr[addr]--
 }
 
 // serve reads the connection until it fails or is closed, then cleans up;

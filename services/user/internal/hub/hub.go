@@ -15,6 +15,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -68,6 +69,12 @@ type Config struct {
 	// MaxConns bounds the connections held; an upgrade past it is refused
 	// with 503 (0: no bound).
 	MaxConns int
+	// MaxConnsPerAddr bounds the connections held from one client address
+	// (an IPv6 /64); an upgrade past it is refused with 429 (0: no bound).
+	// Behind a proxy in TrustedProxies, the address is the one it names
+	// in X-Real-IP (or X-Forwarded-For).
+	MaxConnsPerAddr int
+	TrustedProxies  []netip.Prefix
 	// WriteTimeout bounds how long a write to a client may make no
 	// progress (a peer that stopped reading, its buffers full) before the
 	// connection is closed; Run's sweep checks it (0: no bound).
@@ -100,7 +107,10 @@ type Hub struct {
 	clients map[*Client]struct{}
 	// upgrading counts upgrades under way, which MaxConns counts too.
 	upgrading int
-	writing   map[*Client]struct{} // clients whose writer runs, for Run's sweep
+	// perAddr counts connections and upgrades by client address, for
+	// MaxConnsPerAddr (only when it is set).
+	perAddr map[netip.Prefix]int
+	writing map[*Client]struct{} // clients whose writer runs, for Run's sweep
 	// unsynced holds the rooms with joins waiting for their subscription.
 	unsynced map[*room]struct{}
 	pubs     map[string]pubWaiter
@@ -176,6 +186,7 @@ func New(cfg Config) *Hub {
 		nonce:    hex.EncodeToString(b),
 		rooms:    map[string]*room{},
 		clients:  map[*Client]struct{}{},
+		perAddr:  map[netip.Prefix]int{},
 		writing:  map[*Client]struct{}{},
 		unsynced: map[*room]struct{}{},
 		pubs:     map[string]pubWaiter{},
@@ -546,6 +557,7 @@ func (h *Hub) disconnect(c *Client) {
 		h.leaveLocked(c, name)
 	}
 	delete(h.clients, c)
+	h.releaseAddrLocked(c.addr)
 	h.m.Connections.Set(float64(len(h.clients)))
 }
 

@@ -15,7 +15,9 @@ type Metrics struct {
 	Errors        *prometheus.CounterVec
 	SlowConsumers prometheus.Counter
 	Refused       prometheus.Counter // connections refused at MaxConns
-	WriteTimeouts prometheus.Counter // connections closed with a write stuck past WriteTimeout
+	// RefusedPerAddr counts upgrades refused at MaxConnsPerAddr.
+	RefusedPerAddr prometheus.Counter
+	WriteTimeouts  prometheus.Counter // connections closed with a write stuck past WriteTimeout
 	// RateLimitWaits counts the times a reader held a client's next frame
 	// for a token; RateLimitCloses the clients closed for staying over.
 	RateLimitWaits  prometheus.Counter
@@ -45,6 +47,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		SlowConsumers: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_queue_drops_total", Help: "Clients disconnected because their send queue overflowed."}),
 		Refused: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_connections_refused_total",
 			Help: "WebSocket upgrades refused (503) because the instance held MAX_CONNS connections."}),
+		RefusedPerAddr: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_connections_refused_per_addr_total",
+			Help: "WebSocket upgrades refused (429) because their client address held MAX_CONNS_PER_ADDR connections."}),
 		WriteTimeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_write_timeouts_total",
 			Help: "Clients disconnected because a write to them made no progress for WRITE_TIMEOUT."}),
 		RateLimitWaits: prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_rate_limit_waits_total",
@@ -60,6 +64,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Time from receiving a client's chat to its acknowledgement.", Buckets: buckets}),
 	}
 	reg.MustRegister(m.Connections, m.Rooms, m.Memberships, m.FramesIn, m.FramesOut, m.Writes, m.ChatsIn, m.Delivered, m.Errors,
-		m.SlowConsumers, m.Refused, m.WriteTimeouts, m.RateLimitWaits, m.RateLimitCloses, m.FrameTimeouts, m.LinkUp, m.Fanout, m.AckLatency)
+		m.SlowConsumers, m.Refused, m.RefusedPerAddr, m.WriteTimeouts, m.RateLimitWaits, m.RateLimitCloses, m.FrameTimeouts, m.LinkUp, m.Fanout, m.AckLatency)
 	return m
 }
