@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -18,10 +19,15 @@ import (
 // BenchmarkReadFrames is the read path of a client connection, as the
 // hub's reader runs it (WaitReadable, then coder/websocket's Read through
 // the Conn): 100-byte masked text frames, written by the client `frames`
-// at a time in one write, which is how a busy client's frames arrive.
+// at a time in one write, which is how a busy client's frames arrive;
+// with the frame read timeout the Conn follows the frame headers.
 func BenchmarkReadFrames(b *testing.B) {
-	for _, frames := range []int{1, 16} {
-		b.Run(fmt.Sprintf("frames=%d", frames), func(b *testing.B) {
+	for _, tc := range []struct {
+		frames  int
+		timeout time.Duration
+	}{{1, 0}, {16, 0}, {1, 5 * time.Second}, {16, 5 * time.Second}} {
+		frames := tc.frames
+		b.Run(fmt.Sprintf("frames=%d/timeout=%s", frames, tc.timeout), func(b *testing.B) {
 			payload := bytes.Repeat([]byte("x"), 100)
 			var burst []byte
 			for range frames {
@@ -30,7 +36,7 @@ func BenchmarkReadFrames(b *testing.B) {
 			}
 			read := make(chan int, 1)
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-				cw := &ResponseWriter{ResponseWriter: w, Pool: &Pool{}}
+				cw := &ResponseWriter{ResponseWriter: w, Pool: &Pool{}, FrameTimeout: tc.timeout}
 				ws, err := websocket.Accept(cw, r, nil)
 				if err != nil {
 					b.Errorf("accept: %v", err)
