@@ -15,7 +15,7 @@ func startCluster(t *testing.T, n int) []*svctest.Service {
 	var users []*svctest.Service
 	for i := range n {
 		users = append(users, svctest.StartUser(t, fmt.Sprintf("load-user-%c", 'a'+i), rl.Addr,
-			map[string]string{"RATE_PER_SEC": "10000", "RATE_BURST": "10000", "LOG_LEVEL": "info"}))
+			map[string]string{"RATE_PER_SEC": "10000", "RATE_BURST": "10000", "MAX_CONNS_PER_ADDR": "0", "LOG_LEVEL": "info"}))
 	}
 	return users
 }

@@ -112,7 +112,7 @@ server_pids=${pids[-1]}
 urls=
 for i in 1 2; do
 	start "ws-user-$i" INSTANCE_ID="u$i" RELAYER_URL="ws://$relayer" RELAY_SECRET=$SECRET \
-		RATE_PER_SEC=100000 RATE_BURST=100000 SEND_QUEUE="${SEND_QUEUE:-4096}" "$(debug $((6060 + i)))"
+		RATE_PER_SEC=100000 RATE_BURST=100000 MAX_CONNS_PER_ADDR=0 SEND_QUEUE="${SEND_QUEUE:-4096}" "$(debug $((6060 + i)))"
 	server_pids+=,${pids[-1]}
 	urls+=${urls:+,}ws://$addr/ws
 	for _ in $(seq 100); do

@@ -48,19 +48,23 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h := hub.New(hub.Config{
-		Instance:       cfg.InstanceID,
-		History:        cfg.HistorySize,
-		FetchLimit:     cfg.HistoryLimit,
-		MaxRooms:       cfg.MaxRooms,
-		SendQueue:      cfg.SendQueue,
-		SendQueueBytes: cfg.SendQueueBytes,
-		JoinTimeout:    cfg.JoinTimeout,
-		MaxConns:       cfg.MaxConns,
-		WriteTimeout:   cfg.WriteTimeout,
-		PresenceDelay:  cfg.PresenceDelay,
-		RatePerSec:     cfg.RatePerSec,
-		RateBurst:      cfg.RateBurst,
-		MaxFrame:       int64(cfg.MaxFrameBytes),
+		Instance:            cfg.InstanceID,
+		History:             cfg.HistorySize,
+		FetchLimit:          cfg.HistoryLimit,
+		MaxRooms:            cfg.MaxRooms,
+		SendQueue:           cfg.SendQueue,
+		SendQueueBytes:      cfg.SendQueueBytes,
+		JoinTimeout:         cfg.JoinTimeout,
+		MaxConns:            cfg.MaxConns,
+		MaxConnsPerAddr:     cfg.MaxConnsPerAddr,
+		TrustedProxies:      cfg.Trusted,
+		WriteTimeout:        cfg.WriteTimeout,
+		PresenceDelay:       cfg.PresenceDelay,
+		RatePerSec:          cfg.RatePerSec,
+		RateBurst:           cfg.RateBurst,
+		RateLimitCloseAfter: cfg.RateCloseAfter,
+		FrameReadTimeout:    cfg.FrameTimeout,
+		MaxFrame:            int64(cfg.MaxFrameBytes),
 		Rules: protocol.Rules{
 			MaxRoomBytes: cfg.MaxRoomBytes, MaxNickBytes: cfg.MaxNickBytes, MaxMessageBytes: cfg.MaxMessageBytes,
 		},
@@ -128,7 +132,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if cfg.RelayerURL != "" {
 		mode = "relay " + cfg.RelayerURL
 	}
-	log.Info("listening", "addr", ln.Addr().String(), "mode", mode, "max_conns", cfg.MaxConns)
+	log.Info("listening", "addr", ln.Addr().String(), "mode", mode, "max_conns", cfg.MaxConns, "max_conns_per_addr", cfg.MaxConnsPerAddr)
 
 	select {
 	case <-ctx.Done():

@@ -3,8 +3,10 @@ package app
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/caarlos0/env/v11"
@@ -28,10 +30,14 @@ type Config struct {
 	MaxRooms        int           `env:"MAX_ROOMS" envDefault:"32"`
 	RatePerSec      float64       `env:"RATE_PER_SEC" envDefault:"20"`
 	RateBurst       int           `env:"RATE_BURST" envDefault:"40"`
+	RateCloseAfter  time.Duration `env:"RATE_LIMIT_CLOSE_AFTER" envDefault:"60s"`
+	FrameTimeout    time.Duration `env:"FRAME_READ_TIMEOUT" envDefault:"5s"`
 	SendQueue       int           `env:"SEND_QUEUE" envDefault:"1024"`
 	SendQueueBytes  int           `env:"SEND_QUEUE_BYTES" envDefault:"8388608"`
 	JoinTimeout     time.Duration `env:"JOIN_TIMEOUT" envDefault:"10s"`
 	MaxConns        int           `env:"MAX_CONNS" envDefault:"0"`
+	MaxConnsPerAddr int           `env:"MAX_CONNS_PER_ADDR" envDefault:"100"`
+	TrustedProxies  []string      `env:"TRUSTED_PROXIES" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
 	WriteTimeout    time.Duration `env:"WRITE_TIMEOUT" envDefault:"30s"`
 	PresenceDelay   time.Duration `env:"PRESENCE_DELAY" envDefault:"20ms"`
 	PendingMax      int           `env:"RELAY_PENDING_MAX" envDefault:"10000"`
@@ -45,6 +51,34 @@ type Config struct {
 	ReclaimMinBytes uint64        `env:"MEMORY_RECLAIM_MIN_BYTES" envDefault:"16777216"`
 	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
 	DebugAddr       string        `env:"DEBUG_ADDR"`
+
+	// Trusted is TrustedProxies parsed (loadConfig).
+	Trusted []netip.Prefix
+}
+
+// parseProxies reads TRUSTED_PROXIES: CIDR prefixes or single addresses;
+// "none" trusts no proxy.
+func parseProxies(list []string) ([]netip.Prefix, error) {
+	if len(list) == 1 && strings.TrimSpace(list[0]) == "none" {
+		return nil, nil
+	}
+	var out []netip.Prefix
+	for _, v := range list {
+		v = strings.TrimSpace(v)
+		if v == "" {
+			continue
+		}
+		if p, err := netip.ParsePrefix(v); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return nil, fmt.Errorf("TRUSTED_PROXIES: %q is neither an address nor a CIDR prefix (or use none)", v)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }
 
 // loadConfig reads Config through getenv, so tests need no process
@@ -71,7 +105,9 @@ func loadConfig(getenv func(string) string) (Config, error) {
 		}
 		cfg.InstanceID = defaultInstanceID(host)
 	}
-	if err := cfg.validate(); err != nil {
+	trusted, perr := parseProxies(cfg.TrustedProxies)
+	cfg.Trusted = trusted
+	if err := errors.Join(perr, cfg.validate()); err != nil {
 		return cfg, fmt.Errorf("config: %w", err)
 	}
 	if cfg.MaxConns == 0 {
@@ -112,9 +148,12 @@ func (c Config) validate() error {
 	check(c.MaxRooms >= 1, "MAX_ROOMS must be positive, got %d", c.MaxRooms)
 	check(c.RatePerSec > 0, "RATE_PER_SEC must be positive, got %g", c.RatePerSec)
 	check(c.RateBurst >= 1, "RATE_BURST must be positive, got %d", c.RateBurst)
+	check(c.FrameTimeout >= 0, "FRAME_READ_TIMEOUT must be 0s (off) or positive, got %s", c.FrameTimeout)
+	check(c.RateCloseAfter >= 0, "RATE_LIMIT_CLOSE_AFTER must be 0s (never) or positive, got %s", c.RateCloseAfter)
 	check(c.SendQueue >= 1, "SEND_QUEUE must be positive, got %d", c.SendQueue)
 	check(c.SendQueueBytes >= 2*c.MaxFrameBytes, "SEND_QUEUE_BYTES must be at least twice MAX_FRAME_BYTES, got %d", c.SendQueueBytes)
 	check(c.JoinTimeout > 0, "JOIN_TIMEOUT must be positive, got %s", c.JoinTimeout)
+	check(c.MaxConnsPerAddr >= 0, "MAX_CONNS_PER_ADDR must be 0 (no bound) or positive, got %d", c.MaxConnsPerAddr)
 	check(c.MaxConns >= 0, "MAX_CONNS must be 0 (the open-files limit less 256) or positive, got %d", c.MaxConns)
 	check(c.WriteTimeout >= 0, "WRITE_TIMEOUT must be 0s (off) or positive, got %s", c.WriteTimeout)
 	check(c.PresenceDelay >= 0 && c.PresenceDelay <= time.Second, "PRESENCE_DELAY must be 0s..1s, got %s", c.PresenceDelay)

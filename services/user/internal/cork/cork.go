@@ -120,20 +120,49 @@ type Conn struct {
 	deadline   bool          // WaitReadable set a read deadline
 	poller     *park.Poller  // where the reader last parked, if anywhere
 	waiter     park.Waiter
+	// frameTimeout bounds how long a message may take to arrive once its
+	// first byte has (0: no bound); frames follows what Read served, and
+	// frameArmed is set while Read's deadline for a started message is.
+	frameTimeout time.Duration
+	frames       frameTracker
+	frameArmed   bool
 }
+
+// ErrFrameTimeout is the read error of a connection whose message, once
+// started, did not arrive whole within the Conn's frame timeout (see
+// ResponseWriter.FrameTimeout). The read deadline stays in the past, so
+// that a close handshake does not wait for such a peer either.
+var ErrFrameTimeout = errors.New("a WebSocket message did not arrive whole within the frame read timeout")
 
 // Read serves what an earlier read of the socket left, else reads the
 // socket.
 func (c *Conn) Read(p []byte) (int, error) {
 	c.rmu.Lock()
 	empty := len(c.pend) == 0 && c.rerr == nil
+	if empty && c.frameTimeout > 0 && !c.frameArmed && c.frames.started() {
+		// The socket is read in the middle of a message (the reader
+		// waits between messages in WaitReadable, or here after a
+		// control frame, with nothing started): the rest has
+		// frameTimeout to come. Set only now, so that a message that
+		// arrived whole, the usual case, costs no deadline.
+		c.frameArmed = true
+		_ = c.Conn.SetReadDeadline(time.Now().Add(c.frameTimeout))
+	}
+	armed := c.frameArmed
 	c.rmu.Unlock()
 	if empty {
-		c.fill()
+		c.fill(armed)
 	}
 	c.rmu.Lock()
 	defer c.rmu.Unlock()
 	n := copy(p, c.pend)
+	if c.frameTimeout > 0 {
+		c.frames.feed(p[:n])
+		if c.frameArmed && !c.frames.started() {
+			c.frameArmed = false
+			_ = c.Conn.SetReadDeadline(time.Time{})
+		}
+	}
 	c.pend = c.pend[n:]
 	if len(c.pend) > 0 {
 		return n, nil
@@ -149,20 +178,94 @@ func (c *Conn) Read(p []byte) (int, error) {
 }
 
 // fill reads the socket into pend, or its error into rerr, waiting while
-// there is nothing to read.
-func (c *Conn) fill() {
+// there is nothing to read; armed: a started message's deadline is set,
+// and its expiry is ErrFrameTimeout.
+func (c *Conn) fill(armed bool) {
 	if c.rc == nil {
 		chunk := c.pool.getChunk()
 		n, err := c.Conn.Read(*chunk)
 		c.rmu.Lock()
-		c.keepLocked(chunk, n, err)
+		c.keepLocked(chunk, n, frameErr(err, armed))
 		c.rmu.Unlock()
 		return
 	}
 	if err := c.rc.Read(c.readSocket); err != nil {
 		c.rmu.Lock()
-		c.failLocked(err)
+		c.failLocked(frameErr(err, armed))
 		c.rmu.Unlock()
+	}
+}
+
+func frameErr(err error, armed bool) error {
+	if armed && errors.Is(err, os.ErrDeadlineExceeded) {
+		return ErrFrameTimeout
+	}
+	return err
+}
+
+// frameTracker follows the WebSocket frames in the bytes a Conn serves, so
+// that a read can tell a connection between messages, which may wait as
+// long as the client likes, from one whose message has started. A few
+// comparisons per header byte; a payload is skipped in one step.
+type frameTracker struct {
+	pos     int8   // header bytes seen of the current frame; 0 between frames
+	extEnd  int8   // where the header's extended length ends
+	hlen    int8   // the header's length, known from its second byte
+	fin     bool   // the current frame ends its message
+	data    bool   // the current frame is text, binary or a continuation
+	inMsg   bool   // a fragmented data message awaits its continuations
+	length  uint64 // payload length, over the extended length bytes
+	payload uint64 // payload bytes still due
+}
+
+// started: a frame, or a fragmented message, has begun and not ended.
+func (t *frameTracker) started() bool { return t.pos > 0 || t.payload > 0 || t.inMsg }
+
+func (t *frameTracker) feed(p []byte) {
+	for len(p) > 0 {
+		if t.payload > 0 {
+			n := min(uint64(len(p)), t.payload)
+			t.payload -= n
+			p = p[n:]
+			if t.payload == 0 {
+				t.frameEnd()
+			}
+			continue
+		}
+		b := p[0]
+		p = p[1:]
+		switch {
+		case t.pos == 0:
+			t.fin, t.data = b&0x80 != 0, b&0x08 == 0
+		case t.pos == 1:
+			t.length, t.extEnd = uint64(b&0x7f), 2
+			switch t.length {
+			case 126:
+				t.length, t.extEnd = 0, 4
+			case 127:
+				t.length, t.extEnd = 0, 10
+			}
+			t.hlen = t.extEnd
+			if b&0x80 != 0 {
+				t.hlen += 4 // the mask key
+			}
+		case t.pos < t.extEnd:
+			t.length = t.length<<8 | uint64(b)
+		}
+		t.pos++
+		if t.pos > 1 && t.pos == t.hlen {
+			t.pos, t.payload = 0, t.length
+			if t.payload == 0 {
+				t.frameEnd()
+			}
+		}
+	}
+}
+
+// frameEnd: control frames may come between a message's fragments.
+func (t *frameTracker) frameEnd() {
+	if t.data {
+		t.inMsg = !t.fin
 	}
 }
 
@@ -327,7 +430,11 @@ func (c *Conn) Written() uint64 { return c.written.Load() }
 type ResponseWriter struct {
 	http.ResponseWriter
 	Pool *Pool
-	Conn *Conn
+	// FrameTimeout, when positive, bounds how long a client's message
+	// may take to arrive once its first byte has: past it, the Conn's
+	// Read fails with ErrFrameTimeout. Between messages it does not count.
+	FrameTimeout time.Duration
+	Conn         *Conn
 }
 
 // Unwrap lets http.ResponseController reach the wrapped writer.
@@ -341,6 +448,7 @@ func (w *ResponseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, fmt.Errorf("hijack: %w", err)
 	}
 	c := NewConn(nc, w.Pool)
+	c.frameTimeout = w.FrameTimeout
 	if n := brw.Reader.Buffered(); n > 0 {
 		// Bytes that came with the handshake are read first; the Conn
 		// holds them, where WaitReadable sees them.
@@ -384,6 +492,33 @@ func (c *Conn) WaitReadable(idle time.Duration) bool {
 	}
 	c.failLocked(err)
 	return true
+}
+
+// Pending reports, without waiting, whether the next Read would not block:
+// bytes are buffered, or the socket has some (read into the Conn, where
+// WaitReadable and Read find them), or the connection failed. Without raw
+// access to the socket it cannot tell and says false. Only the
+// connection's reader may call it, between reads.
+func (c *Conn) Pending() bool {
+	c.rmu.Lock()
+	idle := c.idleLocked()
+	known := c.rc != nil && c.br != nil
+	c.rmu.Unlock()
+	if !known {
+		return false
+	}
+	if !idle {
+		return true
+	}
+	// One non-blocking read: readSocket's false (nothing there) would make
+	// RawConn.Read wait, so its answer is ignored.
+	_ = c.rc.Read(func(fd uintptr) bool {
+		c.readOnce(fd)
+		return true
+	})
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	return len(c.pend) > 0 || c.rerr != nil
 }
 
 // clearDeadlineLocked removes the read deadline WaitReadable set, if any.

@@ -5,6 +5,7 @@ package cork
 import (
 	"context"
 	"net/http"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -51,5 +52,40 @@ func TestWaitReadableGivesUpWhenIdle(t *testing.T) {
 func BenchmarkSystemCall(b *testing.B) {
 	for b.Loop() {
 		syscall.Getppid()
+	}
+}
+
+// Pending tells, without waiting, whether the client's next frame is
+// there already; what it read is what the next Read returns.
+func TestPendingDoesNotWait(t *testing.T) {
+	type result struct {
+		pending bool
+		msg     string
+	}
+	results := make(chan result, 4)
+	written := make(chan struct{})
+	srv := serveWS(t, func(_ *http.Request, cw *ResponseWriter, ws *websocket.Conn) {
+		defer ws.CloseNow()
+		results <- result{pending: cw.Conn.Pending()}
+		<-written
+		deadline := time.Now().Add(10 * time.Second)
+		for !cw.Conn.Pending() && time.Now().Before(deadline) {
+			runtime.Gosched()
+		}
+		_, b, _ := ws.Read(context.Background())
+		results <- result{pending: true, msg: string(b)}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client := dialWS(ctx, t, srv, "/")
+	if r := recv(ctx, t, results, "Pending waited"); r.pending {
+		t.Fatal("Pending with nothing sent: true")
+	}
+	if err := client.Write(ctx, websocket.MessageText, []byte("here")); err != nil {
+		t.Fatal(err)
+	}
+	close(written)
+	if r := recv(ctx, t, results, "server stuck"); r.msg != "here" {
+		t.Fatalf("after Pending: read %q, want the frame", r.msg)
 	}
 }

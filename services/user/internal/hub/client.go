@@ -2,9 +2,11 @@ package hub
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,11 +29,17 @@ type Client struct {
 	// session is the client's own (hello's), the key of its chats'
 	// de-duplication with their ids; written before any chat, like nick.
 	session string
+	addr    netip.Prefix // what MaxConnsPerAddr counts it under; zero: not counted
 
 	// Owned by the reader goroutine.
 	started  bool // a valid frame was received
 	extended bool // written once before any room is joined, then only read
 	bucket   tokenBucket
+	// pause is how long the reader waits for a token before it reads the
+	// next frame; overSince is when the client's frames began to wait
+	// for tokens without a break (zero: they do not).
+	pause     time.Duration
+	overSince time.Time
 
 	rooms map[string]struct{} // guarded by h.mu
 
@@ -60,6 +68,10 @@ type Client struct {
 // closes. origins are the allowed Origin host patterns; empty means the
 // request's own host only.
 func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
+	var addr netip.Prefix
+	if h.cfg.MaxConnsPerAddr > 0 {
+		addr, _ = clientAddr(r, h.cfg.TrustedProxies)
+	}
 	h.mu.Lock()
 	if max := h.cfg.MaxConns; max > 0 && len(h.clients)+h.upgrading >= max {
 		h.mu.Unlock()
@@ -69,9 +81,21 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 			http.StatusServiceUnavailable)
 		return
 	}
+	if max := h.cfg.MaxConnsPerAddr; addr.IsValid() && h.perAddr[addr] >= max {
+		h.mu.Unlock()
+		h.m.RefusedPerAddr.Inc()
+		h.log.Debug("connection refused: too many from one address", "addr", addr, "max", max)
+		w.Header().Set("Retry-After", "10")
+		http.Error(w, fmt.Sprintf("too many connections from your address (MAX_CONNS_PER_ADDR=%d); close some and retry", max),
+			http.StatusTooManyRequests)
+		return
+	}
+	if addr.IsValid() {
+		h.perAddr[addr]++
+	}
 	h.upgrading++
 	h.mu.Unlock()
-	cw := &cork.ResponseWriter{ResponseWriter: w, Pool: &h.bufs}
+	cw := &cork.ResponseWriter{ResponseWriter: w, Pool: &h.bufs, FrameTimeout: h.cfg.FrameReadTimeout}
 	conn, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		OriginPatterns:  origins,
 		CompressionMode: websocket.CompressionDisabled,
@@ -79,13 +103,14 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	if err != nil {
 		h.mu.Lock()
 		h.upgrading--
+		h.releaseAddrLocked(addr)
 		h.mu.Unlock()
 		h.log.Debug("websocket upgrade refused", "remote", r.RemoteAddr, "err", err)
 		return
 	}
 	conn.SetReadLimit(h.cfg.MaxFrame)
 	c := &Client{
-		h: h, conn: conn, cork: cw.Conn,
+		h: h, conn: conn, cork: cw.Conn, addr: addr,
 		rooms:  map[string]struct{}{},
 		q:      queue{limit: h.cfg.SendQueue, limitBytes: h.cfg.SendQueueBytes, wake: make(chan struct{}, 1)},
 		done:   make(chan struct{}),
@@ -96,6 +121,7 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	h.mu.Lock()
 	h.upgrading--
 	if h.closing {
+		h.releaseAddrLocked(addr)
 		h.mu.Unlock()
 		conn.Close(statusServiceRestart, "service restart: reconnect to another instance")
 		return
@@ -109,6 +135,19 @@ func (h *Hub) Accept(w http.ResponseWriter, r *http.Request, origins []string) {
 	// returns: net/http's goroutine, its stack and the request are freed,
 	// which is a good part of what an idle connection would otherwise cost.
 	go c.serve()
+}
+
+// releaseAddrLocked uncounts a connection from addr (zero: not counted).
+// h.mu must be held.
+func (h *Hub) releaseAddrLocked(addr netip.Prefix) {
+	if !addr.IsValid() {
+		return
+	}
+	if h.perAddr[addr] <= 1 {
+		delete(h.perAddr, addr)
+		return
+	}
+	h.perAddr[addr]--
 }
 
 // serve reads the connection until it fails or is closed, then cleans up;
@@ -156,6 +195,9 @@ func (c *Client) readLoop() (parked bool, err error) {
 		linger = 0 // wait here for as long as it takes
 	}
 	for {
+		if c.pause > 0 && !c.waitForToken() {
+			return false, errRateLimited
+		}
 		// A connection's reader waits here, with a shallow stack, rather
 		// than inside Read (see cork.WaitReadable); after ReaderLinger
 		// with nothing to read it hands the socket over to the poller and
@@ -181,10 +223,68 @@ func (c *Client) readLoop() (parked bool, err error) {
 		}
 		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
+			if errors.Is(err, cork.ErrFrameTimeout) {
+				c.frameTimedOut()
+			}
 			return false, err
 		}
+		c.pause = c.bucket.take(time.Now())
 		c.handle(typ, data)
 	}
+}
+
+// frameTimedOut closes a connection whose message stalled half-way (see
+// Config.FrameReadTimeout) with 1008. The close handshake does not wait
+// for such a peer: its read deadline has passed for good.
+func (c *Client) frameTimedOut() {
+	h := c.h
+	h.m.FrameTimeouts.Inc()
+	h.log.Info("client message not completed in time; closing", "member", c.member.ID, "timeout", h.cfg.FrameReadTimeout)
+	h.mu.Lock()
+	c.closeLocked(websocket.StatusPolicyViolation,
+		fmt.Sprintf("frame read timeout: a message must arrive whole within %s of its first byte", h.cfg.FrameReadTimeout), false)
+	h.mu.Unlock()
+}
+
+// errRateLimited ends the reader of a client closed by waitForToken.
+var errRateLimited = errors.New("client stayed over the rate limit; closed")
+
+// waitForToken holds the client's next frame unread (its bytes stay in the
+// socket, and TCP slows the sender down) until the token bucket has a
+// token for it, or the connection closes. A client whose frames have
+// waited for tokens without a break for RateLimitCloseAfter is closed
+// with 1008 instead, and false returned.
+func (c *Client) waitForToken() bool {
+	h := c.h
+	now := time.Now()
+	if c.overSince.IsZero() {
+		c.overSince = now
+	}
+	if after := h.cfg.RateLimitCloseAfter; after > 0 && now.Sub(c.overSince) >= after {
+		h.m.RateLimitCloses.Inc()
+		h.log.Info("client over the rate limit for too long; closing", "member", c.member.ID,
+			"rate", h.cfg.RatePerSec, "burst", h.cfg.RateBurst, "after", after)
+		h.mu.Lock()
+		// Flushed: the client gets the answers to what it sent in time.
+		c.closeLocked(websocket.StatusPolicyViolation,
+			fmt.Sprintf("rate limit: over %g frames/s for %s; slow down", h.cfg.RatePerSec, after), true)
+		h.mu.Unlock()
+		return false
+	}
+	h.m.RateLimitWaits.Inc()
+	t := time.NewTimer(c.pause)
+	select {
+	case <-t.C:
+	case <-c.done:
+		t.Stop() // closed: the read below fails and the reader cleans up
+	}
+	c.pause = 0
+	// The streak goes on only while the next frame is there already: a
+	// client that sends at the rate, or paused, is not over the limit.
+	if !c.cork.Pending() {
+		c.overSince = time.Time{}
+	}
+	return true
 }
 
 func (c *Client) handle(typ websocket.MessageType, data []byte) {
@@ -196,13 +296,6 @@ func (c *Client) handle(typ websocket.MessageType, data []byte) {
 	in, perr := protocol.Decode(data, c.h.cfg.Rules)
 	if perr != nil {
 		c.sendError(perr)
-		return
-	}
-	if !c.bucket.allow(time.Now()) {
-		e := protocol.Errorf(protocol.CodeRateLimited, "more than %g frames per second (burst %d); frame dropped, slow down",
-			c.h.cfg.RatePerSec, c.h.cfg.RateBurst)
-		e.ID, e.Room = in.ID, in.Room
-		c.sendError(e)
 		return
 	}
 	first := !c.started
@@ -582,20 +675,23 @@ func (c *Client) closeConn(code websocket.StatusCode, reason string) {
 	c.conn.Close(code, reason)
 }
 
-// tokenBucket limits a client's frame rate.
+// tokenBucket paces a client's frames: each frame read takes a token, and
+// with none left the reader waits for the next before it reads on.
 type tokenBucket struct {
 	rate, burst, tokens float64
 	last                time.Time
 }
 
-func (b *tokenBucket) allow(now time.Time) bool {
+// take spends a token on a frame read at now and returns how long the
+// reader must wait before it reads the next one: 0 while tokens are left.
+func (b *tokenBucket) take(now time.Time) time.Duration {
 	if !b.last.IsZero() {
 		b.tokens = min(b.burst, b.tokens+now.Sub(b.last).Seconds()*b.rate)
 	}
 	b.last = now
-	if b.tokens < 1 {
-		return false
-	}
 	b.tokens--
-	return true
+	if b.tokens >= 1 {
+		return 0
+	}
+	return time.Duration((1 - b.tokens) / b.rate * float64(time.Second))
 }

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -39,8 +40,15 @@ type Config struct {
 	SendQueueBytes int
 	RatePerSec     float64
 	RateBurst      int
-	MaxFrame       int64
-	Rules          protocol.Rules
+	// RateLimitCloseAfter: a client whose frames wait for tokens without
+	// a break for this long is closed with 1008 (0: never).
+	RateLimitCloseAfter time.Duration
+	// FrameReadTimeout: once a client's message has started to arrive,
+	// all of it must within this long, or the connection is closed with
+	// 1008 (0: no bound). Idle time between messages does not count.
+	FrameReadTimeout time.Duration
+	MaxFrame         int64
+	Rules            protocol.Rules
 	// WriterLinger is Run's sweep interval (default 250ms): a writer
 	// goroutine is retired one to two intervals after the last frame
 	// queued for its connection; the next frame starts another.
@@ -61,6 +69,12 @@ type Config struct {
 	// MaxConns bounds the connections held; an upgrade past it is refused
 	// with 503 (0: no bound).
 	MaxConns int
+	// MaxConnsPerAddr bounds the connections held from one client address
+	// (an IPv6 /64); an upgrade past it is refused with 429 (0: no bound).
+	// Behind a proxy in TrustedProxies, the address is the one it names
+	// in X-Real-IP (or X-Forwarded-For).
+	MaxConnsPerAddr int
+	TrustedProxies  []netip.Prefix
 	// WriteTimeout bounds how long a write to a client may make no
 	// progress (a peer that stopped reading, its buffers full) before the
 	// connection is closed; Run's sweep checks it (0: no bound).
@@ -93,7 +107,10 @@ type Hub struct {
 	clients map[*Client]struct{}
 	// upgrading counts upgrades under way, which MaxConns counts too.
 	upgrading int
-	writing   map[*Client]struct{} // clients whose writer runs, for Run's sweep
+	// perAddr counts connections and upgrades by client address, for
+	// MaxConnsPerAddr (only when it is set).
+	perAddr map[netip.Prefix]int
+	writing map[*Client]struct{} // clients whose writer runs, for Run's sweep
 	// unsynced holds the rooms with joins waiting for their subscription.
 	unsynced map[*room]struct{}
 	pubs     map[string]pubWaiter
@@ -187,6 +204,7 @@ func New(cfg Config) *Hub {
 		nonce:    hex.EncodeToString(b),
 		rooms:    map[string]*room{},
 		clients:  map[*Client]struct{}{},
+		perAddr:  map[netip.Prefix]int{},
 		writing:  map[*Client]struct{}{},
 		unsynced: map[*room]struct{}{},
 		lagging:  map[*Client]struct{}{},
@@ -585,6 +603,7 @@ func (h *Hub) disconnect(c *Client) {
 	}
 	delete(h.clients, c)
 	delete(h.lagging, c)
+	h.releaseAddrLocked(c.addr)
 	h.m.Connections.Set(float64(len(h.clients)))
 }
 
