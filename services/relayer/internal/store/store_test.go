@@ -678,3 +678,29 @@ func TestDamagedCopiesAccumulate(t *testing.T) {
 		t.Fatalf("copies %v, want two", copies)
 	}
 }
+
+// Without a copy of the damaged log (no space for it, say), replay fails
+// with an error that says what to do, and changes nothing.
+func TestNoRepairWithoutACopy(t *testing.T) {
+	dir := t.TempDir()
+	offs, path := writeLog(t, dir, 5)
+	flipByte(t, path, offs[2]+headerSize+3)
+	damaged, _ := os.ReadFile(path)
+	before := epochOf(t, dir)
+	l, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.syncDir = func(string) error { return errors.New("injected ENOSPC") }
+	err = l.Replay(func([]byte) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "free") || !strings.Contains(err.Error(), "injected ENOSPC") {
+		t.Fatalf("Replay: %v, want an error about the copy", err)
+	}
+	after, _ := os.ReadFile(path)
+	copies, _ := filepath.Glob(path + ".damaged-*")
+	if !bytes.Equal(after, damaged) || epochOf(t, dir) != before || len(copies) != 0 {
+		t.Fatalf("a failed copy changed things: log same %v, epoch same %v, copies %v",
+			bytes.Equal(after, damaged), epochOf(t, dir) == before, copies)
+	}
+}
