@@ -349,11 +349,7 @@ func TestCutOffInstanceLeavesPresenceAndCatchesUp(t *testing.T) {
 func TestRelayerWithANewLogRestartsNumbering(t *testing.T) {
 	r := startRelayer(t, map[string]string{"DATA_DIR": t.TempDir()})
 	a := startUser(t, "user-a", r, nil)
-	alice, _ := hello(t, a.Addr, "alice")
-	alice.join("hall", nil)
-	seed := dial(t, a.Addr, "")
-	seed.send(map[string]any{"type": "join-room", "room": "hall"})
-	waitFor(t, 10*time.Second, "both members", func() bool { return metric(a.Addr, "wschat_user_memberships") == 2 })
+	alice, seed := aliceAndSeedInHall(t, a)
 	for k := 1; k <= 3; k++ {
 		alice.send(map[string]any{"type": "chat", "room": "hall", "message": fmt.Sprint("old ", k), "id": fmt.Sprint(k)})
 	}
@@ -372,19 +368,7 @@ func TestRelayerWithANewLogRestartsNumbering(t *testing.T) {
 	// Until the resync answers hall, a join with since is unavailable (the
 	// instance cannot tell yet); like a client, alice joins again then.
 	alice2, _ := hello(t, a.Addr, "alice")
-	var joined frame
-	tries := 0
-	waitFor(t, 10*time.Second, "alice's join to be answered", func() bool {
-		tries++
-		alice2.send(map[string]any{"type": "join", "room": "hall", "id": fmt.Sprint("j", tries), "since": 3})
-		f := alice2.expectNot("presence")
-		if f.Type == "error" && f.Code == "unavailable" {
-			return false
-		}
-		joined = f
-		return true
-	})
-	if joined.Type != "joined" || joined.Seq != 0 {
+	if joined := joinCaughtUp(t, alice2, "hall", 3); joined.Type != "joined" || joined.Seq != 0 {
 		t.Fatalf("alice's join with since 3 after the relayer's new log: %s", joined.Raw)
 	}
 	alice2.send(map[string]any{"type": "chat", "room": "hall", "message": "new 1", "id": "n1"})

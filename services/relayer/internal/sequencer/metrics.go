@@ -20,6 +20,8 @@ type metrics struct {
 	msgsIn, msgsOut, dedup, fetchesRefused prometheus.Counter
 	batch, fsync                           prometheus.Histogram
 	drops                                  *prometheus.CounterVec
+	// What the replay found the log's damage cost (store.Damage).
+	lostMsgs, lostBytes, salvaged prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -51,13 +53,17 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Time to write (and fsync, when enabled) one batch to the log.",
 			Buckets: prometheus.ExponentialBuckets(50e-6, 2, 16),
 		}),
+		lostMsgs: counter("log_lost_messages_total",
+			"Messages found lost to damage of the log at startup, where the numbering around the damage tells (the log names them)."),
+		lostBytes: counter("log_lost_bytes_total", "Bytes of the log found damaged or missing at startup."),
+		salvaged:  counter("log_salvaged_records_total", "Intact records kept from after damage of the log at startup."),
 		drops: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "link_drops_total",
 			Help: "Relay links ended, by reason.",
 		}, []string{"reason"}),
 	}
 	for _, c := range []prometheus.Collector{m.links, m.rooms, m.subs, m.members, m.logBytes,
-		m.msgsIn, m.msgsOut, m.dedup, m.fetchesRefused, m.batch, m.fsync, m.drops} {
+		m.msgsIn, m.msgsOut, m.dedup, m.fetchesRefused, m.batch, m.fsync, m.drops, m.lostMsgs, m.lostBytes, m.salvaged} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}

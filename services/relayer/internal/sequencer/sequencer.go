@@ -214,6 +214,11 @@ func New(cfg Config, st *store.Log) (*Sequencer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replay log: %w", err)
 	}
+	if d := st.Damage(); d != nil {
+		m.lostMsgs.Add(float64(d.LostMessages()))
+		m.lostBytes.Add(float64(d.LostBytes()))
+		m.salvaged.Add(float64(d.Salvaged))
+	}
 	if skipped > 0 {
 		s.log.Error("log records skipped during replay: intact on disk but unusable (a bug or a foreign file)", "skipped", skipped)
 	}

@@ -4,8 +4,9 @@
 // process is rebuilt by replaying it.
 //
 // The API is shaped for group commit: the sequencer Appends every record of
-// a batch (buffered in memory) and calls Sync once, which costs one write(2)
-// and, when enabled, one fsync for the whole batch.
+// a batch (buffered in memory) and calls Sync once, which costs one write(2),
+// when enabled one fsync, and one pwrite of the acknowledged mark (MarkName)
+// for the whole batch.
 package store
 
 import (
@@ -17,7 +18,6 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
-	"io"
 	"iter"
 	"log/slog"
 	"os"
@@ -147,6 +147,11 @@ type Log struct {
 	at       int64 // offset of the record Replay is handing to its fn
 	epoch    string
 	failed   error // a failed Sync: the file's tail is unknown until replayed
+	// markF holds the acknowledged mark (MarkName): mark, when markOK.
+	markF  *os.File
+	mark   int64
+	markOK bool
+	damage *Damage // what the replay found, nil when the log was whole
 	// syncDir makes the directory's entries durable (a field so that a
 	// test can make it fail).
 	syncDir func(dir string) error
@@ -208,52 +213,17 @@ func openLog(dir string, opts Options) (*Log, error) {
 		f.Close()
 		return nil, err
 	}
-	return &Log{dir: dir, path: path, f: f, opts: opts, syncDir: syncDir, epoch: epoch}, nil
-}
-
-// intactAfter reports whether an intact record starts anywhere after off
-// (one byte on): its header's length fits, its payload is a JSON object,
-// and its checksum holds. It reads the file a window at a time: damage
-// near the start of a large log must not need the log's size in memory.
-func (l *Log) intactAfter(off int64) (bool, error) {
-	end, err := l.f.Seek(0, io.SeekEnd)
+	markF, err := os.OpenFile(filepath.Join(dir, MarkName), os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
-		return false, fmt.Errorf("scan %s: %w", l.path, err)
+		f.Close()
+		return nil, fmt.Errorf("open %s: %w", MarkName, err)
 	}
-	const window = 1 << 20
-	buf := make([]byte, window+headerSize)
-	var payload []byte
-	for base := off + 1; base+headerSize < end; base += window {
-		n, err := l.f.ReadAt(buf, base)
-		if err != nil && !errors.Is(err, io.EOF) {
-			return false, fmt.Errorf("scan %s past offset %d: %w", l.path, off, err)
-		}
-		for p := 0; p < min(window, n-headerSize); p++ {
-			// Cheap tests first: JSON text never makes a length this small
-			// (it has no bytes below 0x20), so only the neighbourhood of a
-			// real header gets as far as reading a payload.
-			size := int64(binary.LittleEndian.Uint32(buf[p:]))
-			at := base + int64(p) + headerSize
-			if size < 2 || size > maxRecordBytes || at+size > end || buf[p+headerSize] != '{' {
-				continue
-			}
-			var last [1]byte
-			if _, err := l.f.ReadAt(last[:], at+size-1); err != nil || last[0] != '}' {
-				continue
-			}
-			if cap(payload) < int(size) {
-				payload = make([]byte, size)
-			}
-			payload = payload[:size]
-			if _, err := l.f.ReadAt(payload, at); err != nil {
-				return false, fmt.Errorf("scan %s past offset %d: %w", l.path, off, err)
-			}
-			if crc32.Checksum(payload, castagnoli) == binary.LittleEndian.Uint32(buf[p+4:]) {
-				return true, nil
-			}
-		}
+	l := &Log{dir: dir, path: path, f: f, opts: opts, syncDir: syncDir, epoch: epoch, markF: markF}
+	// A new log has nothing acknowledged, whatever an old mark says.
+	if l.mark, l.markOK = readMark(markF); created {
+		l.mark, l.markOK = 0, true
 	}
-	return false, nil
+	return l, nil
 }
 
 // Epoch names this log's sequence numbers: made anew with the log, kept
@@ -309,100 +279,6 @@ func writeSynced(path string, b []byte) error {
 	return nil
 }
 
-// Replay calls fn with the payload (the Record JSON) of every intact
-// record, in order. A torn or corrupt tail (a crash mid-write, a bad CRC)
-// ends the log: it is truncated, and the loss logged. fn's slice is only
-// valid during the call; an error from fn aborts the replay.
-func (l *Log) Replay(fn func(payload []byte) error) error {
-	if _, err := l.f.Seek(0, io.SeekStart); err != nil {
-		return fmt.Errorf("replay: %w", err)
-	}
-	r := bufio.NewReaderSize(l.f, 1<<20)
-	var (
-		off     int64
-		hdr     [headerSize]byte
-		payload []byte
-		records int
-		bad     string
-	)
-	for {
-		n, err := io.ReadFull(r, hdr[:])
-		if err == io.EOF {
-			break
-		}
-		if err == io.ErrUnexpectedEOF {
-			bad = fmt.Sprintf("torn header (%d of %d bytes)", n, headerSize)
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("replay %s at offset %d: %w", l.path, off, err)
-		}
-		size := binary.LittleEndian.Uint32(hdr[0:4])
-		sum := binary.LittleEndian.Uint32(hdr[4:8])
-		if size == 0 || size > maxRecordBytes {
-			bad = fmt.Sprintf("implausible record length %d", size)
-			break
-		}
-		if cap(payload) < int(size) {
-			payload = make([]byte, size)
-		}
-		payload = payload[:size]
-		if n, err := io.ReadFull(r, payload); err != nil {
-			if err == io.EOF || err == io.ErrUnexpectedEOF {
-				bad = fmt.Sprintf("torn record (%d of %d bytes)", n, size)
-				break
-			}
-			return fmt.Errorf("replay %s at offset %d: %w", l.path, off, err)
-		}
-		if crc32.Checksum(payload, castagnoli) != sum {
-			bad = "CRC mismatch"
-			break
-		}
-		l.at = off
-		if err := fn(payload); err != nil {
-			return fmt.Errorf("replay %s at offset %d: %w", l.path, off, err)
-		}
-		off += headerSize + int64(size)
-		records++
-	}
-	if bad != "" {
-		end, err := l.f.Seek(0, io.SeekEnd)
-		if err != nil {
-			return fmt.Errorf("replay: %w", err)
-		}
-		// A crash tears at most the batch being written, which nobody was
-		// told of. An intact record past the bad spot means damage in the
-		// middle: what is dropped was acknowledged and delivered, and its
-		// numbers will be handed out again.
-		intact, err := l.intactAfter(off)
-		if err != nil {
-			return err
-		}
-		if intact {
-			l.opts.Logger.Error("log is corrupt before its end: truncating it, acknowledged records included; "+
-				"the log gets a new epoch so that gateways start their clients over (keep a copy of the file to recover it by hand)",
-				"path", l.path, "reason", bad, "offset", off, "dropped_bytes", end-off, "records_kept", records)
-			// Before the truncation: a crash between the two must not
-			// leave a shorter log with the old epoch.
-			if l.epoch, err = loadEpoch(l.dir, true); err != nil {
-				return err
-			}
-		} else {
-			l.opts.Logger.Warn("log has a torn or corrupt tail; truncating it",
-				"path", l.path, "reason", bad, "offset", off, "dropped_bytes", end-off, "records_kept", records)
-		}
-		if err := l.f.Truncate(off); err != nil {
-			return fmt.Errorf("truncate corrupt tail of %s: %w", l.path, err)
-		}
-		if err := l.f.Sync(); err != nil {
-			return fmt.Errorf("sync truncated %s: %w", l.path, err)
-		}
-	}
-	l.size = off
-	l.replayed = true
-	return nil
-}
-
 // Append buffers one record; nothing reaches the file before Sync.
 func (l *Log) Append(payload []byte) {
 	var hdr [headerSize]byte
@@ -446,6 +322,13 @@ func (l *Log) Sync() error {
 			return l.failed
 		}
 	}
+	// Before anything of the batch is acknowledged (the caller does that
+	// once Sync returns): a mark that cannot be kept fails the log, or a
+	// later replay could take acknowledged records for a torn write.
+	if err := l.writeMark(l.size, false); err != nil {
+		l.failed = err
+		return l.failed
+	}
 	return nil
 }
 
@@ -455,10 +338,9 @@ func (l *Log) Size() int64 { return l.size }
 // RecordSize is how many bytes a payload takes in the log.
 func RecordSize(payload []byte) int64 { return headerSize + int64(len(payload)) }
 
-// Compact replaces the log with exactly the records yields, through a
-// temporary file that is fsynced and renamed over the log, then the
-// directory fsynced: a crash at any point leaves either the old or the new
-// log whole. Pending records must be synced first.
+// Compact replaces the log with exactly the records yields (see rewrite:
+// a crash at any point leaves either the old or the new log whole).
+// Pending records must be synced first.
 func (l *Log) Compact(records iter.Seq[[]byte]) error {
 	return l.CompactChecked(records, nil)
 }
@@ -470,30 +352,46 @@ func (l *Log) CompactChecked(records iter.Seq[[]byte], check func() error) error
 	if len(l.buf) > 0 || l.failed != nil {
 		return errors.New("store: Compact with unsynced records or after a failed Sync")
 	}
+	var hdr [headerSize]byte
+	return l.rewrite(func(w *bufio.Writer) (int64, error) {
+		var size int64
+		for p := range records {
+			binary.LittleEndian.PutUint32(hdr[0:4], uint32(len(p)))
+			binary.LittleEndian.PutUint32(hdr[4:8], crc32.Checksum(p, castagnoli))
+			w.Write(hdr[:])
+			w.Write(p)
+			size += RecordSize(p)
+		}
+		if check != nil {
+			if err := check(); err != nil {
+				return 0, err
+			}
+		}
+		return size, nil
+	})
+}
+
+// rewrite replaces the log with what fill writes (returning its size),
+// through a temporary file that is fsynced and renamed over the log, then
+// the directory fsynced: a crash at any point leaves either the old or the
+// new log whole. (A crash after the rename but before the mark is moved
+// to the new log's size leaves a mark past it: the next replay takes that
+// for lost records and makes a needless new epoch, never the reverse.)
+func (l *Log) rewrite(fill func(w *bufio.Writer) (int64, error)) error {
 	tmp := l.path + ".compact"
 	f, err := os.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
 	if err != nil {
-		return fmt.Errorf("compact: %w", err)
+		return fmt.Errorf("rewrite %s: %w", l.path, err)
 	}
 	fail := func(err error) error {
 		f.Close()
 		os.Remove(tmp)
-		return fmt.Errorf("compact %s: %w", l.path, err)
+		return fmt.Errorf("rewrite %s: %w", l.path, err)
 	}
 	w := bufio.NewWriterSize(f, 1<<20)
-	var size int64
-	var hdr [headerSize]byte
-	for p := range records {
-		binary.LittleEndian.PutUint32(hdr[0:4], uint32(len(p)))
-		binary.LittleEndian.PutUint32(hdr[4:8], crc32.Checksum(p, castagnoli))
-		w.Write(hdr[:])
-		w.Write(p)
-		size += RecordSize(p)
-	}
-	if check != nil {
-		if err := check(); err != nil {
-			return fail(err)
-		}
+	size, err := fill(w)
+	if err != nil {
+		return fail(err)
 	}
 	if err := w.Flush(); err != nil {
 		return fail(err)
@@ -507,14 +405,18 @@ func (l *Log) CompactChecked(records iter.Seq[[]byte], check func() error) error
 	old := l.f
 	l.f, l.size = f, size // the rename happened: f is the log now
 	if err := old.Close(); err != nil {
-		l.opts.Logger.Warn("compaction: closing the old log", "err", err)
+		l.opts.Logger.Warn("rewrite: closing the old log", "err", err)
 	}
-	if err := l.syncDir(l.dir); err != nil {
+	err = l.syncDir(l.dir)
+	if err == nil {
+		err = l.writeMark(size, true)
+	}
+	if err != nil {
 		// Records appended from now on would be durable in a file whose
 		// name may not be: a crash could bring the old log back without
 		// them. Fail like a failed Sync, so none of them is acknowledged;
 		// a restart replays whichever log the directory holds, whole.
-		l.failed = fmt.Errorf("compaction: %w", err)
+		l.failed = fmt.Errorf("rewrite: %w", err)
 		return l.failed
 	}
 	return nil
@@ -533,9 +435,13 @@ func (l *Log) Close() error {
 			err = fmt.Errorf("fsync %s: %w", l.path, serr)
 		}
 	}
+	if err == nil && l.replayed {
+		err = l.writeMark(l.size, true)
+	}
 	if cerr := l.f.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("close %s: %w", l.path, cerr)
 	}
+	l.markF.Close()
 	l.unlock()
 	l.lock.Close()
 	return err

@@ -125,78 +125,201 @@ func writeLog(t *testing.T, dir string, n int) ([]int64, string) {
 	return offs, filepath.Join(dir, FileName)
 }
 
+// damageCase is one way a log of five records (all acknowledged: the
+// mark is at its end) can be damaged, and what replay must make of it.
+type damageCase struct {
+	name   string
+	damage func(t *testing.T, dir, path string, offs []int64)
+	kept   []int // the records replayed, by number
+	// newEpoch: acknowledged records may be gone, so the numbers of the
+	// log must not be handed out again under its epoch.
+	newEpoch bool
+	copied   bool   // the damaged log is kept aside, byte for byte
+	lost     string // the "lost" the error names
+}
+
 func TestTornAndCorruptTails(t *testing.T) {
-	cases := []struct {
-		name string
-		// damage changes the file; kept is how many records survive.
-		damage func(t *testing.T, path string, offs []int64)
-		kept   int
-		// newEpoch: records after the damage were dropped, acknowledged
-		// ones: the log's numbers start over.
-		newEpoch bool
-	}{
-		{"torn header", func(t *testing.T, path string, offs []int64) {
+	cases := []damageCase{
+		// Past the mark: a write torn by a crash, which nobody was told of.
+		{name: "torn header past the mark", damage: func(t *testing.T, dir, path string, offs []int64) {
 			appendBytes(t, path, []byte{1, 2, 3})
-		}, 5, false},
-		{"torn payload", func(t *testing.T, path string, offs []int64) {
+		}, kept: []int{1, 2, 3, 4, 5}},
+		{name: "torn record past the mark", damage: func(t *testing.T, dir, path string, offs []int64) {
+			appendBytes(t, path, recordBytes(payload(6))[:20])
+		}, kept: []int{1, 2, 3, 4, 5}},
+		{name: "zero length past the mark", damage: func(t *testing.T, dir, path string, offs []int64) {
+			appendBytes(t, path, make([]byte, 16))
+		}, kept: []int{1, 2, 3, 4, 5}},
+		{name: "huge length past the mark", damage: func(t *testing.T, dir, path string, offs []int64) {
+			appendBytes(t, path, []byte{0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 'x'})
+		}, kept: []int{1, 2, 3, 4, 5}},
+		// Below the mark: acknowledged records are gone.
+		{name: "cut inside an acknowledged record", damage: func(t *testing.T, dir, path string, offs []int64) {
 			st, _ := os.Stat(path)
 			os.Truncate(path, st.Size()-4)
-		}, 4, false},
-		{"corrupt crc in the middle", func(t *testing.T, path string, offs []int64) {
-			flipByte(t, path, offs[2]+headerSize+3)
-		}, 2, true},
-		{"corrupt last record", func(t *testing.T, path string, offs []int64) {
+		}, kept: []int{1, 2, 3, 4}, newEpoch: true, copied: true},
+		{name: "cut inside an acknowledged header", damage: func(t *testing.T, dir, path string, offs []int64) {
+			os.Truncate(path, offs[4]+3)
+		}, kept: []int{1, 2, 3, 4}, newEpoch: true, copied: true},
+		{name: "cut at an acknowledged record's start", damage: func(t *testing.T, dir, path string, offs []int64) {
+			os.Truncate(path, offs[3])
+		}, kept: []int{1, 2, 3}, newEpoch: true},
+		{name: "corrupt last record", damage: func(t *testing.T, dir, path string, offs []int64) {
 			flipByte(t, path, offs[4]+headerSize+3)
-		}, 4, false},
-		{"zero length", func(t *testing.T, path string, offs []int64) {
-			appendBytes(t, path, make([]byte, 16))
-		}, 5, false},
-		{"huge length", func(t *testing.T, path string, offs []int64) {
-			appendBytes(t, path, []byte{0xff, 0xff, 0xff, 0x7f, 0, 0, 0, 0, 'x'})
-		}, 5, false},
+		}, kept: []int{1, 2, 3, 4}, newEpoch: true, copied: true},
+		{name: "corrupt record in the middle", damage: func(t *testing.T, dir, path string, offs []int64) {
+			flipByte(t, path, offs[2]+headerSize+3)
+		}, kept: []int{1, 2, 4, 5}, newEpoch: true, copied: true, lost: `"r" 3-3`},
+		// No mark (an older relayer's directory): nothing proves a torn
+		// tail was never acknowledged.
+		{name: "torn tail without a mark", damage: func(t *testing.T, dir, path string, offs []int64) {
+			if err := os.Remove(filepath.Join(dir, MarkName)); err != nil {
+				t.Fatal(err)
+			}
+			appendBytes(t, path, []byte{1, 2, 3})
+		}, kept: []int{1, 2, 3, 4, 5}, newEpoch: true, copied: true},
+		{name: "torn tail with a damaged mark", damage: func(t *testing.T, dir, path string, offs []int64) {
+			flipByte(t, filepath.Join(dir, MarkName), 3)
+			appendBytes(t, path, []byte{1, 2, 3})
+		}, kept: []int{1, 2, 3, 4, 5}, newEpoch: true, copied: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			offs, path := writeLog(t, dir, 5)
-			before := epochOf(t, dir)
-			tc.damage(t, path, offs)
-			var logs bytes.Buffer
-			l, err := Open(dir, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
-			if err != nil {
-				t.Fatal(err)
-			}
-			n := 0
-			if err := l.Replay(func(p []byte) error {
-				n++
-				if !bytes.Equal(p, payload(n)) {
-					t.Errorf("record %d = %s", n, p)
-				}
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-			if n != tc.kept {
-				t.Fatalf("replayed %d records, want %d", n, tc.kept)
-			}
-			if changed := l.Epoch() != before; changed != tc.newEpoch {
-				t.Fatalf("epoch changed: %v, want %v", changed, tc.newEpoch)
-			}
-			if !strings.Contains(logs.String(), "truncating") {
-				t.Errorf("truncation not logged: %q", logs.String())
-			}
-			// The log continues cleanly after the truncation point.
-			l.Append(payload(n + 1))
-			if err := l.Close(); err != nil {
-				t.Fatal(err)
-			}
-			l, got := open(t, dir, false)
-			defer l.Close()
-			if len(got) != tc.kept+1 || !bytes.Equal(got[tc.kept], payload(tc.kept+1)) {
-				t.Fatalf("after repair and append: %d records", len(got))
-			}
+			checkDamage(t, dir, path, offs, tc)
 		})
 	}
+}
+
+// Four flipped bytes inside record 100 of 200: the 199 intact records are
+// all kept, the damaged log is kept aside as it was, and exactly record
+// 100 is named lost.
+func TestCorruptRecordInTheMiddleIsSalvaged(t *testing.T) {
+	dir := t.TempDir()
+	offs, path := writeLog(t, dir, 200)
+	var kept []int
+	for i := 1; i <= 200; i++ {
+		if i != 100 {
+			kept = append(kept, i)
+		}
+	}
+	checkDamage(t, dir, path, offs, damageCase{
+		damage: func(t *testing.T, dir, path string, offs []int64) {
+			for k := range int64(4) {
+				flipByte(t, path, offs[99]+headerSize+20+k)
+			}
+		},
+		kept: kept, newEpoch: true, copied: true, lost: `"r" 100-100`,
+	})
+}
+
+// checkDamage damages the log of writeLog as tc says, replays it and
+// checks what replay made of it, then that the repaired log replays the
+// same records under the same epoch and takes appends.
+func checkDamage(t *testing.T, dir, path string, offs []int64, tc damageCase) {
+	t.Helper()
+	before := epochOf(t, dir)
+	tc.damage(t, dir, path, offs)
+	damaged, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	l, err := Open(dir, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int
+	if err := l.Replay(func(p []byte) error {
+		r, err := DecodeRecord(p)
+		if err != nil || !bytes.Equal(p, payload(int(r.Msg.Seq))) {
+			t.Errorf("replayed %s", p)
+		}
+		got = append(got, int(r.Msg.Seq))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(got, tc.kept) {
+		t.Fatalf("replayed records %v, want %v", got, tc.kept)
+	}
+	if changed := l.Epoch() != before; changed != tc.newEpoch {
+		t.Fatalf("epoch changed: %v, want %v (logs: %s)", changed, tc.newEpoch, logs.String())
+	}
+	if epochOf(t, dir) != l.Epoch() {
+		t.Fatal("the new epoch is not the directory's")
+	}
+	copies, _ := filepath.Glob(path + ".damaged-*")
+	if tc.copied {
+		if len(copies) != 1 {
+			t.Fatalf("copies of the damaged log: %v", copies)
+		}
+		if b, err := os.ReadFile(copies[0]); err != nil || !bytes.Equal(b, damaged) {
+			t.Fatalf("the copy %s is not the damaged log as it was (%d bytes, want %d): %v", copies[0], len(b), len(damaged), err)
+		}
+	} else if len(copies) != 0 {
+		t.Fatalf("a damaged log copied needlessly: %v", copies)
+	}
+	entry := damageLog(t, logs.String())
+	if entry == nil {
+		t.Fatalf("the damage is not logged: %q", logs.String())
+	}
+	if level := entry["level"]; (level == "ERROR") != tc.newEpoch {
+		t.Errorf("logged at %v, want ERROR exactly when acknowledged records may be lost", level)
+	}
+	if lost, _ := entry["lost"].(string); lost != tc.lost {
+		t.Errorf("logged lost %q, want %q", lost, tc.lost)
+	}
+	if tc.copied && entry["copy"] != copies[0] {
+		t.Errorf("the log names the copy %v, want %s", entry["copy"], copies[0])
+	}
+	// The repaired log replays the same records, whole, under the same
+	// epoch, and continues cleanly.
+	next := tc.kept[len(tc.kept)-1] + 1
+	l.Append(payload(next))
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	logs.Reset()
+	l, err = Open(dir, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	var again [][]byte
+	if err := l.Replay(func(p []byte) error { again = append(again, bytes.Clone(p)); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	var want [][]byte
+	for _, i := range append(tc.kept, next) {
+		want = append(want, payload(i))
+	}
+	if !slices.EqualFunc(again, want, bytes.Equal) || l.Epoch() != epochOf(t, dir) || logs.Len() > 0 {
+		t.Fatalf("after repair and append: %d records, want %d; logs %q", len(again), len(want), logs.String())
+	}
+}
+
+// damageLog returns the logged entry about the log's damage.
+func damageLog(t *testing.T, logs string) map[string]any {
+	t.Helper()
+	for line := range strings.Lines(logs) {
+		var e map[string]any
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			t.Fatalf("log line %q: %v", line, err)
+		}
+		if msg, _ := e["msg"].(string); strings.Contains(msg, "log") && (e["level"] == "ERROR" || e["level"] == "WARN") {
+			return e
+		}
+	}
+	return nil
+}
+
+// recordBytes is payload p as a record on disk.
+func recordBytes(p []byte) []byte {
+	l := Log{}
+	l.Append(p)
+	return l.buf
 }
 
 func appendBytes(t *testing.T, path string, b []byte) {
@@ -432,24 +555,19 @@ func TestEpochLivesWithTheLog(t *testing.T) {
 }
 
 // The scan for intact records past the damage reads the log a window at a
-// time, and finds one more than a window away; past damage that runs to
-// the end, it finds none and the epoch stays.
+// time, and finds the next one more than a window away; damage that runs
+// to the end leaves the records before it.
 func TestDamageScanCrossesWindows(t *testing.T) {
-	for _, tc := range []struct {
-		name     string
-		toEnd    bool
-		newEpoch bool
-	}{{"intact records after 1.5 MiB of damage", false, true}, {"damage to the end", true, false}} {
-		t.Run(tc.name, func(t *testing.T) {
+	for _, toEnd := range []bool{false, true} {
+		t.Run(fmt.Sprint("to the end ", toEnd), func(t *testing.T) {
 			dir := t.TempDir()
 			offs, path := writeLog(t, dir, 30000) // about 3 MiB
-			before := epochOf(t, dir)
 			f, err := os.OpenFile(path, os.O_RDWR, 0)
 			if err != nil {
 				t.Fatal(err)
 			}
-			from, to := offs[2], offs[2]+3<<19
-			if tc.toEnd {
+			from, to := offs[2], offs[2]+3<<19 // 1.5 MiB of damage
+			if toEnd {
 				st, _ := f.Stat()
 				to = st.Size()
 			}
@@ -457,13 +575,16 @@ func TestDamageScanCrossesWindows(t *testing.T) {
 				t.Fatal(err)
 			}
 			f.Close()
+			var want [][]byte
+			for i, off := range offs {
+				if i < 2 || off >= to {
+					want = append(want, payload(i+1))
+				}
+			}
 			l, got := open(t, dir, false)
 			defer l.Close()
-			if len(got) != 2 {
-				t.Fatalf("kept %d records, want 2", len(got))
-			}
-			if changed := l.Epoch() != before; changed != tc.newEpoch {
-				t.Fatalf("epoch changed: %v, want %v", changed, tc.newEpoch)
+			if !slices.EqualFunc(got, want, bytes.Equal) {
+				t.Fatalf("kept %d records, want %d", len(got), len(want))
 			}
 		})
 	}
@@ -476,4 +597,129 @@ func epochOf(t *testing.T, dir string) string {
 		t.Fatal(err)
 	}
 	return string(b)
+}
+
+// crash lets go of l as a killed process would: no final sync, no mark.
+func crash(l *Log) {
+	l.f.Close()
+	l.markF.Close()
+	l.unlock()
+	l.lock.Close()
+}
+
+// The mark follows every Sync and compaction, so after a crash (no Close)
+// a write torn past it keeps the epoch, and a log cut below it does not.
+func TestMarkFollowsSyncAndCompaction(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		compact  bool
+		cut      bool // cut inside the last synced record instead of tearing a write past it
+		newEpoch bool
+	}{
+		{"torn write after syncs", false, false, false},
+		{"torn write after a compaction", true, false, false},
+		{"cut after syncs", false, true, true},
+		{"cut after a compaction", true, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			l, _ := open(t, dir, true)
+			for i := 1; i <= 5; i++ {
+				l.Append(payload(i))
+				if err := l.Sync(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want := []int{1, 2, 3, 4, 5}
+			if tc.compact {
+				if err := l.Compact(slices.Values([][]byte{payload(4), payload(5)})); err != nil {
+					t.Fatal(err)
+				}
+				want = []int{4, 5}
+			}
+			if m, ok := readMark(l.markF); !ok || m != l.Size() {
+				t.Fatalf("mark %d (%v), log size %d", m, ok, l.Size())
+			}
+			size := l.Size()
+			before := l.Epoch()
+			crash(l)
+			path := filepath.Join(dir, FileName)
+			if tc.cut {
+				os.Truncate(path, size-1)
+				want = want[:len(want)-1]
+			} else {
+				appendBytes(t, path, recordBytes(payload(6))[:30]) // the start of a batch a kill -9 cut short
+			}
+			l, got := open(t, dir, true)
+			defer l.Close()
+			if len(got) != len(want) || !bytes.Equal(got[len(got)-1], payload(want[len(want)-1])) {
+				t.Fatalf("replayed %d records, want %v", len(got), want)
+			}
+			if changed := l.Epoch() != before; changed != tc.newEpoch {
+				t.Fatalf("epoch changed: %v, want %v", changed, tc.newEpoch)
+			}
+		})
+	}
+}
+
+// A data directory whose log was deleted starts a new log whatever its
+// old mark says: nothing of the new log is missing.
+func TestNewLogIgnoresAnOldMark(t *testing.T) {
+	dir := t.TempDir()
+	writeLog(t, dir, 3)
+	os.Remove(filepath.Join(dir, FileName))
+	var logs bytes.Buffer
+	l, err := Open(dir, Options{Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if err := l.Replay(func([]byte) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if logs.Len() > 0 {
+		t.Fatalf("a new log reported damage: %s", logs.String())
+	}
+}
+
+// An earlier copy of a damaged log is never overwritten.
+func TestDamagedCopiesAccumulate(t *testing.T) {
+	dir := t.TempDir()
+	_, path := writeLog(t, dir, 3)
+	for range 2 {
+		st, _ := os.Stat(path)
+		os.Truncate(path, st.Size()-1)
+		l, _ := open(t, dir, false)
+		l.Close()
+	}
+	copies, _ := filepath.Glob(path + ".damaged-*")
+	if len(copies) != 2 {
+		t.Fatalf("copies %v, want two", copies)
+	}
+}
+
+// Without a copy of the damaged log (no space for it, say), replay fails
+// with an error that says what to do, and changes nothing.
+func TestNoRepairWithoutACopy(t *testing.T) {
+	dir := t.TempDir()
+	offs, path := writeLog(t, dir, 5)
+	flipByte(t, path, offs[2]+headerSize+3)
+	damaged, _ := os.ReadFile(path)
+	before := epochOf(t, dir)
+	l, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	l.syncDir = func(string) error { return errors.New("injected ENOSPC") }
+	err = l.Replay(func([]byte) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "free") || !strings.Contains(err.Error(), "injected ENOSPC") {
+		t.Fatalf("Replay: %v, want an error about the copy", err)
+	}
+	after, _ := os.ReadFile(path)
+	copies, _ := filepath.Glob(path + ".damaged-*")
+	if !bytes.Equal(after, damaged) || epochOf(t, dir) != before || len(copies) != 0 {
+		t.Fatalf("a failed copy changed things: log same %v, epoch same %v, copies %v",
+			bytes.Equal(after, damaged), epochOf(t, dir) == before, copies)
+	}
 }

@@ -708,19 +708,21 @@ func (h *Hub) Subscribed(s bus.Subscription) {
 	if r == nil {
 		return // unsubscribed meanwhile; the unsubscribe follows on the bus
 	}
-	if r.synced && s.Seq < r.last {
-		// The backend lost messages this instance delivered (its data was
-		// wiped): numbering restarts below what members saw. Start over
-		// rather than drop everything until the numbers catch up.
-		h.log.Warn("room sequence went backwards; history restarts", "room", r.name, "had", r.last, "now", s.Seq)
-		r.last, r.cache = 0, nil
-		h.restartLagLocked(r)
+	startOver := r.synced && s.Seq < r.last
+	if startOver {
+		// The relayer lost messages this instance delivered, under the
+		// same epoch (a data directory restored from an older copy, say):
+		// the numbers above s.Seq will be handed out again, to other
+		// messages. As for a new epoch: members who hold them start over.
+		h.log.Warn("room sequence went backwards: the relayer lost messages members saw; they start the room over",
+			"room", r.name, "had", r.last, "now", s.Seq)
+		h.startOverLocked(r)
 	}
 	for i := range s.Msgs {
 		h.deliverLocked(r, &s.Msgs[i])
 	}
 	if s.Seq > r.last {
-		if r.synced {
+		if r.synced && !startOver {
 			h.gapLocked(r, s.Seq+1)
 		}
 		r.last = s.Seq
@@ -896,18 +898,24 @@ func (h *Hub) Restarted() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for _, r := range h.rooms {
-		if r.last > 0 {
-			for c := range r.local {
-				if c.extended {
-					// Without flush: what is queued, and what the resync
-					// brings, is in numbers the client must not mix.
-					c.closeLocked(statusServiceRestart, "the relay tier's message numbers started over: reconnect and join again", false)
-				}
+		h.startOverLocked(r)
+	}
+}
+
+// startOverLocked forgets r's position, whose numbers the relay tier will
+// hand out again, and closes its extended members that may hold them.
+func (h *Hub) startOverLocked(r *room) {
+	if r.last > 0 {
+		for c := range r.local {
+			if c.extended {
+				// Without flush: what is queued, and what the resync
+				// brings, is in numbers the client must not mix.
+				c.closeLocked(statusServiceRestart, "the relay tier's message numbers started over: reconnect and join again", false)
 			}
 		}
-		r.last, r.first, r.cache = 0, 0, nil
-		h.restartLagLocked(r)
 	}
+	r.last, r.first, r.cache = 0, 0, nil
+	h.restartLagLocked(r)
 }
 
 // LinkState implements bus.Handler.
