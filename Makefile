@@ -19,7 +19,7 @@ help:
 	@echo 'make up              build and start the stack, 3 ws-user replicas, http://localhost:$${WSCHAT_PORT:-8080}'
 	@echo 'make down            stop the stack (WSCHAT_DOWN_VOLUMES=1 drops the data volume)'
 	@echo 'make test            gofmt, go vet, staticcheck and go test -race of every module, containers and browser included'
-	@echo 'make test-faults-long the fault suite with its long scenarios, 3 runs each (docs/reliability.md; ~1 h)'
+	@echo 'make test-faults-long the fault suite with its long scenarios, 3 runs each (docs/reliability.md; ~10 min)'
 	@echo 'make demo-screenshot regenerate docs/demo.png (two browser tabs on two replicas, through nginx)'
 	@echo 'make bench           the load suite of docs/benchmarks.md (W1-W4, both protocols; ~10 min)'
 	@echo 'make bench-go        the Go benchmarks (encode, decode, fan-out, write batching, relay batching)'

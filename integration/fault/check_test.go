@@ -106,6 +106,14 @@ func check(v *verdict, room string, ep epochs, streams []stream, acks []ack) {
 			}
 		}
 	}
+	// Where each epoch after the first begins: an extended member that was
+	// in the room when the log started over owes the new epoch from there.
+	epochStart := map[int]uint64{}
+	for p := range canon {
+		if first, ok := epochStart[p.epoch]; p.epoch > 0 && (!ok || p.seq < first) {
+			epochStart[p.epoch] = p.seq
+		}
+	}
 	ackAt := map[string]pos{}
 	for _, a := range acks {
 		p := pos{ep.of(a.at), a.seq}
@@ -123,7 +131,11 @@ func check(v *verdict, room string, ep epochs, streams []stream, acks []ack) {
 		extend := func(p pos, newRange bool) {
 			rs := covered[p.epoch]
 			if newRange || len(rs) == 0 {
-				covered[p.epoch] = append(rs, [2]uint64{p.seq - 1, p.seq})
+				from := p.seq - 1
+				if !s.seed && p.epoch > 0 {
+					from = epochStart[p.epoch] - 1
+				}
+				covered[p.epoch] = append(rs, [2]uint64{from, p.seq})
 				return
 			}
 			rs[len(rs)-1][1] = max(rs[len(rs)-1][1], p.seq)

@@ -2,6 +2,7 @@ package fault
 
 import (
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -102,10 +103,39 @@ func TestCheckCoverage(t *testing.T) {
 	if v.lost != 2 {
 		t.Errorf("extended: %d lost, want 2: %q", v.lost, v.problems)
 	}
+	// After a new epoch (from seq 4 on here), an extended member owes it
+	// from its first message, even one it came too late for.
+	v = verdict{}
+	check(&v, "r", epochs{t0.Add(time.Second)}, []stream{
+		{member: "full", got: shift(all, 3)},
+		{member: "extended", got: shift(all, 3)[:3:3]},
+		{member: "late", got: shift(all, 3)[4:]},
+	}, shiftAcks(acks, 3))
+	if v.lost != 1 {
+		t.Errorf("new epoch: %d lost, want 1 (seq 4, which late missed): %q", v.lost, v.problems)
+	}
 	// An extended member that joined at seq 2 owes only from seq 3 on.
 	v = verdict{}
 	check(&v, "r", nil, []stream{{member: "late", base: 2, got: all[2:]}}, acks)
 	if v.lost != 0 {
 		t.Errorf("late joiner: %d lost, want 0: %q", v.lost, v.problems)
 	}
+}
+
+// shift moves the messages from index n on into a new epoch, a second
+// later.
+func shift(got []received, n int) []received {
+	out := slices.Clone(got)
+	for i := n; i < len(out); i++ {
+		out[i].msg.TS += 1000
+	}
+	return out
+}
+
+func shiftAcks(acks []ack, n int) []ack {
+	out := slices.Clone(acks)
+	for i := n; i < len(out); i++ {
+		out[i].at = out[i].at.Add(time.Second)
+	}
+	return out
 }

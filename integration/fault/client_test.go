@@ -61,6 +61,12 @@ func (w *world) markFault() time.Time {
 	return w.faultAt
 }
 
+func (w *world) faultTime() time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.faultAt
+}
+
 // received is one chat message as a member got it.
 type received struct {
 	msg  protocol.Message
@@ -121,9 +127,11 @@ type client struct {
 	pending   map[string]*chat
 	acks      map[string]ackRec
 	refused   map[string]string // id -> error code
+	delivered map[string]bool   // ids found delivered, their ack lost with a connection
 	closes    []string          // how each connection the server ended ended
 	selfClose int               // connections the client ended (join refused)
 	flaps     int               // presence leaves of members still connected
+	flapSeen  string            // the first of them, for the test's log
 	gaps      int               // history_gap errors
 	failure   error             // it gave up reconnecting
 }
@@ -131,7 +139,7 @@ type client struct {
 func newClient(w *world, base, name string, rooms []string, seed, sender bool) *client {
 	c := &client{
 		name: name, session: "s-" + name, base: base, rooms: rooms, seed: seed, sender: sender, w: w,
-		views: map[string]*roomView{}, pending: map[string]*chat{}, acks: map[string]ackRec{}, refused: map[string]string{},
+		views: map[string]*roomView{}, pending: map[string]*chat{}, acks: map[string]ackRec{}, refused: map[string]string{}, delivered: map[string]bool{},
 	}
 	for _, r := range rooms {
 		c.views[r] = &roomView{}
@@ -358,7 +366,13 @@ func (c *client) take(b []byte) error {
 			return fmt.Errorf("presence frame %s: %w", b, err)
 		}
 		if p.Event == "leave" && c.w.isAlive(p.Member.ID) {
-			c.update(func() { c.flaps++ })
+			c.update(func() {
+				c.flaps++
+				if c.flapSeen == "" {
+					c.flapSeen = fmt.Sprintf("%s (on %s) got presence leave of %s (%s on %s), still connected, %s after the fault",
+						c.name, c.instance, p.Member.ID, p.Member.Nick, p.Member.Instance, now.Sub(c.w.faultTime()).Round(time.Millisecond))
+				}
+			})
 		}
 	case protocol.TypeError:
 		var e errorFrame
@@ -428,7 +442,12 @@ func (c *client) joined(j protocol.Joined, now time.Time) {
 	}
 	var again []string
 	for id, ch := range c.pending {
-		if ch.conn < c.conns && !seen[id] && !slices.Contains(c.resend, id) {
+		switch {
+		case ch.conn == c.conns || slices.Contains(c.resend, id):
+		case seen[id]:
+			c.delivered[id] = true
+			delete(c.pending, id)
+		default:
 			again = append(again, id)
 		}
 	}
@@ -437,8 +456,9 @@ func (c *client) joined(j protocol.Joined, now time.Time) {
 }
 
 // step sends the client's next chat, a re-send first, if it is connected
-// and joined and has fewer than maxInFlight unacknowledged.
-func (c *client) step(ctx context.Context) {
+// and joined and has fewer than maxInFlight unacknowledged; with onlyResend
+// it sends re-sends only.
+func (c *client) step(ctx context.Context, onlyResend bool) {
 	var (
 		conn *websocket.Conn
 		in   protocol.Inbound
@@ -462,6 +482,9 @@ func (c *client) step(ctx context.Context) {
 			if c.pending[id] == nil { // acknowledged meanwhile
 				id = ""
 			}
+		}
+		if id == "" && onlyResend {
+			return
 		}
 		if id == "" {
 			c.next++

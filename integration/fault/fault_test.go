@@ -3,10 +3,13 @@ package fault
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -44,40 +47,41 @@ type scenario struct {
 	// connected may leave anyone's presence (the fault is the relay tier's
 	// alone; clients have no reason to notice it).
 	quiet bool
-	// inject causes the fault and lets it end; it returns the time the
-	// relayer came back with a new log epoch, if it did.
-	inject func(ctx context.Context, t *testing.T, s *dockerstack.Stack) time.Time
+	// inject causes the fault, calls down once it is in place (the time
+	// until served again counts from there), and lets it end; it returns
+	// the time the relayer came back with a new log epoch, if it did.
+	inject func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time
 }
 
 var scenarios = []scenario{
-	{name: "relayer SIGKILL", quiet: true, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack) time.Time {
-		killAndRestart(ctx, t, s, s.Relayer())
+	{name: "relayer SIGKILL", quiet: true, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+		killAndRestart(ctx, t, s, s.Relayer(), down)
 		return time.Time{}
 	}},
-	{name: "ws-user SIGKILL", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack) time.Time {
-		killAndRestart(ctx, t, s, s.User("ws-user-2"))
+	{name: "ws-user SIGKILL", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+		killAndRestart(ctx, t, s, s.User("ws-user-2"), down)
 		return time.Time{}
 	}},
-	{name: "relayer paused 15 s", quiet: true, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack) time.Time {
-		freeze(ctx, t, s.Relayer(), 15*time.Second)
+	{name: "relayer paused 15 s", quiet: true, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+		freeze(ctx, t, s.Relayer(), 15*time.Second, down)
 		return time.Time{}
 	}},
-	{name: "relayer paused 40 s", long: true, quiet: true, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack) time.Time {
-		freeze(ctx, t, s.Relayer(), 40*time.Second)
+	{name: "relayer paused 40 s", long: true, quiet: true, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+		freeze(ctx, t, s.Relayer(), 40*time.Second, down)
 		return time.Time{}
 	}},
-	{name: "ws-user cut off from the relayer", split: true, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack) time.Time {
-		cutOff(ctx, t, s, s.User("ws-user-1"))
+	{name: "ws-user cut off from the relayer", split: true, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+		cutOff(ctx, t, s, s.User("ws-user-1"), down)
 		return time.Time{}
 	}},
-	{name: "log truncated", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack) time.Time {
-		return damageLog(ctx, t, s, truncated)
+	{name: "log truncated", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+		return damageLog(ctx, t, s, truncated, down)
 	}},
-	{name: "log torn tail", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack) time.Time {
-		return damageLog(ctx, t, s, tornTail)
+	{name: "log torn tail", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+		return damageLog(ctx, t, s, tornTail, down)
 	}},
-	{name: "log flipped bytes", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack) time.Time {
-		return damageLog(ctx, t, s, flipped)
+	{name: "log flipped bytes", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+		return damageLog(ctx, t, s, flipped, down)
 	}},
 }
 
@@ -124,33 +128,31 @@ func runScenario(t *testing.T, sc scenario) {
 		}
 	})
 
+	// The pacer runs until the end: once new messages stop (quiet), it
+	// still re-sends what reconnected clients must say again.
 	stop := make(chan struct{})
+	var quiet atomic.Bool
 	var pacer sync.WaitGroup
-	pacer.Go(func() { pace(ctx, senders, stop) })
-	stopped := false
-	stopTraffic := func() {
-		if !stopped {
-			stopped = true
-			close(stop)
-			pacer.Wait()
-		}
-	}
-	defer stopTraffic()
+	pacer.Go(func() { pace(ctx, senders, &quiet, stop) })
+	defer func() {
+		close(stop)
+		pacer.Wait()
+	}()
 
 	waitFor(ctx, t, w, all, 90*time.Second, fmt.Sprintf("%d acknowledged before the fault", ackedBeforeFault),
 		func() bool { return acked(all) >= ackedBeforeFault })
-	faultAt := w.markFault()
 	var ep epochs
-	if newEpoch := sc.inject(ctx, t, s); !newEpoch.IsZero() {
+	if newEpoch := sc.inject(ctx, t, s, func() { w.markFault() }); !newEpoch.IsZero() {
 		ep = append(ep, newEpoch)
 	}
+	faultAt := w.faultTime()
 	waitFor(ctx, t, w, all, servedAgainLimit, "every sender served again",
 		func() bool { _, ok := servedAgain(senders, faultAt); return ok })
 	served, _ := servedAgain(senders, faultAt)
 	target := acked(all) + ackedAfterServed
 	waitFor(ctx, t, w, all, 90*time.Second, fmt.Sprintf("%d acknowledged after", ackedAfterServed),
 		func() bool { return acked(all) >= target })
-	stopTraffic()
+	quiet.Store(true)
 	settle(ctx, t, w, all, senders[0])
 
 	sum := summary{scenario: sc.name, served: served, closed: map[string]int{}}
@@ -172,12 +174,16 @@ func runScenario(t *testing.T, sc scenario) {
 		sum.verdict.acked += len(acks)
 		check(&sum.verdict, room, ep, streams, acks)
 	}
+	var flapSeen []string
 	for _, c := range all {
 		c.read(func() {
 			for _, code := range c.closes {
 				sum.closed[code]++
 			}
 			sum.flaps += c.flaps
+			if c.flapSeen != "" && len(flapSeen) < 3 {
+				flapSeen = append(flapSeen, c.flapSeen)
+			}
 		})
 	}
 	report(t, sum)
@@ -190,7 +196,7 @@ func runScenario(t *testing.T, sc scenario) {
 			sum.verdict.lost, sum.verdict.duplicated, sum.verdict.reordered, sum.verdict.reused)
 	}
 	if sc.quiet && (sum.closedText() != "0" || sum.flaps != 0) {
-		t.Errorf("clients closed: %s, presence flaps: %d; want none (the fault is the relay tier's)", sum.closedText(), sum.flaps)
+		t.Errorf("clients closed: %s, presence flaps: %d; want none (the fault is the relay tier's); flaps: %q", sum.closedText(), sum.flaps, flapSeen)
 	}
 }
 
@@ -245,13 +251,14 @@ func startClients(ctx context.Context, t *testing.T, w *world, s *dockerstack.St
 	return all, senders
 }
 
-// pace makes every sender take one step per tick until stop is closed.
-func pace(ctx context.Context, senders []*client, stop <-chan struct{}) {
+// pace makes every sender take one step per tick until stop is closed,
+// only re-sends once quiet is set.
+func pace(ctx context.Context, senders []*client, quiet *atomic.Bool, stop <-chan struct{}) {
 	tk := time.NewTicker(tick)
 	defer tk.Stop()
 	for {
 		for _, c := range senders {
-			c.step(ctx)
+			c.step(ctx, quiet.Load())
 		}
 		select {
 		case <-tk.C:
@@ -295,8 +302,9 @@ func servedAgain(senders []*client, faultAt time.Time) (time.Duration, bool) {
 }
 
 // waitFor waits until cond holds, for at most limit; a client that gave
-// up reconnecting fails the test at once.
-func waitFor(ctx context.Context, t *testing.T, w *world, all []*client, limit time.Duration, what string, cond func() bool) {
+// up reconnecting fails the test at once. On a timeout explain, if given,
+// says what was missing.
+func waitFor(ctx context.Context, t *testing.T, w *world, all []*client, limit time.Duration, what string, cond func() bool, explain ...func() string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
@@ -315,7 +323,11 @@ func waitFor(ctx context.Context, t *testing.T, w *world, all []*client, limit t
 		t.Fatalf("%s: a client gave up: %v", what, gaveUp)
 	}
 	if err != nil {
-		t.Fatalf("%s: not within %s (%d acknowledged)", what, limit, acked(all))
+		var why []string
+		for _, f := range explain {
+			why = append(why, f())
+		}
+		t.Fatalf("%s: not within %s (%d acknowledged) %s", what, limit, acked(all), strings.Join(why, "; "))
 	}
 }
 
@@ -333,6 +345,17 @@ func settle(ctx context.Context, t *testing.T, w *world, all []*client, from *cl
 			}
 		}
 		return true
+	}, func() string {
+		var out []string
+		for _, c := range all {
+			c.read(func() {
+				for _, id := range slices.Sorted(maps.Keys(c.pending)) {
+					ch := c.pending[id]
+					out = append(out, fmt.Sprintf("%s pending in %s (connection %d of %d, ready %v)", id, ch.room, ch.conn, c.conns, c.ready))
+				}
+			})
+		}
+		return fmt.Sprintf("unacknowledged: %d, e.g. %v", len(out), out[:min(len(out), 10)])
 	})
 	for _, room := range rooms {
 		var id string

@@ -61,24 +61,27 @@ func waitExited(ctx context.Context, t *testing.T, ctr *testcontainers.DockerCon
 }
 
 // killAndRestart SIGKILLs a container and starts it again, as Compose's
-// restart policy does, then waits until it is healthy.
-func killAndRestart(ctx context.Context, t *testing.T, s *dockerstack.Stack, ctr *testcontainers.DockerContainer) {
+// restart policy does, then waits until it is healthy. It calls down once
+// the container is gone.
+func killAndRestart(ctx context.Context, t *testing.T, s *dockerstack.Stack, ctr *testcontainers.DockerContainer, down func()) {
 	t.Helper()
 	s.Kill(ctx, ctr)
 	waitExited(ctx, t, ctr)
+	down()
 	if err := ctr.Start(ctx); err != nil {
 		t.Fatalf("start again after SIGKILL: %v", err)
 	}
 }
 
 // freeze pauses a container (every process stopped, its sockets open)
-// for d, then thaws it.
-func freeze(ctx context.Context, t *testing.T, ctr *testcontainers.DockerContainer, d time.Duration) {
+// for d, then thaws it. It calls down once the container is frozen.
+func freeze(ctx context.Context, t *testing.T, ctr *testcontainers.DockerContainer, d time.Duration, down func()) {
 	t.Helper()
 	docker := dockerstack.Docker()
 	if _, err := docker.ContainerPause(ctx, ctr.GetContainerID(), moby.ContainerPauseOptions{}); err != nil {
 		t.Fatalf("pause: %v", err)
 	}
+	down()
 	// The freeze's length is the fault itself, not a wait for anything.
 	select {
 	case <-time.After(d):
@@ -133,8 +136,8 @@ const (
 
 // cutOff disconnects a replica from the relay link's network until it
 // has noticed (its keepalive failed), then connects it again and waits
-// until its link is back up.
-func cutOff(ctx context.Context, t *testing.T, s *dockerstack.Stack, ctr *testcontainers.DockerContainer) {
+// until its link is back up. It calls down once it is disconnected.
+func cutOff(ctx context.Context, t *testing.T, s *dockerstack.Stack, ctr *testcontainers.DockerContainer, down func()) {
 	t.Helper()
 	docker := dockerstack.Docker()
 	lost, err := logLines(ctx, ctr, linkLost)
@@ -149,6 +152,7 @@ func cutOff(ctx context.Context, t *testing.T, s *dockerstack.Stack, ctr *testco
 	if _, err := docker.NetworkDisconnect(ctx, s.RelayNetwork(), moby.NetworkDisconnectOptions{Container: id, Force: true}); err != nil {
 		t.Fatalf("network disconnect: %v", err)
 	}
+	down()
 	waitLog(ctx, t, ctr, linkLost, lost, 60*time.Second)
 	_, err = docker.NetworkConnect(ctx, s.RelayNetwork(), moby.NetworkConnectOptions{
 		Container:      id,
@@ -182,12 +186,16 @@ func readFile(ctx context.Context, ctr *testcontainers.DockerContainer, file str
 	return io.ReadAll(tr)
 }
 
+// serviceUID is the user the images run as (deploy/Dockerfile).
+const serviceUID = 65532
+
 // writeFile replaces one file in a stopped container's volume, owned by
-// the container's user.
+// the services' user. (Docker's CopyUIDGID cannot be used: it looks the
+// user up in /etc/passwd, which the scratch images do not have.)
 func writeFile(ctx context.Context, ctr *testcontainers.DockerContainer, file string, data []byte) error {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
-	hdr := &tar.Header{Name: path.Base(file), Mode: 0o644, Size: int64(len(data)), ModTime: time.Now()}
+	hdr := &tar.Header{Name: path.Base(file), Mode: 0o644, Size: int64(len(data)), ModTime: time.Now(), Uid: serviceUID, Gid: serviceUID}
 	if err := tw.WriteHeader(hdr); err != nil {
 		return err
 	}
@@ -200,7 +208,6 @@ func writeFile(ctx context.Context, ctr *testcontainers.DockerContainer, file st
 	_, err := dockerstack.Docker().CopyToContainer(ctx, ctr.GetContainerID(), moby.CopyToContainerOptions{
 		DestinationPath: path.Dir(file),
 		Content:         &buf,
-		CopyUIDGID:      true,
 	})
 	if err != nil {
 		return fmt.Errorf("copy %s in: %w", file, err)
@@ -276,8 +283,8 @@ func (d damage) apply(log []byte) ([]byte, error) {
 // damageLog stops the relayer (SIGTERM: its log is complete), damages
 // its log, and starts it again. It returns the time between the two runs
 // when the relayer came back with a new epoch (its numbers start over),
-// else the zero time.
-func damageLog(ctx context.Context, t *testing.T, s *dockerstack.Stack, d damage) time.Time {
+// else the zero time. It calls down once the relayer has stopped.
+func damageLog(ctx context.Context, t *testing.T, s *dockerstack.Stack, d damage, down func()) time.Time {
 	t.Helper()
 	ctr := s.Relayer()
 	before, err := readFile(ctx, ctr, path.Join(dataDir, epochTag))
@@ -286,6 +293,7 @@ func damageLog(ctx context.Context, t *testing.T, s *dockerstack.Stack, d damage
 	}
 	s.Stop(ctx, ctr)
 	between := time.Now()
+	down()
 	log, err := readFile(ctx, ctr, path.Join(dataDir, logFile))
 	if err != nil {
 		t.Fatal(err)
