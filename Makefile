@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 20m
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
 
-.PHONY: help images project-images compose-plugin up down ps logs test vet lint fmt fuzz demo-screenshot bench bench-go
+.PHONY: help images project-images compose-plugin up down ps logs test test-faults-long vet lint fmt fuzz demo-screenshot bench bench-go
 
 help:
 	@echo 'make images          base images without a registry, recorded in .env for Compose (idempotent)'
@@ -21,6 +21,7 @@ help:
 	@echo 'make down            stop the stack (WSCHAT_DOWN_VOLUMES=1 drops the data volume)'
 	@echo 'make test            gofmt, go vet, staticcheck and go test -race of every module, containers and browser included, then make fuzz'
 	@echo 'make fuzz            each fuzz target of an untrusted-input decoder for FUZZTIME (default 5s)'
+	@echo 'make test-faults-long the fault suite with its long scenarios, 3 runs each (docs/reliability.md; ~10 min)'
 	@echo 'make demo-screenshot regenerate docs/demo.png (two browser tabs on two replicas, through nginx)'
 	@echo 'make bench           the load suite of docs/benchmarks.md (W1-W4, both protocols; ~10 min)'
 	@echo 'make bench-go        the Go benchmarks (encode, decode, fan-out, write batching, relay batching)'
@@ -84,6 +85,11 @@ fuzz:
 
 fmt:
 	gofmt -w $(MODULES)
+
+# The fast fault scenarios run in `make test`; this adds the long ones (a
+# 40 s relayer freeze) and repeats each (WSCHAT_FAULT_RUNS, default 3).
+test-faults-long:
+	cd integration && WSCHAT_FAULT_LONG=1 go test -race -count=1 -timeout 90m -v -run TestFaults ./fault/
 
 demo-screenshot:
 	cd integration && WSCHAT_DEMO_PNG=$(CURDIR)/docs/demo.png go test -count=1 -run TestBrowserThroughNginx ./containers/

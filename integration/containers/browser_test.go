@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wschat/wschat/integration/browser"
+	"github.com/wschat/wschat/integration/dockerstack"
 )
 
 // The chat page in a real Chromium through nginx: two people on two
@@ -15,14 +16,14 @@ import (
 // go to $WSCHAT_ARTIFACTS (default: a temporary folder), and to
 // $WSCHAT_DEMO_PNG when set (make demo-screenshot).
 func TestBrowserThroughNginx(t *testing.T) {
-	needDocker(t)
-	s := newStack(t, 3)
+	dockerstack.Need(t)
+	s := dockerstack.New(t, 3)
 	browser.Scenario(t, browser.Target{
-		BaseURL: s.httpURL,
+		BaseURL: s.HTTPURL,
 		Kill: func(instance string) error {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			s.kill(ctx, s.user(instance))
+			s.Kill(ctx, s.User(instance))
 			return nil
 		},
 		Artifacts: os.Getenv("WSCHAT_ARTIFACTS"),

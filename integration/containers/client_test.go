@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"sync"
 	"testing"
@@ -13,117 +12,14 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/wschat/wschat/integration/dockerstack"
 	"github.com/wschat/wschat/services/protocol"
 )
-
-// dialTimeout bounds one WebSocket handshake through nginx, including
-// nginx's own retries towards a replica that just went away.
-const dialTimeout = 10 * time.Second
-
-// dial opens a WebSocket through nginx; path is "/ws" or "/".
-func dial(ctx context.Context, base, path string) (*websocket.Conn, *http.Response, error) {
-	ctx, cancel := context.WithTimeout(ctx, dialTimeout)
-	defer cancel()
-	c, resp, err := websocket.Dial(ctx, base+path, nil)
-	if err != nil {
-		return nil, resp, fmt.Errorf("dial %s%s: %w", base, path, err)
-	}
-	c.SetReadLimit(1 << 20)
-	return c, resp, nil
-}
-
-func send(ctx context.Context, c *websocket.Conn, in protocol.Inbound) error {
-	b, err := json.Marshal(in)
-	if err != nil {
-		return err
-	}
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	return c.Write(ctx, websocket.MessageText, b)
-}
-
-// frameType is the "type" every server frame has.
-func frameType(b []byte) string {
-	var f struct{ Type string }
-	_ = json.Unmarshal(b, &f)
-	return f.Type
-}
-
-// readType reads frames until one of type typ, failing on an error frame.
-func readType(ctx context.Context, c *websocket.Conn, typ string, v any) error {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	for {
-		_, b, err := c.Read(ctx)
-		if err != nil {
-			return fmt.Errorf("waiting for %q: %w", typ, err)
-		}
-		switch frameType(b) {
-		case typ:
-			return json.Unmarshal(b, v)
-		case protocol.TypeError:
-			return fmt.Errorf("waiting for %q: got %s", typ, b)
-		}
-	}
-}
-
-// hello dials through nginx and completes the extended handshake.
-func hello(ctx context.Context, base, nick string) (*websocket.Conn, protocol.Welcome, error) {
-	var w protocol.Welcome
-	c, _, err := dial(ctx, base, "/ws")
-	if err != nil {
-		return nil, w, err
-	}
-	if err := send(ctx, c, protocol.Inbound{Type: protocol.TypeHello, Nick: nick}); err != nil {
-		c.CloseNow()
-		return nil, w, fmt.Errorf("hello: %w", err)
-	}
-	if err := readType(ctx, c, protocol.TypeWelcome, &w); err != nil {
-		c.CloseNow()
-		return nil, w, err
-	}
-	return c, w, nil
-}
-
-// notifier wakes everyone waiting for a condition over the state of
-// several clients, each time any of them changes.
-type notifier struct {
-	mu sync.Mutex
-	ch chan struct{}
-}
-
-func newNotifier() *notifier { return &notifier{ch: make(chan struct{})} }
-
-func (n *notifier) bump() {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	close(n.ch)
-	n.ch = make(chan struct{})
-}
-
-// waitFor blocks until cond holds or ctx ends. cond runs after every
-// change (it does its own locking).
-func (n *notifier) waitFor(ctx context.Context, cond func() bool) error {
-	for {
-		// Take the channel before checking: a change in between wakes us.
-		n.mu.Lock()
-		ch := n.ch
-		n.mu.Unlock()
-		if cond() {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-}
 
 // roomLog is what one client saw of one room: every chat message in the
 // order it arrived, history of (re)joins included, plus its own acks.
 type roomLog struct {
-	n    *notifier
+	n    *dockerstack.Notifier
 	mu   sync.Mutex
 	msgs []protocol.Message
 	acks map[string]uint64 // client message id -> seq
@@ -136,7 +32,7 @@ type roomLog struct {
 	joins  int
 }
 
-func newRoomLog(n *notifier) *roomLog {
+func newRoomLog(n *dockerstack.Notifier) *roomLog {
 	return &roomLog{n: n, acks: map[string]uint64{}, sent: map[string]string{}, sentOn: map[string]int{}}
 }
 
@@ -157,12 +53,12 @@ func (l *roomLog) update(f func()) {
 	l.mu.Lock()
 	f()
 	l.mu.Unlock()
-	l.n.bump()
+	l.n.Bump()
 }
 
 // waitFor blocks until cond, run under the log's lock, holds.
 func (l *roomLog) waitFor(ctx context.Context, cond func() bool) error {
-	return l.n.waitFor(ctx, func() bool {
+	return l.n.WaitFor(ctx, func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		return cond()
@@ -194,7 +90,7 @@ type member struct {
 
 // join connects a member and returns once it has joined; it then keeps
 // itself connected until ctx ends.
-func join(ctx context.Context, t *testing.T, n *notifier, base, name, room string) *member {
+func join(ctx context.Context, t *testing.T, n *dockerstack.Notifier, base, name, room string) *member {
 	t.Helper()
 	m := &member{name: name, room: room, base: base, log: newRoomLog(n)}
 	c, err := m.connect(ctx)
@@ -207,7 +103,7 @@ func join(ctx context.Context, t *testing.T, n *notifier, base, name, room strin
 
 // connect dials, says hello and joins (with since after the first join).
 func (m *member) connect(ctx context.Context) (*websocket.Conn, error) {
-	c, w, err := hello(ctx, m.base, m.name)
+	c, w, err := dockerstack.Hello(ctx, m.base, m.name)
 	if err != nil {
 		return nil, err
 	}
@@ -218,12 +114,12 @@ func (m *member) connect(ctx context.Context) (*websocket.Conn, error) {
 		in.Since = &since
 	}
 	m.log.mu.Unlock()
-	if err := send(ctx, c, in); err != nil {
+	if err := dockerstack.Send(ctx, c, in); err != nil {
 		c.CloseNow()
 		return nil, fmt.Errorf("join: %w", err)
 	}
 	var j protocol.Joined
-	if err := readType(ctx, c, protocol.TypeJoined, &j); err != nil {
+	if err := dockerstack.ReadType(ctx, c, protocol.TypeJoined, &j); err != nil {
 		c.CloseNow()
 		return nil, err
 	}
@@ -300,7 +196,7 @@ func (m *member) read(ctx context.Context, c *websocket.Conn) error {
 		if err != nil {
 			return err
 		}
-		switch frameType(b) {
+		switch dockerstack.FrameType(b) {
 		case protocol.TypeChat:
 			var msg protocol.Message
 			if err := json.Unmarshal(b, &msg); err != nil {
@@ -337,7 +233,7 @@ func (m *member) say(ctx context.Context) {
 		m.log.sent[id] = text
 		m.log.sentOn[id] = m.log.joins
 	})
-	_ = send(ctx, c, protocol.Inbound{Type: protocol.TypeChat, Room: m.room, Message: text, ID: id})
+	_ = dockerstack.Send(ctx, c, protocol.Inbound{Type: protocol.TypeChat, Room: m.room, Message: text, ID: id})
 }
 
 func (m *member) instance() string {

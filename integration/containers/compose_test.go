@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/wschat/wschat/integration/dockerstack"
 )
 
 // script runs one of deploy/'s scripts from the repository root with the
@@ -21,9 +22,9 @@ import (
 func script(ctx context.Context, t *testing.T, env []string, name string, args ...string) time.Duration {
 	t.Helper()
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "bash", append([]string{filepath.Join(suite.root, "deploy", name)}, args...)...)
-	cmd.Dir = suite.root
-	cmd.Env = append(append(os.Environ(), "WSCHAT_TAG="+imageTag), env...)
+	cmd := exec.CommandContext(ctx, "bash", append([]string{filepath.Join(dockerstack.Root(), "deploy", name)}, args...)...)
+	cmd.Dir = dockerstack.Root()
+	cmd.Env = append(append(os.Environ(), "WSCHAT_TAG="+dockerstack.ImageTag), env...)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Run(); err != nil {
@@ -35,7 +36,7 @@ func script(ctx context.Context, t *testing.T, env []string, name string, args .
 
 func imageID(ctx context.Context, t *testing.T, ref string) string {
 	t.Helper()
-	img, err := suite.docker.ImageInspect(ctx, ref)
+	img, err := dockerstack.Docker().ImageInspect(ctx, ref)
 	if err != nil {
 		t.Fatalf("inspect %s: %v", ref, err)
 	}
@@ -48,7 +49,7 @@ func imageID(ctx context.Context, t *testing.T, ref string) string {
 func buildStage(ctx context.Context, t *testing.T, goImage string) string {
 	t.Helper()
 	cmd := exec.CommandContext(ctx, "docker", "build", "-q", "--target", "build",
-		"-f", filepath.Join(suite.root, "deploy", "Dockerfile"), "--build-arg", "GO_IMAGE="+goImage, suite.root)
+		"-f", filepath.Join(dockerstack.Root(), "deploy", "Dockerfile"), "--build-arg", "GO_IMAGE="+goImage, dockerstack.Root())
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
 	if err := cmd.Run(); err != nil {
@@ -62,19 +63,19 @@ func buildStage(ctx context.Context, t *testing.T, goImage string) string {
 // label, which the build stage inherits from the local golang image, so
 // every run after it recompiled both services (over two minutes).
 func TestWarmRebuildKeepsTheCompileCached(t *testing.T) {
-	needDocker(t)
+	dockerstack.Need(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	user, err := suite.docker.ImageInspect(ctx, "wschat/ws-user:"+imageTag)
+	user, err := dockerstack.Docker().ImageInspect(ctx, "wschat/ws-user:"+dockerstack.ImageTag)
 	if err != nil {
 		t.Fatal(err)
 	}
 	goImage := user.Config.Labels["org.wschat.go-image"]
 	if goImage == "" {
-		t.Fatalf("wschat/ws-user:%s has no org.wschat.go-image label", imageTag)
+		t.Fatalf("wschat/ws-user:%s has no org.wschat.go-image label", dockerstack.ImageTag)
 	}
 	before := buildStage(ctx, t, goImage)
-	tagged := imageID(ctx, t, "wschat/ws-build:"+imageTag)
+	tagged := imageID(ctx, t, "wschat/ws-build:"+dockerstack.ImageTag)
 
 	if strings.HasPrefix(goImage, "wschat-local/") {
 		// What `make images` runs (without --dotenv: the test leaves the
@@ -86,8 +87,8 @@ func TestWarmRebuildKeepsTheCompileCached(t *testing.T) {
 		t.Errorf("the build stage was rebuilt (%s, was %s): Docker's cache of the compile is gone", after, before)
 	}
 	d := script(ctx, t, nil, "images.sh")
-	if after := imageID(ctx, t, "wschat/ws-build:"+imageTag); after != tagged {
-		t.Errorf("deploy/images.sh rebuilt wschat/ws-build:%s (%s, was %s) with nothing changed", imageTag, after, tagged)
+	if after := imageID(ctx, t, "wschat/ws-build:"+dockerstack.ImageTag); after != tagged {
+		t.Errorf("deploy/images.sh rebuilt wschat/ws-build:%s (%s, was %s) with nothing changed", dockerstack.ImageTag, after, tagged)
 	}
 	t.Logf("warm deploy/images.sh: %s", d.Round(100*time.Millisecond))
 }
@@ -118,7 +119,7 @@ func freePort(t *testing.T) int {
 // their Compose service and index, and a rescale adds one that nginx
 // reaches. The times go to the test log (go test -v).
 func TestComposeUpAndRescale(t *testing.T) {
-	needDocker(t)
+	dockerstack.Need(t)
 	compose := composeCommand()
 	if compose == nil {
 		t.Skip("neither docker compose nor docker-compose is installed")
@@ -130,7 +131,7 @@ func TestComposeUpAndRescale(t *testing.T) {
 	env := []string{
 		"COMPOSE_PROJECT_NAME=" + project,
 		fmt.Sprintf("WSCHAT_PORT=127.0.0.1:%d", port),
-		"RELAY_SECRET=" + relaySecret,
+		"RELAY_SECRET=" + dockerstack.RelaySecret,
 		"WSCHAT_UP_TIMEOUT=180",
 	}
 	t.Cleanup(func() {
@@ -138,7 +139,7 @@ func TestComposeUpAndRescale(t *testing.T) {
 		defer cancel()
 		script(ctx, t, append(env, "WSCHAT_DOWN_VOLUMES=1"), "stack.sh", "down")
 	})
-	compiled := imageID(ctx, t, "wschat/ws-build:"+imageTag)
+	compiled := imageID(ctx, t, "wschat/ws-build:"+dockerstack.ImageTag)
 
 	up := script(ctx, t, append(env, "WSCHAT_REPLICAS=2"), "stack.sh", "up")
 	base := fmt.Sprintf("ws://127.0.0.1:%d", port)
@@ -154,7 +155,7 @@ func TestComposeUpAndRescale(t *testing.T) {
 		deadline := time.Now().Add(60 * time.Second)
 		var seen []string
 		for i := 0; len(pending) > 0 && time.Now().Before(deadline) && i < 400; i++ {
-			c, w, err := hello(ctx, base, fmt.Sprintf("probe-%d", i))
+			c, w, err := dockerstack.Hello(ctx, base, fmt.Sprintf("probe-%d", i))
 			if err != nil {
 				// nginx may not know a new replica yet (it re-resolves every
 				// 2 s): retry, as a client would.
@@ -179,7 +180,7 @@ func TestComposeUpAndRescale(t *testing.T) {
 
 	rescale := script(ctx, t, append(env, "WSCHAT_REPLICAS=3"), "stack.sh", "up")
 	reach("ws-user-1", "ws-user-2", "ws-user-3")
-	if now := imageID(ctx, t, "wschat/ws-build:"+imageTag); now != compiled {
+	if now := imageID(ctx, t, "wschat/ws-build:"+dockerstack.ImageTag); now != compiled {
 		t.Errorf("make up rebuilt the build stage (%s, was %s) with nothing changed", now, compiled)
 	}
 	t.Logf("%s: make up with the images built %s, rescale to 3 replicas %s",

@@ -15,13 +15,14 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/wschat/wschat/integration/dockerstack"
 	"github.com/wschat/wschat/services/protocol"
 )
 
 // spreadMembers joins members (nicks prefix-1, prefix-2, ...) through nginx
 // until every replica in want has at least perReplica of them, or fails
 // after a bounded number of tries. It returns them by replica.
-func spreadMembers(ctx context.Context, t *testing.T, nt *notifier, s *stack, prefix, room string, want []string, perReplica int) map[string][]*member {
+func spreadMembers(ctx context.Context, t *testing.T, nt *dockerstack.Notifier, s *dockerstack.Stack, prefix, room string, want []string, perReplica int) map[string][]*member {
 	t.Helper()
 	by := map[string][]*member{}
 	full := func() bool {
@@ -35,7 +36,7 @@ func spreadMembers(ctx context.Context, t *testing.T, nt *notifier, s *stack, pr
 	// nginx picks a replica at random per connection: 60 tries leave a
 	// chance of about 1e-9 that one of three replicas is missed.
 	for i := 1; i <= 60 && !full(); i++ {
-		m := join(ctx, t, nt, s.wsURL, fmt.Sprintf("%s-%d", prefix, i), room)
+		m := join(ctx, t, nt, s.WSURL, fmt.Sprintf("%s-%d", prefix, i), room)
 		by[m.instance()] = append(by[m.instance()], m)
 	}
 	if !full() {
@@ -47,7 +48,7 @@ func spreadMembers(ctx context.Context, t *testing.T, nt *notifier, s *stack, pr
 // busyRoom spreads perReplica members over each of the three replicas in
 // room (closed at the end of the test) and starts traffic from one sender
 // per replica; closing stop ends it, and done is closed when it has.
-func busyRoom(ctx context.Context, t *testing.T, nt *notifier, s *stack, prefix, room string, perReplica int) (
+func busyRoom(ctx context.Context, t *testing.T, nt *dockerstack.Notifier, s *dockerstack.Stack, prefix, room string, perReplica int) (
 	by map[string][]*member, members []*member, stop chan struct{}, done <-chan struct{},
 ) {
 	t.Helper()
@@ -115,11 +116,11 @@ func acked(members []*member) int {
 }
 
 // waitAcked waits until the members together have n acknowledgements.
-func waitAcked(ctx context.Context, t *testing.T, nt *notifier, members []*member, n int, what string) {
+func waitAcked(ctx context.Context, t *testing.T, nt *dockerstack.Notifier, members []*member, n int, what string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	err := nt.waitFor(ctx, func() bool {
+	err := nt.WaitFor(ctx, func() bool {
 		for _, m := range members {
 			if m.failed() {
 				return true
@@ -142,12 +143,12 @@ func (m *member) failed() bool { return m.failureErr() != nil }
 // settle waits until no member has a message in flight, then sends one
 // last message from m and waits until every member has received it; it
 // returns its seq. Members that gave up fail the test.
-func settle(ctx context.Context, t *testing.T, nt *notifier, from *member, members []*member) uint64 {
+func settle(ctx context.Context, t *testing.T, nt *dockerstack.Notifier, from *member, members []*member) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	// Messages still in flight would be sequenced after the last one.
-	err := nt.waitFor(ctx, func() bool {
+	err := nt.WaitFor(ctx, func() bool {
 		for _, m := range members {
 			m.log.mu.Lock()
 			n := m.log.inFlight()
@@ -210,13 +211,13 @@ func logsOf(members []*member) map[string]*roomLog {
 // Clients land on every replica and one room works across all of them,
 // for extended and seed clients alike.
 func TestClientsSpreadOverReplicasShareARoom(t *testing.T) {
-	needDocker(t)
-	s := newStack(t, 3)
+	dockerstack.Need(t)
+	s := dockerstack.New(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const room = "lobby"
 
-	nt := newNotifier()
+	nt := dockerstack.NewNotifier()
 	by := spreadMembers(ctx, t, nt, s, "alice", room, []string{"ws-user-1", "ws-user-2", "ws-user-3"}, 1)
 	members := allMembers(by)
 	t.Cleanup(func() {
@@ -235,22 +236,22 @@ func TestClientsSpreadOverReplicasShareARoom(t *testing.T) {
 	}
 	var seeds []*seed
 	for i := 1; i <= 2; i++ {
-		c, _, err := dial(ctx, s.wsURL, "/")
+		c, _, err := dockerstack.Dial(ctx, s.WSURL, "/")
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { c.CloseNow() })
 		sd := &seed{c: c, log: newRoomLog(nt), name: fmt.Sprintf("seed-%d", i)}
-		if err := send(ctx, c, protocol.Inbound{Type: protocol.TypeJoinRoom, Room: room}); err != nil {
+		if err := dockerstack.Send(ctx, c, protocol.Inbound{Type: protocol.TypeJoinRoom, Room: room}); err != nil {
 			t.Fatal(err)
 		}
 		hi := "hi from " + sd.name
-		if err := send(ctx, c, protocol.Inbound{Type: protocol.TypeChat, Room: room, Message: hi}); err != nil {
+		if err := dockerstack.Send(ctx, c, protocol.Inbound{Type: protocol.TypeChat, Room: room, Message: hi}); err != nil {
 			t.Fatal(err)
 		}
 		var first protocol.Message
 		for first.Text != hi {
-			if err := readType(ctx, c, protocol.TypeChat, &first); err != nil {
+			if err := dockerstack.ReadType(ctx, c, protocol.TypeChat, &first); err != nil {
 				t.Fatalf("%s: %v", sd.name, err)
 			}
 		}
@@ -283,7 +284,7 @@ func TestClientsSpreadOverReplicasShareARoom(t *testing.T) {
 			m.say(ctx)
 		}
 		for _, sd := range seeds {
-			if err := send(ctx, sd.c, protocol.Inbound{Type: protocol.TypeChat, Room: room, Message: fmt.Sprintf("%s says %d", sd.name, round)}); err != nil {
+			if err := dockerstack.Send(ctx, sd.c, protocol.Inbound{Type: protocol.TypeChat, Room: room, Message: fmt.Sprintf("%s says %d", sd.name, round)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -335,18 +336,18 @@ func TestClientsSpreadOverReplicasShareARoom(t *testing.T) {
 // nginx to the survivors and recover what they missed; nobody loses an
 // acknowledged message or sees one twice.
 func TestReplicaCrashUnderTraffic(t *testing.T) {
-	needDocker(t)
-	s := newStack(t, 3)
+	dockerstack.Need(t)
+	s := dockerstack.New(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const room = "crash"
 	const victim = "ws-user-2"
 
-	nt := newNotifier()
+	nt := dockerstack.NewNotifier()
 	by, members, stop, done := busyRoom(ctx, t, nt, s, "m", room, 2)
 
 	waitAcked(ctx, t, nt, members, 40, "before the crash")
-	s.kill(ctx, s.user(victim))
+	s.Kill(ctx, s.User(victim))
 	// Traffic goes on until the victim's clients are back and talking.
 	victims := by[victim]
 	ackedBefore := acked(victims)
@@ -380,17 +381,17 @@ func TestReplicaCrashUnderTraffic(t *testing.T) {
 // traffic: clients recover everything, sequence numbers go on without
 // reuse, and the history from before the restart is still there.
 func TestRelayerRestartUnderTraffic(t *testing.T) {
-	needDocker(t)
-	s := newStack(t, 3)
+	dockerstack.Need(t)
+	s := dockerstack.New(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const room = "restart"
 
-	nt := newNotifier()
+	nt := dockerstack.NewNotifier()
 	by, members, stop, done := busyRoom(ctx, t, nt, s, "r", room, 1)
 
 	waitAcked(ctx, t, nt, members, 40, "before the restart")
-	s.restartRelayer(ctx)
+	s.RestartRelayer(ctx)
 	waitAcked(ctx, t, nt, members, acked(members)+40, "after the restart")
 	close(stop)
 	<-done
@@ -400,17 +401,17 @@ func TestRelayerRestartUnderTraffic(t *testing.T) {
 
 	// A newcomer asks for the whole room: every message, including those
 	// sequenced before the restart, comes from the relayer's volume.
-	c, _, err := hello(ctx, s.wsURL, "newcomer")
+	c, _, err := dockerstack.Hello(ctx, s.WSURL, "newcomer")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.CloseNow()
 	zero := uint64(0)
-	if err := send(ctx, c, protocol.Inbound{Type: protocol.TypeJoin, Room: room, ID: "j", Since: &zero}); err != nil {
+	if err := dockerstack.Send(ctx, c, protocol.Inbound{Type: protocol.TypeJoin, Room: room, ID: "j", Since: &zero}); err != nil {
 		t.Fatal(err)
 	}
 	var j protocol.Joined
-	if err := readType(ctx, c, protocol.TypeJoined, &j); err != nil {
+	if err := dockerstack.ReadType(ctx, c, protocol.TypeJoined, &j); err != nil {
 		t.Fatal(err)
 	}
 	if j.Recovered == nil || !*j.Recovered || j.Seq < last {
@@ -434,18 +435,18 @@ func TestRelayerRestartUnderTraffic(t *testing.T) {
 // A replica started later gets new connections through nginx without
 // nginx being restarted, and a stopped one gets none, without errors.
 func TestScaleUpAndDown(t *testing.T) {
-	needDocker(t)
-	s := newStack(t, 3)
+	dockerstack.Need(t)
+	s := dockerstack.New(t, 3)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	if s.startUser(ctx, "ws-user-4") == nil {
+	if s.StartUser(ctx, "ws-user-4") == nil {
 		t.FailNow()
 	}
 	reached := func(want string, tries int) (int, []string) {
 		var seen []string
 		for i := 1; i <= tries; i++ {
-			c, w, err := hello(ctx, s.wsURL, fmt.Sprintf("probe-%d", i))
+			c, w, err := dockerstack.Hello(ctx, s.WSURL, fmt.Sprintf("probe-%d", i))
 			if err != nil {
 				t.Fatalf("connection %d: %v", i, err)
 			}
@@ -474,7 +475,7 @@ func TestScaleUpAndDown(t *testing.T) {
 	// (1012), and new connections only reach the others.
 	var onTwo *websocket.Conn
 	for i := 0; i < 60 && onTwo == nil; i++ {
-		c, w, err := hello(ctx, s.wsURL, "leaving")
+		c, w, err := dockerstack.Hello(ctx, s.WSURL, "leaving")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -496,7 +497,7 @@ func TestScaleUpAndDown(t *testing.T) {
 			}
 		}
 	}()
-	s.stop(ctx, s.user("ws-user-2"))
+	s.Stop(ctx, s.User("ws-user-2"))
 	select {
 	case err := <-closed:
 		if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
@@ -507,7 +508,7 @@ func TestScaleUpAndDown(t *testing.T) {
 	}
 	for i := 1; i <= 30; i++ {
 		start := time.Now()
-		c, w, err := hello(ctx, s.wsURL, fmt.Sprintf("after-%d", i))
+		c, w, err := dockerstack.Hello(ctx, s.WSURL, fmt.Sprintf("after-%d", i))
 		if err != nil {
 			t.Fatalf("connection %d after the stop: %v", i, err)
 		}
@@ -524,14 +525,14 @@ func TestScaleUpAndDown(t *testing.T) {
 // With no replica left nginx answers at once with a short error instead
 // of hanging, and recovers when a replica is back.
 func TestNoReplicaCleanError(t *testing.T) {
-	needDocker(t)
-	s := newStack(t, 2)
+	dockerstack.Need(t)
+	s := dockerstack.New(t, 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
 	var wg sync.WaitGroup
 	for _, id := range []string{"ws-user-1", "ws-user-2"} {
-		ctr := s.user(id)
+		ctr := s.User(id)
 		wg.Go(func() {
 			grace := 15 * time.Second
 			if err := ctr.Stop(ctx, &grace); err != nil {
@@ -544,7 +545,7 @@ func TestNoReplicaCleanError(t *testing.T) {
 	// Within nginx's DNS cache (2 s) and after it: both must be quick.
 	for i := range 5 {
 		start := time.Now()
-		_, resp, err := dial(ctx, s.wsURL, "/ws")
+		_, resp, err := dockerstack.Dial(ctx, s.WSURL, "/ws")
 		d := time.Since(start)
 		if err == nil {
 			t.Fatalf("attempt %d: WebSocket connected with no replica up", i)
@@ -558,7 +559,7 @@ func TestNoReplicaCleanError(t *testing.T) {
 		t.Logf("attempt %d: %d in %s", i, resp.StatusCode, d.Round(time.Millisecond))
 	}
 	start := time.Now()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.httpURL+"/", nil)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, s.HTTPURL+"/", nil)
 	hc := &http.Client{Timeout: 10 * time.Second}
 	resp, err := hc.Do(req)
 	if err != nil {
@@ -574,12 +575,12 @@ func TestNoReplicaCleanError(t *testing.T) {
 	}
 
 	// A replica comes back: nginx finds it without a restart.
-	if s.startUser(ctx, "ws-user-3") == nil {
+	if s.StartUser(ctx, "ws-user-3") == nil {
 		t.FailNow()
 	}
 	var lastErr error
 	for i := 0; i < 50; i++ {
-		c, w, err := hello(ctx, s.wsURL, "back")
+		c, w, err := dockerstack.Hello(ctx, s.WSURL, "back")
 		if err == nil {
 			c.Close(websocket.StatusNormalClosure, "")
 			if w.Instance != "ws-user-3" {

@@ -1,10 +1,11 @@
-package containers
+package dockerstack
 
 import (
 	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -22,7 +23,8 @@ import (
 )
 
 const (
-	relaySecret = "containers-test-secret"
+	// RelaySecret is the relay secret of every stack.
+	RelaySecret = "containers-test-secret"
 	// Service names on the private network, as in docker-compose.yml: the
 	// nginx config looks ws-user up by this name.
 	relayerAlias = "relayer"
@@ -31,13 +33,26 @@ const (
 	startTimeout = 60 * time.Second
 )
 
-// stack is one test's private deployment: relayer, ws-user replicas and
+// Options shape a stack beyond its number of replicas.
+type Options struct {
+	// Split puts the relay link on a network of its own (relayer and
+	// replicas), apart from the one nginx reaches the replicas on, so that
+	// a replica can be cut off from the relayer while its clients stay.
+	Split bool
+	// RelayerEnv and UserEnv add to (or override) the services' test
+	// environment.
+	RelayerEnv, UserEnv map[string]string
+}
+
+// Stack is one test's private deployment: relayer, ws-user replicas and
 // nginx on their own network, like docker-compose.yml.
-type stack struct {
+type Stack struct {
 	t      *testing.T
+	opts   Options
 	labels map[string]string
 	net    *testcontainers.DockerNetwork
-	volume string // the relayer's data volume
+	back   *testcontainers.DockerNetwork // the relay link's, with Split
+	volume string                        // the relayer's data volume
 
 	mu      sync.Mutex
 	relayer *testcontainers.DockerContainer
@@ -45,17 +60,23 @@ type stack struct {
 	nginx   *testcontainers.DockerContainer
 	all     []*testcontainers.DockerContainer // for cleanup, in start order
 
-	wsURL   string // ws://<docker host>:<nginx port>, 127.0.0.1 locally
-	httpURL string
+	WSURL   string // ws://<docker host>:<nginx port>, 127.0.0.1 locally
+	HTTPURL string
 }
 
-// newStack starts relayer, the given ws-user replicas (ws-user-1..n) and
+// New starts relayer, the given ws-user replicas (ws-user-1..n) and
 // nginx, each healthy, and registers their removal.
-func newStack(t *testing.T, replicas int) *stack {
+func New(t *testing.T, replicas int) *Stack {
+	t.Helper()
+	return NewWith(t, replicas, Options{})
+}
+
+// NewWith is New with Options.
+func NewWith(t *testing.T, replicas int, opts Options) *Stack {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	s := &stack{t: t, labels: testLabels(), users: map[string]*testcontainers.DockerContainer{}}
+	s := &Stack{t: t, opts: opts, labels: testLabels(), users: map[string]*testcontainers.DockerContainer{}}
 	// Registered first, so it runs last: after every container is gone.
 	t.Cleanup(s.removeNetworkAndVolume)
 	t.Cleanup(s.removeContainers)
@@ -65,6 +86,12 @@ func newStack(t *testing.T, replicas int) *stack {
 		t.Fatalf("network: %v", err)
 	}
 	s.net = nw
+	s.back = nw
+	if opts.Split {
+		if s.back, err = network.New(ctx, network.WithLabels(s.labels)); err != nil {
+			t.Fatalf("relay network: %v", err)
+		}
+	}
 	s.volume = "wschat-itest-" + strings.ReplaceAll(t.Name(), "/", "-") + "-" + nw.ID[:12]
 	if _, err := suite.docker.VolumeCreate(ctx, client.VolumeCreateOptions{Name: s.volume, Labels: s.labels}); err != nil {
 		t.Fatalf("volume: %v", err)
@@ -73,7 +100,7 @@ func newStack(t *testing.T, replicas int) *stack {
 	s.startRelayer(ctx)
 	var wg sync.WaitGroup
 	for i := 1; i <= replicas; i++ {
-		wg.Go(func() { s.startUser(ctx, fmt.Sprintf("ws-user-%d", i)) })
+		wg.Go(func() { s.StartUser(ctx, fmt.Sprintf("ws-user-%d", i)) })
 	}
 	wg.Wait()
 	if t.Failed() {
@@ -83,11 +110,15 @@ func newStack(t *testing.T, replicas int) *stack {
 	return s
 }
 
-// run starts one container of the stack and waits until it is healthy.
-// It reports failures with t.Errorf, so it is safe from any goroutine.
-func (s *stack) run(ctx context.Context, image, alias string, env map[string]string, strategy wait.Strategy, extra ...testcontainers.ContainerCustomizer) *testcontainers.DockerContainer {
-	opts := []testcontainers.ContainerCustomizer{
-		network.WithNetwork([]string{alias}, s.net),
+// run starts one container of the stack on nets and waits until it is
+// healthy. It reports failures with t.Errorf, so it is safe from any
+// goroutine.
+func (s *Stack) run(ctx context.Context, image, alias string, nets []*testcontainers.DockerNetwork, env map[string]string, strategy wait.Strategy, extra ...testcontainers.ContainerCustomizer) *testcontainers.DockerContainer {
+	var opts []testcontainers.ContainerCustomizer
+	for _, nw := range nets {
+		opts = append(opts, network.WithNetwork([]string{alias}, nw))
+	}
+	opts = append(opts,
 		testcontainers.WithEnv(env),
 		testcontainers.WithLabels(s.labels),
 		testcontainers.WithLogger(tclog.TestLogger(s.t)),
@@ -103,7 +134,7 @@ func (s *stack) run(ctx context.Context, image, alias string, env map[string]str
 			}
 		}),
 		testcontainers.WithWaitStrategyAndDeadline(startTimeout, strategy),
-	}
+	)
 	ctr, err := testcontainers.Run(ctx, image, append(opts, extra...)...)
 	if ctr != nil {
 		s.mu.Lock()
@@ -130,14 +161,14 @@ func healthEvery(cmd ...string) testcontainers.CustomizeRequestOption {
 	})
 }
 
-func (s *stack) startRelayer(ctx context.Context) {
+func (s *Stack) startRelayer(ctx context.Context) {
 	s.t.Helper()
-	ctr := s.run(ctx, "wschat/ws-relayer:"+imageTag, relayerAlias,
-		map[string]string{
-			"RELAY_SECRET":  relaySecret,
+	ctr := s.run(ctx, "wschat/ws-relayer:"+imageTag, relayerAlias, []*testcontainers.DockerNetwork{s.back},
+		withEnv(map[string]string{
+			"RELAY_SECRET":  RelaySecret,
 			"HISTORY_LIMIT": "1000",
 			"LOG_LEVEL":     "debug",
-		},
+		}, s.opts.RelayerEnv),
 		wait.ForHealthCheck(),
 		healthEvery("/ws-relayer", "healthcheck"),
 		testcontainers.WithMounts(testcontainers.VolumeMount(s.volume, "/data")),
@@ -150,16 +181,27 @@ func (s *stack) startRelayer(ctx context.Context) {
 	s.mu.Unlock()
 }
 
-// startUser starts one ws-user replica; INSTANCE_ID is its name, so that
-// "welcome" tells the tests which replica a connection reached.
-func (s *stack) startUser(ctx context.Context, id string) *testcontainers.DockerContainer {
-	ctr := s.run(ctx, "wschat/ws-user:"+imageTag, userAlias,
-		map[string]string{
+// withEnv is base with extra on top.
+func withEnv(base, extra map[string]string) map[string]string {
+	maps.Copy(base, extra)
+	return base
+}
+
+// StartUser starts one ws-user replica; INSTANCE_ID is its name, so that
+// "welcome" tells the tests which replica a connection reached. It
+// returns nil, the test marked failed, when the replica did not start.
+func (s *Stack) StartUser(ctx context.Context, id string) *testcontainers.DockerContainer {
+	nets := []*testcontainers.DockerNetwork{s.net}
+	if s.back != s.net {
+		nets = append(nets, s.back)
+	}
+	ctr := s.run(ctx, "wschat/ws-user:"+imageTag, userAlias, nets,
+		withEnv(map[string]string{
 			"RELAYER_URL":  "ws://" + relayerAlias + ":3001",
-			"RELAY_SECRET": relaySecret,
+			"RELAY_SECRET": RelaySecret,
 			"INSTANCE_ID":  id,
 			"LOG_LEVEL":    "debug",
-		},
+		}, s.opts.UserEnv),
 		wait.ForHealthCheck(),
 		healthEvery("/ws-user", "healthcheck"),
 	)
@@ -171,9 +213,9 @@ func (s *stack) startUser(ctx context.Context, id string) *testcontainers.Docker
 	return ctr
 }
 
-func (s *stack) startNginx(ctx context.Context) {
+func (s *Stack) startNginx(ctx context.Context) {
 	s.t.Helper()
-	ctr := s.run(ctx, "wschat/nginx:"+imageTag, "nginx", nil,
+	ctr := s.run(ctx, "wschat/nginx:"+imageTag, "nginx", []*testcontainers.DockerNetwork{s.net}, nil,
 		wait.ForHTTP("/nginx-health").WithPort("8080/tcp"),
 		testcontainers.WithExposedPorts("8080/tcp"),
 	)
@@ -185,11 +227,12 @@ func (s *stack) startNginx(ctx context.Context) {
 		s.t.Fatalf("nginx port: %v", err)
 	}
 	s.nginx = ctr
-	s.wsURL = "ws://" + endpoint
-	s.httpURL = "http://" + endpoint
+	s.WSURL = "ws://" + endpoint
+	s.HTTPURL = "http://" + endpoint
 }
 
-func (s *stack) user(id string) *testcontainers.DockerContainer {
+// User is replica id's container.
+func (s *Stack) User(id string) *testcontainers.DockerContainer {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ctr := s.users[id]
@@ -199,17 +242,35 @@ func (s *stack) user(id string) *testcontainers.DockerContainer {
 	return ctr
 }
 
-// kill SIGKILLs a container: a crash, no goodbye to anyone.
-func (s *stack) kill(ctx context.Context, ctr *testcontainers.DockerContainer) {
+// Relayer is the relayer's current container.
+func (s *Stack) Relayer() *testcontainers.DockerContainer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.relayer
+}
+
+// Volume is the name of the relayer's data volume (mounted on /data).
+func (s *Stack) Volume() string { return s.volume }
+
+// RelayNetwork is the ID of the network the relay link runs on (the only
+// one without Split).
+func (s *Stack) RelayNetwork() string { return s.back.ID }
+
+// Labels are the labels of everything the stack created, for containers
+// a test starts beside it (they are swept with it).
+func (s *Stack) Labels() map[string]string { return maps.Clone(s.labels) }
+
+// Kill SIGKILLs a container: a crash, no goodbye to anyone.
+func (s *Stack) Kill(ctx context.Context, ctr *testcontainers.DockerContainer) {
 	s.t.Helper()
 	if _, err := suite.docker.ContainerKill(ctx, ctr.GetContainerID(), client.ContainerKillOptions{Signal: "KILL"}); err != nil {
 		s.t.Fatalf("kill: %v", err)
 	}
 }
 
-// stop stops a container the way docker stop / compose down do: SIGTERM,
+// Stop stops a container the way docker stop / compose down do: SIGTERM,
 // then SIGKILL after the grace period.
-func (s *stack) stop(ctx context.Context, ctr *testcontainers.DockerContainer) {
+func (s *Stack) Stop(ctx context.Context, ctr *testcontainers.DockerContainer) {
 	s.t.Helper()
 	grace := 15 * time.Second
 	if err := ctr.Stop(ctx, &grace); err != nil {
@@ -217,14 +278,14 @@ func (s *stack) stop(ctx context.Context, ctr *testcontainers.DockerContainer) {
 	}
 }
 
-// restartRelayer replaces the relayer container by a new one on the same
+// RestartRelayer replaces the relayer container by a new one on the same
 // data volume: only what the volume holds can survive.
-func (s *stack) restartRelayer(ctx context.Context) {
+func (s *Stack) RestartRelayer(ctx context.Context) {
 	s.t.Helper()
 	s.mu.Lock()
 	old := s.relayer
 	s.mu.Unlock()
-	s.stop(ctx, old)
+	s.Stop(ctx, old)
 	if err := old.Terminate(ctx); err != nil {
 		s.t.Fatalf("remove relayer: %v", err)
 	}
@@ -233,7 +294,7 @@ func (s *stack) restartRelayer(ctx context.Context) {
 
 // removeContainers runs at the end of the test; a failed test first gets
 // the tail of every container's log.
-func (s *stack) removeContainers() {
+func (s *Stack) removeContainers() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	s.mu.Lock()
@@ -241,33 +302,34 @@ func (s *stack) removeContainers() {
 	s.mu.Unlock()
 	if s.t.Failed() {
 		for _, ctr := range all {
-			s.t.Logf("---- logs of %s (%s):\n%s", ctr.GetContainerID()[:12], ctr.Image, logTail(ctx, ctr, 60))
+			s.t.Logf("---- logs of %s (%s):\n%s", ctr.GetContainerID()[:12], ctr.Image, LogTail(ctx, ctr, 60))
 		}
 	}
 	for _, ctr := range all {
-		if err := ctr.Terminate(ctx, testcontainers.StopTimeout(0)); err != nil && ignoreNotFound(err) != nil {
+		if err := ctr.Terminate(ctx, testcontainers.StopTimeout(0)); err != nil && IgnoreNotFound(err) != nil {
 			s.t.Errorf("remove container %s: %v", ctr.GetContainerID()[:12], err)
 		}
 	}
 }
 
-func (s *stack) removeNetworkAndVolume() {
+func (s *Stack) removeNetworkAndVolume() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var errs []error
 	if s.net != nil {
-		errs = append(errs, ignoreNotFound(s.net.Remove(ctx)))
+		errs = append(errs, IgnoreNotFound(s.net.Remove(ctx)))
 	}
 	if s.volume != "" {
 		_, err := suite.docker.VolumeRemove(ctx, s.volume, client.VolumeRemoveOptions{Force: true})
-		errs = append(errs, ignoreNotFound(err))
+		errs = append(errs, IgnoreNotFound(err))
 	}
 	if err := errors.Join(errs...); err != nil {
 		s.t.Errorf("cleanup: %v", err)
 	}
 }
 
-func logTail(ctx context.Context, ctr *testcontainers.DockerContainer, n int) string {
+// LogTail is the last n lines of a container's log.
+func LogTail(ctx context.Context, ctr *testcontainers.DockerContainer, n int) string {
 	rc, err := ctr.Logs(ctx)
 	if err != nil {
 		return fmt.Sprintf("(no logs: %v)", err)
