@@ -150,7 +150,15 @@ type room struct {
 	lag      map[*Client]uint64 // the last seq queued to each behind client
 	cache    []protocol.Message // the last cfg.History messages, ascending
 	last     uint64             // last seq delivered locally
+	lastTS   int64              // and its time
 	first    uint64             // oldest seq the bus still keeps
+	// seen and seenTS: after the relay tier's numbering started over
+	// (startOverLocked), the last seq and time delivered in the old one.
+	// A message of the new numbering at or below both was sequenced
+	// before the restart and kept (a salvaged log): the seed members that
+	// stayed have it already.
+	seen   uint64
+	seenTS int64
 	// behind: the link is down, or its resync of the room not answered
 	// yet; last may lag what clients saw on other instances.
 	behind   bool
@@ -638,7 +646,7 @@ func (r *room) remember(m *protocol.Message, keep int) {
 	if keep > 0 {
 		r.cache = append(r.cache, *m)
 	}
-	r.last = m.Seq
+	r.last, r.lastTS = m.Seq, m.TS
 }
 
 // presenceLocked tells the room's other local extended members about m.
@@ -663,6 +671,16 @@ func (h *Hub) deliverLocked(r *room, m *protocol.Message) {
 	}
 	if m.Seq != r.last+1 && r.synced {
 		h.gapLocked(r, m.Seq)
+	}
+	if r.seen > 0 {
+		if m.Seq <= r.seen && m.TS <= r.seenTS {
+			// Kept from before the numbering started over: delivered
+			// already, to every member still here (the others were
+			// closed, and recover it by joining with since).
+			r.remember(m, h.cfg.History)
+			return
+		}
+		r.seen, r.seenTS = 0, 0
 	}
 	r.remember(m, h.cfg.History)
 	var frame []byte
@@ -888,7 +906,8 @@ func (h *Hub) State() []link.RoomState {
 }
 
 // Restarted implements bus.Handler: the relayer's numbering started over
-// (a new or lost log). Seed clients go on with the new numbers. Extended
+// (a new, lost or salvaged log). Seed clients go on with the new numbers,
+// and get no message the new log kept from the old twice (room.seen). Extended
 // members of a room that had messages hold positions in the old ones (a
 // join's since), so they are closed with 1012 to reconnect and join again,
 // and that join answers with the room's new, lower seq: a client takes it
@@ -914,7 +933,10 @@ func (h *Hub) startOverLocked(r *room) {
 			}
 		}
 	}
-	r.last, r.first, r.cache = 0, 0, nil
+	if r.last > r.seen {
+		r.seen, r.seenTS = r.last, r.lastTS
+	}
+	r.last, r.lastTS, r.first, r.cache = 0, 0, 0, nil
 	h.restartLagLocked(r)
 }
 
