@@ -82,6 +82,7 @@ type roomView struct {
 	once   bool   // joined at least once
 	base   uint64 // joined.seq of the very first join: what came before is not the member's
 	last   uint64 // the last seq seen, the next recovery's since
+	epoch  string // the numbering last counts in (joined.epoch)
 	// startOvers counts recovery joins answered with a lower seq than
 	// since: the relayer's log started over (docs/protocol.md, recovery 3).
 	startOvers  int
@@ -217,7 +218,7 @@ func (c *client) connect(ctx context.Context) (*websocket.Conn, error) {
 			in := protocol.Inbound{Type: protocol.TypeJoin, Room: r, ID: joinID(r, c.conns)}
 			if v.once {
 				since := v.last
-				in.Since = &since
+				in.Since, in.Epoch = &since, v.epoch
 			}
 			joins = append(joins, in)
 		}
@@ -410,6 +411,11 @@ func (c *client) joined(j protocol.Joined, now time.Time) {
 	case !v.once:
 		// What came before the first join is not this member's to see.
 		v.base, v.last = j.Seq, j.Seq
+	case j.Epoch != "" && v.epoch != "" && j.Epoch != v.epoch:
+		// The room's numbering started over (the join's since counted in
+		// the old one, so the answer recovers the new one from its start).
+		v.startOvers++
+		v.last = 0
 	case j.Seq < v.last:
 		// The relayer's log started over: start the room over.
 		v.startOvers++
@@ -423,7 +429,7 @@ func (c *client) joined(j protocol.Joined, now time.Time) {
 			v.last = max(v.last, m.Seq)
 		}
 	}
-	v.once, v.joined = true, true
+	v.once, v.joined, v.epoch = true, true, j.Epoch
 	for _, r := range c.rooms {
 		if !c.views[r].joined {
 			return

@@ -129,6 +129,9 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 			return bad(CodeBadRequest, "session must be valid UTF-8 of at most %d bytes", rules.MaxIDBytes)
 		}
 	case TypeJoin, TypeJoinRoom, TypeLeave, TypeHistory:
+		if len(in.Epoch) > rules.MaxIDBytes || !utf8.ValidString(in.Epoch) {
+			return bad(CodeBadRequest, "epoch must be valid UTF-8 of at most %d bytes", rules.MaxIDBytes)
+		}
 		if err := ValidName(in.Room, rules.MaxRoomBytes); err != nil {
 			return bad(CodeBadRoom, "room %v", err)
 		}
@@ -203,6 +206,8 @@ func decodeFast(data []byte, in *Inbound) bool {
 			in.Nick, ok = p.Str()
 		case "session":
 			in.Session, ok = p.Str()
+		case "epoch":
+			in.Epoch, ok = p.Str()
 		case "since":
 			var v uint64
 			if v, ok = p.Uint(); ok {

@@ -159,6 +159,10 @@ func AppendJoined(dst []byte, j *Joined) []byte {
 		dst = append(dst, `,"recovered":`...)
 		dst = strconv.AppendBool(dst, *j.Recovered)
 	}
+	if j.Epoch != "" {
+		dst = append(dst, `,"epoch":`...)
+		dst = AppendString(dst, j.Epoch)
+	}
 	return append(dst, '}')
 }
 

@@ -82,6 +82,10 @@ type Inbound struct {
 	Session string `json:"session,omitempty"`
 	// Since asks join to recover every message after this sequence number.
 	Since *uint64 `json:"since,omitempty"`
+	// Epoch (join, with Since) is the joined.epoch Since counts in: when
+	// the room's numbering has started over since, Since means nothing and
+	// the join recovers the new numbering from its start.
+	Epoch string `json:"epoch,omitempty"`
 	// Before pages history backwards: messages with seq < Before.
 	Before uint64 `json:"before,omitempty"`
 	Limit  int    `json:"limit,omitempty"`
@@ -120,6 +124,11 @@ type Joined struct {
 	// when History holds every message after since, false when some were
 	// too old to recover and History holds only the most recent ones.
 	Recovered *bool `json:"recovered,omitempty"`
+	// Epoch names the room's numbering: a joined with another epoch than
+	// the client last saw for the room means its sequence numbers started
+	// over (a relayer with a new, lost or salvaged log; a standalone
+	// restart), and the client's since and held seqs mean nothing in it.
+	Epoch string `json:"epoch,omitempty"`
 }
 
 // Left answers leave.

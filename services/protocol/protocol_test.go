@@ -273,3 +273,18 @@ func TestDecodeSession(t *testing.T) {
 		t.Fatalf("a 66-byte session: got %+v, %v", in, err)
 	}
 }
+
+func TestDecodeEpoch(t *testing.T) {
+	for _, s := range []string{`"mj3k2x0a"`, `"a\"b"`} {
+		in, err := Decode([]byte(`{"type":"join","room":"r","since":4,"epoch":`+s+`}`), Rules{})
+		var want string
+		json.Unmarshal([]byte(s), &want)
+		if err != nil || in.Epoch != want || in.Since == nil || *in.Since != 4 {
+			t.Fatalf("epoch %s: got %+v, %v", s, in, err)
+		}
+	}
+	in, err := Decode([]byte(`{"type":"join","room":"r","since":4,"epoch":"`+strings.Repeat("é", 33)+`"}`), Rules{})
+	if err == nil || err.Code != CodeBadRequest || !strings.Contains(err.Message, "epoch") {
+		t.Fatalf("a 66-byte epoch: got %+v, %v", in, err)
+	}
+}

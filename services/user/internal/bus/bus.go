@@ -56,6 +56,9 @@ type Subscription struct {
 	Gap     bool
 	Members []protocol.Member
 	Msgs    []protocol.Message
+	// Epoch names the backend's numbering the answer is in (the relayer's
+	// log; a standalone bus's process), for clients (protocol.Joined).
+	Epoch string
 	// Settle is how long Members may still lack other instances' members
 	// (see link.Frame.Settle); zero when it is the whole presence.
 	Settle time.Duration

@@ -2,6 +2,7 @@ package bus
 
 import (
 	"context"
+	"strconv"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ type Local struct {
 	ops   []func()
 	wake  chan struct{}
 	rooms map[string]*localRoom
+	epoch string // this process's numbering: a restart starts rooms at 1
 
 	// Owned by Run: the last window publishes of clients with a session,
 	// by session and id, as a relayer remembers them (its DEDUP_WINDOW).
@@ -48,7 +50,7 @@ type localRoom struct {
 func NewLocal(h Handler, limit int) *Local {
 	return &Local{
 		h: h, limit: limit, now: time.Now, wake: make(chan struct{}, 1), rooms: map[string]*localRoom{},
-		sent: map[clientKey]roomSeq{},
+		sent: map[clientKey]roomSeq{}, epoch: strconv.FormatInt(time.Now().UnixNano(), 36),
 	}
 }
 
@@ -144,6 +146,7 @@ func (l *Local) Subscribe(rs link.RoomState) {
 			First: r.first(),
 			Gap:   rs.Since > 0 && rs.Since+1 < r.first(),
 			Msgs:  r.after(from),
+			Epoch: l.epoch,
 		})
 	})
 }

@@ -152,6 +152,7 @@ type room struct {
 	last     uint64             // last seq delivered locally
 	lastTS   int64              // and its time
 	first    uint64             // oldest seq the bus still keeps
+	epoch    string             // the bus's numbering (bus.Subscription.Epoch)
 	// seen and seenTS: after the relay tier's numbering started over
 	// (startOverLocked), the last seq and time delivered in the old one.
 	// A message of the new numbering at or below both was sequenced
@@ -403,6 +404,13 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 		return
 	}
 	since := *in.Since
+	if in.Epoch != "" && r.epoch != "" && in.Epoch != r.epoch {
+		// since counts in a numbering that started over after it (a
+		// relayer back with a new or salvaged log): every message of the
+		// new one is missed, and the answer's epoch tells the client to
+		// drop what it holds of the room.
+		since = 0
+	}
 	if since > r.last && (r.behind || !h.bus.Ready()) {
 		// The client saw more of the room, elsewhere, than this instance
 		// has while it is cut off from the relay or catching up: answering
@@ -484,7 +492,7 @@ func (h *Hub) joinedLocked(r *room, c *Client, in protocol.Inbound, history []pr
 		return cmp.Or(cmp.Compare(a.Nick, b.Nick), cmp.Compare(a.ID, b.ID))
 	})
 	c.sendLocked(protocol.AppendJoined(nil, &protocol.Joined{
-		ID: in.ID, Room: r.name, Seq: r.last, Members: members, History: history, Recovered: recovered,
+		ID: in.ID, Room: r.name, Seq: r.last, Members: members, History: history, Recovered: recovered, Epoch: r.epoch,
 	}))
 }
 
@@ -745,7 +753,7 @@ func (h *Hub) Subscribed(s bus.Subscription) {
 		}
 		r.last = s.Seq
 	}
-	r.first, r.behind = s.First, false
+	r.first, r.behind, r.epoch = s.First, false, s.Epoch
 	// Presence: the backend's view for other instances, our own for ours.
 	next := map[string]protocol.Member{}
 	for _, m := range s.Members {

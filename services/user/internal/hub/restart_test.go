@@ -1,6 +1,8 @@
 package hub
 
 import (
+	"encoding/json"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -45,5 +47,39 @@ func TestSeedMembersGetNoKeptMessageTwiceAfterARestart(t *testing.T) {
 	h.Subscribed(bus.Subscription{Room: "r", Seq: 1, Msgs: []protocol.Message{msg(1, 6000, "fresh one")}})
 	if f := seed.next(t); !strings.Contains(f, `"fresh one"`) {
 		t.Fatalf(`want "fresh one", got %s`, f)
+	}
+}
+
+// A recovery join whose since counts in an earlier numbering of the room
+// (its epoch) recovers the new numbering from its start, and the answer
+// names the new epoch; one in the current numbering recovers after since.
+func TestJoinWithSinceOfAnEarlierEpochRecoversTheNewNumbering(t *testing.T) {
+	h, srv := startHub(t, 0)
+	addr := srv.Listener.Addr().String()
+	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
+	var first protocol.Joined
+	if err := json.Unmarshal([]byte(a.expect(t, `"joined"`)), &first); err != nil || first.Epoch == "" {
+		t.Fatalf("joined without an epoch (%v)", err)
+	}
+	h.Restarted()
+	h.Subscribed(bus.Subscription{Room: "r", Seq: 2, Epoch: "e2", Msgs: []protocol.Message{
+		{Room: "r", Seq: 1, TS: 5000, Text: "one", UID: "u1.1"},
+		{Room: "r", Seq: 2, TS: 5001, Text: "two", UID: "u1.1"},
+	}})
+	join := func(nick, epoch string) protocol.Joined {
+		t.Helper()
+		c := dialRaw(t, addr, fmt.Sprintf(`{"type":"hello","nick":%q}`, nick),
+			fmt.Sprintf(`{"type":"join","room":"r","id":"j","since":5,"epoch":%q}`, epoch))
+		var j protocol.Joined
+		if err := json.Unmarshal([]byte(c.expect(t, `"joined"`)), &j); err != nil {
+			t.Fatal(err)
+		}
+		return j
+	}
+	if j := join("b", first.Epoch); j.Epoch != "e2" || len(j.History) != 2 || j.Recovered == nil || !*j.Recovered {
+		t.Fatalf("since 5 of epoch %s: got epoch %q, %d messages, recovered %v; want e2, both, true", first.Epoch, j.Epoch, len(j.History), j.Recovered)
+	}
+	if j := join("c", "e2"); j.Epoch != "e2" || len(j.History) != 0 {
+		t.Fatalf("since 5 of epoch e2: got epoch %q and %d messages; want e2 and none", j.Epoch, len(j.History))
 	}
 }

@@ -50,6 +50,8 @@ type Bus struct {
 	h   bus.Handler
 	log *slog.Logger
 
+	epoch string // the relayer's log as of the link being served; set before serve
+
 	mu           sync.Mutex
 	up           bool   // connected: ops go to out; otherwise they are dropped and the next sync carries their effect
 	out          []byte // frames waiting for the writer
@@ -186,6 +188,7 @@ func (b *Bus) Run(ctx context.Context) error {
 				b.h.Restarted()
 			}
 			epoch = cmp.Or(e, epoch)
+			b.epoch = epoch
 			upSince := time.Now()
 			err = b.serve(ctx, conn)
 			b.down()
@@ -451,7 +454,7 @@ func (b *Bus) handle(f *link.Frame) error {
 	switch f.T {
 	case link.OpSubscribed:
 		b.h.Subscribed(bus.Subscription{Room: f.Room, Seq: f.Seq, First: f.First, Gap: f.Gap, Members: f.Members, Msgs: f.Msgs,
-			Settle: settle(f.Settle)})
+			Settle: settle(f.Settle), Epoch: b.epoch})
 	case link.OpMsg:
 		if f.Msg == nil {
 			return fmt.Errorf("msg frame without msg")

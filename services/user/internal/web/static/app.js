@@ -63,7 +63,7 @@
 
   const newRoom = (name) => ({
     name, joined: false, msgs: [], lastSeq: 0, atStart: false, loading: false, unread: 0,
-    members: new Map(), notice: '',
+    members: new Map(), notice: '', epoch: '',
   });
   const current = () => state.rooms.get(state.active);
 
@@ -209,7 +209,10 @@
 
   function sendJoin(room) {
     const frame = { type: 'join', room: room.name };
-    if (room.lastSeq > 0) frame.since = room.lastSeq;
+    if (room.lastSeq > 0) {
+      frame.since = room.lastSeq;
+      if (room.epoch) frame.epoch = room.epoch;
+    }
     request('join', room.name, frame);
   }
 
@@ -269,12 +272,16 @@
     room.joined = true;
     room.members = new Map((f.members || []).map((m) => [m.id, m]));
     const history = (f.history || []).filter((m) => isSeq(m.seq));
-    if (Number.isSafeInteger(f.seq) && f.seq < room.lastSeq) {
-      // Only a server that lost its state (a standalone instance restarted)
-      // reuses sequence numbers; what we show would collide with new ones.
+    const restarted = typeof f.epoch === 'string' && room.epoch && f.epoch !== room.epoch;
+    if (typeof f.epoch === 'string') room.epoch = f.epoch;
+    if (restarted || (Number.isSafeInteger(f.seq) && f.seq < room.lastSeq)) {
+      // The room's numbering started over (a new epoch: a relayer back with
+      // a new or salvaged log; a standalone instance restarted): what we
+      // show would collide with the new numbers, and the answer recovers
+      // the new numbering from its start.
       room.msgs = [];
       room.lastSeq = 0;
-      room.notice = 'The server lost this room\'s history; older messages are gone.';
+      room.notice = 'The server started this room\'s numbering over; earlier messages may be gone.';
     } else if (f.recovered === false) {
       // What we showed and what the server still has no longer meet.
       room.msgs = [];
