@@ -51,6 +51,15 @@ func TestCheckCountsDefects(t *testing.T) {
 			other := msg(3, "z", t0.Add(3*time.Second))
 			return append(g, other)
 		}, verdict{reused: 1, reordered: 1}},
+		// A start-over's history shows kept messages again where they
+		// were: not duplicates; one at another seq is.
+		{"start-over", nil, func(g []received) []received {
+			again := []received{g[0], g[1], msg(6, "c", t0.Add(6*time.Second))}
+			for i := range again {
+				again[i].restart = true
+			}
+			return append(g, again...)
+		}, verdict{duplicated: 1}},
 		// After a new epoch the numbers start over: not a reorder.
 		{"new epoch", epochs{restart}, func(g []received) []received {
 			g[3] = msg(1, "d", t0.Add(3*time.Second))

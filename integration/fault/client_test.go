@@ -72,7 +72,10 @@ type received struct {
 	msg  protocol.Message
 	conn int  // the client's connection it came on (1, 2, ...)
 	hist bool // from a joined frame's history, not live
-	at   time.Time
+	// restart: from the history of a join that started the room over (a
+	// new epoch): the client replaced what it held with it.
+	restart bool
+	at      time.Time
 }
 
 // roomView is one client's view of one room.
@@ -407,6 +410,7 @@ func (c *client) joined(j protocol.Joined, now time.Time) {
 	if v == nil {
 		return
 	}
+	restart := false
 	switch {
 	case !v.once:
 		// What came before the first join is not this member's to see.
@@ -416,6 +420,7 @@ func (c *client) joined(j protocol.Joined, now time.Time) {
 		// the old one, so the answer recovers the new one from its start).
 		v.startOvers++
 		v.last = 0
+		restart = true
 	case j.Seq < v.last:
 		// The relayer's log started over: start the room over.
 		v.startOvers++
@@ -425,7 +430,7 @@ func (c *client) joined(j protocol.Joined, now time.Time) {
 	}
 	if v.once {
 		for _, m := range j.History {
-			v.got = append(v.got, received{msg: m, conn: c.conns, hist: true, at: now})
+			v.got = append(v.got, received{msg: m, conn: c.conns, hist: true, restart: restart, at: now})
 			v.last = max(v.last, m.Seq)
 		}
 	}
