@@ -309,6 +309,12 @@ func (h *Hub) expireJoinsLocked(now time.Time) {
 	}
 }
 
+// unholdLocked forgets r's held members (see room.held).
+func (h *Hub) unholdLocked(r *room) {
+	r.held = nil
+	delete(h.holding, r)
+}
+
 // expireHeldLocked ends the held members' grace: those no presence join
 // confirmed by then have left (their instance did not re-sync in time, or
 // they left while the relayer was down).
@@ -323,8 +329,7 @@ func (h *Hub) expireHeldLocked(now time.Time) {
 				h.presenceLocked(r, protocol.PresenceLeave, m)
 			}
 		}
-		r.held = nil
-		delete(h.holding, r)
+		h.unholdLocked(r)
 	}
 }
 
@@ -764,8 +769,7 @@ func (h *Hub) Subscribed(s bus.Subscription) {
 	for c := range r.local {
 		next[c.member.ID] = c.member
 	}
-	r.held = nil
-	delete(h.holding, r)
+	h.unholdLocked(r)
 	if r.synced {
 		for id, m := range r.presence {
 			if _, ok := next[id]; ok {
@@ -865,8 +869,7 @@ func (h *Hub) Presence(room, event string, m protocol.Member) {
 		// Its instance re-synced (join: it never left) or it left.
 		delete(r.held, m.ID)
 		if len(r.held) == 0 {
-			r.held = nil
-			delete(h.holding, r)
+			h.unholdLocked(r)
 		}
 	}
 	switch {

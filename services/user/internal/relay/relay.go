@@ -50,7 +50,7 @@ type Bus struct {
 	h   bus.Handler
 	log *slog.Logger
 
-	epoch string // the relayer's log as of the link being served; set before serve
+	epoch string // the relayer's log as of the last link: written by Run before serve, read by the frames serve handles
 
 	mu           sync.Mutex
 	up           bool   // connected: ops go to out; otherwise they are dropped and the next sync carries their effect
@@ -178,17 +178,15 @@ func (b *Bus) Fetch(req uint64, room string, after, before uint64, limit int) {
 // Run keeps the link up until ctx ends, reconnecting with jittered backoff.
 func (b *Bus) Run(ctx context.Context) error {
 	backoff := b.cfg.MinBackoff
-	var epoch string // the relayer's log, as of the last link
 	for ctx.Err() == nil {
 		conn, e, err := b.dial(ctx)
 		if err == nil {
-			if e != epoch && epoch != "" && e != "" {
+			if e != b.epoch && b.epoch != "" && e != "" {
 				b.log.Warn("relay link: the relayer's log is not the one it had (new or lost data directory); its sequence numbers start over",
-					"epoch", e, "was", epoch)
+					"epoch", e, "was", b.epoch)
 				b.h.Restarted()
 			}
-			epoch = cmp.Or(e, epoch)
-			b.epoch = epoch
+			b.epoch = cmp.Or(e, b.epoch)
 			upSince := time.Now()
 			err = b.serve(ctx, conn)
 			b.down()
