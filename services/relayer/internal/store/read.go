@@ -1,10 +1,8 @@
 package store
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"hash/crc32"
 	"io"
 	"os"
 )
@@ -57,8 +55,8 @@ func (r *Reader) ReadRecord(off int64, buf []byte) ([]byte, error) {
 	if _, err := r.f.ReadAt(hdr[:], off); err != nil {
 		return nil, r.fail(off, err)
 	}
-	size := binary.LittleEndian.Uint32(hdr[0:4])
-	if size == 0 || size > maxRecordBytes {
+	size, ok := recordLength(hdr[:])
+	if !ok {
 		return nil, r.fail(off, fmt.Errorf("%w: length %d", ErrBadRecord, size))
 	}
 	if cap(buf) < int(size) {
@@ -68,7 +66,7 @@ func (r *Reader) ReadRecord(off int64, buf []byte) ([]byte, error) {
 	if _, err := r.f.ReadAt(buf, off+headerSize); err != nil {
 		return nil, r.fail(off, err)
 	}
-	if crc32.Checksum(buf, castagnoli) != binary.LittleEndian.Uint32(hdr[4:8]) {
+	if !intact(hdr[:], buf) {
 		return nil, r.fail(off, fmt.Errorf("%w: CRC mismatch", ErrBadRecord))
 	}
 	return buf, nil
@@ -105,11 +103,11 @@ func (s *Scanner) Record(off int64) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	size := int64(binary.LittleEndian.Uint32(hdr[0:4]))
-	sum := binary.LittleEndian.Uint32(hdr[4:8])
-	if size == 0 || size > maxRecordBytes {
-		return nil, s.r.fail(off, fmt.Errorf("%w: length %d", ErrBadRecord, size))
+	n, ok := recordLength(hdr)
+	if !ok {
+		return nil, s.r.fail(off, fmt.Errorf("%w: length %d", ErrBadRecord, n))
 	}
+	size := int64(n)
 	var p []byte
 	if headerSize+size > scanWindow {
 		p, err = s.r.ReadRecord(off, s.big)
@@ -119,11 +117,10 @@ func (s *Scanner) Record(off int64) ([]byte, error) {
 	if p, err = s.at(off, headerSize+size); err != nil {
 		return nil, err
 	}
-	p = p[headerSize:]
-	if crc32.Checksum(p, castagnoli) != sum {
+	if !intact(p[:headerSize], p[headerSize:]) {
 		return nil, s.r.fail(off, fmt.Errorf("%w: CRC mismatch", ErrBadRecord))
 	}
-	return p, nil
+	return p[headerSize:], nil
 }
 
 // at returns n bytes of the file from off, reading a new window from off

@@ -235,8 +235,8 @@ func readRecord(r *bufio.Reader, buf *[]byte) (payload []byte, bad string, err e
 	if err != nil {
 		return nil, "", err
 	}
-	size := binary.LittleEndian.Uint32(hdr[0:4])
-	if size == 0 || size > maxRecordBytes {
+	size, ok := recordLength(hdr[:])
+	if !ok {
 		return nil, fmt.Sprintf("implausible record length %d", size), nil
 	}
 	if cap(*buf) < int(size) {
@@ -249,7 +249,7 @@ func readRecord(r *bufio.Reader, buf *[]byte) (payload []byte, bad string, err e
 		}
 		return nil, "", err
 	}
-	if crc32.Checksum(p, castagnoli) != binary.LittleEndian.Uint32(hdr[4:8]) {
+	if !intact(hdr[:], p) {
 		return nil, "CRC mismatch", nil
 	}
 	return p, "", nil
@@ -290,7 +290,7 @@ func (l *Log) nextIntact(off, end int64) (int64, bool, error) {
 			if _, err := l.f.ReadAt(payload, at); err != nil {
 				return 0, false, fmt.Errorf("scan %s past offset %d: %w", l.path, off, err)
 			}
-			if crc32.Checksum(payload, castagnoli) == binary.LittleEndian.Uint32(buf[p+4:]) {
+			if intact(buf[p:], payload) {
 				return at - headerSize, true, nil
 			}
 		}

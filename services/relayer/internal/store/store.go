@@ -279,11 +279,28 @@ func writeSynced(path string, b []byte) error {
 	return nil
 }
 
-// Append buffers one record; nothing reaches the file before Sync.
-func (l *Log) Append(payload []byte) {
-	var hdr [headerSize]byte
+// header is payload's record header: its length and CRC-32C.
+func header(payload []byte) (hdr [headerSize]byte) {
 	binary.LittleEndian.PutUint32(hdr[0:4], uint32(len(payload)))
 	binary.LittleEndian.PutUint32(hdr[4:8], crc32.Checksum(payload, castagnoli))
+	return hdr
+}
+
+// recordLength is the payload length hdr gives, and whether a record can
+// have it.
+func recordLength(hdr []byte) (uint32, bool) {
+	size := binary.LittleEndian.Uint32(hdr[0:4])
+	return size, size != 0 && size <= maxRecordBytes
+}
+
+// intact reports whether payload is the one hdr's checksum was made of.
+func intact(hdr, payload []byte) bool {
+	return crc32.Checksum(payload, castagnoli) == binary.LittleEndian.Uint32(hdr[4:8])
+}
+
+// Append buffers one record; nothing reaches the file before Sync.
+func (l *Log) Append(payload []byte) {
+	hdr := header(payload)
 	l.buf = append(l.buf, hdr[:]...)
 	l.buf = append(l.buf, payload...)
 }
@@ -352,12 +369,10 @@ func (l *Log) CompactChecked(records iter.Seq[[]byte], check func() error) error
 	if len(l.buf) > 0 || l.failed != nil {
 		return errors.New("store: Compact with unsynced records or after a failed Sync")
 	}
-	var hdr [headerSize]byte
 	return l.rewrite(func(w *bufio.Writer) (int64, error) {
 		var size int64
 		for p := range records {
-			binary.LittleEndian.PutUint32(hdr[0:4], uint32(len(p)))
-			binary.LittleEndian.PutUint32(hdr[4:8], crc32.Checksum(p, castagnoli))
+			hdr := header(p)
 			w.Write(hdr[:])
 			w.Write(p)
 			size += RecordSize(p)
