@@ -138,6 +138,23 @@ type client struct {
 	flapSeen  string            // the first of them, for the test's log
 	gaps      int               // history_gap errors
 	failure   error             // it gave up reconnecting
+	trace     []string          // connections, joins and their answers, for a failure's log
+}
+
+// maxTrace bounds a client's trace.
+const maxTrace = 200
+
+// tracef notes an event in the client's trace, timed from the fault (or
+// before it). Call with c.mu held.
+func (c *client) tracef(format string, args ...any) {
+	if len(c.trace) >= maxTrace {
+		return
+	}
+	at := "before the fault"
+	if f := c.w.faultTime(); !f.IsZero() {
+		at = fmt.Sprintf("%+.3fs", time.Since(f).Seconds())
+	}
+	c.trace = append(c.trace, at+": "+fmt.Sprintf(format, args...))
 }
 
 func newClient(w *world, base, name string, rooms []string, seed, sender bool) *client {
@@ -211,6 +228,7 @@ func (c *client) connect(ctx context.Context) (*websocket.Conn, error) {
 	c.update(func() {
 		c.conns++
 		c.conn, c.instance, c.uid, c.ready = conn, instance, uid, c.seed
+		c.tracef("connection %d on %s", c.conns, instance)
 		for _, r := range c.rooms {
 			v := c.views[r]
 			v.joined = false
@@ -222,6 +240,7 @@ func (c *client) connect(ctx context.Context) (*websocket.Conn, error) {
 			if v.once {
 				since := v.last
 				in.Since, in.Epoch = &since, v.epoch
+				c.tracef("join %s since %d epoch %s", r, since, v.epoch)
 			}
 			joins = append(joins, in)
 		}
@@ -237,6 +256,14 @@ func (c *client) connect(ctx context.Context) (*websocket.Conn, error) {
 		}
 	}
 	return conn, nil
+}
+
+// recovered shows a joined frame's recovered, absent or not.
+func recovered(j protocol.Joined) string {
+	if j.Recovered == nil {
+		return "-"
+	}
+	return fmt.Sprint(*j.Recovered)
 }
 
 func joinID(room string, conn int) string { return fmt.Sprintf("join-%s-%d", room, conn) }
@@ -256,6 +283,7 @@ func (c *client) run(ctx context.Context, conn *websocket.Conn) {
 			default:
 				c.closes = append(c.closes, closeCode(err))
 			}
+			c.tracef("connection %d ended (self %v): %v", c.conns, self, err)
 		})
 		if uid != "" {
 			c.w.setAlive(uid, false)
@@ -385,6 +413,7 @@ func (c *client) take(b []byte) error {
 		}
 		var self bool
 		c.update(func() {
+			c.tracef("error %s (id %q, room %s)", e.Code, e.ID, e.Room)
 			switch {
 			case e.Code == "history_gap":
 				c.gaps++
@@ -427,6 +456,11 @@ func (c *client) joined(j protocol.Joined, now time.Time) {
 		v.last = j.Seq
 	case j.Recovered != nil && !*j.Recovered:
 		v.unrecovered++
+	}
+	if len(j.History) > 0 {
+		c.tracef("joined %s: seq %d epoch %s recovered %v restart %v history %d..%d", j.Room, j.Seq, j.Epoch, recovered(j), restart, j.History[0].Seq, j.History[len(j.History)-1].Seq)
+	} else {
+		c.tracef("joined %s: seq %d epoch %s recovered %v restart %v, no history", j.Room, j.Seq, j.Epoch, recovered(j), restart)
 	}
 	if v.once {
 		for _, m := range j.History {

@@ -205,6 +205,13 @@ func runScenario(t *testing.T, sc scenario) {
 		t.Error(p)
 	}
 	if !sum.verdict.clean() {
+		// What the members named in the problems did, to find the cause.
+		for _, c := range all {
+			if !slices.ContainsFunc(sum.verdict.problems, func(p string) bool { return strings.Contains(p, " "+c.name+" ") }) {
+				continue
+			}
+			c.read(func() { t.Logf("%s's trace:\n  %s", c.name, strings.Join(c.trace, "\n  ")) })
+		}
 		t.Errorf("acknowledged messages: %d lost, %d duplicated, %d reordered; %d seqs reused",
 			sum.verdict.lost, sum.verdict.duplicated, sum.verdict.reordered, sum.verdict.reused)
 	}
