@@ -170,6 +170,11 @@ func repoRoot() (string, error) {
 // buildImages runs the same script as `make up`, so the tests exercise
 // the images users get, built the same way (offline base images included).
 func buildImages(ctx context.Context, name, root string) error {
+	unlock, err := lockBuild(imageTag)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	start := time.Now()
 	cmd := exec.CommandContext(ctx, "bash", filepath.Join(root, "deploy", "images.sh"))
 	cmd.Dir = root
