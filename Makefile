@@ -65,27 +65,29 @@ test: vet lint
 		if [ -n "$$failed" ]; then echo "FAILED:$$failed"; exit 1; fi
 	@$(MAKE) --no-print-directory fuzz
 
-# The decoders of untrusted bytes, as module:package:target (go test -fuzz
-# takes one target per run). Their committed corpora (testdata/fuzz) run
-# with every go test; this explores beyond them briefly. A failing input
-# is written to the package's testdata/fuzz: commit it with the fix.
-# The budget is a count of executions, not a duration: Go 1.26's fuzz
-# coordinator can fail a target with a bare "context deadline exceeded" when
-# a duration ends while a worker is mid-call (go.dev/issue/75804, fixed in
-# Go 1.27); a count has no deadline to race. 200000x is a few seconds each.
-FUZZTIME ?= 200000x
+# The decoders of untrusted bytes, as module:package:target:budget (go test
+# -fuzz takes one target per run). Their committed corpora (testdata/fuzz)
+# run with every go test; this explores beyond them briefly. A failing
+# input is written to the package's testdata/fuzz: commit it with the fix.
+# A budget is a count of executions, not a duration: Go 1.26's fuzz
+# coordinator can fail a target with a bare "context deadline exceeded"
+# when a duration ends while a worker is mid-call (go.dev/issue/75804,
+# fixed in Go 1.27); a count has no deadline to race. Each is a few
+# seconds here (the replay target writes files: ~1,200 execs/s). FUZZTIME
+# overrides them all.
+FUZZTIME ?=
 FUZZ_TARGETS := \
-	services/protocol:.:FuzzDecode \
-	services/protocol:.:FuzzDecodeFastMatchesEncodingJSON \
-	services/protocol:./link:FuzzSplit \
-	services/protocol:./link:FuzzDecodeFastMatchesEncodingJSON \
-	services/relayer:./internal/store:FuzzDecodeRecord \
-	services/relayer:./internal/store:FuzzReplay
+	services/protocol:.:FuzzDecode:200000x \
+	services/protocol:.:FuzzDecodeFastMatchesEncodingJSON:200000x \
+	services/protocol:./link:FuzzSplit:200000x \
+	services/protocol:./link:FuzzDecodeFastMatchesEncodingJSON:200000x \
+	services/relayer:./internal/store:FuzzDecodeRecord:100000x \
+	services/relayer:./internal/store:FuzzReplay:8000x
 
 fuzz:
-	@for t in $(FUZZ_TARGETS); do IFS=: read -r dir pkg name <<< "$$t"; \
-		echo "== fuzz $$name in $$dir/$$pkg for $(FUZZTIME)"; \
-		(cd "$$dir" && go test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg"); done
+	@for t in $(FUZZ_TARGETS); do IFS=: read -r dir pkg name budget <<< "$$t"; budget=$${FUZZTIME:-$$budget}; \
+		echo "== fuzz $$name in $$dir/$$pkg for $$budget"; \
+		(cd "$$dir" && go test -run '^$$' -fuzz "^$$name\$$" -fuzztime "$$budget" "$$pkg") || exit 1; done
 
 fmt:
 	gofmt -w $(MODULES)
