@@ -32,18 +32,30 @@ type world struct {
 	n *dockerstack.Notifier
 
 	mu      sync.Mutex
-	alive   map[string]bool // member id -> its connection is open
-	faultAt time.Time       // zero until the fault is injected
+	alive   map[string]bool      // member id -> its connection is open
+	ended   map[string]time.Time // member id -> when its connection ended
+	faultAt time.Time            // zero until the fault is injected
 }
 
 func newWorld() *world {
-	return &world{n: dockerstack.NewNotifier(), alive: map[string]bool{}}
+	return &world{n: dockerstack.NewNotifier(), alive: map[string]bool{}, ended: map[string]time.Time{}}
 }
 
 func (w *world) setAlive(uid string, alive bool) {
 	w.mu.Lock()
 	w.alive[uid] = alive
+	if !alive {
+		w.ended[uid] = time.Now()
+	}
 	w.mu.Unlock()
+}
+
+// endedAt is when uid's connection ended (false: it has not).
+func (w *world) endedAt(uid string) (time.Time, bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	t, ok := w.ended[uid]
+	return t, ok
 }
 
 func (w *world) isAlive(uid string) bool {
@@ -92,6 +104,13 @@ type roomView struct {
 	unrecovered int // recovery joins answered recovered:false
 }
 
+// flap is a presence leave received about a member whose connection was
+// open then.
+type flap struct {
+	uid string
+	at  time.Time
+}
+
 // chat is one message a sender said, until it is acknowledged or refused.
 type chat struct {
 	room, text string
@@ -136,6 +155,7 @@ type client struct {
 	selfClose int               // connections the client ended (join refused)
 	flaps     int               // presence leaves of members still connected
 	flapSeen  string            // the first of them, for the test's log
+	flapped   []flap            // all of them
 	gaps      int               // history_gap errors
 	failure   error             // it gave up reconnecting
 	trace     []string          // connections, joins and their answers, for a failure's log
@@ -400,6 +420,7 @@ func (c *client) take(b []byte) error {
 		if p.Event == "leave" && c.w.isAlive(p.Member.ID) {
 			c.update(func() {
 				c.flaps++
+				c.flapped = append(c.flapped, flap{uid: p.Member.ID, at: now})
 				if c.flapSeen == "" {
 					c.flapSeen = fmt.Sprintf("%s (on %s) got presence leave of %s (%s on %s), still connected, %s after the fault",
 						c.name, c.instance, p.Member.ID, p.Member.Nick, p.Member.Instance, now.Sub(c.w.faultTime()).Round(time.Millisecond))

@@ -200,6 +200,24 @@ func runScenario(t *testing.T, sc scenario) {
 		})
 	}
 	report(t, sum)
+	if sum.flaps > 0 {
+		// When each flapped member's connection ended, if it did: a leave
+		// that raced its member's own close is told apart from one about
+		// a member that stayed.
+		var lines []string
+		for _, c := range all {
+			c.read(func() {
+				for _, f := range c.flapped {
+					end := "still open at the end"
+					if at, ok := w.endedAt(f.uid); ok {
+						end = fmt.Sprintf("its connection ended %s later", at.Sub(f.at).Round(time.Millisecond))
+					}
+					lines = append(lines, fmt.Sprintf("%s got leave of %s %s after the fault: %s", c.name, f.uid, f.at.Sub(faultAt).Round(time.Millisecond), end))
+				}
+			})
+		}
+		t.Logf("presence flaps:\n  %s", strings.Join(lines, "\n  "))
+	}
 
 	for _, p := range sum.verdict.problems {
 		t.Error(p)

@@ -425,14 +425,22 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 			"room %q: this instance is cut off from the relay and has not caught up with seq %d yet; join again later", r.name, since)
 		return
 	}
+	// When the bus no longer keeps every message after since, the client
+	// gets every one it still keeps (its oldest on) and recovered:false,
+	// not just the cache's tail: after a start-over, the tail may not
+	// reach back to the new numbering's first messages (the publishes the
+	// instances had queued, sequenced right after the kept records, which
+	// a salvaged log's hole puts after the bus's oldest).
+	complete := true
+	if since+1 < r.first {
+		since, complete = r.first-1, false
+	}
 	cacheFirst := r.cacheFirst()
 	switch {
 	case since >= r.last:
-		h.joinedLocked(r, c, in, nil, ptr(true))
+		h.joinedLocked(r, c, in, nil, ptr(complete))
 	case since+1 >= cacheFirst:
-		h.joinedLocked(r, c, in, r.after(since), ptr(true))
-	case since+1 < r.first:
-		h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.History), ptr(false))
+		h.joinedLocked(r, c, in, r.after(since), ptr(complete))
 	default:
 		r.local[c] = fetching
 		var req uint64
@@ -451,11 +459,15 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 			}
 			// The fetched messages and the cache must meet without a hole:
 			// the cache only moves forward while the fetch is in flight.
-			if len(msgs) == 0 || msgs[0].Seq != since+1 || msgs[len(msgs)-1].Seq+1 < r.cacheFirst() {
+			// More than FetchLimit between since and the cache: what the
+			// fetch brought is the newest of them (after 0 pages back),
+			// or does not meet the cache (the tail then).
+			if len(msgs) == 0 || msgs[len(msgs)-1].Seq+1 < r.cacheFirst() {
 				h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.History), ptr(false))
 				return
 			}
-			h.joinedLocked(r, c, in, append(msgs, r.after(msgs[len(msgs)-1].Seq)...), ptr(true))
+			all := complete && msgs[0].Seq == since+1
+			h.joinedLocked(r, c, in, append(msgs, r.after(msgs[len(msgs)-1].Seq)...), ptr(all))
 		})
 		r.fetchReq[c] = req
 	}

@@ -83,3 +83,68 @@ func TestJoinWithSinceOfAnEarlierEpochRecoversTheNewNumbering(t *testing.T) {
 		t.Fatalf("since 5 of epoch e2: got epoch %q and %d messages; want e2 and none", j.Epoch, len(j.History))
 	}
 }
+
+// keptFetches answers fetches from kept, as the relayer does from its log:
+// after < seq < before (before 0: unbounded), at most limit, the newest
+// ones when after is 0.
+type keptFetches struct {
+	bus.Bus
+	h    *Hub
+	kept []protocol.Message
+}
+
+func (f keptFetches) Fetch(req uint64, _ string, after, before uint64, limit int) {
+	var out []protocol.Message
+	for _, m := range f.kept {
+		if m.Seq > after && (before == 0 || m.Seq < before) {
+			out = append(out, m)
+		}
+	}
+	if len(out) > limit {
+		if after == 0 {
+			out = out[len(out)-limit:]
+		} else {
+			out = out[:limit]
+		}
+	}
+	go f.h.Fetched(req, out, 0, nil)
+}
+
+// After a relayer came back with a salvaged log whose hole leaves its
+// oldest kept message of a room at 17, a recovery join gets every message
+// the relayer still keeps, from 17 on, with recovered:false — not only the
+// instance's cached tail, which would miss the new numbering's first
+// messages (31 to 35 here: what the instances had queued) for good.
+func TestRecoveryPastTheOldestKeptGetsEverythingKept(t *testing.T) {
+	var kept []protocol.Message
+	for seq := uint64(17); seq <= 40; seq++ {
+		kept = append(kept, protocol.Message{Room: "r", Seq: seq, TS: int64(1000 + seq), Text: fmt.Sprintf("m%d", seq), UID: "u1.1"})
+	}
+	h, srv := startHubOn(t, func(c *Config) { c.History = 10 }, func(h *Hub, b bus.Bus) bus.Bus { return keptFetches{b, h, kept} })
+	addr := srv.Listener.Addr().String()
+	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
+	var first protocol.Joined
+	if err := json.Unmarshal([]byte(a.expect(t, `"joined"`)), &first); err != nil {
+		t.Fatal(err)
+	}
+	h.Restarted()
+	h.Subscribed(bus.Subscription{Room: "r", Seq: 40, First: 17, Epoch: "e2", Msgs: kept})
+
+	for _, join := range []string{
+		fmt.Sprintf(`{"type":"join","room":"r","id":"j","since":30,"epoch":%q}`, first.Epoch), // an earlier numbering: from its start
+		`{"type":"join","room":"r","id":"j","since":5,"epoch":"e2"}`,                          // this one, below its oldest kept
+	} {
+		c := dialRaw(t, addr, `{"type":"hello","nick":"b"}`, join)
+		var j protocol.Joined
+		if err := json.Unmarshal([]byte(c.expect(t, `"joined"`)), &j); err != nil {
+			t.Fatal(err)
+		}
+		if len(j.History) != len(kept) || j.History[0].Seq != 17 || j.History[len(j.History)-1].Seq != 40 || j.Recovered == nil || *j.Recovered {
+			var seqs []uint64
+			for _, m := range j.History {
+				seqs = append(seqs, m.Seq)
+			}
+			t.Fatalf("%s: got seqs %v, recovered %v; want 17 to 40 and recovered false", join, seqs, j.Recovered)
+		}
+	}
+}
