@@ -444,7 +444,10 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 	default:
 		r.local[c] = fetching
 		var req uint64
-		req = h.fetchLocked(r.name, since, cacheFirst, h.cfg.FetchLimit, func(msgs []protocol.Message, _ uint64, err error) {
+		// Up to the room's end, not the cache's start: a full cache drops
+		// its oldest while the fetch is in flight, and under traffic the
+		// fetched messages would no longer meet it.
+		req = h.fetchLocked(r.name, since, 0, h.cfg.FetchLimit, func(msgs []protocol.Message, _ uint64, err error) {
 			if h.rooms[r.name] != r || r.local[c] != fetching || r.fetchReq[c] != req {
 				return // left, or left and joined again, meanwhile
 			}
@@ -457,11 +460,14 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 				h.unavailableLocked(c, in, "room %q: the history since seq %d could not be fetched now (%v); join again", r.name, since, err)
 				return
 			}
-			// The fetched messages and the cache must meet without a hole:
-			// the cache only moves forward while the fetch is in flight.
-			// More than FetchLimit between since and the cache: what the
-			// fetch brought is the newest of them (after 0 pages back),
+			// Only what this instance has delivered: the rest reaches the
+			// client live. The fetched messages and the cache must meet
+			// without a hole; with more than FetchLimit after since, what
+			// the fetch brought is the newest of them (after 0 pages back),
 			// or does not meet the cache (the tail then).
+			for len(msgs) > 0 && msgs[len(msgs)-1].Seq > r.last {
+				msgs = msgs[:len(msgs)-1]
+			}
 			if len(msgs) == 0 || msgs[len(msgs)-1].Seq+1 < r.cacheFirst() {
 				h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.History), ptr(false))
 				return

@@ -87,13 +87,27 @@ func TestJoinWithSinceOfAnEarlierEpochRecoversTheNewNumbering(t *testing.T) {
 // keptFetches answers fetches from kept, as the relayer does from its log:
 // after < seq < before (before 0: unbounded), at most limit, the newest
 // ones when after is 0.
+// When during is set, it runs before each answer (in the answer's
+// goroutine, as a message delivered while the fetch is in flight).
 type keptFetches struct {
 	bus.Bus
-	h    *Hub
-	kept []protocol.Message
+	h      *Hub
+	kept   []protocol.Message
+	during func()
 }
 
 func (f keptFetches) Fetch(req uint64, _ string, after, before uint64, limit int) {
+	if f.during != nil {
+		go func() {
+			f.during()
+			f.answer(req, after, before, limit)
+		}()
+		return
+	}
+	f.answer(req, after, before, limit)
+}
+
+func (f keptFetches) answer(req uint64, after, before uint64, limit int) {
 	var out []protocol.Message
 	for _, m := range f.kept {
 		if m.Seq > after && (before == 0 || m.Seq < before) {
@@ -120,7 +134,7 @@ func TestRecoveryPastTheOldestKeptGetsEverythingKept(t *testing.T) {
 	for seq := uint64(17); seq <= 40; seq++ {
 		kept = append(kept, protocol.Message{Room: "r", Seq: seq, TS: int64(1000 + seq), Text: fmt.Sprintf("m%d", seq), UID: "u1.1"})
 	}
-	h, srv := startHubOn(t, func(c *Config) { c.History = 10 }, func(h *Hub, b bus.Bus) bus.Bus { return keptFetches{b, h, kept} })
+	h, srv := startHubOn(t, func(c *Config) { c.History = 10 }, func(h *Hub, b bus.Bus) bus.Bus { return keptFetches{b, h, kept, nil} })
 	addr := srv.Listener.Addr().String()
 	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
 	var first protocol.Joined
@@ -146,5 +160,39 @@ func TestRecoveryPastTheOldestKeptGetsEverythingKept(t *testing.T) {
 			}
 			t.Fatalf("%s: got seqs %v, recovered %v; want 17 to 40 and recovered false", join, seqs, j.Recovered)
 		}
+	}
+}
+
+// A recovery whose fetch is in flight while the room's messages go on
+// (a full cache dropping its oldest) still gets every message: the fetch
+// reaches the room's end, not where the cache began when it was asked.
+// Before, the fetched messages no longer met the cache and the client got
+// the cache's tail, recovered:false — after a start-over, under the
+// re-sent publishes' traffic, the new numbering's first messages for good.
+func TestRecoveryWhileTheRoomGoesOnGetsEveryMessage(t *testing.T) {
+	var kept []protocol.Message
+	for seq := uint64(1); seq <= 41; seq++ {
+		kept = append(kept, protocol.Message{Room: "r", Seq: seq, TS: int64(1000 + seq), Text: fmt.Sprintf("m%d", seq), UID: "u1.1"})
+	}
+	var h *Hub
+	h, srv := startHubOn(t, func(c *Config) { c.History = 10 }, func(hh *Hub, b bus.Bus) bus.Bus {
+		return keptFetches{b, hh, kept, func() { h.Message(&kept[40]) }}
+	})
+	addr := srv.Listener.Addr().String()
+	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
+	a.expect(t, `"joined"`)
+	h.Subscribed(bus.Subscription{Room: "r", Seq: 40, First: 1, Epoch: "e1", Msgs: kept[:40]})
+
+	c := dialRaw(t, addr, `{"type":"hello","nick":"b"}`, `{"type":"join","room":"r","id":"j","since":5,"epoch":"e1"}`)
+	var j protocol.Joined
+	if err := json.Unmarshal([]byte(c.expect(t, `"joined"`)), &j); err != nil {
+		t.Fatal(err)
+	}
+	var seqs []uint64
+	for _, m := range j.History {
+		seqs = append(seqs, m.Seq)
+	}
+	if len(seqs) != 36 || seqs[0] != 6 || seqs[35] != 41 || j.Recovered == nil || !*j.Recovered {
+		t.Fatalf("got seqs %v, recovered %v; want 6 to 41 and recovered true", seqs, j.Recovered)
 	}
 }
