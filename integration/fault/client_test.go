@@ -32,30 +32,41 @@ type world struct {
 	n *dockerstack.Notifier
 
 	mu      sync.Mutex
-	alive   map[string]bool      // member id -> its connection is open
-	ended   map[string]time.Time // member id -> when its connection ended
-	faultAt time.Time            // zero until the fault is injected
+	alive   map[string]bool   // member id -> its connection is open
+	ended   map[string]ending // member id -> how its connection ended
+	faultAt time.Time         // zero until the fault is injected
 }
 
 func newWorld() *world {
-	return &world{n: dockerstack.NewNotifier(), alive: map[string]bool{}, ended: map[string]time.Time{}}
+	return &world{n: dockerstack.NewNotifier(), alive: map[string]bool{}, ended: map[string]ending{}}
 }
 
-func (w *world) setAlive(uid string, alive bool) {
+// ending is how a member's connection ended: when, and whether the server
+// ended it (a close frame).
+type ending struct {
+	at       time.Time
+	byServer bool
+}
+
+func (w *world) setAlive(uid string) {
 	w.mu.Lock()
-	w.alive[uid] = alive
-	if !alive {
-		w.ended[uid] = time.Now()
-	}
+	w.alive[uid] = true
 	w.mu.Unlock()
 }
 
-// endedAt is when uid's connection ended (false: it has not).
-func (w *world) endedAt(uid string) (time.Time, bool) {
+func (w *world) setEnded(uid string, byServer bool) {
+	w.mu.Lock()
+	w.alive[uid] = false
+	w.ended[uid] = ending{at: time.Now(), byServer: byServer}
+	w.mu.Unlock()
+}
+
+// endedOf is how uid's connection ended (false: it has not).
+func (w *world) endedOf(uid string) (ending, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	t, ok := w.ended[uid]
-	return t, ok
+	e, ok := w.ended[uid]
+	return e, ok
 }
 
 func (w *world) isAlive(uid string) bool {
@@ -104,11 +115,13 @@ type roomView struct {
 	unrecovered int // recovery joins answered recovered:false
 }
 
-// flap is a presence leave received about a member whose connection was
-// open then.
-type flap struct {
-	uid string
-	at  time.Time
+// leave is a presence leave received about a member whose connection was
+// still open for this client: a flap, unless the server was ending that
+// connection (see flaps).
+type leave struct {
+	uid  string
+	at   time.Time
+	what string // for the test's log
 }
 
 // chat is one message a sender said, until it is acknowledged or refused.
@@ -153,9 +166,7 @@ type client struct {
 	delivered map[string]bool   // ids found delivered, their ack lost with a connection
 	closes    []string          // how each connection the server ended ended
 	selfClose int               // connections the client ended (join refused)
-	flaps     int               // presence leaves of members still connected
-	flapSeen  string            // the first of them, for the test's log
-	flapped   []flap            // all of them
+	leaves    []leave           // presence leaves of members still connected
 	gaps      int               // history_gap errors
 	failure   error             // it gave up reconnecting
 	trace     []string          // connections, joins and their answers, for a failure's log
@@ -266,11 +277,11 @@ func (c *client) connect(ctx context.Context) (*websocket.Conn, error) {
 		}
 	})
 	if uid != "" {
-		c.w.setAlive(uid, true)
+		c.w.setAlive(uid)
 	}
 	for _, in := range joins {
 		if err := dockerstack.Send(ctx, conn, in); err != nil {
-			c.w.setAlive(uid, false)
+			c.w.setEnded(uid, false)
 			conn.CloseNow()
 			return nil, fmt.Errorf("join %s: %w", in.Room, err)
 		}
@@ -306,7 +317,7 @@ func (c *client) run(ctx context.Context, conn *websocket.Conn) {
 			c.tracef("connection %d ended (self %v): %v", c.conns, self, err)
 		})
 		if uid != "" {
-			c.w.setAlive(uid, false)
+			c.w.setEnded(uid, !self && websocket.CloseStatus(err) != -1)
 		}
 		conn.CloseNow()
 		if ctx.Err() != nil {
@@ -419,12 +430,8 @@ func (c *client) take(b []byte) error {
 		}
 		if p.Event == "leave" && c.w.isAlive(p.Member.ID) {
 			c.update(func() {
-				c.flaps++
-				c.flapped = append(c.flapped, flap{uid: p.Member.ID, at: now})
-				if c.flapSeen == "" {
-					c.flapSeen = fmt.Sprintf("%s (on %s) got presence leave of %s (%s on %s), still connected, %s after the fault",
-						c.name, c.instance, p.Member.ID, p.Member.Nick, p.Member.Instance, now.Sub(c.w.faultTime()).Round(time.Millisecond))
-				}
+				c.leaves = append(c.leaves, leave{uid: p.Member.ID, at: now, what: fmt.Sprintf("%s (on %s) got presence leave of %s (%s on %s), still connected, %s after the fault",
+					c.name, c.instance, p.Member.ID, p.Member.Nick, p.Member.Instance, now.Sub(c.w.faultTime()).Round(time.Millisecond))})
 			})
 		}
 	case protocol.TypeError:

@@ -41,10 +41,6 @@ var rooms = []string{"alpha", "beta"}
 type scenario struct {
 	name string
 	long bool // only with WSCHAT_FAULT_LONG=1
-	// open names a defect the scenario still shows in some runs: it runs
-	// with the long ones only, so that make test stays a verdict on what
-	// is fixed (docs/reliability.md).
-	open string
 	// split runs the relay link on a network of its own (see cutOff).
 	split bool
 	// quiet: no client connection may be closed and no member still
@@ -56,12 +52,6 @@ type scenario struct {
 	// the time the relayer came back with a new log epoch, if it did.
 	inject func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time
 }
-
-// newEpochLoss: after the relayer comes back on a damaged log with a new
-// epoch, in about one run of three one member misses the first messages
-// sequenced in the new epoch (the publishes its replica re-sent), though
-// they were acknowledged; the cause is not found yet.
-const newEpochLoss = "one member may miss the new epoch's first messages"
 
 var scenarios = []scenario{
 	{name: "relayer SIGKILL", quiet: true, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
@@ -84,13 +74,13 @@ var scenarios = []scenario{
 		cutOff(ctx, t, s, s.User("ws-user-1"), down)
 		return time.Time{}
 	}},
-	{name: "log truncated", open: newEpochLoss, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+	{name: "log truncated", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
 		return damageLog(ctx, t, s, truncated, down)
 	}},
-	{name: "log torn tail", open: newEpochLoss, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+	{name: "log torn tail", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
 		return damageLog(ctx, t, s, tornTail, down)
 	}},
-	{name: "log flipped bytes", open: newEpochLoss, inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
+	{name: "log flipped bytes", inject: func(ctx context.Context, t *testing.T, s *dockerstack.Stack, down func()) time.Time {
 		return damageLog(ctx, t, s, flipped, down)
 	}},
 }
@@ -115,9 +105,6 @@ func TestFaults(t *testing.T) {
 		t.Run(sc.name, func(t *testing.T) {
 			if sc.long && !long {
 				t.Skipf("a long scenario: set %s=1", longEnv)
-			}
-			if sc.open != "" && !long {
-				t.Skipf("still open (%s): set %s=1", sc.open, longEnv)
 			}
 			for i := 1; i <= runs; i++ {
 				t.Run(fmt.Sprintf("run %d", i), func(t *testing.T) { runScenario(t, sc) })
@@ -193,30 +180,17 @@ func runScenario(t *testing.T, sc scenario) {
 			for _, code := range c.closes {
 				sum.closed[code]++
 			}
-			sum.flaps += c.flaps
-			if c.flapSeen != "" && len(flapSeen) < 3 {
-				flapSeen = append(flapSeen, c.flapSeen)
+			for _, f := range flaps(w, c.leaves) {
+				sum.flaps++
+				if len(flapSeen) < 3 {
+					flapSeen = append(flapSeen, f)
+				}
 			}
 		})
 	}
 	report(t, sum)
-	if sum.flaps > 0 {
-		// When each flapped member's connection ended, if it did: a leave
-		// that raced its member's own close is told apart from one about
-		// a member that stayed.
-		var lines []string
-		for _, c := range all {
-			c.read(func() {
-				for _, f := range c.flapped {
-					end := "still open at the end"
-					if at, ok := w.endedAt(f.uid); ok {
-						end = fmt.Sprintf("its connection ended %s later", at.Sub(f.at).Round(time.Millisecond))
-					}
-					lines = append(lines, fmt.Sprintf("%s got leave of %s %s after the fault: %s", c.name, f.uid, f.at.Sub(faultAt).Round(time.Millisecond), end))
-				}
-			})
-		}
-		t.Logf("presence flaps:\n  %s", strings.Join(lines, "\n  "))
+	if len(flapSeen) > 0 {
+		t.Logf("presence flaps, e.g.:\n  %s", strings.Join(flapSeen, "\n  "))
 	}
 
 	for _, p := range sum.verdict.problems {
@@ -236,6 +210,25 @@ func runScenario(t *testing.T, sc scenario) {
 	if sc.quiet && (sum.closedText() != "0" || sum.flaps != 0) {
 		t.Errorf("clients closed: %s, presence flaps: %d; want none (the fault is the relay tier's); flaps: %q", sum.closedText(), sum.flaps, flapSeen)
 	}
+}
+
+// flapGrace: a leave about a member whose connection the server ended at
+// most this long after it arrived is that connection's own (the 1012 of a
+// start-over reaches the member and the leave its room-mates in either
+// order: up to 71 ms apart under -race in 36 runs), not a flap.
+const flapGrace = time.Second
+
+// flaps are the leaves that are flaps: about a member whose connection
+// stayed open, or ended otherwise or later than flapGrace.
+func flaps(w *world, leaves []leave) []string {
+	var out []string
+	for _, l := range leaves {
+		if e, ok := w.endedOf(l.uid); ok && e.byServer && e.at.Sub(l.at) <= flapGrace {
+			continue
+		}
+		out = append(out, l.what)
+	}
+	return out
 }
 
 // startClients connects extended clients through nginx until each replica
