@@ -32,20 +32,13 @@ type world struct {
 	n *dockerstack.Notifier
 
 	mu      sync.Mutex
-	alive   map[string]bool   // member id -> its connection is open
-	ended   map[string]ending // member id -> how its connection ended
-	faultAt time.Time         // zero until the fault is injected
+	alive   map[string]bool      // member id -> its connection is open
+	ended   map[string]time.Time // member id -> when its connection ended
+	faultAt time.Time            // zero until the fault is injected
 }
 
 func newWorld() *world {
-	return &world{n: dockerstack.NewNotifier(), alive: map[string]bool{}, ended: map[string]ending{}}
-}
-
-// ending is how a member's connection ended: when, and whether the server
-// ended it (a close frame).
-type ending struct {
-	at       time.Time
-	byServer bool
+	return &world{n: dockerstack.NewNotifier(), alive: map[string]bool{}, ended: map[string]time.Time{}}
 }
 
 func (w *world) setAlive(uid string) {
@@ -54,19 +47,19 @@ func (w *world) setAlive(uid string) {
 	w.mu.Unlock()
 }
 
-func (w *world) setEnded(uid string, byServer bool) {
+func (w *world) setEnded(uid string) {
 	w.mu.Lock()
 	w.alive[uid] = false
-	w.ended[uid] = ending{at: time.Now(), byServer: byServer}
+	w.ended[uid] = time.Now()
 	w.mu.Unlock()
 }
 
-// endedOf is how uid's connection ended (false: it has not).
-func (w *world) endedOf(uid string) (ending, bool) {
+// endedAt is when uid's connection ended (false: it has not).
+func (w *world) endedAt(uid string) (time.Time, bool) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	e, ok := w.ended[uid]
-	return e, ok
+	at, ok := w.ended[uid]
+	return at, ok
 }
 
 func (w *world) isAlive(uid string) bool {
@@ -116,8 +109,8 @@ type roomView struct {
 }
 
 // leave is a presence leave received about a member whose connection was
-// still open for this client: a flap, unless the server was ending that
-// connection (see flaps).
+// still open for this client: a flap, unless that connection was ending
+// (see flaps).
 type leave struct {
 	uid  string
 	at   time.Time
@@ -281,7 +274,7 @@ func (c *client) connect(ctx context.Context) (*websocket.Conn, error) {
 	}
 	for _, in := range joins {
 		if err := dockerstack.Send(ctx, conn, in); err != nil {
-			c.w.setEnded(uid, false)
+			c.w.setEnded(uid)
 			conn.CloseNow()
 			return nil, fmt.Errorf("join %s: %w", in.Room, err)
 		}
@@ -317,7 +310,7 @@ func (c *client) run(ctx context.Context, conn *websocket.Conn) {
 			c.tracef("connection %d ended (self %v): %v", c.conns, self, err)
 		})
 		if uid != "" {
-			c.w.setEnded(uid, !self && websocket.CloseStatus(err) != -1)
+			c.w.setEnded(uid)
 		}
 		conn.CloseNow()
 		if ctx.Err() != nil {
