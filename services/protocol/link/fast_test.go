@@ -200,3 +200,57 @@ func FuzzSplit(f *testing.F) {
 		}
 	})
 }
+
+// The relayer's msg, ack and spliced frames read back as Append's.
+func TestRelayerFramesReadBack(t *testing.T) {
+	m := protocol.Message{Room: "r\"é\u2028", Seq: 42, ID: "c1", From: "nick<", UID: "u1", Text: "hi\n\x01", TS: 1700000000000}
+	js, _ := json.Marshal(&m)
+
+	// The msg frame is built around the message's own JSON (AppendMessage,
+	// not encoding/json, so not byte for byte): both read back as m.
+	frame, inner := MsgFrame(&m)
+	var frames []*Frame
+	if err := Split(frame, func(f *Frame) error { frames = append(frames, f); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	var innerMsg protocol.Message
+	if err := json.Unmarshal(inner, &innerMsg); err != nil {
+		t.Fatal(err)
+	}
+	if len(frames) != 1 || frames[0].T != OpMsg || frames[0].Msg == nil || *frames[0].Msg != m || innerMsg != m ||
+		!bytes.Contains(frame, inner) || frame[len(frame)-1] != '\n' {
+		t.Fatalf("msg frame %s (inner %s) does not carry %+v", frame, inner, m)
+	}
+	var want []byte
+
+	got := AppendAck(nil, m.Room, "mid\"1", 42)
+	want, _ = Append(nil, &Frame{T: OpAck, Room: m.Room, MID: "mid\"1", Seq: 42})
+	if !bytes.Equal(got, want) {
+		t.Fatalf("ack frame\n got %s\nwant %s", got, want)
+	}
+
+	m2 := m
+	m2.Seq = 43
+	js2, _ := json.Marshal(&m2)
+	for _, msgs := range [][][]byte{nil, {js}, {js, js2}} {
+		f := Frame{T: OpSubscribed, Room: "r", Seq: 43, First: 1, Members: []protocol.Member{{ID: "a", Nick: "A", Instance: "i"}}}
+		got, err := AppendWithMsgs(nil, &f, msgs)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, b := range msgs {
+			var mm protocol.Message
+			json.Unmarshal(b, &mm)
+			f.Msgs = append(f.Msgs, mm)
+		}
+		var decoded []*Frame
+		if err := Split(got, func(f *Frame) error { decoded = append(decoded, f); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		wantJSON, _ := json.Marshal(&f)
+		gotJSON, _ := json.Marshal(decoded[0])
+		if len(decoded) != 1 || !bytes.Equal(gotJSON, wantJSON) || got[len(got)-1] != '\n' {
+			t.Fatalf("spliced frame %s decodes to %s, want %s", got, gotJSON, wantJSON)
+		}
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strconv"
 
 	"github.com/wschat/wschat/services/protocol"
 )
@@ -156,6 +157,55 @@ func AppendPub(dst []byte, mid, sess string, m *protocol.Message) []byte {
 	dst = append(dst, `,"msg":`...)
 	dst = protocol.AppendMessage(dst, m)
 	return append(dst, '}', '\n')
+}
+
+// The relayer's per-message frames (msg, ack) are on the hot path and
+// are built by hand from the message's JSON, encoded once at sequencing
+// time (TestHandEncodersMatchAppend keeps them reading back as Append's).
+
+const msgFramePrefix = `{"t":"msg","msg":`
+
+// MsgFrame returns the msg frame for m and, inside the same allocation,
+// m's JSON, so that the relayer's ring entry and every link share bytes.
+func MsgFrame(m *protocol.Message) (frame, msgJSON []byte) {
+	frame = make([]byte, 0, len(msgFramePrefix)+len(m.Text)+len(m.Room)+len(m.From)+len(m.UID)+len(m.ID)+96)
+	frame = append(frame, msgFramePrefix...)
+	frame = protocol.AppendMessage(frame, m)
+	frame = append(frame, '}', '\n')
+	return frame, frame[len(msgFramePrefix) : len(frame)-2]
+}
+
+// AppendAck appends the ack frame of the publish mid, sequenced in room
+// as seq.
+func AppendAck(dst []byte, room, mid string, seq uint64) []byte {
+	dst = append(dst, `{"t":"ack","room":`...)
+	dst = protocol.AppendString(dst, room)
+	dst = append(dst, `,"mid":`...)
+	dst = protocol.AppendString(dst, mid)
+	dst = append(dst, `,"seq":`...)
+	dst = strconv.AppendUint(dst, seq, 10)
+	return append(dst, '}', '\n')
+}
+
+// AppendWithMsgs appends f (whose Msgs must be nil) with msgs, each a
+// message's JSON, spliced in as its "msgs" field: catch-up answers can
+// carry a thousand messages, and re-encoding each would cost the relayer
+// far more than copying the JSON it already holds. JSON objects are
+// unordered, so the field may go last.
+func AppendWithMsgs(dst []byte, f *Frame, msgs [][]byte) ([]byte, error) {
+	dst, err := Append(dst, f)
+	if err != nil || len(msgs) == 0 {
+		return dst, err
+	}
+	dst = dst[:len(dst)-2] // "}\n"
+	dst = append(dst, `,"msgs":[`...)
+	for i, m := range msgs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, m...)
+	}
+	return append(dst, ']', '}', '\n'), nil
 }
 
 // Split calls fn for each frame of one link message, in order, and stops at

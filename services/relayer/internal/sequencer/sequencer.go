@@ -677,9 +677,9 @@ func (s *Sequencer) stageSubscribed(inst *instance, r *room, msgs [][]byte, gap 
 	s.stageWithMsgs(inst, &f, msgs)
 }
 
-// stageWithMsgs stages f for inst with msgs spliced in (appendWithMsgs).
+// stageWithMsgs stages f for inst with msgs spliced in (link.AppendWithMsgs).
 func (s *Sequencer) stageWithMsgs(inst *instance, f *link.Frame, msgs [][]byte) {
-	b, err := appendWithMsgs(nil, f, msgs)
+	b, err := link.AppendWithMsgs(nil, f, msgs)
 	if err != nil {
 		inst.link.log.Error("cannot encode "+f.T, "room", f.Room, "err", err)
 		return
@@ -814,13 +814,13 @@ func (s *Sequencer) publish(inst *instance, f *link.Frame) {
 	}
 	if ok {
 		s.m.dedup.Inc()
-		s.stage(inst.link, appendAck(nil, r.name, f.MID, seq))
+		s.stage(inst.link, link.AppendAck(nil, r.name, f.MID, seq))
 		return
 	}
 	// Timestamps never go backwards within a room, even if the clock does.
 	m.Seq, m.TS = r.last+1, max(s.cfg.Now().UnixMilli(), r.lastTS)
 	r.last, r.lastTS = m.Seq, m.TS
-	frame, js := newMsgFrame(&m)
+	frame, js := link.MsgFrame(&m)
 	rec := store.AppendSessionRecord(s.scratch[:0], f.MID, inst.id, f.Sess, js)
 	off := s.st.End()
 	s.st.Append(rec)
@@ -829,7 +829,7 @@ func (s *Sequencer) publish(inst *instance, f *link.Frame) {
 	s.indexed(r, m.Seq, off, m.TS)
 	s.m.msgsIn.Inc()
 	s.m.msgsOut.Add(float64(s.broadcast(r, frame, nil)))
-	s.stage(inst.link, appendAck(nil, r.name, f.MID, m.Seq))
+	s.stage(inst.link, link.AppendAck(nil, r.name, f.MID, m.Seq))
 }
 
 func (s *Sequencer) fetch(inst *instance, f *link.Frame) {

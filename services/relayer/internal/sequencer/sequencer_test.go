@@ -1,9 +1,7 @@
 package sequencer
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -20,59 +18,6 @@ import (
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
 )
-
-func TestHandBuiltFramesMatchLinkAppend(t *testing.T) {
-	m := protocol.Message{Room: "r\"é\u2028", Seq: 42, ID: "c1", From: "nick<", UID: "u1", Text: "hi\n\x01", TS: 1700000000000}
-	js, _ := json.Marshal(&m)
-
-	// The msg frame is built around the message's own JSON (AppendMessage,
-	// not encoding/json, so not byte for byte): both read back as m.
-	frame, inner := newMsgFrame(&m)
-	var frames []*link.Frame
-	if err := link.Split(frame, func(f *link.Frame) error { frames = append(frames, f); return nil }); err != nil {
-		t.Fatal(err)
-	}
-	var innerMsg protocol.Message
-	if err := json.Unmarshal(inner, &innerMsg); err != nil {
-		t.Fatal(err)
-	}
-	if len(frames) != 1 || frames[0].T != link.OpMsg || frames[0].Msg == nil || *frames[0].Msg != m || innerMsg != m ||
-		!bytes.Contains(frame, inner) || frame[len(frame)-1] != '\n' {
-		t.Fatalf("msg frame %s (inner %s) does not carry %+v", frame, inner, m)
-	}
-	var want []byte
-
-	got := appendAck(nil, m.Room, "mid\"1", 42)
-	want, _ = link.Append(nil, &link.Frame{T: link.OpAck, Room: m.Room, MID: "mid\"1", Seq: 42})
-	if !bytes.Equal(got, want) {
-		t.Fatalf("ack frame\n got %s\nwant %s", got, want)
-	}
-
-	m2 := m
-	m2.Seq = 43
-	js2, _ := json.Marshal(&m2)
-	for _, msgs := range [][][]byte{nil, {js}, {js, js2}} {
-		f := link.Frame{T: link.OpSubscribed, Room: "r", Seq: 43, First: 1, Members: []protocol.Member{{ID: "a", Nick: "A", Instance: "i"}}}
-		got, err := appendWithMsgs(nil, &f, msgs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, b := range msgs {
-			var mm protocol.Message
-			json.Unmarshal(b, &mm)
-			f.Msgs = append(f.Msgs, mm)
-		}
-		var decoded []*link.Frame
-		if err := link.Split(got, func(f *link.Frame) error { decoded = append(decoded, f); return nil }); err != nil {
-			t.Fatal(err)
-		}
-		wantJSON, _ := json.Marshal(&f)
-		gotJSON, _ := json.Marshal(decoded[0])
-		if len(decoded) != 1 || !bytes.Equal(gotJSON, wantJSON) || got[len(got)-1] != '\n' {
-			t.Fatalf("spliced frame %s decodes to %s, want %s", got, gotJSON, wantJSON)
-		}
-	}
-}
 
 func TestLinkAuth(t *testing.T) {
 	h := start(t, "", nil)
