@@ -208,6 +208,29 @@ func AppendWithMsgs(dst []byte, f *Frame, msgs [][]byte) ([]byte, error) {
 	return append(dst, ']', '}', '\n'), nil
 }
 
+// MaxMessage bounds one link message as both ends write it: a backlog (a
+// resync, publishes re-sent after an outage, a catch-up) goes out in
+// several, cut at frame boundaries (NextMessage), so that it never exceeds
+// the other end's read limit. A relayer's LINK_MAX_FRAME_BYTES must be at
+// least this.
+const MaxMessage = 1 << 20
+
+// NextMessage is the length of the first link message to write of data,
+// whole frames: all of it when it is at most MaxMessage, else the frames
+// that fit in MaxMessage, or one frame larger than that alone.
+func NextMessage(data []byte) int {
+	if len(data) <= MaxMessage {
+		return len(data)
+	}
+	if i := bytes.LastIndexByte(data[:MaxMessage], '\n'); i >= 0 {
+		return i + 1
+	}
+	if i := bytes.IndexByte(data, '\n'); i >= 0 {
+		return i + 1
+	}
+	return len(data)
+}
+
 // Split calls fn for each frame of one link message, in order, and stops at
 // the first error. A frame that does not decode is an error: the link is
 // between trusted peers, so a bad frame means a bug or a version mismatch,

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"testing/iotest"
@@ -117,5 +118,39 @@ func TestSplitFramesOutliveTheirBytes(t *testing.T) {
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("after the message's bytes were overwritten the frames read\n%+v\nwant\n%+v", got, want)
+	}
+}
+
+// A backlog goes out in messages of whole frames, each at most MaxMessage
+// unless one frame alone is larger, and together they are the backlog.
+func TestNextMessageCutsAtFrameBoundaries(t *testing.T) {
+	frame := func(n int) []byte { return append(bytes.Repeat([]byte{'x'}, n-1), '\n') }
+	for _, tc := range []struct {
+		name   string
+		frames []int
+		want   []int // message lengths
+	}{
+		{"small", []int{10, 20}, []int{30}},
+		{"exactly the bound", []int{MaxMessage / 2, MaxMessage / 2}, []int{MaxMessage}},
+		{"a backlog", []int{MaxMessage / 2, MaxMessage / 2, 1}, []int{MaxMessage, 1}},
+		{"cut before the frame that crosses", []int{100, MaxMessage, 100}, []int{100, MaxMessage, 100}},
+		{"one frame over the bound alone", []int{MaxMessage + 5, 7}, []int{MaxMessage + 5, 7}},
+	} {
+		var data []byte
+		for _, n := range tc.frames {
+			data = append(data, frame(n)...)
+		}
+		var got []int
+		for rest := data; len(rest) > 0; {
+			n := NextMessage(rest)
+			if n <= 0 || rest[n-1] != '\n' {
+				t.Fatalf("%s: a message of %d bytes that does not end a frame", tc.name, n)
+			}
+			got = append(got, n)
+			rest = rest[n:]
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: messages %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/caarlos0/env/v11"
+
+	"github.com/wschat/wschat/services/protocol/link"
 )
 
 // config is ws-relayer's whole configuration, from the environment only.
@@ -91,9 +93,8 @@ func loadConfig(getenv func(string) string) (config, error) {
 	if c.LinkQueueBytes <= 0 {
 		bad("LINK_QUEUE_BYTES must be > 0, got %d", c.LinkQueueBytes)
 	}
-	if c.LinkMaxFrameBytes < 1<<20 {
-		// A ws-user sends link messages of up to 1 MiB.
-		bad("LINK_MAX_FRAME_BYTES must be at least 1048576 (ws-user sends link messages of up to 1 MiB), got %d", c.LinkMaxFrameBytes)
+	if c.LinkMaxFrameBytes < link.MaxMessage {
+		bad("LINK_MAX_FRAME_BYTES must be at least %d (ws-user sends link messages of up to 1 MiB), got %d", link.MaxMessage, c.LinkMaxFrameBytes)
 	}
 	if c.LinkPingInterval <= 0 {
 		bad("LINK_PING_INTERVAL must be > 0, got %s", c.LinkPingInterval)

@@ -1,7 +1,6 @@
 package sequencer
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -121,20 +120,9 @@ func (c *conn) close(code websocket.StatusCode, reason string, flush bool, why s
 // backlog's large one is let go.
 const keepBuffer = 1 << 20
 
-// maxMessage bounds one link message: a backlog goes out in several, cut
-// at frame boundaries, so it never exceeds the gateway's read limit.
-const maxMessage = 1 << 20
-
 func (c *conn) writeChunks(data []byte) error {
 	for len(data) > 0 {
-		n := len(data)
-		if n > maxMessage {
-			if i := bytes.LastIndexByte(data[:maxMessage], '\n'); i >= 0 {
-				n = i + 1
-			} else if i := bytes.IndexByte(data, '\n'); i >= 0 {
-				n = i + 1
-			}
-		}
+		n := link.NextMessage(data)
 		if err := c.ws.Write(c.ctx, websocket.MessageText, data[:n]); err != nil {
 			return err
 		}

@@ -3,7 +3,6 @@
 package relay
 
 import (
-	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -156,9 +155,6 @@ func (b *Bus) Publish(mid, session string, m protocol.Message) error {
 	}
 	return nil
 }
-
-// maxMessage bounds one link message written by ws-user.
-const maxMessage = 1 << 20
 
 var errLinkDown = errors.New("relay link is down; retry when the instance is ready")
 
@@ -387,18 +383,8 @@ func (b *Bus) writeLoop(ctx context.Context, conn *websocket.Conn) error {
 			b.spare = data
 			continue
 		}
-		// Whole frames, at most about maxMessage bytes per WebSocket
-		// message, so that a backlog (a resync, publishes re-sent after an
-		// outage) never exceeds the relayer's read limit.
 		for rest := data; len(rest) > 0; {
-			n := len(rest)
-			if n > maxMessage {
-				if i := bytes.LastIndexByte(rest[:maxMessage], '\n'); i >= 0 {
-					n = i + 1
-				} else if i := bytes.IndexByte(rest, '\n'); i >= 0 {
-					n = i + 1
-				}
-			}
+			n := link.NextMessage(rest)
 			if err := conn.Write(ctx, websocket.MessageText, rest[:n]); err != nil {
 				return fmt.Errorf("write link: %w", err)
 			}
