@@ -67,7 +67,8 @@ const (
 	// OpSubscribed answers OpSync/OpSub for Room: Seq is the room's last
 	// sequence number, Members every member on every instance, Msgs the
 	// catch-up (see RoomState), First the oldest kept seq, and Gap is true
-	// when messages after Since were too old to send.
+	// when messages after Since were too old to send (First tells it too:
+	// ws-user reads First; Gap stays on the wire for other readers).
 	OpSubscribed = "subscribed"
 	// OpMsg delivers one sequenced message, Msg.
 	OpMsg = "msg"

@@ -52,8 +52,7 @@ type Bus interface {
 type Subscription struct {
 	Room    string
 	Seq     uint64
-	First   uint64
-	Gap     bool
+	First   uint64 // the oldest seq the backend keeps: above since+1, messages after since are gone
 	Members []protocol.Member
 	Msgs    []protocol.Message
 	// Epoch names the backend's numbering the answer is in (the relayer's

@@ -144,7 +144,6 @@ func (l *Local) Subscribe(rs link.RoomState) {
 			Room:  rs.Room,
 			Seq:   r.last,
 			First: r.first(),
-			Gap:   rs.Since > 0 && rs.Since+1 < r.first(),
 			Msgs:  r.after(from),
 			Epoch: l.epoch,
 		})

@@ -437,7 +437,7 @@ func settle(ms int64) time.Duration {
 func (b *Bus) handle(f *link.Frame) error {
 	switch f.T {
 	case link.OpSubscribed:
-		b.h.Subscribed(bus.Subscription{Room: f.Room, Seq: f.Seq, First: f.First, Gap: f.Gap, Members: f.Members, Msgs: f.Msgs,
+		b.h.Subscribed(bus.Subscription{Room: f.Room, Seq: f.Seq, First: f.First, Members: f.Members, Msgs: f.Msgs,
 			Settle: settle(f.Settle), Epoch: b.epoch})
 	case link.OpMsg:
 		if f.Msg == nil {
