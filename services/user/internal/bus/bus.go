@@ -2,10 +2,18 @@
 // spreads its rooms' messages: the in-process Local bus for a standalone
 // instance, package relay for ws-relayer, and later other backends.
 //
-// Every method of Bus only queues work and returns at once: the hub calls
-// them while holding its lock, so that the order of its state changes is the
-// order in which the bus sees them. Results come back through Handler, from
-// one goroutine of the bus, in the order the backend produced them; a
+// Every method of Bus only queues work and returns at once, so that the hub
+// may call them while holding its lock. It calls Subscribe, Unsubscribe,
+// Join, Leave and Fetch under it: the bus sees room changes in the order of
+// the hub's state changes. It calls Publish without it: a client's chats
+// are ordered by its reader goroutine, which calls Publish for each in turn.
+//
+// Results come back through Handler in the order the backend produced
+// them, never from inside a Bus method: Local calls it from its one
+// goroutine; relay from the link's reader goroutine, from Run between two
+// links (Restarted, State, LinkState, the fetches a lost link leaves
+// unanswered),
+// and, for a Fetch while the link is down, from a goroutine of its own. A
 // Handler method may call Bus methods.
 package bus
 
