@@ -12,9 +12,8 @@
 // them, never from inside a Bus method: Local calls it from its one
 // goroutine; relay from the link's reader goroutine, from Run between two
 // links (Restarted, State, LinkState, the fetches a lost link leaves
-// unanswered),
-// and, for a Fetch while the link is down, from a goroutine of its own. A
-// Handler method may call Bus methods.
+// unanswered) and, for a Fetch while the link is down, from a goroutine of
+// its own. A Handler method may call Bus methods.
 package bus
 
 import (
