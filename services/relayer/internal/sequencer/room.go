@@ -6,6 +6,7 @@ import (
 	"sort"
 
 	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/protocol/link"
 	"github.com/wschat/wschat/services/relayer/internal/store"
 )
 
@@ -110,57 +111,9 @@ func (r *room) msgs(lo, hi int, dst [][]byte) [][]byte {
 	return dst
 }
 
-// catchUpFrom applies the subscribe rule of link.RoomState: with since > 0
-// or resume, every kept message after min(since, last-tail), else the last
-// tail. It returns the seq the answer's messages follow, and whether some
-// after since are gone (oldest being the oldest kept).
-func (r *room) catchUpFrom(since uint64, resume bool, tail, limit int, oldest uint64) (from uint64, gap bool) {
-	t := uint64(min(max(tail, 0), limit))
-	from = r.last - min(t, r.last)
-	if since > 0 || resume {
-		from = min(since, from)
-		gap = since+1 < oldest
-	}
-	return from, gap
-}
-
-// seqWindow applies the link.OpFetch rule in seqs, over the kept seqs
-// oldest..last: after < seq < before (before 0: unbounded), at most limit,
-// the newest ones when paging back (after 0), else the oldest ones after
-// after. The window is empty when lo > hi.
-func seqWindow(after, before, last, oldest uint64, limit int) (lo, hi uint64) {
-	lo, hi = max(after+1, oldest), last
-	if before != 0 {
-		hi = min(hi, before-1)
-	}
-	if lo <= hi && hi-lo >= uint64(limit) {
-		if after == 0 {
-			lo = hi - uint64(limit) + 1
-		} else {
-			hi = lo + uint64(limit) - 1
-		}
-	}
-	return lo, hi
-}
-
-// window applies the link.OpFetch rule: after < seq < before (before 0:
-// unbounded), at most limit, the newest ones when paging back (after 0),
-// else the oldest ones after after.
+// window applies the link.OpFetch rule (link.Window) to the ring.
 func (r *room) window(after, before uint64, limit int, dst [][]byte) [][]byte {
-	lo, hi := r.index(after), len(r.ring)
-	if before != 0 {
-		hi = r.index(before - 1)
-	}
-	if hi < lo {
-		hi = lo
-	}
-	if hi-lo > limit {
-		if after == 0 {
-			lo = hi - limit
-		} else {
-			hi = lo + limit
-		}
-	}
+	lo, hi := link.Window(len(r.ring), func(i int) uint64 { return r.at(i).seq }, after, before, limit)
 	return r.msgs(lo, hi, dst)
 }
 

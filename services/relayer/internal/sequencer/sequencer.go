@@ -648,7 +648,8 @@ func (s *Sequencer) subscribe(inst *instance, r *room, rs link.RoomState) {
 func (s *Sequencer) answerSubscribed(inst *instance, r *room, rs link.RoomState) {
 	delete(inst.catching, r)
 	oldest := s.oldest(r, s.cutoff())
-	from, gap := r.catchUpFrom(rs.Since, rs.Resume, rs.Tail, s.cfg.HistoryLimit, oldest)
+	from := link.CatchUpFrom(r.last, rs.Since, rs.Resume, rs.Tail, s.cfg.HistoryLimit)
+	gap := (rs.Since > 0 || rs.Resume) && rs.Since+1 < oldest
 	if ringFirst := r.first(); from+1 < ringFirst && oldest < ringFirst {
 		it := &readItem{room: r, gap: gap, lo: max(from+1, oldest), hi: ringFirst - 1, back: true}
 		// No more than the budget can take, at minMsgBytes each: the
@@ -854,7 +855,7 @@ func (s *Sequencer) fetch(inst *instance, f *link.Frame) {
 	if r := s.rooms[f.Room]; r != nil {
 		oldest := s.oldest(r, s.cutoff())
 		ans.First = oldest
-		lo, hi := seqWindow(f.After, f.Before, r.last, oldest, limit)
+		lo, hi := link.SeqWindow(f.After, f.Before, r.last, oldest, limit)
 		if ringFirst := r.first(); lo < ringFirst && lo <= hi {
 			// Partly or wholly older than the ring: read from the log.
 			dhi := min(hi, ringFirst-1)

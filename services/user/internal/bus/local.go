@@ -135,11 +135,7 @@ func (r *localRoom) after(after uint64) []protocol.Message {
 func (l *Local) Subscribe(rs link.RoomState) {
 	l.enqueue(func() {
 		r := l.peek(rs.Room)
-		tail := uint64(min(max(rs.Tail, 0), l.limit))
-		from := r.last - min(tail, r.last)
-		if rs.Since > 0 {
-			from = min(rs.Since, from)
-		}
+		from := link.CatchUpFrom(r.last, rs.Since, rs.Resume, rs.Tail, l.limit)
 		l.h.Subscribed(Subscription{
 			Room:  rs.Room,
 			Seq:   r.last,
@@ -227,23 +223,9 @@ func (l *Local) Fetch(req uint64, room string, after, before uint64, limit int) 
 	})
 }
 
-// Window applies the link.OpFetch rules to msgs (ascending): a copy of the
-// messages with after < seq < before (before 0: no bound), at most limit of
-// them — the last ones when paging back (after 0), else the first ones.
+// Window applies the link.OpFetch rule (link.Window) to msgs (ascending):
+// a copy of the messages in the window.
 func Window(msgs []protocol.Message, after, before uint64, limit int) []protocol.Message {
-	lo, hi := 0, len(msgs)
-	for lo < hi && msgs[lo].Seq <= after {
-		lo++
-	}
-	for hi > lo && before != 0 && msgs[hi-1].Seq >= before {
-		hi--
-	}
-	if limit > 0 && hi-lo > limit {
-		if after == 0 {
-			lo = hi - limit
-		} else {
-			hi = lo + limit
-		}
-	}
+	lo, hi := link.Window(len(msgs), func(i int) uint64 { return msgs[i].Seq }, after, before, limit)
 	return append([]protocol.Message(nil), msgs[lo:hi]...)
 }

@@ -132,31 +132,3 @@ func TestLocalDedupBySession(t *testing.T) {
 		}
 	}
 }
-
-func TestWindow(t *testing.T) {
-	var msgs []protocol.Message
-	for s := uint64(10); s <= 20; s++ {
-		msgs = append(msgs, protocol.Message{Seq: s})
-	}
-	cases := []struct {
-		after, before uint64
-		limit         int
-		want          []uint64
-	}{
-		{0, 0, 3, []uint64{18, 19, 20}},  // the latest
-		{0, 15, 3, []uint64{12, 13, 14}}, // paging back
-		{12, 0, 3, []uint64{13, 14, 15}}, // forward from after
-		{12, 15, 0, []uint64{13, 14}},    // a range
-		{0, 10, 5, nil},                  // before the oldest
-		{20, 0, 5, nil},                  // nothing newer
-	}
-	for _, c := range cases {
-		var got []uint64
-		for _, m := range Window(msgs, c.after, c.before, c.limit) {
-			got = append(got, m.Seq)
-		}
-		if !slices.Equal(got, c.want) {
-			t.Errorf("Window(after %d, before %d, limit %d) = %v, want %v", c.after, c.before, c.limit, got, c.want)
-		}
-	}
-}
