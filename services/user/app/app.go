@@ -49,8 +49,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h := hub.New(hub.Config{
 		Instance:            cfg.InstanceID,
-		History:             cfg.HistorySize,
-		FetchLimit:          cfg.HistoryLimit,
+		HistorySize:         cfg.HistorySize,
+		HistoryLimit:        cfg.HistoryLimit,
 		MaxRooms:            cfg.MaxRooms,
 		SendQueue:           cfg.SendQueue,
 		SendQueueBytes:      cfg.SendQueueBytes,

@@ -95,7 +95,7 @@ func (h *Hub) catchUpRoomLocked(r *room, c *Client) bool {
 		}
 		// Older than the cache: a fetch of what the queue takes, at most
 		// up to the cache (before bounds it: after 0 would page back).
-		limit := max(1, min(h.cfg.FetchLimit, c.q.limit/2))
+		limit := max(1, min(h.cfg.HistoryLimit, c.q.limit/2))
 		before := min(cacheFirst, at+uint64(limit)+1)
 		var req uint64
 		req = h.fetchLocked(r.name, at, before, limit, func(msgs []protocol.Message, first uint64, err error) {

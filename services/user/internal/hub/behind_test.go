@@ -162,7 +162,7 @@ func waitReceived(t *testing.T, members map[string]<-chan received) map[string]r
 func TestBurstLargerThanTheQueueReachesReaders(t *testing.T) {
 	const queue, n = 8, 96
 	h, addr, f := startFrozenHub(t, 100, func(c *Config) {
-		c.SendQueue, c.History, c.FetchLimit = queue, 10, 100
+		c.SendQueue, c.HistorySize, c.HistoryLimit = queue, 10, 100
 		c.RatePerSec, c.RateBurst = 1e6, 1e6
 	})
 	members := burstMembers(t, h, addr, n)
@@ -205,7 +205,7 @@ func TestBurstLargerThanTheQueueReachesReaders(t *testing.T) {
 func TestBehindPastRetentionIsAGap(t *testing.T) {
 	const queue, n, keep = 8, 150, 100
 	h, addr, f := startFrozenHub(t, keep, func(c *Config) {
-		c.SendQueue, c.History, c.FetchLimit = queue, 10, 100
+		c.SendQueue, c.HistorySize, c.HistoryLimit = queue, 10, 100
 		c.RatePerSec, c.RateBurst = 1e6, 1e6
 	})
 	members := burstMembers(t, h, addr, n)

@@ -31,11 +31,11 @@ import (
 
 // Config sets the hub's limits.
 type Config struct {
-	Instance   string
-	History    int // messages cached per room; default and cap of a join's history
-	FetchLimit int // most messages one recovery may fetch from the bus
-	MaxRooms   int // rooms per connection
-	SendQueue  int // frames queued per connection before it counts as too slow
+	Instance     string
+	HistorySize  int // HISTORY_SIZE: messages cached per room; default and cap of a join's history
+	HistoryLimit int // HISTORY_LIMIT: most messages one recovery may fetch from the bus
+	MaxRooms     int // rooms per connection
+	SendQueue    int // frames queued per connection before it counts as too slow
 	// SendQueueBytes bounds the same queue in bytes.
 	SendQueueBytes int
 	RatePerSec     float64
@@ -148,7 +148,7 @@ type room struct {
 	waiting  []pendingJoin
 	fetchReq map[*Client]uint64 // the fetch each fetching or behind client waits for
 	lag      map[*Client]uint64 // the last seq queued to each behind client
-	cache    []protocol.Message // the last cfg.History messages, ascending
+	cache    []protocol.Message // the last cfg.HistorySize messages, ascending
 	last     uint64             // last seq delivered locally
 	lastTS   int64              // and its time
 	first    uint64             // oldest seq the bus still keeps
@@ -356,7 +356,7 @@ func (h *Hub) Limits() protocol.Limits {
 		MaxRooms:        h.cfg.MaxRooms,
 		RatePerSecond:   h.cfg.RatePerSec,
 		RateBurst:       h.cfg.RateBurst,
-		History:         h.cfg.History,
+		History:         h.cfg.HistorySize,
 	}
 }
 
@@ -381,7 +381,7 @@ func (h *Hub) join(c *Client, in protocol.Inbound) {
 		h.m.Rooms.Set(float64(len(h.rooms)))
 		r.local[c] = waiting
 		r.presence[c.member.ID] = c.member
-		h.bus.Subscribe(link.RoomState{Room: in.Room, Tail: h.cfg.History, Members: []protocol.Member{c.member}})
+		h.bus.Subscribe(link.RoomState{Room: in.Room, Tail: h.cfg.HistorySize, Members: []protocol.Member{c.member}})
 	} else {
 		r.local[c] = waiting
 		h.bus.Join(in.Room, c.member)
@@ -405,7 +405,7 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 		return
 	}
 	if in.Since == nil {
-		h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.History), nil)
+		h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.HistorySize), nil)
 		return
 	}
 	since := *in.Since
@@ -447,7 +447,7 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 		// Up to the room's end, not the cache's start: a full cache drops
 		// its oldest while the fetch is in flight, and under traffic the
 		// fetched messages would no longer meet it.
-		req = h.fetchLocked(r.name, since, 0, h.cfg.FetchLimit, func(msgs []protocol.Message, _ uint64, err error) {
+		req = h.fetchLocked(r.name, since, 0, h.cfg.HistoryLimit, func(msgs []protocol.Message, _ uint64, err error) {
 			if h.rooms[r.name] != r || r.local[c] != fetching || r.fetchReq[c] != req {
 				return // left, or left and joined again, meanwhile
 			}
@@ -462,14 +462,14 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 			}
 			// Only what this instance has delivered: the rest reaches the
 			// client live. The fetched messages and the cache must meet
-			// without a hole; with more than FetchLimit after since, what
+			// without a hole; with more than HistoryLimit after since, what
 			// the fetch brought is the newest of them (after 0 pages back),
 			// or does not meet the cache (the tail then).
 			for len(msgs) > 0 && msgs[len(msgs)-1].Seq > r.last {
 				msgs = msgs[:len(msgs)-1]
 			}
 			if len(msgs) == 0 || msgs[len(msgs)-1].Seq+1 < r.cacheFirst() {
-				h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.History), ptr(false))
+				h.joinedLocked(r, c, in, r.tail(in.Limit, h.cfg.HistorySize), ptr(false))
 				return
 			}
 			all := complete && msgs[0].Seq == since+1
@@ -597,9 +597,9 @@ func (h *Hub) history(c *Client, in protocol.Inbound) {
 		c.sendErrorLocked(in, protocol.CodeNotJoined, "join room %q before asking for its history", in.Room)
 		return
 	}
-	limit := h.cfg.History
+	limit := h.cfg.HistorySize
 	if in.Limit > 0 {
-		limit = min(in.Limit, h.cfg.History)
+		limit = min(in.Limit, h.cfg.HistorySize)
 	}
 	answer := func(msgs []protocol.Message, first uint64) {
 		if msgs == nil {
@@ -708,12 +708,12 @@ func (h *Hub) deliverLocked(r *room, m *protocol.Message) {
 			// Kept from before the numbering started over: delivered
 			// already, to every member still here (the others were
 			// closed, and recover it by joining with since).
-			r.remember(m, h.cfg.History)
+			r.remember(m, h.cfg.HistorySize)
 			return
 		}
 		r.seen, r.seenTS = 0, 0
 	}
-	r.remember(m, h.cfg.History)
+	r.remember(m, h.cfg.HistorySize)
 	var frame []byte
 	n := 0
 	for c, st := range r.local {
@@ -920,7 +920,7 @@ func (h *Hub) State() []link.RoomState {
 	out := make([]link.RoomState, 0, len(h.rooms))
 	for _, r := range h.rooms {
 		r.behind = true // until the resync's answer
-		rs := link.RoomState{Room: r.name, Tail: h.cfg.History, Members: make([]protocol.Member, 0, len(r.local))}
+		rs := link.RoomState{Room: r.name, Tail: h.cfg.HistorySize, Members: make([]protocol.Member, 0, len(r.local))}
 		if r.synced {
 			// Only what was missed: the cache is already full. A room
 			// still at seq 0 is owed every message too, not a tail.

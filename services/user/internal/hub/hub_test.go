@@ -12,7 +12,7 @@ import (
 )
 
 func benchRoom(tb testing.TB, n int) (*Hub, *room, []*Client) {
-	h := New(Config{Instance: "bench", History: 50, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	h := New(Config{Instance: "bench", HistorySize: 50, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Metrics: NewMetrics(prometheus.NewRegistry())})
 	tb.Cleanup(func() {
 		if h.poller != nil {

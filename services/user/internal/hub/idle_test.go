@@ -53,7 +53,7 @@ func startHubOn(t *testing.T, set func(*Config), wrap func(*Hub, bus.Bus) bus.Bu
 func startHubBus(t *testing.T, set func(*Config), mk func(*Hub) bus.Bus) (*Hub, *httptest.Server) {
 	t.Helper()
 	cfg := Config{
-		Instance: "test", History: 50, FetchLimit: 100, MaxRooms: 8, SendQueue: 64, SendQueueBytes: 1 << 20,
+		Instance: "test", HistorySize: 50, HistoryLimit: 100, MaxRooms: 8, SendQueue: 64, SendQueueBytes: 1 << 20,
 		RatePerSec: 1000, RateBurst: 1000, MaxFrame: 16384,
 		Rules:  protocol.Rules{MaxRoomBytes: 64, MaxNickBytes: 32, MaxMessageBytes: 4096},
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: NewMetrics(prometheus.NewRegistry()),
@@ -713,7 +713,7 @@ func (f failingFetches) Fetch(req uint64, _ string, _, _ uint64, _ int) {
 // A recovery whose fetch fails loses nothing known: the join is answered
 // unavailable and undone (the client joins again), not recovered:false.
 func TestRecoveryWhoseFetchFailsIsUnavailable(t *testing.T) {
-	_, srv := startHubOn(t, func(c *Config) { c.History = 10 }, func(h *Hub, b bus.Bus) bus.Bus { return failingFetches{b, h} })
+	_, srv := startHubOn(t, func(c *Config) { c.HistorySize = 10 }, func(h *Hub, b bus.Bus) bus.Bus { return failingFetches{b, h} })
 	addr := srv.Listener.Addr().String()
 	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j"}`)
 	a.expect(t, `"joined"`)
@@ -762,7 +762,7 @@ func TestJoinSinceWhileBehindIsUnavailable(t *testing.T) {
 // A recovery's history is bounded by half the send queue's bytes: past it
 // the oldest messages go and recovered is false (the client pages back).
 func TestRecoveryIsBoundedInBytes(t *testing.T) {
-	_, srv := startHubWith(t, func(c *Config) { c.History, c.SendQueueBytes = 50, 8192 })
+	_, srv := startHubWith(t, func(c *Config) { c.HistorySize, c.SendQueueBytes = 50, 8192 })
 	addr := srv.Listener.Addr().String()
 	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j"}`)
 	a.expect(t, `"joined"`)

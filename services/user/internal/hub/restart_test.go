@@ -134,7 +134,7 @@ func TestRecoveryPastTheOldestKeptGetsEverythingKept(t *testing.T) {
 	for seq := uint64(17); seq <= 40; seq++ {
 		kept = append(kept, protocol.Message{Room: "r", Seq: seq, TS: int64(1000 + seq), Text: fmt.Sprintf("m%d", seq), UID: "u1.1"})
 	}
-	h, srv := startHubOn(t, func(c *Config) { c.History = 10 }, func(h *Hub, b bus.Bus) bus.Bus { return keptFetches{b, h, kept, nil} })
+	h, srv := startHubOn(t, func(c *Config) { c.HistorySize = 10 }, func(h *Hub, b bus.Bus) bus.Bus { return keptFetches{b, h, kept, nil} })
 	addr := srv.Listener.Addr().String()
 	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
 	var first protocol.Joined
@@ -175,7 +175,7 @@ func TestRecoveryWhileTheRoomGoesOnGetsEveryMessage(t *testing.T) {
 		kept = append(kept, protocol.Message{Room: "r", Seq: seq, TS: int64(1000 + seq), Text: fmt.Sprintf("m%d", seq), UID: "u1.1"})
 	}
 	var h *Hub
-	h, srv := startHubOn(t, func(c *Config) { c.History = 10 }, func(hh *Hub, b bus.Bus) bus.Bus {
+	h, srv := startHubOn(t, func(c *Config) { c.HistorySize = 10 }, func(hh *Hub, b bus.Bus) bus.Bus {
 		return keptFetches{b, hh, kept, func() { h.Message(&kept[40]) }}
 	})
 	addr := srv.Listener.Addr().String()
