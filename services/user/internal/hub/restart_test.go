@@ -84,11 +84,10 @@ func TestJoinWithSinceOfAnEarlierEpochRecoversTheNewNumbering(t *testing.T) {
 	}
 }
 
-// keptFetches answers fetches from kept, as the relayer does from its log:
-// after < seq < before (before 0: unbounded), at most limit, the newest
-// ones when after is 0.
-// When during is set, it runs before each answer (in the answer's
-// goroutine, as a message delivered while the fetch is in flight).
+// keptFetches answers fetches from kept with the link's window rule
+// (bus.Window), as the relayer does from its log, on a goroutine of its
+// own. When during is set, it runs first there (a message delivered while
+// the fetch is in flight).
 type keptFetches struct {
 	bus.Bus
 	h      *Hub
@@ -97,31 +96,12 @@ type keptFetches struct {
 }
 
 func (f keptFetches) Fetch(req uint64, _ string, after, before uint64, limit int) {
-	if f.during != nil {
-		go func() {
+	go func() {
+		if f.during != nil {
 			f.during()
-			f.answer(req, after, before, limit)
-		}()
-		return
-	}
-	f.answer(req, after, before, limit)
-}
-
-func (f keptFetches) answer(req uint64, after, before uint64, limit int) {
-	var out []protocol.Message
-	for _, m := range f.kept {
-		if m.Seq > after && (before == 0 || m.Seq < before) {
-			out = append(out, m)
 		}
-	}
-	if len(out) > limit {
-		if after == 0 {
-			out = out[len(out)-limit:]
-		} else {
-			out = out[:limit]
-		}
-	}
-	go f.h.Fetched(req, out, 0, nil)
+		f.h.Fetched(req, bus.Window(f.kept, after, before, limit), 0, nil)
+	}()
 }
 
 // After a relayer came back with a salvaged log whose hole leaves its
