@@ -1,27 +1,65 @@
-// Package cork lets a WebSocket server write many frames with one system
-// call, and gives a hijacked connection small buffers.
+// Package cork is the net.Conn that net/http hijacks for a
+// github.com/coder/websocket server connection. It does four jobs:
 //
-// coder/websocket flushes after every message, so a connection with ten
-// frames queued would cost ten write calls; on loopback and in VMs a write
-// call costs several microseconds however small it is. Conn is the net.Conn
-// handed to coder/websocket. The server's writer frames its text messages
-// itself with AppendText (a server frame is a header and the payload, no
-// mask): between Hold and Release they are gathered in memory and Release
-// sends them in one write. coder/websocket still writes the control frames
-// (pong, close) through the same Conn, in order with the gathered frames.
+//   - Batches writes. coder/websocket flushes every message with a write
+//     call of its own. The server frames its text messages itself with
+//     Conn.AppendText (a header and the unmasked payload); between Hold and
+//     Release they are gathered, and Release sends them in one write.
+//     coder/websocket's own frames (pong, close) reach Conn.Write, which
+//     sends them at once, behind what was gathered before them, and after a
+//     close frame AppendText refuses with ErrCloseSent.
+//   - Keeps an idle connection small. ResponseWriter.Hijack hands out a Conn
+//     that borrows a read chunk from a Pool only while it has unread bytes,
+//     a 16-byte bufio.Reader and a 128-byte bufio.Writer, where net/http's
+//     Hijack gives 4 KiB each for the connection's whole life.
+//   - Lets an idle reader park. A reader waiting inside coder/websocket's
+//     Read keeps all the stack it grew (the GC shrinks only mostly unused
+//     stacks, and that read path is deep). Conn.WaitReadable waits for the
+//     socket first, with a shallow stack; Conn.Pending asks without waiting;
+//     a reader idle for a while hands its wait to a park.Poller with
+//     Conn.Park and ends, leaving the connection no goroutine until its next
+//     bytes or its Close. Conn.EndWaits ends all that before anyone else
+//     reads.
+//   - Bounds a frame's arrival. With ResponseWriter.FrameTimeout, a client's
+//     message, once started, must arrive whole within it, or Read fails with
+//     ErrFrameTimeout; between messages a client may be silent at will.
 //
-// ResponseWriter makes net/http's Hijack hand out a Conn whose read buffer
-// is borrowed from a pool only while there is something to read, and a
-// write buffer sized for control frames, instead of net/http's 4 KiB each,
-// which an idle connection would otherwise keep for its whole life.
+// It relies on these behaviours of coder/websocket (the version in go.mod);
+// the test named after each, in coderws_test.go, fails if an upgrade
+// changes it:
 //
-// WaitReadable is the other half of an idle connection's cost: a reader
-// parked inside coder/websocket's Read keeps every byte of stack it ever
-// grew (the GC only shrinks stacks that are mostly unused, and that read
-// path is deep). Waiting for the socket first, at the top of the reader's
-// loop, parks it with a shallow stack the GC can shrink; and a reader idle
-// for a while can Park the socket with a park.Poller and end: then the
-// connection has no goroutine at all until its next bytes (or its Close).
+//   - Accept hijacks through the ResponseWriter it is given and reads,
+//     writes and closes the Conn that Hijack returned
+//     (TestCoderWebsocketAcceptHijacksThroughResponseWriter; its CloseNow
+//     closes the Conn, which wakes a parked reader:
+//     TestCoderWebsocketCloseNowClosesHijackedConn).
+//   - It writes through the bufio.Writer Hijack returned, not a buffer of
+//     its own (TestCoderWebsocketWritesThroughHijackedWriteBuffer), and
+//     flushes it after each control frame, so each (127 bytes at most)
+//     reaches Conn.Write whole and alone
+//     (TestCoderWebsocketWritesEachPongWholeInOneWrite).
+//   - Its close frames, its own and the echo of a client's, start with the
+//     byte 0x88, which is how Write recognises them
+//     (TestCoderWebsocketWritesEachCloseFrameWholeInOneWrite).
+//   - It reads through the bufio.Reader Hijack returned, whose buffer is
+//     what WaitReadable, Pending and Park look at
+//     (TestCoderWebsocketReadsThroughHijackedReader), and only inside Read
+//     (or Close's handshake), so that the Conn's reader may wait for the
+//     socket between messages (TestCoderWebsocketReadsOnlyInsideRead).
+//   - Its Read returns the Conn's read error wrapped, so that errors.Is
+//     finds ErrFrameTimeout (TestCoderWebsocketReadWrapsFrameTimeout).
+//   - Its client (as any client should) reads AppendText's frames as the
+//     text messages they carry, in order with the control frames written
+//     between them (TestAppendTextSpeaksWebSocket,
+//     TestCoderWebsocketClientReadsHeldTextFramesInOrderWithPongs).
+//
+// Hence two rules for the server. It writes its messages only with
+// AppendText, never with coder/websocket's Write or Writer: a data frame
+// larger than the write buffer reaches Write in pieces, those after the
+// first starting with payload bytes, perhaps 0x88; and a streamed one leaves
+// part of a frame in the buffer ahead of the next control frame. And it calls EndWaits before
+// coder/websocket's Close, whose handshake reads the connection besides
+// the reader.
 package cork
 
 import (
@@ -51,8 +89,9 @@ const (
 	// is: reads are served from the Conn's chunk.
 	readerBuffer = 16
 	// writeBuffer is what coder/websocket gets for its control frames. It
-	// holds the largest one (2 header bytes, 125 payload bytes), so each
-	// reaches Write whole, which is how Write recognises a close frame.
+	// holds the largest one (2 header bytes, 125 payload bytes), and
+	// coder/websocket flushes it after each, so each reaches Write whole
+	// and alone, which is how Write recognises a close frame.
 	writeBuffer = 128
 	// flushAt bounds what a held Conn gathers before it writes anyway.
 	flushAt = 64 << 10
@@ -61,9 +100,9 @@ const (
 )
 
 // Pool hands out gathering buffers and read chunks; a Conn holds a
-// gathering buffer only between Hold and Release and a read chunk only
-// while it has unread bytes, so an idle connection holds none. The zero
-// Pool is ready to use.
+// gathering buffer only while it has frames gathered and not yet sent, and
+// a read chunk only while it has unread bytes, so an idle connection holds
+// none. The zero Pool is ready to use.
 type Pool struct{ p, r sync.Pool }
 
 func (p *Pool) getChunk() *[]byte {
@@ -346,9 +385,11 @@ func (c *Conn) Release() error {
 }
 
 // Write is how coder/websocket's own frames (pong, close) reach the
-// connection. They are never held back: coder/websocket may close the
-// socket right after writing a close frame, so the frame, and whatever was
-// gathered before it, must be on the wire when Write returns.
+// connection, each whole and alone (see the package doc); one that starts
+// with 0x88 is a close frame, after which AppendText refuses. They are
+// never held back: coder/websocket may close the socket right after
+// writing a close frame, so the frame, and whatever was gathered before
+// it, must be on the wire when Write returns.
 func (c *Conn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -403,7 +444,7 @@ func (c *Conn) sendLocked() error {
 	c.buf = nil
 	var err error
 	// In chunks, so that a large batch to a slow reader shows progress
-	// (Written) as it goes; a batch of one chunk is one Write, as before.
+	// (Written) as it goes; a batch of up to writeChunk bytes is one Write.
 	for p := *b; len(p) > 0 && err == nil; {
 		n := min(len(p), writeChunk)
 		if _, err = c.Conn.Write(p[:n]); err == nil {
@@ -441,7 +482,9 @@ type ResponseWriter struct {
 func (w *ResponseWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // Hijack takes over the connection like http.Hijacker, keeping any bytes
-// net/http had already read from it.
+// net/http had already read from it: it returns a *Conn (also set as
+// w.Conn) with a readerBuffer-byte bufio.Reader over it and a
+// writeBuffer-byte bufio.Writer.
 func (w *ResponseWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	nc, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
 	if err != nil {
