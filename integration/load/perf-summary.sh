@@ -29,12 +29,12 @@ BEGIN {
 	n = split("asm_exc_page_fault|page faults (first touch of new memory)" \
 		"~runtime.sysmon|Go sysmon thread" \
 		"~gcBgMarkWorker|GC" "~gcAssistAlloc|GC" "~runtime.bgsweep|GC" "~runtime.bgscavenge|GC" \
-		"~hub.(*Client).writeLoop|client writes (fan-out)" \
+		"~conn.(*Conn).writeLoop|client writes (fan-out)" \
 		"~TCPListener).accept|accept" \
 		"~http.(*conn).readRequest|HTTP upgrade request read" \
 		"~Hijack|hijack and 101 response write" \
 		"~websocket.accept|rest of the upgrade" \
-		"~hub.(*Client).serve|client reads (chat, join)" \
+		"~conn.(*Conn).serve|client reads (chat, join)" \
 		"~relay.(*Bus)|relay link, ws-user side" \
 		"~sequencer.(*Sequencer)|relayer: sequencing, fsync, fan-out" \
 		"~sequencer.(*conn)|relayer: link reads and writes" \

@@ -22,6 +22,7 @@ import (
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/reclaim"
 	"github.com/wschat/wschat/services/user/internal/bus"
+	"github.com/wschat/wschat/services/user/internal/conn"
 	"github.com/wschat/wschat/services/user/internal/hub"
 	"github.com/wschat/wschat/services/user/internal/listen"
 	"github.com/wschat/wschat/services/user/internal/relay"
@@ -47,30 +48,35 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	h := hub.New(hub.Config{
-		Instance:            cfg.InstanceID,
-		HistorySize:         cfg.HistorySize,
-		HistoryLimit:        cfg.HistoryLimit,
-		MaxRooms:            cfg.MaxRooms,
+	connCfg := conn.Config{
+		MaxFrame:            int64(cfg.MaxFrameBytes),
+		Rules:               protocol.Rules{MaxRoomBytes: cfg.MaxRoomBytes, MaxNickBytes: cfg.MaxNickBytes, MaxMessageBytes: cfg.MaxMessageBytes},
 		SendQueue:           cfg.SendQueue,
 		SendQueueBytes:      cfg.SendQueueBytes,
-		JoinTimeout:         cfg.JoinTimeout,
-		MaxConns:            cfg.MaxConns,
-		MaxConnsPerAddr:     cfg.MaxConnsPerAddr,
-		TrustedProxies:      cfg.Trusted,
-		WriteTimeout:        cfg.WriteTimeout,
-		PresenceDelay:       cfg.PresenceDelay,
 		RatePerSec:          cfg.RatePerSec,
 		RateBurst:           cfg.RateBurst,
 		RateLimitCloseAfter: cfg.RateCloseAfter,
 		FrameReadTimeout:    cfg.FrameTimeout,
-		MaxFrame:            int64(cfg.MaxFrameBytes),
-		Rules: protocol.Rules{
-			MaxRoomBytes: cfg.MaxRoomBytes, MaxNickBytes: cfg.MaxNickBytes, MaxMessageBytes: cfg.MaxMessageBytes,
-		},
-		Logger:  log,
-		Metrics: hub.NewMetrics(reg),
+		LazyDelay:           cfg.PresenceDelay,
+		MaxConns:            cfg.MaxConns,
+		MaxConnsPerAddr:     cfg.MaxConnsPerAddr,
+		TrustedProxies:      cfg.Trusted,
+		Origins:             cfg.AllowedOrigins,
+		WriteTimeout:        cfg.WriteTimeout,
+		Logger:              log,
+		Metrics:             conn.NewMetrics(reg),
+	}
+	h := hub.New(hub.Config{
+		Instance:     cfg.InstanceID,
+		HistorySize:  cfg.HistorySize,
+		HistoryLimit: cfg.HistoryLimit,
+		MaxRooms:     cfg.MaxRooms,
+		Limits:       connCfg.Limits(),
+		JoinTimeout:  cfg.JoinTimeout,
+		Logger:       log,
+		Metrics:      hub.NewMetrics(reg),
 	})
+	conns := conn.New(connCfg, h)
 	var b bus.Bus
 	if cfg.RelayerURL == "" {
 		b = bus.NewLocal(h, cfg.HistoryLimit).WithDedupWindow(cfg.DedupWindow)
@@ -86,10 +92,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	ln, err := listen.TCP(ctx, net.JoinHostPort(cfg.Host, strconv.Itoa(cfg.Port)), listen.Config{})
 	if err != nil {
-		h.Shutdown(ctx) // no client yet: frees the hub's poller
+		conns.Shutdown(ctx) // no client yet: frees the poller
 		return err
 	}
-	srv := &http.Server{Handler: routes(h, b, reg, cfg.AllowedOrigins), ReadHeaderTimeout: 10 * time.Second,
+	srv := &http.Server{Handler: routes(conns, b, reg), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 
 	busCtx, stopBus := context.WithCancel(context.Background())
@@ -104,6 +110,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	go func() {
 		defer close(hubDone)
 		h.Run(busCtx)
+	}()
+	connsDone := make(chan struct{})
+	go func() {
+		defer close(connsDone)
+		conns.Run(busCtx)
 	}()
 	reclaims := prometheus.NewCounter(prometheus.CounterOpts{Name: "wschat_user_memory_reclaims_total",
 		Help: "Times free memory was returned to the system after a burst of allocation (MEMORY_RECLAIM_QUIET)."})
@@ -146,9 +157,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		log.Warn("http shutdown", "err", serr)
 	}
 	h.Shutdown(sctx)
+	conns.Shutdown(sctx)
 	stopBus()
 	<-busDone
 	<-hubDone
+	<-connsDone
 	<-reclaimDone
 	log.Info("stopped")
 	if errors.Is(err, http.ErrServerClosed) {
@@ -157,7 +170,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return err
 }
 
-func routes(h *hub.Hub, b bus.Bus, reg *prometheus.Registry, origins []string) http.Handler {
+func routes(conns *conn.Server, b bus.Bus, reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
@@ -168,13 +181,12 @@ func routes(h *hub.Hub, b bus.Bus, reg *prometheus.Registry, origins []string) h
 		io.WriteString(w, "ready\n")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
-	accept := func(w http.ResponseWriter, r *http.Request) { h.Accept(w, r, origins) }
-	mux.HandleFunc("/ws", accept)
+	mux.Handle("/ws", conns)
 	page := web.Handler()
 	// "/" also upgrades, for the original clients that dial ws://host:8080.
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if strings.EqualFold(r.Header.Get("Upgrade"), "websocket") {
-			accept(w, r)
+			conns.ServeHTTP(w, r)
 			return
 		}
 		page.ServeHTTP(w, r)

@@ -20,25 +20,23 @@ import (
 
 // fallBehindLocked takes c off r's live delivery: at is the last seq
 // queued to it.
-func (h *Hub) fallBehindLocked(r *room, c *Client, at uint64) {
-	select {
-	case <-c.done:
-		return // closing: nothing more goes to it
-	default:
+func (h *Hub) fallBehindLocked(r *room, c *client, at uint64) {
+	if c.peer.Closing() {
+		return // nothing more goes to it
 	}
 	if r.lag == nil {
-		r.lag = map[*Client]uint64{}
+		r.lag = map[*client]uint64{}
 	}
 	r.local[c], r.lag[c] = behind, at
 	h.lagging[c] = struct{}{}
-	c.lagging.Store(true)
+	c.peer.SetCatchingUp(true)
 	h.m.FellBehind.Inc()
 	h.log.Debug("member fell behind", "member", c.member.ID, "room", r.name, "seq", at)
 }
 
 // catchUp refills c's queue from its rooms' history; its writer calls it
 // after each batch while c is behind.
-func (h *Hub) catchUp(c *Client) {
+func (h *Hub) catchUp(c *client) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.catchUpLocked(c)
@@ -46,13 +44,11 @@ func (h *Hub) catchUp(c *Client) {
 
 // catchUpLocked refills c's queue, once it has drained below half, with
 // the messages of the rooms it is behind in.
-func (h *Hub) catchUpLocked(c *Client) {
-	select {
-	case <-c.done:
+func (h *Hub) catchUpLocked(c *client) {
+	if c.peer.Closing() {
 		return // disconnect forgets it
-	default:
 	}
-	if !c.q.drained() {
+	if !c.peer.Drained() {
 		return // the writer calls again after its next batch
 	}
 	lagging := false
@@ -63,14 +59,14 @@ func (h *Hub) catchUpLocked(c *Client) {
 	}
 	if !lagging {
 		delete(h.lagging, c)
-		c.lagging.Store(false)
+		c.peer.SetCatchingUp(false)
 	}
 }
 
 // catchUpRoomLocked queues to c the messages of r after the last it got,
 // as far as its queue takes them; true when it has caught up and is back
 // on live delivery.
-func (h *Hub) catchUpRoomLocked(r *room, c *Client) bool {
+func (h *Hub) catchUpRoomLocked(r *room, c *client) bool {
 	if _, ok := r.fetchReq[c]; ok {
 		return false // the fetch's answer goes on
 	}
@@ -95,7 +91,8 @@ func (h *Hub) catchUpRoomLocked(r *room, c *Client) bool {
 		}
 		// Older than the cache: a fetch of what the queue takes, at most
 		// up to the cache (before bounds it: after 0 would page back).
-		limit := max(1, min(h.cfg.HistoryLimit, c.q.limit/2))
+		frames, _ := c.peer.QueueLimits()
+		limit := max(1, min(h.cfg.HistoryLimit, frames/2))
 		before := min(cacheFirst, at+uint64(limit)+1)
 		var req uint64
 		req = h.fetchLocked(r.name, at, before, limit, func(msgs []protocol.Message, first uint64, err error) {
@@ -123,7 +120,7 @@ func (h *Hub) catchUpRoomLocked(r *room, c *Client) bool {
 // takes it. Messages missing from its start are no longer kept: an
 // extended member is told (a seed client only ever gets chat frames, and
 // sees the numbers jump).
-func (h *Hub) fetchedLocked(r *room, c *Client, msgs []protocol.Message, first, before uint64) {
+func (h *Hub) fetchedLocked(r *room, c *client, msgs []protocol.Message, first, before uint64) {
 	at := r.lag[c]
 	next := max(before, first)
 	if len(msgs) > 0 {
@@ -147,8 +144,8 @@ func (h *Hub) fetchedLocked(r *room, c *Client, msgs []protocol.Message, first, 
 }
 
 // catchUpOneLocked queues m to c; false when its queue is full.
-func (h *Hub) catchUpOneLocked(c *Client, m *protocol.Message) bool {
-	if !c.liveLocked(protocol.AppendChat(make([]byte, 0, 128+len(m.Text)), m)) {
+func (h *Hub) catchUpOneLocked(c *client, m *protocol.Message) bool {
+	if !c.peer.SendLive(protocol.AppendChat(make([]byte, 0, 128+len(m.Text)), m)) {
 		return false
 	}
 	h.m.Delivered.Inc()

@@ -8,10 +8,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/user/internal/bus"
+	"github.com/wschat/wschat/services/user/internal/conn"
+	"github.com/wschat/wschat/services/user/internal/wstest"
 )
 
 // frozenRelay stands for a relayer that froze under traffic: the local
@@ -54,7 +57,7 @@ func (f *frozenRelay) thaw(room string, first uint64) {
 
 // startFrozenHub serves a hub whose local bus keeps keep messages per room
 // and whose deliveries are frozen until thaw.
-func startFrozenHub(t *testing.T, keep int, set func(*Config)) (*Hub, string, *frozenRelay) {
+func startFrozenHub(t *testing.T, keep int, set func(*stackConfig)) (*Hub, string, *frozenRelay) {
 	t.Helper()
 	var f *frozenRelay
 	h, srv := startHubBus(t, set, func(h *Hub) bus.Bus {
@@ -73,13 +76,13 @@ type received struct {
 
 // readRoom reads c, as a client reading normally does, until it has a chat
 // of room r with seq last, or the connection ends; on its own goroutine.
-func readRoom(c *rawClient, last uint64) <-chan received {
+func readRoom(c *wstest.RawClient, last uint64) <-chan received {
 	out := make(chan received, 1)
 	go func() {
 		var got received
 		defer func() { out <- got }()
 		for {
-			op, p, err := c.read()
+			op, p, err := c.Read()
 			if err != nil {
 				got.closed = err.Error()
 				return
@@ -115,12 +118,12 @@ func burstMembers(t *testing.T, h *Hub, addr string, last uint64) map[string]<-c
 	t.Helper()
 	out := map[string]<-chan received{}
 	for _, nick := range []string{"ext1", "ext2"} {
-		c := dialRaw(t, addr, fmt.Sprintf(`{"type":"hello","nick":%q}`, nick), `{"type":"join","room":"r","id":"j"}`)
-		c.expect(t, `"joined"`)
+		c := wstest.Dial(t, addr, fmt.Sprintf(`{"type":"hello","nick":%q}`, nick), `{"type":"join","room":"r","id":"j"}`)
+		c.Expect(t, `"joined"`)
 		out[nick] = readRoom(c, last)
 	}
-	seed := dialRaw(t, addr, `{"type":"join-room","room":"r"}`)
-	waitUntil(t, "the seed member's join", func() bool { return testutil.ToFloat64(h.m.Memberships) == 3 })
+	seed := wstest.Dial(t, addr, `{"type":"join-room","room":"r"}`)
+	wstest.WaitUntil(t, "the seed member's join", func() bool { return testutil.ToFloat64(h.m.Memberships) == 3 })
 	out["seed"] = readRoom(seed, last)
 	return out
 }
@@ -132,11 +135,11 @@ func publishFrozen(t *testing.T, addr string, f *frozenRelay, n int) {
 	f.mu.Lock()
 	f.frozen = true
 	f.mu.Unlock()
-	sender := dialRaw(t, addr)
+	sender := wstest.Dial(t, addr)
 	for i := range n {
-		sender.send(t, fmt.Sprintf(`{"type":"chat","room":"r","message":"burst %03d"}`, i+1))
+		sender.Send(t, fmt.Sprintf(`{"type":"chat","room":"r","message":"burst %03d"}`, i+1))
 	}
-	waitUntil(t, fmt.Sprintf("%d messages sequenced", n), func() bool { return f.heldCount() == n })
+	wstest.WaitUntil(t, fmt.Sprintf("%d messages sequenced", n), func() bool { return f.heldCount() == n })
 }
 
 // waitReceived waits for every member's reading to end.
@@ -161,9 +164,11 @@ func waitReceived(t *testing.T, members map[string]<-chan received) map[string]r
 // queue drains, and gets every message once, in order — seed and extended.
 func TestBurstLargerThanTheQueueReachesReaders(t *testing.T) {
 	const queue, n = 8, 96
-	h, addr, f := startFrozenHub(t, 100, func(c *Config) {
+	cm := conn.NewMetrics(prometheus.NewRegistry())
+	h, addr, f := startFrozenHub(t, 100, func(c *stackConfig) {
 		c.SendQueue, c.HistorySize, c.HistoryLimit = queue, 10, 100
 		c.RatePerSec, c.RateBurst = 1e6, 1e6
+		c.connConfig.Metrics = cm
 	})
 	members := burstMembers(t, h, addr, n)
 	publishFrozen(t, addr, f, n)
@@ -180,7 +185,7 @@ func TestBurstLargerThanTheQueueReachesReaders(t *testing.T) {
 			}
 		}
 	}
-	if got := testutil.ToFloat64(h.m.SlowConsumers); got != 0 {
+	if got := testutil.ToFloat64(cm.SlowConsumers); got != 0 {
 		t.Errorf("queue_drops_total %v", got)
 	}
 	if testutil.ToFloat64(h.m.FellBehind) == 0 {
@@ -204,7 +209,7 @@ func TestBurstLargerThanTheQueueReachesReaders(t *testing.T) {
 // member sees the numbers jump; both go on with the rest, in order.
 func TestBehindPastRetentionIsAGap(t *testing.T) {
 	const queue, n, keep = 8, 150, 100
-	h, addr, f := startFrozenHub(t, keep, func(c *Config) {
+	h, addr, f := startFrozenHub(t, keep, func(c *stackConfig) {
 		c.SendQueue, c.HistorySize, c.HistoryLimit = queue, 10, 100
 		c.RatePerSec, c.RateBurst = 1e6, 1e6
 	})
@@ -243,31 +248,33 @@ func TestBehindPastRetentionIsAGap(t *testing.T) {
 // order, and none is taken for a slow consumer though their queues are
 // small.
 func TestStoppedReaderIsClosedReadersGoOn(t *testing.T) {
-	h, srv := startHubWith(t, func(c *Config) {
+	cm := conn.NewMetrics(prometheus.NewRegistry())
+	_, srv := startHubWith(t, func(c *stackConfig) {
 		c.WriterLinger, c.WriteTimeout = 20*time.Millisecond, 300*time.Millisecond
 		c.SendQueue, c.SendQueueBytes = 16, 64<<10
 		c.RatePerSec, c.RateBurst = 1e6, 1e6
+		c.connConfig.Metrics = cm
 	})
 	addr := srv.Listener.Addr().String()
-	mute := dialRaw(t, addr, `{"type":"hello","nick":"mute"}`, `{"type":"join","room":"r","id":"j"}`)
-	mute.expect(t, `"joined"`) // and never reads again
-	reader := dialRaw(t, addr, `{"type":"hello","nick":"reader"}`, `{"type":"join","room":"r","id":"j"}`)
-	reader.expect(t, `"joined"`)
-	sender := dialRaw(t, addr)
+	mute := wstest.Dial(t, addr, `{"type":"hello","nick":"mute"}`, `{"type":"join","room":"r","id":"j"}`)
+	mute.Expect(t, `"joined"`) // and never reads again
+	reader := wstest.Dial(t, addr, `{"type":"hello","nick":"reader"}`, `{"type":"join","room":"r","id":"j"}`)
+	reader.Expect(t, `"joined"`)
+	sender := wstest.Dial(t, addr)
 	var seq uint64
 	deadline := time.Now().Add(60 * time.Second)
-	for testutil.ToFloat64(h.m.WriteTimeouts) == 0 {
+	for testutil.ToFloat64(cm.WriteTimeouts) == 0 {
 		if time.Now().After(deadline) {
 			t.Fatal("no write timeout after 60s of frames to a client that does not read")
 		}
-		sender.send(t, bigChat, bigChat, bigChat, bigChat)
+		sender.Send(t, bigChat, bigChat, bigChat, bigChat)
 		for range 4 {
 			var f struct {
 				Type string
 				Seq  uint64
 			}
 			for f.Type != "chat" {
-				op, p := reader.frame(t)
+				op, p := reader.Frame(t)
 				if op == 8 {
 					t.Fatalf("the reader was closed after seq %d: %q", seq, p)
 				}
@@ -280,59 +287,9 @@ func TestStoppedReaderIsClosedReadersGoOn(t *testing.T) {
 			}
 			seq = f.Seq
 		}
-		// Bounded: what waits for mute is its queue, at most its limits.
-		h.mu.Lock()
-		for c := range h.clients {
-			c.q.mu.Lock()
-			if len(c.q.items) > h.cfg.SendQueue || c.q.bytes > h.cfg.SendQueueBytes {
-				t.Errorf("%s has %d frames, %d bytes queued", c.nick, len(c.q.items), c.q.bytes)
-			}
-			c.q.mu.Unlock()
-		}
-		h.mu.Unlock()
 	}
-	if got := testutil.ToFloat64(h.m.SlowConsumers); got != 0 {
+	if got := testutil.ToFloat64(cm.SlowConsumers); got != 0 {
 		t.Fatalf("queue_drops_total %v: a queue's overflow closed a client", got)
 	}
 	t.Logf("mute closed after %d messages", seq)
-}
-
-// A room's message finds the queue full at its limits (the member falls
-// behind); other frames (acks, answers, presence) at twice them, and no
-// further: memory per connection stays bounded.
-func TestQueueLimitsOfRoomMessagesAndOtherFrames(t *testing.T) {
-	q := queue{limit: 4, limitBytes: 1 << 10, wake: make(chan struct{}, 1)}
-	for i := range 4 {
-		if ok, _ := q.push([]byte("m"), false, true); !ok {
-			t.Fatalf("room message %d refused", i)
-		}
-	}
-	if ok, _ := q.push([]byte("m"), false, true); ok {
-		t.Fatal("a fifth room message in a queue of 4")
-	}
-	for i := range 4 {
-		if ok, _ := q.push([]byte("a"), false, false); !ok {
-			t.Fatalf("ack %d refused behind 4 room messages", i)
-		}
-	}
-	if ok, _ := q.push([]byte("a"), false, false); ok {
-		t.Fatal("a ninth frame in a queue of 4")
-	}
-	q = queue{limit: 100, limitBytes: 100, wake: make(chan struct{}, 1)}
-	for range 2 {
-		if ok, _ := q.push(make([]byte, 40), false, true); !ok {
-			t.Fatal("room message refused within the byte limit")
-		}
-	}
-	if ok, _ := q.push(make([]byte, 40), false, true); ok {
-		t.Fatal("a room message past the byte limit")
-	}
-	for range 3 {
-		if ok, _ := q.push(make([]byte, 40), false, false); !ok {
-			t.Fatal("an answer refused within twice the byte limit")
-		}
-	}
-	if ok, _ := q.push(make([]byte, 1), false, false); ok {
-		t.Fatal("a queue took 201 bytes with a limit of 100")
-	}
 }

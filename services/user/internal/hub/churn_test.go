@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/wschat/wschat/services/user/internal/wstest"
 )
 
 // churnClients is how many connections one round of the churn holds;
@@ -57,10 +59,11 @@ func TestChurnReturnsToBaseline(t *testing.T) {
 		addr := srv.Listener.Addr().String()
 		settled := func() {
 			t.Helper()
-			waitUntil(t, "every connection and room gone", func() bool {
+			wstest.WaitUntil(t, "every connection and room gone", func() bool {
+				conns := connsOf(srv)
 				h.mu.Lock()
 				defer h.mu.Unlock()
-				return len(h.clients) == 0 && len(h.rooms) == 0 && len(h.writing) == 0
+				return conns.Len() == 0 && len(h.rooms) == 0 && conns.Writers() == 0
 			})
 		}
 		// Warm-up rounds first: pools, maps and the runtime's caches
@@ -112,11 +115,11 @@ func heapNow() runtime.MemStats {
 // with a close frame and half by dropping the socket.
 func churnRound(t *testing.T, addr string, k int) {
 	t.Helper()
-	cs := make([]*rawClient, churnClients)
+	cs := make([]*wstest.RawClient, churnClients)
 	defer func() {
 		for _, c := range cs {
 			if c != nil {
-				c.conn.Close()
+				c.Conn.Close()
 			}
 		}
 	}()
@@ -131,7 +134,7 @@ func churnRound(t *testing.T, addr string, k int) {
 				fmt.Sprintf(`{"type":"join","room":%q,"id":"j1"}`, room),
 				`{"type":"join","room":"extra","id":"j2"}`}
 		}
-		c, err := dialRawConn(addr, early...)
+		c, err := wstest.DialConn(addr, early...)
 		if err != nil {
 			t.Fatalf("round %d, client %d: %v", k, i, err)
 		}
@@ -142,7 +145,7 @@ func churnRound(t *testing.T, addr string, k int) {
 			// Joins are answered on goroutines of their own: either first.
 			want := map[string]bool{`"id":"j1"`: true, `"id":"j2"`: true}
 			for len(want) > 0 {
-				f := c.next(t)
+				f := c.Next(t)
 				for w := range want {
 					if strings.Contains(f, w) {
 						delete(want, w)
@@ -154,21 +157,21 @@ func churnRound(t *testing.T, addr string, k int) {
 	for i, c := range cs {
 		// A seed client's join gets no answer: its chat may come before
 		// the join took effect, so it is not read back.
-		c.send(t, fmt.Sprintf(`{"type":"chat","room":"room-%d","message":"r%d c%d","id":"c"}`, i%5, k, i))
+		c.Send(t, fmt.Sprintf(`{"type":"chat","room":"room-%d","message":"r%d c%d","id":"c"}`, i%5, k, i))
 	}
 	for i, c := range cs {
 		if !seed(i) {
-			c.expect(t, fmt.Sprintf(`"r%d c%d"`, k, i))
-			c.send(t, `{"type":"leave","room":"extra","id":"l"}`)
-			c.expect(t, `"left"`)
+			c.Expect(t, fmt.Sprintf(`"r%d c%d"`, k, i))
+			c.Send(t, `{"type":"leave","room":"extra","id":"l"}`)
+			c.Expect(t, `"left"`)
 		}
 	}
 	for i, c := range cs {
 		if i%2 == 0 {
 			// A close frame, masked with a zero key: code 1000.
-			_, _ = c.conn.Write([]byte{0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8})
+			_, _ = c.Conn.Write([]byte{0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8})
 		}
-		c.conn.Close()
+		c.Conn.Close()
 		cs[i] = nil
 	}
 }

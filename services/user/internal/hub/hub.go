@@ -1,10 +1,12 @@
-// Package hub holds an instance's client connections and rooms: it turns
-// client frames into bus operations and bus deliveries into client frames.
+// Package hub holds an instance's rooms: joins, presence, publishes and
+// history. It turns client frames into bus operations and bus deliveries
+// into client frames; the connections themselves are package conn's, and
+// the hub sees each only as a Peer.
 //
-// One mutex guards all hub state. Every bus call is made under it, so the
-// bus sees state changes in the order they happened; every client send
-// under it is a non-blocking queue operation, so the lock is never held
-// across I/O.
+// One mutex, Hub.mu, guards the rooms and the members' state. Bus calls
+// other than Publish are made under it, so the bus sees state changes in
+// the order they happened; every Peer call under it only queues, so the
+// lock is never held across I/O.
 package hub
 
 import (
@@ -15,7 +17,6 @@ import (
 	"errors"
 	"log/slog"
 	"maps"
-	"net/netip"
 	"slices"
 	"strconv"
 	"sync"
@@ -25,8 +26,6 @@ import (
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
 	"github.com/wschat/wschat/services/user/internal/bus"
-	"github.com/wschat/wschat/services/user/internal/cork"
-	"github.com/wschat/wschat/services/user/internal/park"
 )
 
 // Config sets the hub's limits.
@@ -35,55 +34,22 @@ type Config struct {
 	HistorySize  int // HISTORY_SIZE: messages cached per room; default and cap of a join's history
 	HistoryLimit int // HISTORY_LIMIT: most messages one recovery may fetch from the bus
 	MaxRooms     int // rooms per connection
-	SendQueue    int // frames queued per connection before it counts as too slow
-	// SendQueueBytes bounds the same queue in bytes.
-	SendQueueBytes int
-	RatePerSec     float64
-	RateBurst      int
-	// RateLimitCloseAfter: a client whose frames wait for tokens without
-	// a break for this long is closed with 1008 (0: never).
-	RateLimitCloseAfter time.Duration
-	// FrameReadTimeout: once a client's message has started to arrive,
-	// all of it must within this long, or the connection is closed with
-	// 1008 (0: no bound). Idle time between messages does not count.
-	FrameReadTimeout time.Duration
-	MaxFrame         int64
-	Rules            protocol.Rules
-	// WriterLinger is Run's sweep interval (default 250ms): a writer
-	// goroutine is retired one to two intervals after the last frame
-	// queued for its connection; the next frame starts another.
-	WriterLinger time.Duration
-	// ReaderLinger is how long a connection's reader waits for a frame on
-	// its goroutine (default 250ms); then, where it can (Linux), it parks
-	// the socket (package park) and the goroutine ends until the next.
-	ReaderLinger time.Duration
-	// PresenceDelay is how long presence events may wait for the
-	// connection's next frame before they are written anyway: during a
-	// reconnect storm a member gets a presence event per joiner, and they
-	// share writes instead of costing one each. Zero writes each at once.
-	PresenceDelay time.Duration
+	// Limits are the connections' limits announced in welcome (see
+	// conn.Config.Limits); the hub adds its own.
+	Limits protocol.Limits
+	// Sweep is Run's interval (default 250ms): joins past JoinTimeout,
+	// held members past their grace and stalled catch-ups are seen to
+	// that often.
+	Sweep time.Duration
 	// JoinTimeout bounds how long an extended client's join waits for its
 	// room's subscription (the relay link is down or slow); then it is
 	// answered unavailable and undone (default 10s).
 	JoinTimeout time.Duration
-	// MaxConns bounds the connections held; an upgrade past it is refused
-	// with 503 (0: no bound).
-	MaxConns int
-	// MaxConnsPerAddr bounds the connections held from one client address
-	// (an IPv6 /64); an upgrade past it is refused with 429 (0: no bound).
-	// Behind a proxy in TrustedProxies, the address is the one it names
-	// in X-Real-IP (or X-Forwarded-For).
-	MaxConnsPerAddr int
-	TrustedProxies  []netip.Prefix
-	// WriteTimeout bounds how long a write to a client may make no
-	// progress (a peer that stopped reading, its buffers full) before the
-	// connection is closed; Run's sweep checks it (0: no bound).
-	WriteTimeout time.Duration
-	Logger       *slog.Logger
-	Metrics      *Metrics
+	Logger      *slog.Logger
+	Metrics     *Metrics
 }
 
-// Hub is the state of one ws-user instance.
+// Hub is the state of one ws-user instance's rooms.
 type Hub struct {
 	cfg   Config
 	log   *slog.Logger
@@ -91,26 +57,9 @@ type Hub struct {
 	bus   bus.Bus
 	nonce string
 	ids   atomic.Uint64
-	wg    sync.WaitGroup // client goroutines
-	bufs  cork.Pool      // clients' write batches
-	// poller holds idle connections' sockets; nil where there is none
-	// (their readers then wait on their goroutines).
-	poller     *park.Poller
-	parkFailed atomic.Bool // logged once
-	// lazy holds the clients with lazy frames queued (guarded by mu);
-	// lazyTimer flushes them PresenceDelay after the first.
-	lazy      map[*Client]struct{}
-	lazyTimer *time.Timer
 
-	mu      sync.Mutex
-	rooms   map[string]*room
-	clients map[*Client]struct{}
-	// upgrading counts upgrades under way, which MaxConns counts too.
-	upgrading int
-	// perAddr counts connections and upgrades by client address, for
-	// MaxConnsPerAddr (only when it is set).
-	perAddr map[netip.Prefix]int
-	writing map[*Client]struct{} // clients whose writer runs, for Run's sweep
+	mu    sync.Mutex
+	rooms map[string]*room
 	// unsynced holds the rooms with joins waiting for their subscription.
 	unsynced map[*room]struct{}
 	pubs     map[string]pubWaiter
@@ -123,7 +72,7 @@ type Hub struct {
 
 	// lagging holds the clients behind in a room, for Run's sweep to
 	// resume a catch-up that waits for the bus.
-	lagging map[*Client]struct{}
+	lagging map[*client]struct{}
 	// holding holds the rooms with held members.
 	holding map[*room]struct{}
 }
@@ -144,10 +93,10 @@ func (s joinState) member() bool { return s >= joined }
 type room struct {
 	name     string
 	synced   bool
-	local    map[*Client]joinState
+	local    map[*client]joinState
 	waiting  []pendingJoin
-	fetchReq map[*Client]uint64 // the fetch each fetching or behind client waits for
-	lag      map[*Client]uint64 // the last seq queued to each behind client
+	fetchReq map[*client]uint64 // the fetch each fetching or behind client waits for
+	lag      map[*client]uint64 // the last seq queued to each behind client
 	cache    []protocol.Message // the last cfg.HistorySize messages, ascending
 	last     uint64             // last seq delivered locally
 	lastTS   int64              // and its time
@@ -173,13 +122,13 @@ type room struct {
 }
 
 type pendingJoin struct {
-	c     *Client
+	c     *client
 	in    protocol.Inbound
 	since time.Time
 }
 
 type pubWaiter struct {
-	c    *Client
+	c    *client
 	id   string
 	room string
 	t0   time.Time
@@ -187,83 +136,35 @@ type pubWaiter struct {
 
 type fetchFunc func(msgs []protocol.Message, first uint64, err error)
 
-// New returns a hub; SetBus must be called before it serves clients, Run
-// must run for idle connections' writers to be retired, and Shutdown
-// releases what it holds (the poller of idle connections' sockets).
+// New returns a hub; SetBus must be called before it serves clients, and
+// Run must run for its timeouts to be kept.
 func New(cfg Config) *Hub {
-	if cfg.WriterLinger <= 0 {
-		cfg.WriterLinger = 250 * time.Millisecond
+	if cfg.Sweep <= 0 {
+		cfg.Sweep = 250 * time.Millisecond
 	}
 	if cfg.JoinTimeout <= 0 {
 		cfg.JoinTimeout = 10 * time.Second
 	}
-	if cfg.ReaderLinger <= 0 {
-		cfg.ReaderLinger = 250 * time.Millisecond
-	}
-	poller, err := park.New()
-	if err != nil {
-		cfg.Logger.Info("idle connections keep their reader goroutines", "err", err)
-		poller = nil
-	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
-	h := &Hub{
+	return &Hub{
 		cfg: cfg, log: cfg.Logger, m: cfg.Metrics,
-		poller:   poller,
 		nonce:    hex.EncodeToString(b),
 		rooms:    map[string]*room{},
-		clients:  map[*Client]struct{}{},
-		perAddr:  map[netip.Prefix]int{},
-		writing:  map[*Client]struct{}{},
 		unsynced: map[*room]struct{}{},
-		lagging:  map[*Client]struct{}{},
+		lagging:  map[*client]struct{}{},
 		holding:  map[*room]struct{}{},
 		pubs:     map[string]pubWaiter{},
 		fetches:  map[uint64]fetchFunc{},
-		lazy:     map[*Client]struct{}{},
-	}
-	h.lazyTimer = time.AfterFunc(time.Hour, h.flushLazy)
-	h.lazyTimer.Stop()
-	return h
-}
-
-// lazyLocked notes that c has lazy frames queued.
-func (h *Hub) lazyLocked(c *Client) {
-	if len(h.lazy) == 0 {
-		h.lazyTimer.Reset(h.cfg.PresenceDelay)
-	}
-	h.lazy[c] = struct{}{}
-}
-
-// flushLazy makes the writers of every client with lazy frames write them.
-func (h *Hub) flushLazy() {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	for c := range h.lazy {
-		if c.q.kick() {
-			c.startWriterLocked()
-		}
-	}
-	if len(h.lazy) > 1024 {
-		h.lazy = map[*Client]struct{}{} // a storm's worth is not kept
-	} else {
-		clear(h.lazy)
 	}
 }
 
-// Run does the hub's housekeeping until ctx ends, every WriterLinger: it
-// asks the writers whose connection had no frame queued since the previous
-// sweep to exit (an idle connection then holds no writer goroutine, and a
-// busy writer is never woken for it), and it expires joins that waited
-// longer than JoinTimeout.
+// Run does the hub's housekeeping until ctx ends, every Sweep: it expires
+// joins that waited longer than JoinTimeout and held members past their
+// grace, and resumes catch-ups that wait for the bus.
 func (h *Hub) Run(ctx context.Context) {
-	t := time.NewTicker(h.cfg.WriterLinger)
+	t := time.NewTicker(h.cfg.Sweep)
 	defer t.Stop()
-	// A write is stuck once it sent nothing for this many sweeps.
-	var stuck int64
-	if h.cfg.WriteTimeout > 0 {
-		stuck = max(1, int64((h.cfg.WriteTimeout+h.cfg.WriterLinger-1)/h.cfg.WriterLinger))
-	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -272,15 +173,6 @@ func (h *Hub) Run(ctx context.Context) {
 		}
 		now := time.Now()
 		h.mu.Lock()
-		for c := range h.writing {
-			c.q.sweep()
-			if stuck > 0 && c.stuck(stuck) {
-				h.m.WriteTimeouts.Inc()
-				h.log.Info("client write made no progress; closing", "member", c.member.ID, "timeout", h.cfg.WriteTimeout)
-				// The socket itself: the writer is blocked in it.
-				c.cork.Close()
-			}
-		}
 		h.expireJoinsLocked(now)
 		for c := range h.lagging {
 			h.catchUpLocked(c)
@@ -335,7 +227,7 @@ func (h *Hub) expireHeldLocked(now time.Time) {
 
 // unavailableLocked undoes c's join in.Room and answers it unavailable:
 // the client joins again later.
-func (h *Hub) unavailableLocked(c *Client, in protocol.Inbound, format string, args ...any) {
+func (h *Hub) unavailableLocked(c *client, in protocol.Inbound, format string, args ...any) {
 	h.leaveLocked(c, in.Room)
 	c.sendErrorLocked(in, protocol.CodeUnavailable, format, args...)
 }
@@ -348,21 +240,16 @@ func (h *Hub) newID(prefix string) string {
 	return prefix + h.nonce + "." + strconv.FormatUint(h.ids.Add(1), 36)
 }
 
-// Limits returns what the hub enforces, as announced in welcome.
+// Limits returns what clients are told in welcome.
 func (h *Hub) Limits() protocol.Limits {
-	return protocol.Limits{
-		MaxFrameBytes:   int(h.cfg.MaxFrame),
-		MaxMessageBytes: h.cfg.Rules.MaxMessageBytes,
-		MaxRooms:        h.cfg.MaxRooms,
-		RatePerSecond:   h.cfg.RatePerSec,
-		RateBurst:       h.cfg.RateBurst,
-		History:         h.cfg.HistorySize,
-	}
+	l := h.cfg.Limits
+	l.MaxRooms, l.History = h.cfg.MaxRooms, h.cfg.HistorySize
+	return l
 }
 
 // ---- client operations (called from a client's reader goroutine) ----
 
-func (h *Hub) join(c *Client, in protocol.Inbound) {
+func (h *Hub) join(c *client, in protocol.Inbound) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := c.rooms[in.Room]; ok {
@@ -376,7 +263,7 @@ func (h *Hub) join(c *Client, in protocol.Inbound) {
 	c.rooms[in.Room] = struct{}{}
 	r := h.rooms[in.Room]
 	if r == nil {
-		r = &room{name: in.Room, local: map[*Client]joinState{}, presence: map[string]protocol.Member{}, fetchReq: map[*Client]uint64{}}
+		r = &room{name: in.Room, local: map[*client]joinState{}, presence: map[string]protocol.Member{}, fetchReq: map[*client]uint64{}}
 		h.rooms[in.Room] = r
 		h.m.Rooms.Set(float64(len(h.rooms)))
 		r.local[c] = waiting
@@ -399,7 +286,7 @@ func (h *Hub) join(c *Client, in protocol.Inbound) {
 }
 
 // completeJoinLocked answers a join once its room is subscribed.
-func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
+func (h *Hub) completeJoinLocked(r *room, c *client, in protocol.Inbound) {
 	if !c.extended {
 		h.setJoinedLocked(r, c)
 		return
@@ -482,7 +369,7 @@ func (h *Hub) completeJoinLocked(r *room, c *Client, in protocol.Inbound) {
 func ptr[T any](v T) *T { return &v }
 
 // setJoinedLocked makes c receive the room's messages from now on.
-func (h *Hub) setJoinedLocked(r *room, c *Client) {
+func (h *Hub) setJoinedLocked(r *room, c *client) {
 	if !r.local[c].member() {
 		h.memberships++
 		h.m.Memberships.Set(float64(h.memberships))
@@ -490,7 +377,7 @@ func (h *Hub) setJoinedLocked(r *room, c *Client) {
 	r.local[c] = joined
 }
 
-func (h *Hub) joinedLocked(r *room, c *Client, in protocol.Inbound, history []protocol.Message, recovered *bool) {
+func (h *Hub) joinedLocked(r *room, c *client, in protocol.Inbound, history []protocol.Message, recovered *bool) {
 	h.setJoinedLocked(r, c)
 	if history == nil {
 		history = []protocol.Message{}
@@ -501,7 +388,8 @@ func (h *Hub) joinedLocked(r *room, c *Client, in protocol.Inbound, history []pr
 		// and a reconnect storm, that is memory without bound. Past half
 		// the send queue's bytes the oldest go, and recovered says so
 		// (the client pages back with history).
-		budget, n := h.cfg.SendQueueBytes/2, 0
+		_, queueBytes := c.peer.QueueLimits()
+		budget, n := queueBytes/2, 0
 		var scratch []byte
 		for i := len(history) - 1; i >= 0; i-- {
 			scratch = protocol.AppendMessage(scratch[:0], &history[i])
@@ -514,12 +402,12 @@ func (h *Hub) joinedLocked(r *room, c *Client, in protocol.Inbound, history []pr
 	members := slices.SortedFunc(maps.Values(r.presence), func(a, b protocol.Member) int {
 		return cmp.Or(cmp.Compare(a.Nick, b.Nick), cmp.Compare(a.ID, b.ID))
 	})
-	c.sendLocked(protocol.AppendJoined(nil, &protocol.Joined{
+	c.peer.Send(protocol.AppendJoined(nil, &protocol.Joined{
 		ID: in.ID, Room: r.name, Seq: r.last, Members: members, History: history, Recovered: recovered, Epoch: r.epoch,
 	}))
 }
 
-func (h *Hub) leave(c *Client, in protocol.Inbound) {
+func (h *Hub) leave(c *client, in protocol.Inbound) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if _, ok := c.rooms[in.Room]; !ok {
@@ -527,10 +415,10 @@ func (h *Hub) leave(c *Client, in protocol.Inbound) {
 		return
 	}
 	h.leaveLocked(c, in.Room)
-	c.sendLocked(protocol.Encode(protocol.Left{Type: protocol.TypeLeft, ID: in.ID, Room: in.Room}))
+	c.peer.Send(protocol.Encode(protocol.Left{Type: protocol.TypeLeft, ID: in.ID, Room: in.Room}))
 }
 
-func (h *Hub) leaveLocked(c *Client, name string) {
+func (h *Hub) leaveLocked(c *client, name string) {
 	delete(c.rooms, name)
 	r := h.rooms[name]
 	if r == nil {
@@ -559,7 +447,7 @@ func (h *Hub) leaveLocked(c *Client, name string) {
 	h.bus.Leave(name, c.member.ID)
 }
 
-func (h *Hub) chat(c *Client, in protocol.Inbound) {
+func (h *Hub) chat(c *client, in protocol.Inbound) {
 	h.mu.Lock()
 	if h.closing {
 		c.sendErrorLocked(in, protocol.CodeShuttingDown, "this instance is shutting down; reconnect and send again")
@@ -589,7 +477,7 @@ func (h *Hub) chat(c *Client, in protocol.Inbound) {
 	}
 }
 
-func (h *Hub) history(c *Client, in protocol.Inbound) {
+func (h *Hub) history(c *client, in protocol.Inbound) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	r := h.rooms[in.Room]
@@ -605,7 +493,7 @@ func (h *Hub) history(c *Client, in protocol.Inbound) {
 		if msgs == nil {
 			msgs = []protocol.Message{}
 		}
-		c.sendLocked(protocol.Encode(protocol.History{Type: protocol.TypeHistory, ID: in.ID, Room: in.Room, Messages: msgs, First: first}))
+		c.peer.Send(protocol.Encode(protocol.History{Type: protocol.TypeHistory, ID: in.ID, Room: in.Room, Messages: msgs, First: first}))
 	}
 	before := in.Before
 	if before == 0 {
@@ -634,16 +522,13 @@ func (h *Hub) fetchLocked(room string, after, before uint64, limit int, fn fetch
 }
 
 // disconnect removes a closed client from every room.
-func (h *Hub) disconnect(c *Client) {
+func (h *Hub) disconnect(c *client) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	for name := range c.rooms {
 		h.leaveLocked(c, name)
 	}
-	delete(h.clients, c)
 	delete(h.lagging, c)
-	h.releaseAddrLocked(c.addr)
-	h.m.Connections.Set(float64(len(h.clients)))
 }
 
 // ---- room helpers ----
@@ -690,7 +575,7 @@ func (h *Hub) presenceLocked(r *room, event string, m protocol.Member) {
 		if frame == nil {
 			frame = protocol.AppendPresence(nil, r.name, event, &m)
 		}
-		c.queueLocked(frame, h.cfg.PresenceDelay > 0)
+		c.peer.SendLazy(frame)
 	}
 }
 
@@ -723,7 +608,7 @@ func (h *Hub) deliverLocked(r *room, m *protocol.Message) {
 		if frame == nil {
 			frame = protocol.AppendChat(make([]byte, 0, 128+len(m.Text)), m)
 		}
-		if !c.liveLocked(frame) {
+		if !c.peer.SendLive(frame) {
 			h.fallBehindLocked(r, c, m.Seq-1)
 			continue
 		}
@@ -847,7 +732,7 @@ func (h *Hub) Ack(mid, room string, seq uint64) {
 	defer h.checkPubsDoneLocked()
 	h.m.AckLatency.Observe(time.Since(w.t0).Seconds())
 	if w.c.extended {
-		w.c.sendLocked(protocol.AppendAck(make([]byte, 0, 48+len(w.id)+len(room)), w.id, room, seq))
+		w.c.peer.Send(protocol.AppendAck(make([]byte, 0, 48+len(w.id)+len(room)), w.id, room, seq))
 	}
 }
 
@@ -958,7 +843,7 @@ func (h *Hub) startOverLocked(r *room) {
 			if c.extended {
 				// Without flush: what is queued, and what the resync
 				// brings, is in numbers the client must not mix.
-				c.closeLocked(statusServiceRestart, "the relay tier's message numbers started over: reconnect and join again", false)
+				c.peer.Close(closeRestart, "the relay tier's message numbers started over: reconnect and join again")
 			}
 		}
 	}
@@ -992,10 +877,10 @@ func (h *Hub) checkPubsDoneLocked() {
 	}
 }
 
-// Shutdown refuses new messages, waits (until ctx ends, and only while
-// the bus can still answer) for the ones in flight to be acknowledged,
-// then closes every client with 1012 after flushing its queue, and waits
-// for the client goroutines; clients still there at the deadline are cut.
+// Shutdown refuses new messages and waits (until ctx ends, and only while
+// the bus can still answer) for the ones in flight to be acknowledged.
+// The connections are closed after it (conn.Server.Shutdown), so that the
+// acknowledgements reach their clients.
 func (h *Hub) Shutdown(ctx context.Context) {
 	h.mu.Lock()
 	h.closing = true
@@ -1003,38 +888,17 @@ func (h *Hub) Shutdown(ctx context.Context) {
 	h.pubsDone = done
 	h.checkPubsDoneLocked()
 	h.mu.Unlock()
-	// Half the budget at most, so that flushing clients has its share.
-	if dl, ok := ctx.Deadline(); ok && h.bus.Ready() {
-		wctx, cancel := context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
-		select {
-		case <-done:
-		case <-wctx.Done():
-			h.log.Warn("shutdown: messages still unacknowledged", "err", wctx.Err())
-		}
-		cancel()
+	dl, ok := ctx.Deadline()
+	if !ok || !h.bus.Ready() {
+		return
 	}
-	h.mu.Lock()
-	for c := range h.clients {
-		c.closeLocked(statusServiceRestart, "service restart: reconnect to another instance", true)
-	}
-	h.mu.Unlock()
-	wait := make(chan struct{})
-	go func() { h.wg.Wait(); close(wait) }()
+	// Half the budget at most, so that closing the connections has its
+	// share.
+	wctx, cancel := context.WithDeadline(ctx, time.Now().Add(time.Until(dl)/2))
+	defer cancel()
 	select {
-	case <-wait:
-	case <-ctx.Done():
-		// The sockets themselves: CloseNow on a connection whose close
-		// handshake is under way waits for it, seconds with a peer that
-		// does not answer.
-		h.mu.Lock()
-		for c := range h.clients {
-			c.cork.Close()
-		}
-		h.mu.Unlock()
-	}
-	if h.poller != nil {
-		// Every connection is closed: any reader still parked is woken
-		// by its close, and the poller's own resources go.
-		h.poller.Close()
+	case <-done:
+	case <-wctx.Done():
+		h.log.Warn("shutdown: messages still unacknowledged", "err", wctx.Err())
 	}
 }

@@ -11,33 +11,53 @@ import (
 	"github.com/wschat/wschat/services/protocol"
 )
 
-func benchRoom(tb testing.TB, n int) (*Hub, *room, []*Client) {
-	h := New(Config{Instance: "bench", HistorySize: 50, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Metrics: NewMetrics(prometheus.NewRegistry())})
-	tb.Cleanup(func() {
-		if h.poller != nil {
-			h.poller.Close()
-		}
-	})
-	r := &room{name: "bench", synced: true, local: map[*Client]joinState{}, presence: map[string]protocol.Member{}}
-	clients := make([]*Client, n)
-	for i := range clients {
-		// closed: no writer starts; drain empties the queues instead.
-		clients[i] = &Client{h: h, q: queue{limit: 1 << 20, limitBytes: 1 << 30, wake: make(chan struct{}, 1), closed: true},
-			done: make(chan struct{}), extended: true}
-		r.local[clients[i]] = joined
-	}
-	return h, r, clients
+// fakePeer is a Peer that keeps what is queued to it, for tests without
+// sockets; limit bounds its room messages (0: none).
+type fakePeer struct {
+	id     string
+	limit  int
+	frames [][]byte
+	closed string // the close reason, once closed
+	catch  bool
 }
 
-// drain empties the clients' queues as their writers would, keeping each
+func (p *fakePeer) ID() string                  { return p.id }
+func (p *fakePeer) Send(b []byte)               { p.frames = append(p.frames, b) }
+func (p *fakePeer) SendLazy(b []byte)           { p.frames = append(p.frames, b) }
+func (p *fakePeer) SendError(e *protocol.Error) { p.frames = append(p.frames, protocol.Encode(e)) }
+func (p *fakePeer) SendLive(b []byte) bool {
+	if p.limit > 0 && len(p.frames) >= p.limit {
+		return false
+	}
+	p.frames = append(p.frames, b)
+	return true
+}
+func (p *fakePeer) Drained() bool                    { return p.limit == 0 || len(p.frames) < p.limit/2 }
+func (p *fakePeer) QueueLimits() (frames, bytes int) { return max(p.limit, 1<<20), 1 << 30 }
+func (p *fakePeer) SetCatchingUp(on bool)            { p.catch = on }
+func (p *fakePeer) Closing() bool                    { return p.closed != "" }
+func (p *fakePeer) Close(_ int, reason string)       { p.closed = "closed: " + reason }
+
+func benchRoom(tb testing.TB, n int) (*Hub, *room, []*fakePeer) {
+	h := New(Config{Instance: "bench", HistorySize: 50, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Metrics: NewMetrics(prometheus.NewRegistry())})
+	r := &room{name: "bench", synced: true, local: map[*client]joinState{}, presence: map[string]protocol.Member{}}
+	peers := make([]*fakePeer, n)
+	for i := range peers {
+		peers[i] = &fakePeer{id: fmt.Sprint("u", i)}
+		c := h.open(peers[i])
+		c.extended = true
+		r.local[c] = joined
+	}
+	return h, r, peers
+}
+
+// drain empties the peers' queues as their writers would, keeping each
 // queue's array for reuse.
-func drain(clients []*Client) {
-	for _, c := range clients {
-		c.q.mu.Lock()
-		clear(c.q.items)
-		c.q.items = c.q.items[:0]
-		c.q.mu.Unlock()
+func drain(peers []*fakePeer) {
+	for _, p := range peers {
+		clear(p.frames)
+		p.frames = p.frames[:0]
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/user/internal/bus"
+	"github.com/wschat/wschat/services/user/internal/wstest"
 )
 
 // A restarted relayer's answers (Settle) lack the members of instances
@@ -16,15 +17,15 @@ import (
 // still held when Settle runs out leaves then, once.
 func TestSettlingAnswerHoldsRemoteMembers(t *testing.T) {
 	h, srv := startHub(t, 0)
-	c := dialRaw(t, srv.Listener.Addr().String())
-	c.send(t, `{"type":"hello","nick":"watcher"}`, `{"type":"join","room":"r","id":"j"}`)
-	c.expect(t, `"joined"`)
+	c := wstest.Dial(t, srv.Listener.Addr().String())
+	c.Send(t, `{"type":"hello","nick":"watcher"}`, `{"type":"join","room":"r","id":"j"}`)
+	c.Expect(t, `"joined"`)
 	x := protocol.Member{ID: "x1", Nick: "xena", Instance: "other"}
 	y := protocol.Member{ID: "y1", Nick: "yuri", Instance: "other"}
 	h.Presence("r", protocol.PresenceJoin, x)
 	h.Presence("r", protocol.PresenceJoin, y)
-	c.expect(t, `"x1"`)
-	c.expect(t, `"y1"`)
+	c.Expect(t, `"x1"`)
+	c.Expect(t, `"y1"`)
 	// quiet checks that nothing reaches the client before its next pong
 	// (a presence event queued before it comes before it).
 	pings := 0
@@ -32,8 +33,8 @@ func TestSettlingAnswerHoldsRemoteMembers(t *testing.T) {
 		t.Helper()
 		pings++
 		id := "p" + strconv.Itoa(pings)
-		c.send(t, `{"type":"ping","id":"`+id+`"}`)
-		if f := c.next(t); !strings.Contains(f, `"pong"`) || !strings.Contains(f, id) {
+		c.Send(t, `{"type":"ping","id":"`+id+`"}`)
+		if f := c.Next(t); !strings.Contains(f, `"pong"`) || !strings.Contains(f, id) {
 			t.Fatalf("%s: got %s", what, f)
 		}
 	}
@@ -44,7 +45,7 @@ func TestSettlingAnswerHoldsRemoteMembers(t *testing.T) {
 	h.Presence("r", protocol.PresenceJoin, x) // x's instance re-synced
 	quiet("x confirmed")
 	h.Presence("r", protocol.PresenceLeave, y) // y left after all
-	if f := c.next(t); !strings.Contains(f, `"leave"`) || !strings.Contains(f, `"y1"`) {
+	if f := c.Next(t); !strings.Contains(f, `"leave"`) || !strings.Contains(f, `"y1"`) {
 		t.Fatalf("want y's leave, got %s", f)
 	}
 	// Past the settle time: nothing more about x or y.
@@ -60,7 +61,7 @@ func TestSettlingAnswerHoldsRemoteMembers(t *testing.T) {
 	held0 := time.Now()
 	h.Subscribed(bus.Subscription{Room: "r", Settle: settle})
 	quiet("x held again")
-	if f := c.next(t); !strings.Contains(f, `"leave"`) || !strings.Contains(f, `"x1"`) {
+	if f := c.Next(t); !strings.Contains(f, `"leave"`) || !strings.Contains(f, `"x1"`) {
 		t.Fatalf("want x's leave, got %s", f)
 	}
 	if d := time.Since(held0); d < settle {
@@ -69,9 +70,9 @@ func TestSettlingAnswerHoldsRemoteMembers(t *testing.T) {
 	quiet("after x's leave")
 	// An answer without Settle is the whole presence: no holding.
 	h.Presence("r", protocol.PresenceJoin, y)
-	c.expect(t, `"y1"`)
+	c.Expect(t, `"y1"`)
 	h.Subscribed(bus.Subscription{Room: "r"})
-	if f := c.next(t); !strings.Contains(f, `"leave"`) || !strings.Contains(f, `"y1"`) {
+	if f := c.Next(t); !strings.Contains(f, `"leave"`) || !strings.Contains(f, `"y1"`) {
 		t.Fatalf("want y's leave at once, got %s", f)
 	}
 }

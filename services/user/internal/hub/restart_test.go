@@ -10,6 +10,7 @@ import (
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/user/internal/bus"
+	"github.com/wschat/wschat/services/user/internal/wstest"
 )
 
 // A relayer back under a new epoch with a salvaged log (or one whose
@@ -19,8 +20,8 @@ import (
 // before with another message.
 func TestSeedMembersGetNoKeptMessageTwiceAfterARestart(t *testing.T) {
 	h, srv := startHub(t, 0)
-	seed := dialRaw(t, srv.Listener.Addr().String(), `{"type":"join-room","room":"r"}`)
-	waitUntil(t, "the seed member's join", func() bool { return testutil.ToFloat64(h.m.Memberships) == 1 })
+	seed := wstest.Dial(t, srv.Listener.Addr().String(), `{"type":"join-room","room":"r"}`)
+	wstest.WaitUntil(t, "the seed member's join", func() bool { return testutil.ToFloat64(h.m.Memberships) == 1 })
 	msg := func(seq uint64, ts int64, text string) protocol.Message {
 		return protocol.Message{Room: "r", Seq: seq, TS: ts, Text: text, UID: "u1.1"}
 	}
@@ -29,7 +30,7 @@ func TestSeedMembersGetNoKeptMessageTwiceAfterARestart(t *testing.T) {
 		h.Message(&old[i])
 	}
 	for _, text := range []string{`"one"`, `"two"`, `"three"`} {
-		seed.expect(t, text)
+		seed.Expect(t, text)
 	}
 
 	// Kept: 1 and 2; lost: 3, whose number goes to a new message.
@@ -38,14 +39,14 @@ func TestSeedMembersGetNoKeptMessageTwiceAfterARestart(t *testing.T) {
 		old[0], old[1], msg(3, 5000, "new three"), msg(4, 5001, "four"),
 	}})
 	for _, want := range []string{`"new three"`, `"four"`} {
-		if f := seed.next(t); !strings.Contains(f, want) {
+		if f := seed.Next(t); !strings.Contains(f, want) {
 			t.Fatalf("want %s, got %s", want, f)
 		}
 	}
 	// And a fresh log's numbers, all new, reach it whatever they are.
 	h.Restarted()
 	h.Subscribed(bus.Subscription{Room: "r", Seq: 1, Msgs: []protocol.Message{msg(1, 6000, "fresh one")}})
-	if f := seed.next(t); !strings.Contains(f, `"fresh one"`) {
+	if f := seed.Next(t); !strings.Contains(f, `"fresh one"`) {
 		t.Fatalf(`want "fresh one", got %s`, f)
 	}
 }
@@ -56,9 +57,9 @@ func TestSeedMembersGetNoKeptMessageTwiceAfterARestart(t *testing.T) {
 func TestJoinWithSinceOfAnEarlierEpochRecoversTheNewNumbering(t *testing.T) {
 	h, srv := startHub(t, 0)
 	addr := srv.Listener.Addr().String()
-	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
+	a := wstest.Dial(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
 	var first protocol.Joined
-	if err := json.Unmarshal([]byte(a.expect(t, `"joined"`)), &first); err != nil || first.Epoch == "" {
+	if err := json.Unmarshal([]byte(a.Expect(t, `"joined"`)), &first); err != nil || first.Epoch == "" {
 		t.Fatalf("joined without an epoch (%v)", err)
 	}
 	h.Restarted()
@@ -68,10 +69,10 @@ func TestJoinWithSinceOfAnEarlierEpochRecoversTheNewNumbering(t *testing.T) {
 	}})
 	join := func(nick, epoch string) protocol.Joined {
 		t.Helper()
-		c := dialRaw(t, addr, fmt.Sprintf(`{"type":"hello","nick":%q}`, nick),
+		c := wstest.Dial(t, addr, fmt.Sprintf(`{"type":"hello","nick":%q}`, nick),
 			fmt.Sprintf(`{"type":"join","room":"r","id":"j","since":5,"epoch":%q}`, epoch))
 		var j protocol.Joined
-		if err := json.Unmarshal([]byte(c.expect(t, `"joined"`)), &j); err != nil {
+		if err := json.Unmarshal([]byte(c.Expect(t, `"joined"`)), &j); err != nil {
 			t.Fatal(err)
 		}
 		return j
@@ -114,11 +115,11 @@ func TestRecoveryPastTheOldestKeptGetsEverythingKept(t *testing.T) {
 	for seq := uint64(17); seq <= 40; seq++ {
 		kept = append(kept, protocol.Message{Room: "r", Seq: seq, TS: int64(1000 + seq), Text: fmt.Sprintf("m%d", seq), UID: "u1.1"})
 	}
-	h, srv := startHubOn(t, func(c *Config) { c.HistorySize = 10 }, func(h *Hub, b bus.Bus) bus.Bus { return keptFetches{b, h, kept, nil} })
+	h, srv := startHubOn(t, func(c *stackConfig) { c.HistorySize = 10 }, func(h *Hub, b bus.Bus) bus.Bus { return keptFetches{b, h, kept, nil} })
 	addr := srv.Listener.Addr().String()
-	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
+	a := wstest.Dial(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
 	var first protocol.Joined
-	if err := json.Unmarshal([]byte(a.expect(t, `"joined"`)), &first); err != nil {
+	if err := json.Unmarshal([]byte(a.Expect(t, `"joined"`)), &first); err != nil {
 		t.Fatal(err)
 	}
 	h.Restarted()
@@ -128,9 +129,9 @@ func TestRecoveryPastTheOldestKeptGetsEverythingKept(t *testing.T) {
 		fmt.Sprintf(`{"type":"join","room":"r","id":"j","since":30,"epoch":%q}`, first.Epoch), // an earlier numbering: from its start
 		`{"type":"join","room":"r","id":"j","since":5,"epoch":"e2"}`,                          // this one, below its oldest kept
 	} {
-		c := dialRaw(t, addr, `{"type":"hello","nick":"b"}`, join)
+		c := wstest.Dial(t, addr, `{"type":"hello","nick":"b"}`, join)
 		var j protocol.Joined
-		if err := json.Unmarshal([]byte(c.expect(t, `"joined"`)), &j); err != nil {
+		if err := json.Unmarshal([]byte(c.Expect(t, `"joined"`)), &j); err != nil {
 			t.Fatal(err)
 		}
 		if len(j.History) != len(kept) || j.History[0].Seq != 17 || j.History[len(j.History)-1].Seq != 40 || j.Recovered == nil || *j.Recovered {
@@ -155,17 +156,17 @@ func TestRecoveryWhileTheRoomGoesOnGetsEveryMessage(t *testing.T) {
 		kept = append(kept, protocol.Message{Room: "r", Seq: seq, TS: int64(1000 + seq), Text: fmt.Sprintf("m%d", seq), UID: "u1.1"})
 	}
 	var h *Hub
-	h, srv := startHubOn(t, func(c *Config) { c.HistorySize = 10 }, func(hh *Hub, b bus.Bus) bus.Bus {
+	h, srv := startHubOn(t, func(c *stackConfig) { c.HistorySize = 10 }, func(hh *Hub, b bus.Bus) bus.Bus {
 		return keptFetches{b, hh, kept, func() { h.Message(&kept[40]) }}
 	})
 	addr := srv.Listener.Addr().String()
-	a := dialRaw(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
-	a.expect(t, `"joined"`)
+	a := wstest.Dial(t, addr, `{"type":"hello","nick":"a"}`, `{"type":"join","room":"r","id":"j1"}`)
+	a.Expect(t, `"joined"`)
 	h.Subscribed(bus.Subscription{Room: "r", Seq: 40, First: 1, Epoch: "e1", Msgs: kept[:40]})
 
-	c := dialRaw(t, addr, `{"type":"hello","nick":"b"}`, `{"type":"join","room":"r","id":"j","since":5,"epoch":"e1"}`)
+	c := wstest.Dial(t, addr, `{"type":"hello","nick":"b"}`, `{"type":"join","room":"r","id":"j","since":5,"epoch":"e1"}`)
 	var j protocol.Joined
-	if err := json.Unmarshal([]byte(c.expect(t, `"joined"`)), &j); err != nil {
+	if err := json.Unmarshal([]byte(c.Expect(t, `"joined"`)), &j); err != nil {
 		t.Fatal(err)
 	}
 	var seqs []uint64

@@ -1,4 +1,4 @@
-package hub
+package conn
 
 import (
 	"net/http"
