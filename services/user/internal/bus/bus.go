@@ -1,6 +1,9 @@
 // Package bus is the seam between a ws-user instance and whatever orders and
 // spreads its rooms' messages: the in-process Local bus for a standalone
-// instance, package relay for ws-relayer, and later other backends.
+// instance, package relay for ws-relayer, and later other backends. It
+// speaks rooms, sequence numbers, messages and members, never a backend's
+// wire format; every implementation asserts that it is a Bus at compile
+// time and passes the one table of package bustest.
 //
 // Every method of Bus only queues work and returns at once, so that the hub
 // may call them while holding its lock. It calls Subscribe, Unsubscribe,
@@ -22,7 +25,6 @@ import (
 	"time"
 
 	"github.com/wschat/wschat/services/protocol"
-	"github.com/wschat/wschat/services/protocol/link"
 )
 
 // ErrUnavailable is returned by Publish when the backend is unreachable and
@@ -33,7 +35,7 @@ var ErrUnavailable = errors.New("message queue full while the relay is unreachab
 type Bus interface {
 	// Subscribe starts (or refreshes) delivery of a room; answered by
 	// Handler.Subscribed. Calling it for a subscribed room is harmless.
-	Subscribe(rs link.RoomState)
+	Subscribe(in Interest)
 	// Unsubscribe stops delivery of room and removes this instance's
 	// members from its presence.
 	Unsubscribe(room string)
@@ -47,7 +49,10 @@ type Bus interface {
 	// backend still remembers is that one, acknowledged with its seq and
 	// delivered to no one again.
 	Publish(mid, session string, m protocol.Message) error
-	// Fetch asks for history (see link.OpFetch); answered by Handler.Fetched.
+	// Fetch asks for up to limit messages of room with after < seq <
+	// before (before 0: up to the end): paging back (after 0) the newest
+	// of them, else the oldest after after (link.Window); answered by
+	// Handler.Fetched with req.
 	Fetch(req uint64, room string, after, before uint64, limit int)
 	// Ready reports whether messages currently flow to the backend.
 	Ready() bool
@@ -55,7 +60,27 @@ type Bus interface {
 	Run(ctx context.Context) error
 }
 
-// Subscription is the answer to Subscribe (see link.OpSubscribed).
+// Interest is an instance's interest in one room: what Subscribe sends,
+// and what Handler.State returns for every room after a reconnect.
+type Interest struct {
+	Room string
+	// Since is the last seq the instance delivered; 0 for a new
+	// subscription, unless Resume is set.
+	Since uint64
+	// Resume says the instance was subscribed and delivered every message
+	// up to Since, even when Since is 0 (a room that had none yet): it is
+	// owed every message after Since, not a new subscription's tail.
+	Resume bool
+	// Tail is how many recent messages the instance keeps for the room:
+	// the answer brings every message after min(Since, last-Tail) when
+	// Since > 0 or Resume is set, else the last Tail (link.CatchUpFrom).
+	Tail int
+	// Members are the instance's own members of the room.
+	Members []protocol.Member
+}
+
+// Subscription is the answer to Subscribe: the room as the backend has
+// it, and the messages the Interest is owed.
 type Subscription struct {
 	Room    string
 	Seq     uint64
@@ -66,7 +91,8 @@ type Subscription struct {
 	// log; a standalone bus's process), for clients (protocol.Joined).
 	Epoch string
 	// Settle is how long Members may still lack other instances' members
-	// (see link.Frame.Settle); zero when it is the whole presence.
+	// (a restarted backend has not heard from them all yet); zero when it
+	// is the whole presence.
 	Settle time.Duration
 }
 
@@ -87,7 +113,7 @@ type Handler interface {
 	Restarted()
 	// State returns this instance's rooms, for the bus to resynchronise
 	// the backend after a reconnect. It is called without bus locks held.
-	State() []link.RoomState
+	State() []Interest
 	// LinkState reports the backend link going up or down.
 	LinkState(up bool)
 }

@@ -33,6 +33,8 @@ type Local struct {
 	next   int
 }
 
+var _ Bus = (*Local)(nil)
+
 type clientKey struct{ session, id string }
 
 type roomSeq struct {
@@ -132,12 +134,12 @@ func (r *localRoom) after(after uint64) []protocol.Message {
 }
 
 // Subscribe answers with the room's catch-up as a relayer would.
-func (l *Local) Subscribe(rs link.RoomState) {
+func (l *Local) Subscribe(in Interest) {
 	l.enqueue(func() {
-		r := l.peek(rs.Room)
-		from := link.CatchUpFrom(r.last, rs.Since, rs.Resume, rs.Tail, l.limit)
+		r := l.peek(in.Room)
+		from := link.CatchUpFrom(r.last, in.Since, in.Resume, in.Tail, l.limit)
 		l.h.Subscribed(Subscription{
-			Room:  rs.Room,
+			Room:  in.Room,
 			Seq:   r.last,
 			First: r.first(),
 			Msgs:  r.after(from),

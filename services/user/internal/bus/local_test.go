@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/wschat/wschat/services/protocol"
-	"github.com/wschat/wschat/services/protocol/link"
 )
 
 // recorder is a Handler that keeps what it is told.
@@ -37,7 +36,7 @@ func (r *recorder) Ack(mid, _ string, seq uint64)                     { r.note(f
 func (r *recorder) Nack(string, *protocol.Error)                      {}
 func (r *recorder) Presence(string, string, protocol.Member)          {}
 func (r *recorder) Fetched(uint64, []protocol.Message, uint64, error) {}
-func (r *recorder) State() []link.RoomState                           { return nil }
+func (r *recorder) State() []Interest                                 { return nil }
 func (r *recorder) LinkState(bool)                                    {}
 func (r *recorder) Restarted()                                        {}
 
@@ -69,10 +68,10 @@ func TestLocalSequencesAndCatchesUp(t *testing.T) {
 	if !slices.Equal(rec.msgs, []uint64{1, 2, 3, 4, 5, 6, 7, 8}) || rec.acks["m7"] != 8 {
 		t.Fatalf("msgs %v acks %v", rec.msgs, rec.acks)
 	}
-	l.Subscribe(link.RoomState{Room: "r", Tail: 2})           // new: the last 2
-	l.Subscribe(link.RoomState{Room: "r", Since: 6, Tail: 1}) // catch-up after 6
-	l.Subscribe(link.RoomState{Room: "r", Since: 1, Tail: 1}) // too old: only 4..8 kept
-	l.Subscribe(link.RoomState{Room: "new", Tail: 3})         // unknown room
+	l.Subscribe(Interest{Room: "r", Tail: 2})           // new: the last 2
+	l.Subscribe(Interest{Room: "r", Since: 6, Tail: 1}) // catch-up after 6
+	l.Subscribe(Interest{Room: "r", Since: 1, Tail: 1}) // too old: only 4..8 kept
+	l.Subscribe(Interest{Room: "new", Tail: 3})         // unknown room
 	rec.wait(t, 4)
 	seqs := func(s Subscription) (out []uint64) {
 		for _, m := range s.Msgs {

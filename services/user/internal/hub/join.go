@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/wschat/wschat/services/protocol"
-	"github.com/wschat/wschat/services/protocol/link"
 	"github.com/wschat/wschat/services/user/internal/bus"
 )
 
@@ -59,7 +58,7 @@ func (h *Hub) join(c *client, in protocol.Inbound) {
 		h.m.Rooms.Set(float64(len(h.rooms)))
 		r.local[c] = waiting
 		r.presence[c.member.ID] = c.member
-		h.bus.Subscribe(link.RoomState{Room: in.Room, Tail: h.cfg.HistorySize, Members: []protocol.Member{c.member}})
+		h.bus.Subscribe(bus.Interest{Room: in.Room, Tail: h.cfg.HistorySize, Members: []protocol.Member{c.member}})
 	} else {
 		r.local[c] = waiting
 		h.bus.Join(in.Room, c.member)

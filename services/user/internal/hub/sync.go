@@ -7,9 +7,10 @@ import (
 	"time"
 
 	"github.com/wschat/wschat/services/protocol"
-	"github.com/wschat/wschat/services/protocol/link"
 	"github.com/wschat/wschat/services/user/internal/bus"
 )
+
+var _ bus.Handler = (*Hub)(nil)
 
 // Subscribed implements bus.Handler.
 func (h *Hub) Subscribed(s bus.Subscription) {
@@ -102,13 +103,13 @@ func (h *Hub) Fetched(req uint64, msgs []protocol.Message, first uint64, err err
 }
 
 // State implements bus.Handler.
-func (h *Hub) State() []link.RoomState {
+func (h *Hub) State() []bus.Interest {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	out := make([]link.RoomState, 0, len(h.rooms))
+	out := make([]bus.Interest, 0, len(h.rooms))
 	for _, r := range h.rooms {
 		r.behind = true // until the resync's answer
-		rs := link.RoomState{Room: r.name, Tail: h.cfg.HistorySize, Members: make([]protocol.Member, 0, len(r.local))}
+		rs := bus.Interest{Room: r.name, Tail: h.cfg.HistorySize, Members: make([]protocol.Member, 0, len(r.local))}
 		if r.synced {
 			// Only what was missed: the cache is already full. A room
 			// still at seq 0 is owed every message too, not a tail.

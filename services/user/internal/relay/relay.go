@@ -64,6 +64,8 @@ type Bus struct {
 	ready atomic.Bool
 }
 
+var _ bus.Bus = (*Bus)(nil)
+
 type pendingPub struct {
 	n     uint64 // publish order, for re-sending in the original order
 	frame []byte
@@ -113,8 +115,8 @@ func (b *Bus) signal() {
 }
 
 // Subscribe implements bus.Bus.
-func (b *Bus) Subscribe(rs link.RoomState) {
-	b.send(&link.Frame{T: link.OpSub, Rooms: []link.RoomState{rs}})
+func (b *Bus) Subscribe(in bus.Interest) {
+	b.send(&link.Frame{T: link.OpSub, Rooms: []link.RoomState{roomState(in)}})
 }
 
 // Unsubscribe implements bus.Bus.
@@ -244,9 +246,10 @@ func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
 	b.up = true
 	b.out = b.out[:0]
 	b.mu.Unlock()
-	state := b.h.State()
-	if state == nil {
-		state = []link.RoomState{}
+	interests := b.h.State()
+	state := make([]link.RoomState, len(interests))
+	for i, in := range interests {
+		state[i] = roomState(in)
 	}
 	head, err := appendSync(nil, state)
 	if err != nil {
@@ -282,6 +285,11 @@ func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
 	<-errc
 	<-errc
 	return err
+}
+
+// roomState is in as the link says it.
+func roomState(in bus.Interest) link.RoomState {
+	return link.RoomState{Room: in.Room, Since: in.Since, Resume: in.Resume, Tail: in.Tail, Members: in.Members}
 }
 
 // syncPart is about the most bytes of state one sync frame carries.
