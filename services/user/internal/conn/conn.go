@@ -13,7 +13,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wschat/wschat/services/protocol"
-	"github.com/wschat/wschat/services/user/internal/cork"
+	"github.com/wschat/wschat/services/user/internal/wsconn"
 )
 
 // Conn is one client WebSocket connection.
@@ -27,7 +27,7 @@ type Conn struct {
 	s       *Server
 	id      string
 	ws      *websocket.Conn
-	cork    *cork.Conn // ws's socket: the writer sends each batch in one write
+	sock    *wsconn.Conn // ws's socket: the writer sends each batch in one write
 	addr    netip.Prefix
 	session Session
 
@@ -49,7 +49,7 @@ type Conn struct {
 	done      chan struct{}
 	closeOnce sync.Once
 	// inWrite is set while the writer writes. The Server's sweep watches
-	// cork.Written move meanwhile: sweepWritten is what it saw last,
+	// sock.Written move meanwhile: sweepWritten is what it saw last,
 	// stalled for how many sweeps in a row it has not moved (a count of
 	// sweeps, not a clock: no time.Now per write). Both are guarded by
 	// s.mu.
@@ -62,9 +62,9 @@ type Conn struct {
 	flush  bool
 }
 
-func newConn(s *Server, ws *websocket.Conn, cc *cork.Conn, addr netip.Prefix) *Conn {
+func newConn(s *Server, ws *websocket.Conn, cc *wsconn.Conn, addr netip.Prefix) *Conn {
 	c := &Conn{
-		s: s, id: s.newID(), ws: ws, cork: cc, addr: addr,
+		s: s, id: s.newID(), ws: ws, sock: cc, addr: addr,
 		q:      queue{limit: s.cfg.SendQueue, limitBytes: s.cfg.SendQueueBytes, wake: make(chan struct{}, 1)},
 		done:   make(chan struct{}),
 		bucket: tokenBucket{rate: s.cfg.RatePerSec, burst: float64(s.cfg.RateBurst), tokens: float64(s.cfg.RateBurst)},
@@ -122,12 +122,12 @@ func (c *Conn) readLoop() (parked bool, err error) {
 			return false, errRateLimited
 		}
 		// A connection's reader waits here, with a shallow stack, rather
-		// than inside Read (see cork.WaitReadable); after ReaderLinger
+		// than inside Read (see wsconn.WaitReadable); after ReaderLinger
 		// with nothing to read it hands the socket over to the poller and
 		// its goroutine ends. The frame is handled further down, to keep
 		// this function's frame small.
-		if !c.cork.WaitReadable(linger) {
-			parked, err := c.cork.Park(s.poller, c.resume)
+		if !c.sock.WaitReadable(linger) {
+			parked, err := c.sock.Park(s.poller, c.resume)
 			if parked {
 				return true, nil
 			}
@@ -146,7 +146,7 @@ func (c *Conn) readLoop() (parked bool, err error) {
 		}
 		typ, data, err := c.ws.Read(context.Background())
 		if err != nil {
-			if errors.Is(err, cork.ErrFrameTimeout) {
+			if errors.Is(err, wsconn.ErrFrameTimeout) {
 				c.frameTimedOut()
 			}
 			return false, err
@@ -200,7 +200,7 @@ func (c *Conn) waitForToken() bool {
 	c.pause = 0
 	// The streak goes on only while the next frame is there already: a
 	// client that sends at the rate, or paused, is not over the limit.
-	if !c.cork.Pending() {
+	if !c.sock.Pending() {
 		c.overSince = time.Time{}
 	}
 	return true
@@ -281,7 +281,7 @@ func (c *Conn) close(code websocket.StatusCode, reason string, flush bool) {
 // closeConn closes the connection with a close handshake, which reads the
 // connection besides the reader.
 func (c *Conn) closeConn(code websocket.StatusCode, reason string) {
-	c.cork.EndWaits()
+	c.sock.EndWaits()
 	c.ws.Close(code, reason)
 }
 

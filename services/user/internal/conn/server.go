@@ -27,8 +27,8 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wschat/wschat/services/protocol"
-	"github.com/wschat/wschat/services/user/internal/cork"
 	"github.com/wschat/wschat/services/user/internal/park"
+	"github.com/wschat/wschat/services/user/internal/wsconn"
 )
 
 // Config sets the limits of the connections a Server holds.
@@ -116,7 +116,7 @@ type Server struct {
 	log  *slog.Logger
 	m    *Metrics
 	h    Handler
-	bufs cork.Pool // connections' write batches and read chunks
+	bufs wsconn.Pool // connections' write batches and read chunks
 	// poller holds idle connections' sockets; nil where there is none
 	// (their readers then wait on their goroutines).
 	poller     *park.Poller
@@ -216,7 +216,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	s.upgrading++
 	s.mu.Unlock()
-	cw := &cork.ResponseWriter{ResponseWriter: w, Pool: &s.bufs, FrameTimeout: s.cfg.FrameReadTimeout}
+	cw := &wsconn.ResponseWriter{ResponseWriter: w, Pool: &s.bufs, FrameTimeout: s.cfg.FrameReadTimeout}
 	ws, err := websocket.Accept(cw, r, &websocket.AcceptOptions{
 		OriginPatterns:  s.cfg.Origins,
 		CompressionMode: websocket.CompressionDisabled,
@@ -327,7 +327,7 @@ func (s *Server) Run(ctx context.Context) {
 				s.m.WriteTimeouts.Inc()
 				s.log.Info("client write made no progress; closing", "conn", c.id, "timeout", s.cfg.WriteTimeout)
 				// The socket itself: the writer is blocked in it.
-				c.cork.Close()
+				c.sock.Close()
 			}
 		}
 		s.mu.Unlock()
@@ -358,7 +358,7 @@ func (s *Server) Shutdown(ctx context.Context) {
 		// does not answer.
 		s.mu.Lock()
 		for c := range s.conns {
-			c.cork.Close()
+			c.sock.Close()
 		}
 		s.mu.Unlock()
 	}

@@ -71,7 +71,7 @@ func TestIdleReadersWaitShallow(t *testing.T) {
 	t.Logf("%d bytes of goroutine stack per idle connection", (after.StackInuse-before.StackInuse)/n)
 
 	wstest.WaitUntil(t, fmt.Sprintf("the %d readers to wait", n), func() bool {
-		return wstest.GoroutinesIn("cork.(*Conn).WaitReadable(") == n
+		return wstest.GoroutinesIn("wsconn.(*Conn).WaitReadable(") == n
 	})
 	// They are alive: they wake for the next frame.
 	clients[0].Send(t, `{"type":"chat","room":"room-0","message":"still here","id":"c"}`)

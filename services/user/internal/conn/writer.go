@@ -74,7 +74,7 @@ func (c *Conn) queue(b []byte, lazy bool) {
 func (c *Conn) writeLoop() {
 	defer c.writers.Done()
 	var batch [][]byte
-	// writeAll writes what is queued, framed by cork and sent in one
+	// writeAll writes what is queued, framed by wsconn and sent in one
 	// system call; false when the connection failed. A writer stuck on a
 	// dead peer is freed by closing the connection.
 	writeAll := func() bool {
@@ -84,16 +84,16 @@ func (c *Conn) writeLoop() {
 		}
 		c.inWrite.Store(true)
 		defer c.inWrite.Store(false)
-		c.cork.Hold()
+		c.sock.Hold()
 		for i, b := range batch {
-			if err := c.cork.AppendText(b); err != nil {
-				c.cork.Release()
+			if err := c.sock.AppendText(b); err != nil {
+				c.sock.Release()
 				c.ws.CloseNow()
 				return false
 			}
 			batch[i] = nil
 		}
-		if err := c.cork.Release(); err != nil {
+		if err := c.sock.Release(); err != nil {
 			c.ws.CloseNow()
 			return false
 		}
@@ -129,7 +129,7 @@ func (c *Conn) writeLoop() {
 // without sending a byte; the Server's sweep calls it, once a sweep.
 // s.mu must be held.
 func (c *Conn) stuck(n int64) bool {
-	w := c.cork.Written()
+	w := c.sock.Written()
 	if !c.inWrite.Load() || w != c.sweepWritten {
 		c.sweepWritten, c.stalled = w, 0
 		return false

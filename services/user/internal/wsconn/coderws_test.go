@@ -1,4 +1,4 @@
-package cork
+package wsconn
 
 // Tests that pin what this package relies on in github.com/coder/websocket
 // (the list is in the package doc). Each runs a real coder/websocket server
@@ -89,7 +89,7 @@ func serveRecorded(t *testing.T, frameTimeout time.Duration, fn func(cw *Respons
 		}
 		defer ws.CloseNow()
 		if cw.Conn == nil {
-			t.Error("websocket.Accept did not hijack through cork.ResponseWriter.Hijack (it found another http.Hijacker): coder/websocket writes and reads around the Conn")
+			t.Error("websocket.Accept did not hijack through wsconn.ResponseWriter.Hijack (it found another http.Hijacker): coder/websocket writes and reads around the Conn")
 			return
 		}
 		rec.start()
@@ -283,7 +283,7 @@ func TestCoderWebsocketWritesEachCloseFrameWholeInOneWrite(t *testing.T) {
 // of writeBuffer bytes, and not through a buffer of its own: a 304-byte
 // data frame written by coder/websocket reaches the socket as a first
 // Write of exactly writeBuffer bytes. (Only a data message larger than the
-// buffer shows its size; cork's own messages never take this path.)
+// buffer shows its size; wsconn's own messages never take this path.)
 func TestCoderWebsocketWritesThroughHijackedWriteBuffer(t *testing.T) {
 	msg := bytes.Repeat([]byte("w"), 300)
 	recs := make(chan *recordConn, 1)

@@ -1,4 +1,4 @@
-package cork
+package wsconn
 
 import (
 	"bytes"
@@ -454,7 +454,7 @@ func TestReaderWaitingHoldsNoChunk(t *testing.T) {
 	for deadline := time.Now().Add(10 * time.Second); ; {
 		buf := make([]byte, 1<<20)
 		stacks := string(buf[:runtime.Stack(buf, true)])
-		if strings.Contains(stacks, "cork.(*Conn).fill(") && strings.Contains(stacks, "(*FD).RawRead(") {
+		if strings.Contains(stacks, "wsconn.(*Conn).fill(") && strings.Contains(stacks, "(*FD).RawRead(") {
 			break
 		}
 		if time.Now().After(deadline) {

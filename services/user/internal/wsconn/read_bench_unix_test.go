@@ -1,6 +1,6 @@
 //go:build unix
 
-package cork
+package wsconn
 
 import (
 	"bufio"

@@ -1,4 +1,4 @@
-// Package cork is the net.Conn that net/http hijacks for a
+// Package wsconn is the net.Conn that net/http hijacks for a
 // github.com/coder/websocket server connection. It does four jobs:
 //
 //   - Batches writes. coder/websocket flushes every message with a write
@@ -60,7 +60,7 @@
 // part of a frame in the buffer ahead of the next control frame. And it calls EndWaits before
 // coder/websocket's Close, whose handshake reads the connection besides
 // the reader.
-package cork
+package wsconn
 
 import (
 	"bufio"
@@ -585,7 +585,7 @@ func (c *Conn) idleLocked() bool {
 // it, between reads.
 func (c *Conn) Park(p *park.Poller, resume func()) (bool, error) {
 	if p == nil || c.rc == nil {
-		return false, errors.New("cork: no poller or no raw access to the socket")
+		return false, errors.New("wsconn: no poller or no raw access to the socket")
 	}
 	parked := false
 	var perr error
