@@ -104,5 +104,5 @@ bench:
 	integration/load/bench-all.sh
 
 bench-go:
-	@for m in ./services/protocol ./services/reclaim ./services/user ./services/relayer; do \
+	@for m in ./services/protocol ./services/reclaim ./services/settings ./services/user ./services/relayer; do \
 		(cd "$$m" && go test -run '^$$' -bench . -benchmem ./...) | grep -E '^(Benchmark|ok|FAIL)'; done

@@ -17,6 +17,7 @@ require (
 
 require (
 	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
+	github.com/wschat/wschat/services/settings v0.0.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 )
 
@@ -85,3 +86,5 @@ replace github.com/wschat/wschat/services/user => ../services/user
 replace github.com/wschat/wschat/services/relayer => ../services/relayer
 
 replace github.com/wschat/wschat/services/reclaim => ../services/reclaim
+
+replace github.com/wschat/wschat/services/settings => ../services/settings

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/caarlos0/env/v11"
+	"github.com/wschat/wschat/services/settings"
 )
 
 // Config is ws-user's whole configuration, read from the environment only.
@@ -85,17 +85,7 @@ func parseProxies(list []string) ([]netip.Prefix, error) {
 // environment, and checks it before anything listens.
 func loadConfig(getenv func(string) string) (Config, error) {
 	var cfg Config
-	params, err := env.GetFieldParams(&cfg)
-	if err != nil {
-		return cfg, fmt.Errorf("config: %w", err)
-	}
-	vars := map[string]string{}
-	for _, p := range params {
-		if v := getenv(p.Key); v != "" {
-			vars[p.Key] = v
-		}
-	}
-	if err := env.ParseWithOptions(&cfg, env.Options{Environment: vars}); err != nil {
+	if err := settings.Load(&cfg, getenv); err != nil {
 		return cfg, fmt.Errorf("config: %w", err)
 	}
 	if cfg.InstanceID == "" {

@@ -38,7 +38,7 @@ type Config struct {
 	Sweep time.Duration
 	// JoinTimeout bounds how long an extended client's join waits for its
 	// room's subscription (the relay link is down or slow); then it is
-	// answered unavailable and undone (default 10s).
+	// answered unavailable and undone (0: no bound).
 	JoinTimeout time.Duration
 	Logger      *slog.Logger
 	Metrics     *Metrics
@@ -136,9 +136,6 @@ type fetchFunc func(msgs []protocol.Message, first uint64, err error)
 func New(cfg Config) *Hub {
 	if cfg.Sweep <= 0 {
 		cfg.Sweep = 250 * time.Millisecond
-	}
-	if cfg.JoinTimeout <= 0 {
-		cfg.JoinTimeout = 10 * time.Second
 	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)

@@ -21,7 +21,7 @@ func (h *Hub) expireJoinsLocked(now time.Time) {
 	var expired []pendingJoin
 	for r := range h.unsynced {
 		for _, p := range r.waiting {
-			if p.c.extended && now.Sub(p.since) > h.cfg.JoinTimeout {
+			if p.c.extended && h.cfg.JoinTimeout > 0 && now.Sub(p.since) > h.cfg.JoinTimeout {
 				expired = append(expired, p)
 			}
 		}
