@@ -291,7 +291,8 @@ func ReadMessage(r io.Reader, buf []byte) ([]byte, error) {
 	}
 }
 
-// keepBytes bounds the array ReadMessage reuses.
+// keepBytes bounds the arrays a link end reuses: ReadMessage's, and the
+// Writer's spare output buffer.
 const keepBytes = 1 << 20
 
 // AppendMember appends a frame about one member (join, leave, presence),
