@@ -19,6 +19,7 @@ import (
 
 	"github.com/wschat/wschat/services/protocol/link"
 	"github.com/wschat/wschat/services/reclaim"
+	"github.com/wschat/wschat/services/relayer/internal/linkserver"
 	"github.com/wschat/wschat/services/relayer/internal/sequencer"
 	"github.com/wschat/wschat/services/relayer/internal/store"
 )
@@ -47,21 +48,29 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	seq, err := sequencer.New(sequencer.Config{
-		Secret:         cfg.RelaySecret,
 		HistoryLimit:   cfg.HistoryLimit,
 		DedupWindow:    cfg.DedupWindow,
 		PresenceGrace:  cfg.PresenceGrace,
 		QueueBytes:     cfg.LinkQueueBytes,
-		MaxFrameBytes:  cfg.LinkMaxFrameBytes,
 		InflightBytes:  cfg.LinkInflightBytes,
-		PingInterval:   cfg.LinkPingInterval,
-		FlushDelay:     cfg.LinkFlushDelay,
 		CompactBytes:   cfg.CompactBytes,
 		RetentionBytes: cfg.RetentionBytes,
 		RetentionAge:   cfg.RetentionAge,
 		Logger:         log,
 		Registry:       reg,
 	}, st)
+	if err != nil {
+		st.Close()
+		return err
+	}
+	links, err := linkserver.New(linkserver.Config{
+		Secret:        cfg.RelaySecret,
+		MaxFrameBytes: cfg.LinkMaxFrameBytes,
+		PingInterval:  cfg.LinkPingInterval,
+		FlushDelay:    cfg.LinkFlushDelay,
+		Logger:        log,
+		Registry:      reg,
+	}, seq)
 	if err != nil {
 		st.Close()
 		return err
@@ -82,7 +91,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		io.WriteString(w, "ready")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-	mux.Handle("GET "+link.Path, seq)
+	mux.Handle("GET "+link.Path, links)
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -143,7 +152,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// past its shutdown budget.
 		runErr = errors.Join(runErr, fmt.Errorf("sequencer did not stop within %v", cfg.ShutdownTimeout))
 	}
-	if err := seq.WaitLinks(deadline); err != nil {
+	if err := links.WaitLinks(deadline); err != nil {
 		log.Warn("shutdown", "err", err)
 	}
 	srv.Close()

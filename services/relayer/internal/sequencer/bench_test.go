@@ -27,21 +27,17 @@ func BenchmarkFanOut(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer st.Close()
-			fake := func(id string) *conn {
-				c := &conn{s: s, inst: id, log: s.log, wake: make(chan struct{}, 1)}
-				s.apply([]event{{kind: evOpen, conn: c}})
-				return c
+			recs := make([]*recorder, n)
+			for i := range recs {
+				var in *Input
+				in, recs[i] = openByHand(b, s, fmt.Sprint("sub", i))
+				s.apply([]event{{kind: evFrames, in: in, frames: []*link.Frame{{T: link.OpSync, Rooms: []link.RoomState{{Room: "r"}}}}}})
 			}
-			conns := make([]*conn, n)
-			for i := range conns {
-				conns[i] = fake(fmt.Sprint("sub", i))
-				s.apply([]event{{kind: evFrames, conn: conns[i], frames: []*link.Frame{{T: link.OpSync, Rooms: []link.RoomState{{Room: "r"}}}}}})
-			}
-			pub := fake("pub")
-			s.apply([]event{{kind: evFrames, conn: pub, frames: []*link.Frame{{T: link.OpSync}}}})
+			pub, pubRec := openByHand(b, s, "pub")
+			s.apply([]event{{kind: evFrames, in: pub, frames: []*link.Frame{{T: link.OpSync}}}})
 			msg := protocol.Message{Room: "r", Text: "a typical chat message of moderate length", From: "alice", UID: "u-1", ID: "c-1"}
 			f := &link.Frame{T: link.OpPub, Msg: &msg}
-			ev := []event{{kind: evFrames, conn: pub, frames: []*link.Frame{f}}}
+			ev := []event{{kind: evFrames, in: pub, frames: []*link.Frame{f}}}
 			var mid []byte
 			i := 0
 			b.ReportAllocs()
@@ -52,49 +48,12 @@ func BenchmarkFanOut(b *testing.B) {
 				if err := s.apply(ev); err != nil {
 					b.Fatal(err)
 				}
-				for _, c := range conns {
-					c.out = c.out[:0]
+				for _, r := range recs {
+					r.out = r.out[:0]
 				}
-				pub.out = pub.out[:0]
+				pubRec.out = pubRec.out[:0]
 			}
 		})
-	}
-}
-
-// BenchmarkLinkBatching sends bursts of pubs over real loopback links and
-// reports how many frames shared each WebSocket message on the way out.
-func BenchmarkLinkBatching(b *testing.B) {
-	const burst = 256
-	h := start(b, "", func(c *Config) { c.HistoryLimit = 1000 })
-	sub := h.dial("sub")
-	sub.sync(link.RoomState{Room: "r"})
-	p := h.dial("pub")
-	p.sync()
-	frames := make([]*link.Frame, burst)
-	var payload []byte
-	seq := 0
-	msgs, got := 0, 0
-	b.ReportAllocs()
-	for b.Loop() {
-		payload = payload[:0]
-		for i := range frames {
-			seq++
-			frames[i] = pubFrame(strconv.Itoa(seq), "r", "burst message")
-			payload, _ = link.Append(payload, frames[i])
-		}
-		p.sendRaw(payload)
-		for range burst {
-			sub.expect(link.OpMsg)
-			p.expect(link.OpAck)
-		}
-		got += burst
-		for len(sub.msgs) > 0 {
-			<-sub.msgs
-			msgs++
-		}
-	}
-	if msgs > 0 {
-		b.ReportMetric(float64(got)/float64(msgs), "frames/wsmsg")
 	}
 }
 
@@ -117,8 +76,8 @@ func benchLog(b *testing.B, rooms, n int, tweak func(*Config)) *Sequencer {
 		s.reader.Close()
 		st.Close()
 	})
-	pub := &conn{s: s, inst: "pub", log: s.log, wake: make(chan struct{}, 1)}
-	s.apply([]event{{kind: evOpen, conn: pub}, {kind: evFrames, conn: pub, frames: []*link.Frame{{T: link.OpSync}}}})
+	pub, rec := openByHand(b, s, "pub")
+	s.apply([]event{{kind: evFrames, in: pub, frames: []*link.Frame{{T: link.OpSync}}}})
 	text := "a typical chat message of moderate length, a little longer than a short one"
 	var frames []*link.Frame
 	for i := range n {
@@ -126,14 +85,14 @@ func benchLog(b *testing.B, rooms, n int, tweak func(*Config)) *Sequencer {
 			msg := protocol.Message{Room: fmt.Sprint("room-", r), Text: text, From: "alice", UID: "u-1", ID: "c-1"}
 			frames = append(frames, &link.Frame{T: link.OpPub, MID: fmt.Sprint(i, "-", r), Msg: &msg})
 			if len(frames) == maxBatch {
-				if err := s.apply([]event{{kind: evFrames, conn: pub, frames: frames}}); err != nil {
+				if err := s.apply([]event{{kind: evFrames, in: pub, frames: frames}}); err != nil {
 					b.Fatal(err)
 				}
-				frames, pub.out = frames[:0], pub.out[:0]
+				frames, rec.out = frames[:0], rec.out[:0]
 			}
 		}
 	}
-	if err := s.apply([]event{{kind: evFrames, conn: pub, frames: frames}}); err != nil {
+	if err := s.apply([]event{{kind: evFrames, in: pub, frames: frames}}); err != nil {
 		b.Fatal(err)
 	}
 	return s

@@ -48,6 +48,11 @@ func (d *diskIndex) from(off int64) uint64 {
 	return d.first + uint64(sort.Search(len(d.offs), func(i int) bool { return d.offs[i] >= off }))
 }
 
+// offsets returns the offsets of seqs lo..hi, which must be indexed.
+func (d *diskIndex) offsets(lo, hi uint64) []int64 {
+	return slices.Clone(d.offs[lo-d.first : hi-d.first+1])
+}
+
 // ageMark says that every record before off has a timestamp of at most
 // maxTS (Unix ms): RETENTION_AGE finds with them the offset before which
 // everything is older, without a timestamp per message in memory.
@@ -108,7 +113,7 @@ func (s *Sequencer) oldest(r *room, cut int64) uint64 {
 // readJob is one link's reads of one batch, answered together.
 type readJob struct {
 	id    uint64
-	conn  *conn
+	in    *Input
 	items []*readItem
 }
 
@@ -144,13 +149,13 @@ type diskReader struct {
 	done  chan struct{}
 }
 
-// queueRead adds an item to the current batch's job for c.
-func (s *Sequencer) queueRead(c *conn, it *readItem) *readJob {
-	j := s.batchReads[c]
+// queueRead adds an item to the current batch's job for in.
+func (s *Sequencer) queueRead(in *Input, it *readItem) *readJob {
+	j := s.batchReads[in]
 	if j == nil {
 		s.nextJob++
-		j = &readJob{id: s.nextJob, conn: c}
-		s.batchReads[c] = j
+		j = &readJob{id: s.nextJob, in: in}
+		s.batchReads[in] = j
 		s.readOrder = append(s.readOrder, j)
 	}
 	j.items = append(j.items, it)
@@ -258,8 +263,8 @@ func (s *Sequencer) runJob(r *store.Reader, j *readJob) {
 // read takes a job back from the reader and answers what is still asked.
 func (s *Sequencer) read(j *readJob) {
 	s.reads--
-	inst := s.insts[j.conn.inst]
-	if inst == nil || inst.link != j.conn {
+	inst := s.insts[j.in.inst]
+	if inst == nil || inst.link != j.in {
 		return // the link is gone; its instance asks again on the next
 	}
 	for _, it := range j.items {
@@ -312,93 +317,4 @@ func (s *Sequencer) answerCatchUp(inst *instance, it *readItem) {
 	// hole the gateway reports: Gap says so, and so do the seqs.
 	gap := it.gap || !it.complete() || r.first() > last+1
 	s.stageSubscribed(inst, r, append(msgs, r.msgs(r.index(last), len(r.ring), nil)...), gap)
-}
-
-// offsets returns the offsets of seqs lo..hi, which must be indexed.
-func (d *diskIndex) offsets(lo, hi uint64) []int64 {
-	return slices.Clone(d.offs[lo-d.first : hi-d.first+1])
-}
-
-// kept returns the offsets, ascending, of the messages a compaction keeps:
-// every room's ring, and what it has on disk from cut on.
-func (s *Sequencer) kept(cut int64) []int64 {
-	var kept []int64
-	for _, r := range s.rooms {
-		for i := range r.ring {
-			kept = append(kept, r.at(i).off)
-		}
-		d := &r.disk
-		for seq := d.from(cut); seq < r.first() && seq < d.first+uint64(len(d.offs)); seq++ {
-			kept = append(kept, d.offs[seq-d.first])
-		}
-	}
-	slices.Sort(kept)
-	return kept
-}
-
-// moved points the rings, the disk indexes and the age marks at the
-// compacted log, where the record at kept[i] went to moved[i]. What it
-// did not keep leaves the indexes.
-func (s *Sequencer) moved(cut int64, kept, moved []int64) {
-	to := func(old int64) int64 {
-		i, _ := slices.BinarySearch(kept, old)
-		return moved[i]
-	}
-	for _, r := range s.rooms {
-		for i := range r.ring {
-			e := r.at(i)
-			e.off = to(e.off)
-		}
-		d := &r.disk
-		drop := int(d.from(cut) - d.first)
-		if ringFirst := r.first(); ringFirst >= d.first {
-			drop = min(drop, int(ringFirst-d.first))
-		}
-		offs := d.offs[min(drop, len(d.offs)):]
-		if drop > 0 {
-			offs = slices.Clone(offs) // let the dropped part go
-			d.first += uint64(drop)
-		}
-		for i, o := range offs {
-			offs[i] = to(o)
-		}
-		d.offs = offs
-	}
-	// A mark's records before it are those kept from before it.
-	var end int64
-	if n := len(kept); n > 0 {
-		end = moved[n-1] + 1 // past the last kept record's start
-	}
-	marks := s.marks[:0]
-	for k, m := range s.marks {
-		if k+1 < len(s.marks) && s.marks[k+1].off <= cut {
-			continue // a later mark before the cut says more
-		}
-		i, _ := slices.BinarySearch(kept, m.off)
-		off := end
-		if i < len(kept) {
-			off = moved[i]
-		}
-		if n := len(marks); n > 0 && marks[n-1].off >= off {
-			continue // the earlier mark says as much, with an older time
-		}
-		marks = append(marks, ageMark{off, m.maxTS})
-	}
-	s.marks = marks
-	s.reopen()
-}
-
-// reopen points the reader at the log's current file.
-func (s *Sequencer) reopen() {
-	r, err := s.st.OpenReader()
-	if err != nil {
-		s.log.Error("cannot open the log for reading: history beyond the rings is unavailable until the next compaction", "err", err)
-	}
-	s.rd.mu.Lock()
-	old := s.reader
-	s.reader = r
-	s.rd.mu.Unlock()
-	if old != nil {
-		old.Close()
-	}
 }

@@ -3,16 +3,11 @@ package sequencer
 import (
 	"bytes"
 	"context"
-	"errors"
 	"log/slog"
-	"net/http"
-	"net/http/httptest"
-	"strings"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wschat/wschat/services/protocol"
@@ -20,10 +15,12 @@ import (
 	"github.com/wschat/wschat/services/relayer/internal/store"
 )
 
-const (
-	testSecret = "test-secret-123"
-	waitFor    = 5 * time.Second
-)
+// The sequencer's tests drive it through in-memory links (client): frames
+// go in through Input.Frames as a link's reader would hand them, and come
+// out decoded from what the sequencer delivers. No sockets: the transport
+// has its own tests (package linkserver).
+
+const waitFor = 5 * time.Second
 
 // syncBuffer collects logs written from many goroutines.
 type syncBuffer struct {
@@ -48,27 +45,23 @@ type harness struct {
 	dir  string
 	s    *Sequencer
 	reg  *prometheus.Registry
-	srv  *httptest.Server
 	logs *syncBuffer
 	stop func() error
 }
 
 func testConfig() Config {
 	return Config{
-		Secret:        testSecret,
 		HistoryLimit:  100,
 		DedupWindow:   1000,
 		PresenceGrace: 200 * time.Millisecond,
 		QueueBytes:    1 << 20,
-		MaxFrameBytes: 1 << 20,
-		PingInterval:  time.Second,
+		InflightBytes: 2 << 20,
 		CompactBytes:  1 << 30,
 	}
 }
 
-// start runs a sequencer on dir (a new temporary one when empty) behind an
-// httptest server; it is stopped at the end of the test unless stopped
-// before.
+// start runs a sequencer on dir (a new temporary one when empty); it is
+// stopped at the end of the test unless stopped before.
 func start(t testing.TB, dir string, tweak func(*Config)) *harness {
 	t.Helper()
 	h, run := startPaused(t, dir, tweak)
@@ -77,7 +70,7 @@ func start(t testing.TB, dir string, tweak func(*Config)) *harness {
 }
 
 // startPaused is start with the sequencer's Run held until run is called:
-// links connect and their readers read, nothing is applied.
+// links open and hand over frames, nothing is applied.
 func startPaused(t testing.TB, dir string, tweak func(*Config)) (h *harness, run func()) {
 	t.Helper()
 	if dir == "" {
@@ -104,8 +97,7 @@ func startPaused(t testing.TB, dir string, tweak func(*Config)) (h *harness, run
 	done := make(chan error, 1)
 	var runOnce sync.Once
 	run = func() { runOnce.Do(func() { go func() { done <- s.Run(ctx) }() }) }
-	srv := httptest.NewServer(s)
-	h = &harness{t: t, dir: dir, s: s, reg: reg, srv: srv, logs: logs}
+	h = &harness{t: t, dir: dir, s: s, reg: reg, logs: logs}
 	var once sync.Once
 	var stopErr error
 	h.stop = func() error {
@@ -113,12 +105,6 @@ func startPaused(t testing.TB, dir string, tweak func(*Config)) (h *harness, run
 			run() // so that there is a Run to stop
 			cancel()
 			stopErr = <-done
-			wctx, wcancel := context.WithTimeout(context.Background(), waitFor)
-			defer wcancel()
-			if err := s.WaitLinks(wctx); err != nil {
-				stopErr = errors.Join(stopErr, err)
-			}
-			srv.Close()
 		})
 		return stopErr
 	}
@@ -130,58 +116,88 @@ func startPaused(t testing.TB, dir string, tweak func(*Config)) (h *harness, run
 	return h, run
 }
 
-func (h *harness) url() string { return "ws" + strings.TrimPrefix(h.srv.URL, "http") + link.Path }
-
+// client is an instance's link in memory: the sequencer's Link, and the
+// test's end of it.
 type client struct {
 	t      testing.TB
 	inst   string
-	ws     *websocket.Conn
+	in     *Input
 	frames chan *link.Frame
-	msgs   chan int // WebSocket messages received, by frame count
-	done   chan struct{}
-	err    error // why the reader stopped; read after done
+
+	mu      sync.Mutex
+	stalled bool // a peer that stopped reading: output piles up
+	owed    int  // bytes delivered while stalled
+	ended   bool
+	code    CloseCode
+	why     Drop
+	done    chan struct{} // closed by Close
 }
 
+// dial opens a link of instance inst.
 func (h *harness) dial(inst string) *client {
 	h.t.Helper()
-	hdr := http.Header{}
-	hdr.Set("Authorization", "Bearer "+testSecret)
-	hdr.Set(link.HeaderInstance, inst)
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	ws, _, err := websocket.Dial(ctx, h.url(), &websocket.DialOptions{HTTPHeader: hdr})
-	if err != nil {
-		h.t.Fatalf("dial %s: %v", inst, err)
+	c := &client{t: h.t, inst: inst, frames: make(chan *link.Frame, 1<<16), done: make(chan struct{})}
+	in, ok := h.s.Open(inst, c, h.s.log.With("instance", inst))
+	if !ok {
+		h.t.Fatalf("open %s: the sequencer has stopped", inst)
 	}
-	ws.SetReadLimit(-1)
-	c := &client{t: h.t, inst: inst, ws: ws, frames: make(chan *link.Frame, 1<<16), msgs: make(chan int, 1<<16), done: make(chan struct{})}
-	go func() {
-		defer close(c.done)
-		for {
-			_, data, err := ws.Read(context.Background())
-			if err != nil {
-				c.err = err
-				return
-			}
-			n := 0
-			if err := link.Split(data, func(f *link.Frame) error {
-				n++
-				c.frames <- f
-				return nil
-			}); err != nil {
-				c.err = err
-				return
-			}
-			select {
-			case c.msgs <- n:
-			default:
-			}
-		}
-	}()
-	h.t.Cleanup(func() { ws.CloseNow() })
+	c.in = in
 	return c
 }
 
+// Deliver implements Link: it decodes frames as the peer would.
+func (c *client) Deliver(frames [][]byte) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	owed := c.owed
+	if c.ended {
+		return owed
+	}
+	for _, b := range frames {
+		if c.stalled {
+			c.owed += len(b)
+			continue
+		}
+		if err := link.Split(b, func(f *link.Frame) error {
+			c.frames <- f
+			return nil
+		}); err != nil {
+			c.t.Errorf("%s: delivered an undecodable frame: %v", c.inst, err)
+		}
+	}
+	return owed
+}
+
+// Owes implements Link.
+func (c *client) Owes() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.owed
+}
+
+// Close implements Link.
+func (c *client) Close(code CloseCode, reason string, flush bool, why Drop) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ended {
+		return
+	}
+	c.ended, c.code, c.why = true, code, why
+	close(c.done)
+}
+
+// stall makes c a peer that no longer reads.
+func (c *client) stall() {
+	c.mu.Lock()
+	c.stalled = true
+	c.mu.Unlock()
+}
+
+// drop ends the link from the peer's side: its connection is gone.
+func (c *client) drop() { c.in.Closed() }
+
+// send hands frames to the sequencer as one link message, decoded anew as
+// the link's reader would.
 func (c *client) send(frames ...*link.Frame) {
 	c.t.Helper()
 	var b []byte
@@ -191,15 +207,12 @@ func (c *client) send(frames ...*link.Frame) {
 			c.t.Fatal(err)
 		}
 	}
-	c.sendRaw(b)
-}
-
-func (c *client) sendRaw(b []byte) {
-	c.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
-	defer cancel()
-	if err := c.ws.Write(ctx, websocket.MessageText, b); err != nil {
-		c.t.Fatalf("%s: write: %v", c.inst, err)
+	var read []*link.Frame
+	if err := link.Split(b, func(f *link.Frame) error { read = append(read, f); return nil }); err != nil {
+		c.t.Fatal(err)
+	}
+	if err := c.in.Frames(context.Background(), read, int64(len(b))); err != nil {
+		c.t.Fatalf("%s: frames: %v", c.inst, err)
 	}
 }
 
@@ -225,15 +238,18 @@ func (c *client) expect(op string) *link.Frame {
 	return f
 }
 
-// closed waits for the link to end and returns its close status.
-func (c *client) closed() websocket.StatusCode {
+// closed waits for the sequencer to close the link and returns its code
+// and why.
+func (c *client) closed() (CloseCode, Drop) {
 	c.t.Helper()
 	select {
 	case <-c.done:
-		return websocket.CloseStatus(c.err)
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		return c.code, c.why
 	case <-time.After(waitFor):
 		c.t.Fatalf("%s: link still open after %s", c.inst, waitFor)
-		return 0
+		return 0, ""
 	}
 }
 
@@ -258,6 +274,32 @@ func (c *client) pub(mid, room, text string) {
 
 func pubFrame(mid, room, text string) *link.Frame {
 	return &link.Frame{T: link.OpPub, MID: mid, Msg: &protocol.Message{Room: room, Text: text, From: "nick", UID: "u-" + mid}}
+}
+
+// recorder is a Link that keeps what it is delivered, for tests and
+// benchmarks that call apply by hand.
+type recorder struct{ out []byte }
+
+// Deliver takes the frames at once: it never owes any.
+func (r *recorder) Deliver(frames [][]byte) int {
+	for _, f := range frames {
+		r.out = append(r.out, f...)
+	}
+	return 0
+}
+
+func (r *recorder) Owes() int                           { return 0 }
+func (r *recorder) Close(CloseCode, string, bool, Drop) {}
+
+// openByHand opens a link on s without Run: the open event is applied at
+// once.
+func openByHand(tb testing.TB, s *Sequencer, inst string) (*Input, *recorder) {
+	rec := &recorder{}
+	in := s.newInput(inst, rec, s.log)
+	if err := s.apply([]event{{kind: evOpen, in: in}}); err != nil {
+		tb.Fatal(err)
+	}
+	return in, rec
 }
 
 func seqs(msgs []protocol.Message) []uint64 {

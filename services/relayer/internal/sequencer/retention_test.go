@@ -292,17 +292,17 @@ func TestCatchUpReadsWhatTheRingLostMeanwhile(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { s.reader.Close(); st.Close() })
-	fake := func(id string, rooms ...link.RoomState) *conn {
-		c := &conn{s: s, inst: id, log: s.log, wake: make(chan struct{}, 1)}
-		if err := s.apply([]event{{kind: evOpen, conn: c}, {kind: evFrames, conn: c, frames: []*link.Frame{{T: link.OpSync, Rooms: rooms}}}}); err != nil {
+	fake := func(id string, rooms ...link.RoomState) (*Input, *recorder) {
+		in, rec := openByHand(t, s, id)
+		if err := s.apply([]event{{kind: evFrames, in: in, frames: []*link.Frame{{T: link.OpSync, Rooms: rooms}}}}); err != nil {
 			t.Fatal(err)
 		}
-		return c
+		return in, rec
 	}
-	pub := fake("p")
+	pub, _ := fake("p")
 	publish := func(n int) {
 		for range n {
-			if err := s.apply([]event{{kind: evFrames, conn: pub, frames: []*link.Frame{pubFrame(fmt.Sprint("m", mids.Add(1)), "r", "msg")}}}); err != nil {
+			if err := s.apply([]event{{kind: evFrames, in: pub, frames: []*link.Frame{pubFrame(fmt.Sprint("m", mids.Add(1)), "r", "msg")}}}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -322,7 +322,7 @@ func TestCatchUpReadsWhatTheRingLostMeanwhile(t *testing.T) {
 		return len(jobs)
 	}
 	publish(30)
-	b := fake("b", link.RoomState{Room: "r", Since: 5})
+	_, b := fake("b", link.RoomState{Room: "r", Since: 5})
 	s.rd.mu.Lock()
 	first := s.rd.queue
 	s.rd.queue = nil

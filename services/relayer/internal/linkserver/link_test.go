@@ -1,4 +1,4 @@
-package sequencer
+package linkserver
 
 import (
 	"fmt"
@@ -13,7 +13,7 @@ import (
 // detector sees the sequencer append into what the writer sends, and the
 // peer gets garbled, lost or doubled frames).
 func TestLinkBuffersAreNotSharedAfterALargeWrite(t *testing.T) {
-	h := start(t, "", func(c *Config) { c.QueueBytes = 64 << 20; c.MaxFrameBytes = 16 << 20; c.HistoryLimit = 5000 })
+	h := start(t, func(c *config) { c.seq.QueueBytes = 64 << 20; c.MaxFrameBytes = 16 << 20; c.seq.HistoryLimit = 5000 })
 	a := h.dial("a")
 	a.sync(link.RoomState{Room: "r"})
 	b := h.dial("b")
