@@ -2,6 +2,7 @@ package sequencer
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -143,4 +144,223 @@ func TestSessionDedupWindowIsBounded(t *testing.T) {
 	}
 	a.send(sessPub("m3", "S", "c1", "r", "old"))
 	expectAck(t, a, "m3", 5, "re-send beyond the window")
+}
+
+func TestDedupByMID(t *testing.T) {
+	h := start(t, "", nil)
+	a, b := h.dial("a"), h.dial("b")
+	a.sync(link.RoomState{Room: "r"})
+	b.sync()
+
+	b.pub("m1", "r", "one")
+	if ack := b.expect(link.OpAck); ack.Seq != 1 || ack.MID != "m1" {
+		t.Fatalf("ack %+v", ack)
+	}
+	b.pub("m1", "r", "one again")
+	if ack := b.expect(link.OpAck); ack.Seq != 1 || ack.MID != "m1" {
+		t.Fatalf("re-sent pub: ack %+v, want the original seq", ack)
+	}
+	// Another instance may use the same mid: it is only unique per instance.
+	a.pub("m1", "r", "a's own m1")
+	if m := a.expect(link.OpMsg); m.Msg.Seq != 1 {
+		t.Fatalf("got %+v", m.Msg)
+	}
+	if m := a.expect(link.OpMsg); m.Msg.Seq != 2 || m.Msg.Text != "a's own m1" {
+		t.Fatalf("the duplicate was re-broadcast, or a's message lost: %+v", m.Msg)
+	}
+	if ack := a.expect(link.OpAck); ack.Seq != 2 {
+		t.Fatalf("ack %+v", ack)
+	}
+	if got := testutil.ToFloat64(h.s.m.dedup); got != 1 {
+		t.Fatalf("dedup_total = %v", got)
+	}
+}
+
+// A publish re-sent after its room's ring forgot it (an instance cut off
+// while the room moved on) is still recognised.
+func TestDedupBeyondTheRing(t *testing.T) {
+	h := start(t, "", func(c *Config) { c.HistoryLimit = 5 })
+	a, b := pubThenMoveOn(t, h, 20)
+	pubLostAck(t, a, "re-sent pub")
+	b.pub("b-last", "r", "next")
+	if ack := b.expect(link.OpAck); ack.Seq != 22 {
+		t.Fatalf("the re-sent publish was sequenced again: next seq %d, want 22", ack.Seq)
+	}
+}
+
+// pubLostAck has c publish "lost-ack" to room r, the first time or again,
+// and checks it is (still) seq 1; when says which time, for the failure.
+func pubLostAck(t *testing.T, c *client, when string) {
+	t.Helper()
+	c.pub("lost-ack", "r", "once")
+	if ack := c.expect(link.OpAck); ack.Seq != 1 || ack.MID != "lost-ack" {
+		t.Fatalf("%s: ack %+v, want lost-ack at seq 1", when, ack)
+	}
+}
+
+// afterCompactions waits for b's batches so far to be applied (and any
+// compaction they caused to be logged) and returns how many compactions
+// h logged.
+func afterCompactions(h *harness, b *client) int {
+	b.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r"})
+	b.expect(link.OpFetched)
+	return strings.Count(h.logs.String(), "log compacted")
+}
+
+// pubThenMoveOn has instance a publish "lost-ack" to room r (seq 1), then
+// instance b publish n more there.
+func pubThenMoveOn(t *testing.T, h *harness, n int) (a, b *client) {
+	t.Helper()
+	a, b = h.dial("a"), h.dial("b")
+	a.sync()
+	b.sync()
+	pubLostAck(t, a, "first pub")
+	for i := range n {
+		b.pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
+		b.expect(link.OpAck)
+	}
+	return a, b
+}
+
+// pubToRooms publishes n messages to each of rooms rooms x0, x1, ...
+func pubToRooms(c *client, rooms, n int) {
+	for room := range rooms {
+		for i := range n {
+			c.pub(fmt.Sprint("x", room, "-", i), fmt.Sprint("x", room), "old")
+			c.expect(link.OpAck)
+		}
+	}
+}
+
+// The same after a compaction and a restart: the compacted log remembers
+// the window's keys whose messages it no longer holds.
+func TestDedupSurvivesCompactionAndRestart(t *testing.T) {
+	dir := t.TempDir()
+	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096 }
+	h := start(t, dir, tweak)
+	_, b := pubThenMoveOn(t, h, 100)
+	// The keys a compaction keeps do not make every later batch compact
+	// again (the log must grow by half the threshold first): about one
+	// compaction per 2 KB of these 100 publishes, not one per batch.
+	if n := afterCompactions(h, b); n == 0 || n > 15 {
+		t.Fatalf("%d compactions", n)
+	}
+	h.stop()
+
+	h2 := start(t, dir, tweak)
+	a2 := h2.dial("a")
+	a2.sync()
+	pubLostAck(t, a2, "re-sent pub after compaction and restart")
+	a2.pub("next", "r", "new")
+	if ack := a2.expect(link.OpAck); ack.Seq != 102 {
+		t.Fatalf("next seq %d, want 102: the re-sent publish was sequenced again", ack.Seq)
+	}
+}
+
+// And when the retained messages of other, older rooms and the window's
+// other keys are more than the window holds: replay must forget retained
+// messages (their rings know them), not the window's keys.
+func TestDedupSurvivesCompactionBesideOldRooms(t *testing.T) {
+	dir := t.TempDir()
+	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096; c.DedupWindow = 110 }
+	h := start(t, dir, tweak)
+	a, b := h.dial("a"), h.dial("b")
+	a.sync()
+	b.sync()
+	pubToRooms(b, 13, 5) // 65 retained messages, older than what follows
+	pubLostAck(t, a, "first pub")
+	for i := range 100 {
+		b.pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
+		b.expect(link.OpAck)
+	}
+	if afterCompactions(h, b) == 0 {
+		t.Fatal("no compaction logged")
+	}
+	h.stop()
+
+	h2 := start(t, dir, tweak)
+	a2 := h2.dial("a")
+	a2.sync()
+	pubLostAck(t, a2, "re-sent pub after compaction and restart")
+}
+
+// A compacted log holds the rooms' messages in no particular order of
+// rooms; replay must still rebuild the window in publish order. Here many
+// older rooms retain more messages than the window holds: were the window
+// rebuilt in the rooms' order, the still-retained "lost-ack" would be
+// forgotten by the window in most runs, and then by its ring once the
+// room moves on.
+func TestDedupWindowKeepsPublishOrderAcrossCompaction(t *testing.T) {
+	dir := t.TempDir()
+	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096; c.DedupWindow = 60 }
+	h := start(t, dir, tweak)
+	a, b := h.dial("a"), h.dial("b")
+	a.sync()
+	b.sync()
+	pubToRooms(b, 100, 5) // 500 retained messages, older than lost-ack
+	compactions := afterCompactions(h, b)
+	pubLostAck(t, a, "first pub")
+	// Room y's evicted messages make the log compact; the window (60)
+	// still holds lost-ack with room for 5 more, and r's ring too.
+	for i := range 45 {
+		b.pub(fmt.Sprint("y", i), "y", strings.Repeat("z", 2000))
+		b.expect(link.OpAck)
+	}
+	if afterCompactions(h, b) == compactions {
+		t.Fatal("no compaction after lost-ack")
+	}
+	h.stop()
+
+	h2 := start(t, dir, tweak)
+	a2, b2 := h2.dial("a"), h2.dial("b")
+	a2.sync()
+	b2.sync()
+	for i := range 5 { // r's ring forgets lost-ack
+		b2.pub(fmt.Sprint("later", i), "r", "new")
+		b2.expect(link.OpAck)
+	}
+	pubLostAck(t, a2, "re-sent pub after compaction, restart and 5 more")
+}
+
+// A key sequenced again in another room (an instance reusing a mid) is one
+// entry of the window: the newer room's seq, at the newest end, forgotten
+// when that slot is evicted, not when its older one is.
+func TestRecentPubsOneEntryPerKey(t *testing.T) {
+	d := newRecentPubs(3)
+	k := pubKey{a: "a", b: "m"}
+	d.add(k, "r1", 1)
+	d.add(k, "r2", 5)
+	if seq, ok := d.get(k, "r2"); !ok || seq != 5 {
+		t.Fatalf("get = %d, %v; want 5 in r2", seq, ok)
+	}
+	n := 0
+	for range d.all {
+		n++
+	}
+	if n != 1 {
+		t.Fatalf("%d entries for one key", n)
+	}
+	d.add(pubKey{a: "a", b: "x"}, "r1", 2) // slots: k (stale), k, x
+	d.add(k, "r2", 5)                      // k moves to the newest end: k (stale), x, k
+	var order []string
+	for key := range d.all {
+		order = append(order, key.b)
+	}
+	if !slices.Equal(order, []string{"x", "m"}) {
+		t.Fatalf("window %v, want [x m]: a re-added key moves to the newest end", order)
+	}
+	d.add(pubKey{a: "a", b: "y"}, "r1", 3) // evicts k's stale slot
+	if _, ok := d.get(k, "r2"); !ok {
+		t.Fatal("evicting a key's stale slot forgot the key")
+	}
+	d.add(pubKey{a: "a", b: "z"}, "r1", 4) // evicts x
+	d.add(pubKey{a: "a", b: "w"}, "r1", 6) // evicts k, now the oldest
+	if _, ok := d.get(k, "r2"); ok {
+		t.Fatal("k still known after its eviction")
+	}
+	for key, rs := range d.all {
+		if rs.room == "" || rs.seq == 0 {
+			t.Fatalf("entry %v without its room and seq", key)
+		}
+	}
 }
