@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/relayer/internal/linktest"
 )
 
 // BenchmarkLinkBatching sends bursts of pubs over real loopback links and
@@ -13,9 +14,9 @@ func BenchmarkLinkBatching(b *testing.B) {
 	const burst = 256
 	h := start(b, func(c *config) { c.seq.HistoryLimit = 1000 })
 	sub := h.dial("sub")
-	sub.sync(link.RoomState{Room: "r"})
+	sub.Sync(link.RoomState{Room: "r"})
 	p := h.dial("pub")
-	p.sync()
+	p.Sync()
 	frames := make([]*link.Frame, burst)
 	var payload []byte
 	seq := 0
@@ -25,13 +26,13 @@ func BenchmarkLinkBatching(b *testing.B) {
 		payload = payload[:0]
 		for i := range frames {
 			seq++
-			frames[i] = pubFrame(strconv.Itoa(seq), "r", "burst message")
+			frames[i] = linktest.PubFrame(strconv.Itoa(seq), "r", "burst message")
 			payload, _ = link.Append(payload, frames[i])
 		}
-		p.sendRaw(payload)
+		p.Write(payload)
 		for range burst {
-			sub.expect(link.OpMsg)
-			p.expect(link.OpAck)
+			sub.Expect(link.OpMsg)
+			p.Expect(link.OpAck)
 		}
 		got += burst
 		for len(sub.msgs) > 0 {

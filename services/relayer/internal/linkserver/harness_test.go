@@ -15,15 +15,15 @@ import (
 	"github.com/coder/websocket"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/relayer/internal/linktest"
 	"github.com/wschat/wschat/services/relayer/internal/sequencer"
 	"github.com/wschat/wschat/services/relayer/internal/store"
 )
 
 const (
 	testSecret = "test-secret-123"
-	waitFor    = 5 * time.Second
+	waitFor    = linktest.WaitFor
 )
 
 // syncBuffer collects logs written from many goroutines.
@@ -124,14 +124,13 @@ func start(t testing.TB, tweak func(*config)) *harness {
 
 func (h *harness) url() string { return "ws" + strings.TrimPrefix(h.srv.URL, "http") + link.Path }
 
+// client is an instance's end of a link over a WebSocket.
 type client struct {
-	t      testing.TB
-	inst   string
-	ws     *websocket.Conn
-	frames chan *link.Frame
-	msgs   chan int // WebSocket messages received, by frame count
-	done   chan struct{}
-	err    error // why the reader stopped; read after done
+	*linktest.Peer
+	ws   *websocket.Conn
+	msgs chan int      // WebSocket messages received, by frame count
+	done chan struct{} // closed when the reader stopped
+	err  error         // why the reader stopped; read after done
 }
 
 func (h *harness) dial(inst string) *client {
@@ -146,7 +145,8 @@ func (h *harness) dial(inst string) *client {
 		h.t.Fatalf("dial %s: %v", inst, err)
 	}
 	ws.SetReadLimit(-1)
-	c := &client{t: h.t, inst: inst, ws: ws, frames: make(chan *link.Frame, 1<<16), msgs: make(chan int, 1<<16), done: make(chan struct{})}
+	c := &client{ws: ws, msgs: make(chan int, 1<<16), done: make(chan struct{})}
+	c.Peer = linktest.NewPeer(h.t, inst, c.write)
 	go func() {
 		defer close(c.done)
 		for {
@@ -158,7 +158,7 @@ func (h *harness) dial(inst string) *client {
 			n := 0
 			if err := link.Split(data, func(f *link.Frame) error {
 				n++
-				c.frames <- f
+				c.Frames <- f
 				return nil
 			}); err != nil {
 				c.err = err
@@ -174,80 +174,24 @@ func (h *harness) dial(inst string) *client {
 	return c
 }
 
-func (c *client) send(frames ...*link.Frame) {
-	c.t.Helper()
-	var b []byte
-	for _, f := range frames {
-		var err error
-		if b, err = link.Append(b, f); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	c.sendRaw(b)
-}
-
-func (c *client) sendRaw(b []byte) {
-	c.t.Helper()
+// write sends one link message.
+func (c *client) write(msg []byte) {
+	c.T.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), waitFor)
 	defer cancel()
-	if err := c.ws.Write(ctx, websocket.MessageText, b); err != nil {
-		c.t.Fatalf("%s: write: %v", c.inst, err)
+	if err := c.ws.Write(ctx, websocket.MessageText, msg); err != nil {
+		c.T.Fatalf("%s: write: %v", c.Inst, err)
 	}
-}
-
-// next returns the next frame, failing the test after a deadline.
-func (c *client) next() *link.Frame {
-	c.t.Helper()
-	select {
-	case f := <-c.frames:
-		return f
-	case <-time.After(waitFor):
-		c.t.Fatalf("%s: no frame within %s", c.inst, waitFor)
-		return nil
-	}
-}
-
-// expect returns the next frame and checks its op.
-func (c *client) expect(op string) *link.Frame {
-	c.t.Helper()
-	f := c.next()
-	if f.T != op {
-		c.t.Fatalf("%s: got %s frame %+v, want %s", c.inst, f.T, f, op)
-	}
-	return f
 }
 
 // closed waits for the link to end and returns its close status.
 func (c *client) closed() websocket.StatusCode {
-	c.t.Helper()
+	c.T.Helper()
 	select {
 	case <-c.done:
 		return websocket.CloseStatus(c.err)
 	case <-time.After(waitFor):
-		c.t.Fatalf("%s: link still open after %s", c.inst, waitFor)
+		c.T.Fatalf("%s: link still open after %s", c.Inst, waitFor)
 		return 0
 	}
-}
-
-// sync sends the first frame and consumes the subscribed answers.
-func (c *client) sync(rooms ...link.RoomState) []*link.Frame {
-	c.t.Helper()
-	if rooms == nil {
-		rooms = []link.RoomState{}
-	}
-	c.send(&link.Frame{T: link.OpSync, Rooms: rooms})
-	var out []*link.Frame
-	for range rooms {
-		out = append(out, c.expect(link.OpSubscribed))
-	}
-	return out
-}
-
-func (c *client) pub(mid, room, text string) {
-	c.t.Helper()
-	c.send(pubFrame(mid, room, text))
-}
-
-func pubFrame(mid, room, text string) *link.Frame {
-	return &link.Frame{T: link.OpPub, MID: mid, Msg: &protocol.Message{Room: room, Text: text, From: "nick", UID: "u-" + mid}}
 }

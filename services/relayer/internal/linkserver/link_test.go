@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/relayer/internal/linktest"
 )
 
 // After a write of more than 1 MiB the writer must not reuse, as its next
@@ -15,29 +16,29 @@ import (
 func TestLinkBuffersAreNotSharedAfterALargeWrite(t *testing.T) {
 	h := start(t, func(c *config) { c.seq.QueueBytes = 64 << 20; c.MaxFrameBytes = 16 << 20; c.seq.HistoryLimit = 5000 })
 	a := h.dial("a")
-	a.sync(link.RoomState{Room: "r"})
+	a.Sync(link.RoomState{Room: "r"})
 	b := h.dial("b")
-	b.sync()
+	b.Sync()
 	var med []*link.Frame
 	for i := range 20 {
-		med = append(med, pubFrame(fmt.Sprint("med", i), "r", strings.Repeat("y", 10000)))
+		med = append(med, linktest.PubFrame(fmt.Sprint("med", i), "r", strings.Repeat("y", 10000)))
 	}
-	b.send(med...)
+	b.Send(med...)
 	for range 20 {
-		a.expect(link.OpMsg)
+		a.Expect(link.OpMsg)
 	}
 	var big []*link.Frame
 	for i := range 25 {
-		big = append(big, pubFrame(fmt.Sprint("big", i), "r", strings.Repeat("x", 60000)))
+		big = append(big, linktest.PubFrame(fmt.Sprint("big", i), "r", strings.Repeat("x", 60000)))
 	}
-	b.send(big...)
+	b.Send(big...)
 	go func() {
 		for i := range 3000 {
-			b.pub(fmt.Sprint("s", i), "r", fmt.Sprint("small message number ", i))
+			b.Pub(fmt.Sprint("s", i), "r", fmt.Sprint("small message number ", i))
 		}
 	}()
 	for want := uint64(21); want <= 3045; {
-		f := a.next()
+		f := a.Next()
 		if f.T != link.OpMsg {
 			continue
 		}

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/relayer/internal/linktest"
 	"github.com/wschat/wschat/services/relayer/internal/sequencer"
 )
 
@@ -63,13 +64,13 @@ func TestLinkAuth(t *testing.T) {
 func TestFirstFrameMustBeSync(t *testing.T) {
 	h := start(t, nil)
 	c := h.dial("i1")
-	c.pub("m1", "r", "hello")
+	c.Pub("m1", "r", "hello")
 	if got := c.closed(); got != websocket.StatusPolicyViolation {
 		t.Fatalf("close status %v, want policy violation", got)
 	}
 	// Nothing of it was sequenced.
 	c2 := h.dial("i2")
-	if sub := c2.sync(link.RoomState{Room: "r", Tail: 10})[0]; sub.Seq != 0 || len(sub.Msgs) != 0 {
+	if sub := c2.Sync(link.RoomState{Room: "r", Tail: 10})[0]; sub.Seq != 0 || len(sub.Msgs) != 0 {
 		t.Fatalf("subscribed after a refused pub: %+v", sub)
 	}
 }
@@ -79,20 +80,20 @@ func TestFirstFrameMustBeSync(t *testing.T) {
 func TestSlowLinkIsClosed(t *testing.T) {
 	h := start(t, func(c *config) { c.seq.QueueBytes = 64 << 10 })
 	fast := h.dial("fast")
-	fast.sync(link.RoomState{Room: "r"})
+	fast.Sync(link.RoomState{Room: "r"})
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	// One batch far over the limit: delivered, the link stays.
 	var frames []*link.Frame
 	for i := range 400 {
-		frames = append(frames, pubFrame(fmt.Sprint(i), "r", strings.Repeat("y", 200)))
+		frames = append(frames, linktest.PubFrame(fmt.Sprint(i), "r", strings.Repeat("y", 200)))
 	}
-	p.send(frames...)
+	p.Send(frames...)
 	for range 400 {
-		p.expect(link.OpAck)
+		p.Expect(link.OpAck)
 	}
 	for n := 0; n < 400; {
-		if f := fast.expect(link.OpMsg); f.Msg != nil {
+		if f := fast.Expect(link.OpMsg); f.Msg != nil {
 			n++
 		}
 	}
@@ -118,14 +119,14 @@ func TestSlowLinkIsClosed(t *testing.T) {
 	for batch := 0; batch < 2000 && !dropped(); batch++ { // at most ~80 MB
 		frames = frames[:0]
 		for i := range 20 {
-			frames = append(frames, pubFrame(fmt.Sprint("b", batch, "-", i), "r", big))
+			frames = append(frames, linktest.PubFrame(fmt.Sprint("b", batch, "-", i), "r", big))
 		}
-		p.send(frames...)
+		p.Send(frames...)
 		for range 20 {
-			p.expect(link.OpAck) // the publisher is not held back by the slow link
+			p.Expect(link.OpAck) // the publisher is not held back by the slow link
 		}
 		for range 20 {
-			fast.expect(link.OpMsg)
+			fast.Expect(link.OpMsg)
 		}
 	}
 	if !dropped() {
@@ -136,7 +137,7 @@ func TestSlowLinkIsClosed(t *testing.T) {
 func TestUnresponsiveLinkFailsKeepalive(t *testing.T) {
 	h := start(t, func(c *config) { c.PingInterval = 50 * time.Millisecond; c.seq.PresenceGrace = 0 })
 	b := h.dial("B")
-	b.sync(link.RoomState{Room: "r"})
+	b.Sync(link.RoomState{Room: "r"})
 
 	// A raw client that never reads, so it never answers a ping.
 	hdr := http.Header{}
@@ -151,11 +152,11 @@ func TestUnresponsiveLinkFailsKeepalive(t *testing.T) {
 	if err := ws.Write(context.Background(), websocket.MessageText, sync); err != nil {
 		t.Fatal(err)
 	}
-	if f := b.expect(link.OpPresence); f.Event != protocol.PresenceJoin || f.Member.ID != "a1" {
+	if f := b.Expect(link.OpPresence); f.Event != protocol.PresenceJoin || f.Member.ID != "a1" {
 		t.Fatalf("presence %+v, want a1's join", f)
 	}
 	// Dropped for the missed pong, then its members leave.
-	if f := b.expect(link.OpPresence); f.Event != protocol.PresenceLeave || f.Member.ID != "a1" {
+	if f := b.Expect(link.OpPresence); f.Event != protocol.PresenceLeave || f.Member.ID != "a1" {
 		t.Fatalf("presence %+v, want a1's leave", f)
 	}
 	if got := testutil.ToFloat64(h.ls.m.drops.WithLabelValues(string(dropKeepalive))); got != 1 {
@@ -166,8 +167,8 @@ func TestUnresponsiveLinkFailsKeepalive(t *testing.T) {
 func TestOversizedLinkMessage(t *testing.T) {
 	h := start(t, func(c *config) { c.MaxFrameBytes = 1024 })
 	c := h.dial("A")
-	c.sync()
-	c.pub("big", "r", strings.Repeat("x", 2000))
+	c.Sync()
+	c.Pub("big", "r", strings.Repeat("x", 2000))
 	if got := c.closed(); got != websocket.StatusMessageTooBig {
 		t.Fatalf("close status %v, want 1009", got)
 	}
@@ -177,16 +178,16 @@ func TestOversizedLinkMessage(t *testing.T) {
 func TestBadFrameClosesOnlyThatLink(t *testing.T) {
 	h := start(t, nil)
 	c := h.dial("A")
-	c.sync(link.RoomState{Room: "r"})
-	c.pub("ok", "r", "fine")
-	c.expect(link.OpMsg)
-	c.expect(link.OpAck)
-	c.sendRaw([]byte("{not json\n"))
+	c.Sync(link.RoomState{Room: "r"})
+	c.Pub("ok", "r", "fine")
+	c.Expect(link.OpMsg)
+	c.Expect(link.OpAck)
+	c.Write([]byte("{not json\n"))
 	if got := c.closed(); got != websocket.StatusPolicyViolation {
 		t.Fatalf("close status %v", got)
 	}
 	d := h.dial("D")
-	if sub := d.sync(link.RoomState{Room: "r", Tail: 5})[0]; sub.Seq != 1 {
+	if sub := d.Sync(link.RoomState{Room: "r", Tail: 5})[0]; sub.Seq != 1 {
 		t.Fatalf("relayer state after garbage: %+v", sub)
 	}
 	if !strings.Contains(h.logs.String(), "protocol violation") {
@@ -214,20 +215,20 @@ func TestCloseCodes(t *testing.T) {
 func TestLinksClosedBySequencer(t *testing.T) {
 	h := start(t, nil)
 	old := h.dial("A")
-	old.sync(link.RoomState{Room: "r"})
+	old.Sync(link.RoomState{Room: "r"})
 	sub := h.dial("A")
 	if got := old.closed(); got != websocket.StatusPolicyViolation {
 		t.Fatalf("replaced link closed with %v", got)
 	}
-	sub.sync(link.RoomState{Room: "r"})
+	sub.Sync(link.RoomState{Room: "r"})
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	var frames []*link.Frame
 	for i := range 200 {
-		frames = append(frames, pubFrame(fmt.Sprint(i), "r", "x"))
+		frames = append(frames, linktest.PubFrame(fmt.Sprint(i), "r", "x"))
 	}
-	p.send(frames...)
-	p.expect(link.OpAck) // the batch is applied and on disk
+	p.Send(frames...)
+	p.Expect(link.OpAck) // the batch is applied and on disk
 	if err := h.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -235,8 +236,8 @@ func TestLinksClosedBySequencer(t *testing.T) {
 		t.Fatalf("close status %v", got)
 	}
 	n := 0
-	for len(sub.frames) > 0 {
-		if f := <-sub.frames; f.T == link.OpMsg {
+	for len(sub.Frames) > 0 {
+		if f := <-sub.Frames; f.T == link.OpMsg {
 			n++
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/relayer/internal/linktest"
 	"github.com/wschat/wschat/services/relayer/internal/store"
 )
 
@@ -84,15 +85,15 @@ func TestRestartOnADamagedLogNeverReusesASeq(t *testing.T) {
 			dir := t.TempDir()
 			h := start(t, dir, nil)
 			p := h.dial("p")
-			p.sync()
+			p.Sync()
 			var frames []*link.Frame
 			for i := range n {
-				frames = append(frames, pubFrame(fmt.Sprint("old", i), "r", "old"))
+				frames = append(frames, linktest.PubFrame(fmt.Sprint("old", i), "r", "old"))
 			}
-			p.send(frames...)
+			p.Send(frames...)
 			handed := map[uint64]string{} // seq → mid
 			for range n {
-				a := p.expect(link.OpAck)
+				a := p.Expect(link.OpAck)
 				handed[a.Seq] = a.MID
 			}
 			epoch := h.s.st.Epoch()
@@ -107,14 +108,14 @@ func TestRestartOnADamagedLogNeverReusesASeq(t *testing.T) {
 				t.Fatalf("epoch changed: %v, want %v (logs: %s)", changed, tc.newEpoch, h2.logs.String())
 			}
 			c := h2.dial("p")
-			if sub := c.sync(link.RoomState{Room: "r"})[0]; sub.Seq != tc.last {
+			if sub := c.Sync(link.RoomState{Room: "r"})[0]; sub.Seq != tc.last {
 				t.Fatalf("room r at seq %d after the restart, want %d", sub.Seq, tc.last)
 			}
 			for i := range 5 {
-				c.pub(fmt.Sprint("new", i), "r", "new")
-				a := c.next()
+				c.Pub(fmt.Sprint("new", i), "r", "new")
+				a := c.Next()
 				for a.T == link.OpMsg { // its own message: c subscribes r
-					a = c.next()
+					a = c.Next()
 				}
 				if a.T != link.OpAck {
 					t.Fatalf("got %+v, want an ack", a)

@@ -20,7 +20,7 @@ func sessPub(mid, sess, cid, room, text string) *link.Frame {
 // expectAck reads c's next frame, an ack of mid at seq.
 func expectAck(t *testing.T, c *client, mid string, seq uint64, what string) {
 	t.Helper()
-	if ack := c.expect(link.OpAck); ack.MID != mid || ack.Seq != seq {
+	if ack := c.Expect(link.OpAck); ack.MID != mid || ack.Seq != seq {
 		t.Fatalf("%s: ack %+v, want %s at seq %d", what, ack, mid, seq)
 	}
 }
@@ -33,9 +33,9 @@ func expectAck(t *testing.T, c *client, mid string, seq uint64, what string) {
 func TestDedupBySession(t *testing.T) {
 	h := start(t, "", nil)
 	a, b, w := h.dial("a"), h.dial("b"), h.dial("watcher")
-	a.sync()
-	b.sync()
-	w.sync(link.RoomState{Room: "r"}, link.RoomState{Room: "q"})
+	a.Sync()
+	b.Sync()
+	w.Sync(link.RoomState{Room: "r"}, link.RoomState{Room: "q"})
 
 	// Either instance's copy may come first: a's own (then the client's
 	// re-send through b), or the client's re-send through b (then a's
@@ -48,25 +48,25 @@ func TestDedupBySession(t *testing.T) {
 		{a, b, "m1", "m7", "c1", "r", "a's publish"},
 		{b, a, "m8", "m2", "c2", "q", "the client's re-send through b"},
 	} {
-		tc.first.send(sessPub(tc.firstMid, "S", tc.id, tc.room, "text"))
+		tc.first.Send(sessPub(tc.firstMid, "S", tc.id, tc.room, "text"))
 		expectAck(t, tc.first, tc.firstMid, 1, tc.firstName)
-		tc.then.send(sessPub(tc.thenMid, "S", tc.id, tc.room, "text"))
+		tc.then.Send(sessPub(tc.thenMid, "S", tc.id, tc.room, "text"))
 		expectAck(t, tc.then, tc.thenMid, 1, "the other copy after "+tc.firstName)
-		tc.first.send(sessPub(tc.firstMid, "S", tc.id, tc.room, "text"))
+		tc.first.Send(sessPub(tc.firstMid, "S", tc.id, tc.room, "text"))
 		expectAck(t, tc.first, tc.firstMid, 1, tc.firstName+", re-sent")
 	}
 
 	// The same id in another session, or without one, is another message.
-	b.send(sessPub("m9", "T", "c1", "r", "T's c1"))
+	b.Send(sessPub("m9", "T", "c1", "r", "T's c1"))
 	expectAck(t, b, "m9", 2, "another session's c1")
-	b.send(sessPub("m10", "", "c1", "r", "no session"), sessPub("m11", "", "c1", "r", "no session again"))
+	b.Send(sessPub("m10", "", "c1", "r", "no session"), sessPub("m11", "", "c1", "r", "no session again"))
 	expectAck(t, b, "m10", 3, "c1 without a session")
 	expectAck(t, b, "m11", 4, "c1 without a session, another mid")
 
 	// The watcher got each message once: r's 1..4 and q's 1.
 	var got []string
 	for range 5 {
-		m := w.expect(link.OpMsg).Msg
+		m := w.Expect(link.OpMsg).Msg
 		got = append(got, fmt.Sprint(m.Room, m.Seq))
 	}
 	if want := "[r1 q1 r2 r3 r4]"; fmt.Sprint(got) != want {
@@ -77,11 +77,11 @@ func TestDedupBySession(t *testing.T) {
 	}
 
 	// A sess no gateway would send is refused, and hurts nothing.
-	b.send(sessPub("m12", strings.Repeat("s", maxFieldBytes+1), "c9", "r", "x"))
-	if n := b.expect(link.OpNack); n.MID != "m12" || n.Code != protocol.CodeBadRequest {
+	b.Send(sessPub("m12", strings.Repeat("s", maxFieldBytes+1), "c9", "r", "x"))
+	if n := b.Expect(link.OpNack); n.MID != "m12" || n.Code != protocol.CodeBadRequest {
 		t.Fatalf("over-long sess: %+v", n)
 	}
-	b.send(sessPub("m13", "S", "c3", "r", "three"))
+	b.Send(sessPub("m13", "S", "c3", "r", "three"))
 	expectAck(t, b, "m13", 5, "the next publish")
 }
 
@@ -98,13 +98,13 @@ func TestSessionDedupSurvivesRestartAndCompaction(t *testing.T) {
 			tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = tc.compact }
 			h := start(t, dir, tweak)
 			a, b := h.dial("a"), h.dial("b")
-			a.sync()
-			b.sync()
-			a.send(sessPub("m1", "S", "c1", "r", "once"))
+			a.Sync()
+			b.Sync()
+			a.Send(sessPub("m1", "S", "c1", "r", "once"))
 			expectAck(t, a, "m1", 1, "first publish")
 			for i := range 100 {
-				b.pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
-				b.expect(link.OpAck)
+				b.Pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
+				b.Expect(link.OpAck)
 			}
 			compactions := afterCompactions(h, b)
 			if tc.compact < 1<<30 && compactions == 0 {
@@ -116,13 +116,13 @@ func TestSessionDedupSurvivesRestartAndCompaction(t *testing.T) {
 
 			h2 := start(t, dir, tweak)
 			a2, b2 := h2.dial("a"), h2.dial("b")
-			a2.sync()
-			b2.sync()
-			b2.send(sessPub("m99", "S", "c1", "r", "once"))
+			a2.Sync()
+			b2.Sync()
+			b2.Send(sessPub("m99", "S", "c1", "r", "once"))
 			expectAck(t, b2, "m99", 1, "the client's re-send after "+tc.name)
-			a2.send(sessPub("m1", "S", "c1", "r", "once"))
+			a2.Send(sessPub("m1", "S", "c1", "r", "once"))
 			expectAck(t, a2, "m1", 1, "a's re-send after "+tc.name)
-			b2.pub("next", "r", "new")
+			b2.Pub("next", "r", "new")
 			expectAck(t, b2, "next", 102, "the next publish")
 		})
 	}
@@ -133,42 +133,42 @@ func TestSessionDedupSurvivesRestartAndCompaction(t *testing.T) {
 func TestSessionDedupWindowIsBounded(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 2; c.DedupWindow = 3 })
 	a := h.dial("a")
-	a.sync()
-	a.send(sessPub("m1", "S", "c1", "r", "old"))
+	a.Sync()
+	a.Send(sessPub("m1", "S", "c1", "r", "old"))
 	expectAck(t, a, "m1", 1, "first publish")
-	a.send(sessPub("m2", "S", "c1", "r", "old"))
+	a.Send(sessPub("m2", "S", "c1", "r", "old"))
 	expectAck(t, a, "m2", 1, "re-send within the window")
 	for i := range 3 {
-		a.pub(fmt.Sprint("n", i), "r", "later")
+		a.Pub(fmt.Sprint("n", i), "r", "later")
 		expectAck(t, a, fmt.Sprint("n", i), uint64(2+i), "later publish")
 	}
-	a.send(sessPub("m3", "S", "c1", "r", "old"))
+	a.Send(sessPub("m3", "S", "c1", "r", "old"))
 	expectAck(t, a, "m3", 5, "re-send beyond the window")
 }
 
 func TestDedupByMID(t *testing.T) {
 	h := start(t, "", nil)
 	a, b := h.dial("a"), h.dial("b")
-	a.sync(link.RoomState{Room: "r"})
-	b.sync()
+	a.Sync(link.RoomState{Room: "r"})
+	b.Sync()
 
-	b.pub("m1", "r", "one")
-	if ack := b.expect(link.OpAck); ack.Seq != 1 || ack.MID != "m1" {
+	b.Pub("m1", "r", "one")
+	if ack := b.Expect(link.OpAck); ack.Seq != 1 || ack.MID != "m1" {
 		t.Fatalf("ack %+v", ack)
 	}
-	b.pub("m1", "r", "one again")
-	if ack := b.expect(link.OpAck); ack.Seq != 1 || ack.MID != "m1" {
+	b.Pub("m1", "r", "one again")
+	if ack := b.Expect(link.OpAck); ack.Seq != 1 || ack.MID != "m1" {
 		t.Fatalf("re-sent pub: ack %+v, want the original seq", ack)
 	}
 	// Another instance may use the same mid: it is only unique per instance.
-	a.pub("m1", "r", "a's own m1")
-	if m := a.expect(link.OpMsg); m.Msg.Seq != 1 {
+	a.Pub("m1", "r", "a's own m1")
+	if m := a.Expect(link.OpMsg); m.Msg.Seq != 1 {
 		t.Fatalf("got %+v", m.Msg)
 	}
-	if m := a.expect(link.OpMsg); m.Msg.Seq != 2 || m.Msg.Text != "a's own m1" {
+	if m := a.Expect(link.OpMsg); m.Msg.Seq != 2 || m.Msg.Text != "a's own m1" {
 		t.Fatalf("the duplicate was re-broadcast, or a's message lost: %+v", m.Msg)
 	}
-	if ack := a.expect(link.OpAck); ack.Seq != 2 {
+	if ack := a.Expect(link.OpAck); ack.Seq != 2 {
 		t.Fatalf("ack %+v", ack)
 	}
 	if got := testutil.ToFloat64(h.s.m.dedup); got != 1 {
@@ -182,8 +182,8 @@ func TestDedupBeyondTheRing(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 5 })
 	a, b := pubThenMoveOn(t, h, 20)
 	pubLostAck(t, a, "re-sent pub")
-	b.pub("b-last", "r", "next")
-	if ack := b.expect(link.OpAck); ack.Seq != 22 {
+	b.Pub("b-last", "r", "next")
+	if ack := b.Expect(link.OpAck); ack.Seq != 22 {
 		t.Fatalf("the re-sent publish was sequenced again: next seq %d, want 22", ack.Seq)
 	}
 }
@@ -192,8 +192,8 @@ func TestDedupBeyondTheRing(t *testing.T) {
 // and checks it is (still) seq 1; when says which time, for the failure.
 func pubLostAck(t *testing.T, c *client, when string) {
 	t.Helper()
-	c.pub("lost-ack", "r", "once")
-	if ack := c.expect(link.OpAck); ack.Seq != 1 || ack.MID != "lost-ack" {
+	c.Pub("lost-ack", "r", "once")
+	if ack := c.Expect(link.OpAck); ack.Seq != 1 || ack.MID != "lost-ack" {
 		t.Fatalf("%s: ack %+v, want lost-ack at seq 1", when, ack)
 	}
 }
@@ -202,8 +202,8 @@ func pubLostAck(t *testing.T, c *client, when string) {
 // compaction they caused to be logged) and returns how many compactions
 // h logged.
 func afterCompactions(h *harness, b *client) int {
-	b.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r"})
-	b.expect(link.OpFetched)
+	b.Send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r"})
+	b.Expect(link.OpFetched)
 	return strings.Count(h.logs.String(), "log compacted")
 }
 
@@ -212,12 +212,12 @@ func afterCompactions(h *harness, b *client) int {
 func pubThenMoveOn(t *testing.T, h *harness, n int) (a, b *client) {
 	t.Helper()
 	a, b = h.dial("a"), h.dial("b")
-	a.sync()
-	b.sync()
+	a.Sync()
+	b.Sync()
 	pubLostAck(t, a, "first pub")
 	for i := range n {
-		b.pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
-		b.expect(link.OpAck)
+		b.Pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
+		b.Expect(link.OpAck)
 	}
 	return a, b
 }
@@ -226,8 +226,8 @@ func pubThenMoveOn(t *testing.T, h *harness, n int) (a, b *client) {
 func pubToRooms(c *client, rooms, n int) {
 	for room := range rooms {
 		for i := range n {
-			c.pub(fmt.Sprint("x", room, "-", i), fmt.Sprint("x", room), "old")
-			c.expect(link.OpAck)
+			c.Pub(fmt.Sprint("x", room, "-", i), fmt.Sprint("x", room), "old")
+			c.Expect(link.OpAck)
 		}
 	}
 }
@@ -249,10 +249,10 @@ func TestDedupSurvivesCompactionAndRestart(t *testing.T) {
 
 	h2 := start(t, dir, tweak)
 	a2 := h2.dial("a")
-	a2.sync()
+	a2.Sync()
 	pubLostAck(t, a2, "re-sent pub after compaction and restart")
-	a2.pub("next", "r", "new")
-	if ack := a2.expect(link.OpAck); ack.Seq != 102 {
+	a2.Pub("next", "r", "new")
+	if ack := a2.Expect(link.OpAck); ack.Seq != 102 {
 		t.Fatalf("next seq %d, want 102: the re-sent publish was sequenced again", ack.Seq)
 	}
 }
@@ -265,13 +265,13 @@ func TestDedupSurvivesCompactionBesideOldRooms(t *testing.T) {
 	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096; c.DedupWindow = 110 }
 	h := start(t, dir, tweak)
 	a, b := h.dial("a"), h.dial("b")
-	a.sync()
-	b.sync()
+	a.Sync()
+	b.Sync()
 	pubToRooms(b, 13, 5) // 65 retained messages, older than what follows
 	pubLostAck(t, a, "first pub")
 	for i := range 100 {
-		b.pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
-		b.expect(link.OpAck)
+		b.Pub(fmt.Sprint("b", i), "r", strings.Repeat("z", 50))
+		b.Expect(link.OpAck)
 	}
 	if afterCompactions(h, b) == 0 {
 		t.Fatal("no compaction logged")
@@ -280,7 +280,7 @@ func TestDedupSurvivesCompactionBesideOldRooms(t *testing.T) {
 
 	h2 := start(t, dir, tweak)
 	a2 := h2.dial("a")
-	a2.sync()
+	a2.Sync()
 	pubLostAck(t, a2, "re-sent pub after compaction and restart")
 }
 
@@ -295,16 +295,16 @@ func TestDedupWindowKeepsPublishOrderAcrossCompaction(t *testing.T) {
 	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096; c.DedupWindow = 60 }
 	h := start(t, dir, tweak)
 	a, b := h.dial("a"), h.dial("b")
-	a.sync()
-	b.sync()
+	a.Sync()
+	b.Sync()
 	pubToRooms(b, 100, 5) // 500 retained messages, older than lost-ack
 	compactions := afterCompactions(h, b)
 	pubLostAck(t, a, "first pub")
 	// Room y's evicted messages make the log compact; the window (60)
 	// still holds lost-ack with room for 5 more, and r's ring too.
 	for i := range 45 {
-		b.pub(fmt.Sprint("y", i), "y", strings.Repeat("z", 2000))
-		b.expect(link.OpAck)
+		b.Pub(fmt.Sprint("y", i), "y", strings.Repeat("z", 2000))
+		b.Expect(link.OpAck)
 	}
 	if afterCompactions(h, b) == compactions {
 		t.Fatal("no compaction after lost-ack")
@@ -313,11 +313,11 @@ func TestDedupWindowKeepsPublishOrderAcrossCompaction(t *testing.T) {
 
 	h2 := start(t, dir, tweak)
 	a2, b2 := h2.dial("a"), h2.dial("b")
-	a2.sync()
-	b2.sync()
+	a2.Sync()
+	b2.Sync()
 	for i := range 5 { // r's ring forgets lost-ack
-		b2.pub(fmt.Sprint("later", i), "r", "new")
-		b2.expect(link.OpAck)
+		b2.Pub(fmt.Sprint("later", i), "r", "new")
+		b2.Expect(link.OpAck)
 	}
 	pubLostAck(t, a2, "re-sent pub after compaction, restart and 5 more")
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/relayer/internal/linktest"
 	"github.com/wschat/wschat/services/relayer/internal/store"
 )
 
@@ -20,7 +21,7 @@ import (
 // out decoded from what the sequencer delivers. No sockets: the transport
 // has its own tests (package linkserver).
 
-const waitFor = 5 * time.Second
+const waitFor = linktest.WaitFor
 
 // syncBuffer collects logs written from many goroutines.
 type syncBuffer struct {
@@ -117,12 +118,10 @@ func startPaused(t testing.TB, dir string, tweak func(*Config)) (h *harness, run
 }
 
 // client is an instance's link in memory: the sequencer's Link, and the
-// test's end of it.
+// test's end of it (linktest.Peer).
 type client struct {
-	t      testing.TB
-	inst   string
-	in     *Input
-	frames chan *link.Frame
+	*linktest.Peer
+	in *Input
 
 	mu      sync.Mutex
 	stalled bool // a peer that stopped reading: output piles up
@@ -136,13 +135,27 @@ type client struct {
 // dial opens a link of instance inst.
 func (h *harness) dial(inst string) *client {
 	h.t.Helper()
-	c := &client{t: h.t, inst: inst, frames: make(chan *link.Frame, 1<<16), done: make(chan struct{})}
+	c := &client{done: make(chan struct{})}
+	c.Peer = linktest.NewPeer(h.t, inst, c.write)
 	in, ok := h.s.Open(inst, c, h.s.log.With("instance", inst))
 	if !ok {
 		h.t.Fatalf("open %s: the sequencer has stopped", inst)
 	}
 	c.in = in
 	return c
+}
+
+// write hands one link message to the sequencer, decoded anew as the
+// link's reader would.
+func (c *client) write(msg []byte) {
+	c.T.Helper()
+	var frames []*link.Frame
+	if err := link.Split(msg, func(f *link.Frame) error { frames = append(frames, f); return nil }); err != nil {
+		c.T.Fatal(err)
+	}
+	if err := c.in.Frames(context.Background(), frames, int64(len(msg))); err != nil {
+		c.T.Fatalf("%s: frames: %v", c.Inst, err)
+	}
 }
 
 // Deliver implements Link: it decodes frames as the peer would.
@@ -159,10 +172,10 @@ func (c *client) Deliver(frames [][]byte) int {
 			continue
 		}
 		if err := link.Split(b, func(f *link.Frame) error {
-			c.frames <- f
+			c.Frames <- f
 			return nil
 		}); err != nil {
-			c.t.Errorf("%s: delivered an undecodable frame: %v", c.inst, err)
+			c.T.Errorf("%s: delivered an undecodable frame: %v", c.Inst, err)
 		}
 	}
 	return owed
@@ -196,84 +209,19 @@ func (c *client) stall() {
 // drop ends the link from the peer's side: its connection is gone.
 func (c *client) drop() { c.in.Closed() }
 
-// send hands frames to the sequencer as one link message, decoded anew as
-// the link's reader would.
-func (c *client) send(frames ...*link.Frame) {
-	c.t.Helper()
-	var b []byte
-	for _, f := range frames {
-		var err error
-		if b, err = link.Append(b, f); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	var read []*link.Frame
-	if err := link.Split(b, func(f *link.Frame) error { read = append(read, f); return nil }); err != nil {
-		c.t.Fatal(err)
-	}
-	if err := c.in.Frames(context.Background(), read, int64(len(b))); err != nil {
-		c.t.Fatalf("%s: frames: %v", c.inst, err)
-	}
-}
-
-// next returns the next frame, failing the test after a deadline.
-func (c *client) next() *link.Frame {
-	c.t.Helper()
-	select {
-	case f := <-c.frames:
-		return f
-	case <-time.After(waitFor):
-		c.t.Fatalf("%s: no frame within %s", c.inst, waitFor)
-		return nil
-	}
-}
-
-// expect returns the next frame and checks its op.
-func (c *client) expect(op string) *link.Frame {
-	c.t.Helper()
-	f := c.next()
-	if f.T != op {
-		c.t.Fatalf("%s: got %s frame %+v, want %s", c.inst, f.T, f, op)
-	}
-	return f
-}
-
 // closed waits for the sequencer to close the link and returns its code
 // and why.
 func (c *client) closed() (CloseCode, Drop) {
-	c.t.Helper()
+	c.T.Helper()
 	select {
 	case <-c.done:
 		c.mu.Lock()
 		defer c.mu.Unlock()
 		return c.code, c.why
 	case <-time.After(waitFor):
-		c.t.Fatalf("%s: link still open after %s", c.inst, waitFor)
+		c.T.Fatalf("%s: link still open after %s", c.Inst, waitFor)
 		return 0, ""
 	}
-}
-
-// sync sends the first frame and consumes the subscribed answers.
-func (c *client) sync(rooms ...link.RoomState) []*link.Frame {
-	c.t.Helper()
-	if rooms == nil {
-		rooms = []link.RoomState{}
-	}
-	c.send(&link.Frame{T: link.OpSync, Rooms: rooms})
-	var out []*link.Frame
-	for range rooms {
-		out = append(out, c.expect(link.OpSubscribed))
-	}
-	return out
-}
-
-func (c *client) pub(mid, room, text string) {
-	c.t.Helper()
-	c.send(pubFrame(mid, room, text))
-}
-
-func pubFrame(mid, room, text string) *link.Frame {
-	return &link.Frame{T: link.OpPub, MID: mid, Msg: &protocol.Message{Room: room, Text: text, From: "nick", UID: "u-" + mid}}
 }
 
 // recorder is a Link that keeps what it is delivered, for tests and

@@ -17,21 +17,21 @@ import (
 func TestFetchesAreRefusedPastTheQueueBound(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.QueueBytes = 4096 })
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	for i := range 50 {
-		p.pub(fmt.Sprint(i), "r", strings.Repeat("m", 100))
-		p.expect(link.OpAck)
+		p.Pub(fmt.Sprint(i), "r", strings.Repeat("m", 100))
+		p.Expect(link.OpAck)
 	}
 	c := h.dial("c")
-	c.sync()
+	c.Sync()
 	var fetches []*link.Frame
 	for i := range 10 {
 		fetches = append(fetches, &link.Frame{T: link.OpFetch, Req: uint64(i + 1), Room: "r"})
 	}
-	c.send(fetches...)
+	c.Send(fetches...)
 	answered, refused := 0, 0
 	for range 10 {
-		f := c.expect(link.OpFetched)
+		f := c.Expect(link.OpFetched)
 		switch {
 		case f.Code == "" && len(f.Msgs) == 50:
 			answered++
@@ -49,8 +49,8 @@ func TestFetchesAreRefusedPastTheQueueBound(t *testing.T) {
 	if got := testutil.ToFloat64(h.s.m.fetchesRefused); got != float64(refused) {
 		t.Fatalf("fetches_refused_total %v, want %d", got, refused)
 	}
-	c.send(&link.Frame{T: link.OpFetch, Req: 99, Room: "r", Limit: 1})
-	if f := c.expect(link.OpFetched); f.Req != 99 {
+	c.Send(&link.Frame{T: link.OpFetch, Req: 99, Room: "r", Limit: 1})
+	if f := c.Expect(link.OpFetched); f.Req != 99 {
 		t.Fatalf("the link after the refusals: %+v", f)
 	}
 }
@@ -58,12 +58,12 @@ func TestFetchesAreRefusedPastTheQueueBound(t *testing.T) {
 func TestFetchPaging(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 25 })
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	for i := 1; i <= 30; i++ {
-		p.pub(fmt.Sprint(i), "r", "x")
+		p.Pub(fmt.Sprint(i), "r", "x")
 	}
 	for range 30 {
-		p.expect(link.OpAck)
+		p.Expect(link.OpAck)
 	}
 	cases := []struct {
 		after, before uint64
@@ -82,15 +82,15 @@ func TestFetchPaging(t *testing.T) {
 	}
 	for i, tc := range cases {
 		req := uint64(100 + i)
-		p.send(&link.Frame{T: link.OpFetch, Req: req, Room: "r", After: tc.after, Before: tc.before, Limit: tc.limit})
-		f := p.expect(link.OpFetched)
+		p.Send(&link.Frame{T: link.OpFetch, Req: req, Room: "r", After: tc.after, Before: tc.before, Limit: tc.limit})
+		f := p.Expect(link.OpFetched)
 		if f.Req != req || f.Room != "r" || f.First != 6 || !slices.Equal(seqs(f.Msgs), tc.want) {
 			t.Errorf("fetch after %d before %d limit %d: req %d first %d msgs %v; want %v",
 				tc.after, tc.before, tc.limit, f.Req, f.First, seqs(f.Msgs), tc.want)
 		}
 	}
-	p.send(&link.Frame{T: link.OpFetch, Req: 7, Room: "nowhere"})
-	if f := p.expect(link.OpFetched); f.Req != 7 || f.First != 1 || len(f.Msgs) != 0 {
+	p.Send(&link.Frame{T: link.OpFetch, Req: 7, Room: "nowhere"})
+	if f := p.Expect(link.OpFetched); f.Req != 7 || f.First != 1 || len(f.Msgs) != 0 {
 		t.Fatalf("fetch of an unknown room: %+v", f)
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/relayer/internal/linktest"
 	"github.com/wschat/wschat/services/relayer/internal/store"
 )
 
@@ -25,10 +26,10 @@ var mids atomic.Uint64
 
 // pubN publishes n messages "msg" to room and waits for their acks.
 func pubN(c *client, room string, n int) {
-	c.t.Helper()
+	c.T.Helper()
 	for range n {
-		c.pub(fmt.Sprint("m", mids.Add(1)), room, "msg")
-		c.expect(link.OpAck)
+		c.Pub(fmt.Sprint("m", mids.Add(1)), room, "msg")
+		c.Expect(link.OpAck)
 	}
 }
 
@@ -54,9 +55,9 @@ func (c *fakeClock) advance(d time.Duration) {
 
 // fetchSeqs fetches and returns the answer.
 func fetchSeqs(c *client, after, before uint64, limit int) *link.Frame {
-	c.t.Helper()
-	c.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r", After: after, Before: before, Limit: limit})
-	return c.expect(link.OpFetched)
+	c.T.Helper()
+	c.Send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r", After: after, Before: before, Limit: limit})
+	return c.Expect(link.OpFetched)
 }
 
 // checkHistory asserts that h serves every one of 1..last of room r, from
@@ -64,7 +65,7 @@ func fetchSeqs(c *client, after, before uint64, limit int) *link.Frame {
 func checkHistory(t *testing.T, h *harness, last uint64, when string) {
 	t.Helper()
 	c := h.dial(fmt.Sprint("check-", when))
-	c.sync()
+	c.Sync()
 	cases := []struct {
 		after, before uint64
 		limit         int
@@ -90,7 +91,7 @@ func checkHistory(t *testing.T, h *harness, last uint64, when string) {
 	}
 	for _, rs := range []link.RoomState{{Room: "r", Since: 2}, {Room: "r", Resume: true}} {
 		d := h.dial(fmt.Sprint("resync-", when, rs.Since))
-		sub := d.sync(rs)[0]
+		sub := d.Sync(rs)[0]
 		if sub.Gap || sub.First != 1 || sub.Seq != last || !slices.Equal(seqs(sub.Msgs), seqRange(rs.Since+1, last)) {
 			t.Errorf("%s: resync since %d resume %v: gap %v first %d seq %d msgs %v; want every message after since",
 				when, rs.Since, rs.Resume, sub.Gap, sub.First, sub.Seq, seqs(sub.Msgs))
@@ -106,7 +107,7 @@ func TestHistoryBeyondTheRingFromTheLog(t *testing.T) {
 	tweak := func(c *Config) { retention(c); c.RetentionAge = time.Hour; c.Now = clock.Now }
 	h := start(t, dir, tweak)
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	pubN(p, "other", 300) // beyond RETENTION_AGE soon: what a compaction drops
 	clock.advance(2 * time.Hour)
 	pubN(p, "r", 100)
@@ -118,14 +119,14 @@ func TestHistoryBeyondTheRingFromTheLog(t *testing.T) {
 	h2 := start(t, dir, func(c *Config) { tweak(c); c.CompactBytes = 8 << 10 })
 	checkHistory(t, h2, 100, "restarted")
 	p2 := h2.dial("p")
-	p2.sync()
+	p2.Sync()
 	if afterCompactions(h2, p2) == 0 {
 		t.Fatal("no compaction")
 	}
 	checkHistory(t, h2, 100, "compacted")
 	pubN(p2, "r", 50)
 	checkHistory(t, h2, 150, "compacted, then more")
-	if sub := h2.dial("o").sync(link.RoomState{Room: "other", Since: 1})[0]; !sub.Gap || sub.First != 291 {
+	if sub := h2.dial("o").Sync(link.RoomState{Room: "other", Since: 1})[0]; !sub.Gap || sub.First != 291 {
 		t.Fatalf("room other: gap %v first %d; want its ring only", sub.Gap, sub.First)
 	}
 	h2.stop()
@@ -133,9 +134,9 @@ func TestHistoryBeyondTheRingFromTheLog(t *testing.T) {
 	h3 := start(t, dir, tweak)
 	checkHistory(t, h3, 150, "compacted and restarted")
 	p3 := h3.dial("p")
-	p3.sync()
-	p3.pub("next", "r", "next")
-	if ack := p3.expect(link.OpAck); ack.Seq != 151 {
+	p3.Sync()
+	p3.Pub("next", "r", "next")
+	if ack := p3.Expect(link.OpAck); ack.Seq != 151 {
 		t.Fatalf("next seq %d, want 151", ack.Seq)
 	}
 }
@@ -148,7 +149,7 @@ func TestHistoryBeyondTheRetentionAge(t *testing.T) {
 	dir := t.TempDir()
 	h := start(t, dir, tweak)
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	pubN(p, "old", 300) // what makes a compaction worth it
 	pubN(p, "r", 50)    // 1..50 at 00:00
 	clock.advance(2 * time.Hour)
@@ -156,11 +157,11 @@ func TestHistoryBeyondTheRetentionAge(t *testing.T) {
 	check := func(h *harness, when string) {
 		t.Helper()
 		c := h.dial("c-" + when)
-		sub := c.sync(link.RoomState{Room: "r", Since: 20})[0]
+		sub := c.Sync(link.RoomState{Room: "r", Since: 20})[0]
 		if !sub.Gap || sub.First != 51 || !slices.Equal(seqs(sub.Msgs), seqRange(51, 100)) {
 			t.Errorf("%s: resync since 20: gap %v first %d msgs %v; want a gap, first 51 and 51..100", when, sub.Gap, sub.First, seqs(sub.Msgs))
 		}
-		sub = h.dial("d-" + when).sync(link.RoomState{Room: "r", Since: 50})[0]
+		sub = h.dial("d-" + when).Sync(link.RoomState{Room: "r", Since: 50})[0]
 		if sub.Gap || sub.First != 51 || !slices.Equal(seqs(sub.Msgs), seqRange(51, 100)) {
 			t.Errorf("%s: resync since 50: gap %v first %d msgs %v; want no gap and 51..100", when, sub.Gap, sub.First, seqs(sub.Msgs))
 		}
@@ -173,7 +174,7 @@ func TestHistoryBeyondTheRetentionAge(t *testing.T) {
 	h2 := start(t, dir, func(c *Config) { tweak(c); c.CompactBytes = 4 << 10 })
 	check(h2, "restarted")
 	p2 := h2.dial("p")
-	p2.sync()
+	p2.Sync()
 	pubN(p2, "other", 5)
 	if afterCompactions(h2, p2) == 0 {
 		t.Fatal("no compaction")
@@ -189,10 +190,10 @@ func TestHistoryBeyondTheRetentionAge(t *testing.T) {
 func TestHistoryBeyondTheRetentionBytes(t *testing.T) {
 	h := start(t, "", func(c *Config) { retention(c); c.RetentionBytes = 4 << 10 })
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	pubN(p, "r", 200) // about 100 bytes a record: 20 KB
 	c := h.dial("c")
-	sub := c.sync(link.RoomState{Room: "r", Resume: true})[0]
+	sub := c.Sync(link.RoomState{Room: "r", Resume: true})[0]
 	first := sub.First
 	if first <= 100 || first > 180 || !sub.Gap || !slices.Equal(seqs(sub.Msgs), seqRange(first, 200)) {
 		t.Fatalf("resume: gap %v first %d msgs %v; want about the last 40 messages from first on, and a gap", sub.Gap, first, seqs(sub.Msgs))
@@ -206,9 +207,9 @@ func TestHistoryBeyondTheRetentionBytes(t *testing.T) {
 func TestNoRetentionServesTheRingsOnly(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 10 })
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	pubN(p, "r", 30)
-	sub := h.dial("c").sync(link.RoomState{Room: "r", Since: 5})[0]
+	sub := h.dial("c").Sync(link.RoomState{Room: "r", Since: 5})[0]
 	if !sub.Gap || sub.First != 21 || !slices.Equal(seqs(sub.Msgs), seqRange(21, 30)) {
 		t.Fatalf("gap %v first %d msgs %v", sub.Gap, sub.First, seqs(sub.Msgs))
 	}
@@ -219,12 +220,12 @@ func TestNoRetentionServesTheRingsOnly(t *testing.T) {
 func TestCatchUpFromTheLogIsBounded(t *testing.T) {
 	h := start(t, "", func(c *Config) { retention(c); c.QueueBytes = 4 << 10 })
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	for i := range 200 {
-		p.pub(fmt.Sprint(i), "r", strings.Repeat("m", 100))
-		p.expect(link.OpAck)
+		p.Pub(fmt.Sprint(i), "r", strings.Repeat("m", 100))
+		p.Expect(link.OpAck)
 	}
-	sub := h.dial("c").sync(link.RoomState{Room: "r", Since: 1})[0]
+	sub := h.dial("c").Sync(link.RoomState{Room: "r", Since: 1})[0]
 	got := seqs(sub.Msgs)
 	if !sub.Gap || sub.First != 1 || len(got) < 20 || len(got) > 60 || !slices.Equal(got, seqRange(got[0], 200)) {
 		t.Fatalf("gap %v first %d msgs %v; want a gap and the newest 20..60 messages", sub.Gap, sub.First, got)
@@ -238,25 +239,25 @@ func TestCatchUpFromTheLogPrecedesLiveFrames(t *testing.T) {
 	dir := t.TempDir()
 	h := start(t, dir, retention)
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	pubN(p, "r", 30)
 	h.stop()
 
 	h2, run := startPaused(t, dir, retention)
 	b := h2.dial("b")
-	b.send(&link.Frame{T: link.OpSync, Rooms: []link.RoomState{{Room: "r", Since: 5}}})
+	b.Send(&link.Frame{T: link.OpSync, Rooms: []link.RoomState{{Room: "r", Since: 5}}})
 	waitQueued(t, h2, 2) // b's open and sync, ahead of p's frames
 	p2 := h2.dial("p")
-	p2.send(&link.Frame{T: link.OpSync}, pubFrame("late", "r", "late"),
+	p2.Send(&link.Frame{T: link.OpSync}, linktest.PubFrame("late", "r", "late"),
 		&link.Frame{T: link.OpJoin, Room: "r", Member: &protocol.Member{ID: "m1", Nick: "n"}})
 	waitQueued(t, h2, 4)
 	run()
-	sub := b.expect(link.OpSubscribed)
+	sub := b.Expect(link.OpSubscribed)
 	if sub.Gap || !slices.Equal(seqs(sub.Msgs), seqRange(6, 31)) || len(sub.Members) != 1 {
 		t.Fatalf("subscribed: gap %v msgs %v members %v; want 6..31 and the new member", sub.Gap, seqs(sub.Msgs), sub.Members)
 	}
-	p2.pub("later", "r", "later")
-	if m := b.expect(link.OpMsg); m.Msg.Seq != 32 {
+	p2.Pub("later", "r", "later")
+	if m := b.Expect(link.OpMsg); m.Msg.Seq != 32 {
 		t.Fatalf("live message after the answer: %+v", m.Msg)
 	}
 }
@@ -302,7 +303,7 @@ func TestCatchUpReadsWhatTheRingLostMeanwhile(t *testing.T) {
 	pub, _ := fake("p")
 	publish := func(n int) {
 		for range n {
-			if err := s.apply([]event{{kind: evFrames, in: pub, frames: []*link.Frame{pubFrame(fmt.Sprint("m", mids.Add(1)), "r", "msg")}}}); err != nil {
+			if err := s.apply([]event{{kind: evFrames, in: pub, frames: []*link.Frame{linktest.PubFrame(fmt.Sprint("m", mids.Add(1)), "r", "msg")}}}); err != nil {
 				t.Fatal(err)
 			}
 		}

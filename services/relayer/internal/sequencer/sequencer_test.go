@@ -13,6 +13,7 @@ import (
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/relayer/internal/linktest"
 )
 
 func TestFanOutOrderAndInterest(t *testing.T) {
@@ -21,16 +22,16 @@ func TestFanOutOrderAndInterest(t *testing.T) {
 	subs := make([]*client, 4)
 	for i := range subs {
 		subs[i] = h.dial(fmt.Sprintf("sub%d", i))
-		subs[i].sync(link.RoomState{Room: "r"}, link.RoomState{Room: "other"})
+		subs[i].Sync(link.RoomState{Room: "r"}, link.RoomState{Room: "other"})
 	}
 	outsider := h.dial("outsider")
-	outsider.sync(link.RoomState{Room: "other"})
+	outsider.Sync(link.RoomState{Room: "other"})
 
 	publishers := make([]*client, pubs)
 	for i := range publishers {
 		// Publishers need no subscription of their own.
 		publishers[i] = h.dial(fmt.Sprintf("pub%d", i))
-		publishers[i].sync()
+		publishers[i].Sync()
 	}
 	var wg sync.WaitGroup
 	for i, p := range publishers {
@@ -38,11 +39,11 @@ func TestFanOutOrderAndInterest(t *testing.T) {
 			for j := range perPub {
 				if j%10 == 0 {
 					// Mixed: single frames and several frames per message.
-					p.send(pubFrame(fmt.Sprintf("p%d-%d", i, j), "r", "x"),
-						pubFrame(fmt.Sprintf("p%d-%d-b", i, j), "r", "y"))
+					p.Send(linktest.PubFrame(fmt.Sprintf("p%d-%d", i, j), "r", "x"),
+						linktest.PubFrame(fmt.Sprintf("p%d-%d-b", i, j), "r", "y"))
 					continue
 				}
-				p.pub(fmt.Sprintf("p%d-%d", i, j), "r", fmt.Sprintf("from %d #%d", i, j))
+				p.Pub(fmt.Sprintf("p%d-%d", i, j), "r", fmt.Sprintf("from %d #%d", i, j))
 			}
 		})
 	}
@@ -52,7 +53,7 @@ func TestFanOutOrderAndInterest(t *testing.T) {
 	for i, p := range publishers {
 		var last uint64
 		for range perPub + perPub/10 {
-			a := p.expect(link.OpAck)
+			a := p.Expect(link.OpAck)
 			if a.Room != "r" || a.Seq <= last || !strings.HasPrefix(a.MID, fmt.Sprintf("p%d-", i)) {
 				t.Fatalf("publisher %d: bad ack %+v after seq %d", i, a, last)
 			}
@@ -63,7 +64,7 @@ func TestFanOutOrderAndInterest(t *testing.T) {
 	for i, c := range subs {
 		var got []protocol.Message
 		for range total {
-			got = append(got, *c.expect(link.OpMsg).Msg)
+			got = append(got, *c.Expect(link.OpMsg).Msg)
 		}
 		if !slices.Equal(seqs(got), seqRange(1, uint64(total))) {
 			t.Fatalf("subscriber %d got seqs %v", i, seqs(got))
@@ -76,8 +77,8 @@ func TestFanOutOrderAndInterest(t *testing.T) {
 	}
 	// The outsider's link is FIFO: had it been sent any msg of "r", it
 	// would come before this one.
-	publishers[0].pub("last", "other", "to other")
-	if f := outsider.expect(link.OpMsg); f.Msg.Room != "other" || f.Msg.Seq != 1 {
+	publishers[0].Pub("last", "other", "to other")
+	if f := outsider.Expect(link.OpMsg); f.Msg.Room != "other" || f.Msg.Seq != 1 {
 		t.Fatalf("outsider got %+v", f.Msg)
 	}
 	for _, m := range first {
@@ -90,21 +91,21 @@ func TestFanOutOrderAndInterest(t *testing.T) {
 func TestNewLinkReplacesOld(t *testing.T) {
 	h := start(t, "", nil)
 	old := h.dial("A")
-	old.sync(link.RoomState{Room: "r"})
+	old.Sync(link.RoomState{Room: "r"})
 	nu := h.dial("A")
 	if code, why := old.closed(); code != ClosePolicyViolation || why != DropReplaced {
 		t.Fatalf("old link closed with %v (%s)", code, why)
 	}
-	nu.sync(link.RoomState{Room: "r"})
-	nu.pub("m", "r", "hi")
-	nu.expect(link.OpMsg)
-	nu.expect(link.OpAck)
+	nu.Sync(link.RoomState{Room: "r"})
+	nu.Pub("m", "r", "hi")
+	nu.Expect(link.OpMsg)
+	nu.Expect(link.OpAck)
 }
 
 func TestBadFramesDoNotHurt(t *testing.T) {
 	h := start(t, "", nil)
 	c := h.dial("A")
-	c.sync(link.RoomState{Room: "r"})
+	c.Sync(link.RoomState{Room: "r"})
 	long := strings.Repeat("x", maxTextBytes+1)
 	nacks := []struct {
 		f    *link.Frame
@@ -112,31 +113,31 @@ func TestBadFramesDoNotHurt(t *testing.T) {
 	}{
 		{&link.Frame{T: link.OpPub, MID: "n1"}, protocol.CodeBadRequest},
 		{&link.Frame{T: link.OpPub, Msg: &protocol.Message{Room: "r", Text: "no mid"}}, protocol.CodeBadRequest},
-		{pubFrame("n2", "", "x"), protocol.CodeBadRoom},
-		{pubFrame("n3", " r", "x"), protocol.CodeBadRoom},
-		{pubFrame("n4", "r\x00", "x"), protocol.CodeBadRoom},
-		{pubFrame("n5", "r", ""), protocol.CodeBadRequest},
-		{pubFrame("n6", "r", long), protocol.CodeTooLarge},
+		{linktest.PubFrame("n2", "", "x"), protocol.CodeBadRoom},
+		{linktest.PubFrame("n3", " r", "x"), protocol.CodeBadRoom},
+		{linktest.PubFrame("n4", "r\x00", "x"), protocol.CodeBadRoom},
+		{linktest.PubFrame("n5", "r", ""), protocol.CodeBadRequest},
+		{linktest.PubFrame("n6", "r", long), protocol.CodeTooLarge},
 		{&link.Frame{T: link.OpPub, MID: "n7", Msg: &protocol.Message{Room: "r", Text: "x", From: long[:maxFieldBytes+1]}}, protocol.CodeBadRequest},
 	}
 	for _, n := range nacks {
-		c.send(n.f)
-		if f := c.expect(link.OpNack); f.Code != n.code || f.MID != n.f.MID || f.Error == "" {
+		c.Send(n.f)
+		if f := c.Expect(link.OpNack); f.Code != n.code || f.MID != n.f.MID || f.Error == "" {
 			t.Fatalf("%+v: got %+v, want code %s", n.f, f, n.code)
 		}
 	}
 	// Ignored without an answer; the marker shows nothing came first.
-	c.send(&link.Frame{T: "no-such-op"},
+	c.Send(&link.Frame{T: "no-such-op"},
 		&link.Frame{T: link.OpJoin, Room: "r"},
 		&link.Frame{T: link.OpJoin, Room: "", Member: &protocol.Member{ID: "x"}},
 		&link.Frame{T: link.OpLeave, Room: "r"},
 		&link.Frame{T: link.OpUnsub, Room: "never-subscribed"},
 		&link.Frame{T: link.OpSub, Rooms: []link.RoomState{{Room: "\x01"}}},
-		pubFrame("ok", "r", "fine"))
-	if f := c.expect(link.OpMsg); f.Msg.Seq != 1 {
+		linktest.PubFrame("ok", "r", "fine"))
+	if f := c.Expect(link.OpMsg); f.Msg.Seq != 1 {
 		t.Fatalf("got %+v", f.Msg)
 	}
-	c.expect(link.OpAck)
+	c.Expect(link.OpAck)
 
 }
 
@@ -144,12 +145,12 @@ func TestRestartContinuesSequence(t *testing.T) {
 	dir := t.TempDir()
 	h := start(t, dir, nil)
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	for i := 1; i <= 5; i++ {
-		p.pub(fmt.Sprint("m", i), "r", fmt.Sprint("before ", i))
+		p.Pub(fmt.Sprint("m", i), "r", fmt.Sprint("before ", i))
 	}
 	for range 5 {
-		p.expect(link.OpAck)
+		p.Expect(link.OpAck)
 	}
 	if err := h.stop(); err != nil {
 		t.Fatal(err)
@@ -160,17 +161,17 @@ func TestRestartContinuesSequence(t *testing.T) {
 
 	h2 := start(t, dir, nil)
 	c := h2.dial("p")
-	sub := c.sync(link.RoomState{Room: "r", Tail: 10})[0]
+	sub := c.Sync(link.RoomState{Room: "r", Tail: 10})[0]
 	if sub.Seq != 5 || !slices.Equal(seqs(sub.Msgs), seqRange(1, 5)) || sub.Msgs[4].Text != "before 5" {
 		t.Fatalf("after restart: %+v", sub)
 	}
 	// A publish re-sent across the restart is still recognised.
-	c.pub("m3", "r", "re-sent")
-	if a := c.expect(link.OpAck); a.Seq != 3 {
+	c.Pub("m3", "r", "re-sent")
+	if a := c.Expect(link.OpAck); a.Seq != 3 {
 		t.Fatalf("re-sent ack %+v", a)
 	}
-	c.pub("m6", "r", "after")
-	if m := c.expect(link.OpMsg); m.Msg.Seq != 6 {
+	c.Pub("m6", "r", "after")
+	if m := c.Expect(link.OpMsg); m.Msg.Seq != 6 {
 		t.Fatalf("first seq after restart %d, want 6", m.Msg.Seq)
 	}
 }
@@ -178,15 +179,15 @@ func TestRestartContinuesSequence(t *testing.T) {
 func TestShutdownDeliversWhatWasAcknowledged(t *testing.T) {
 	h := start(t, "", nil)
 	sub := h.dial("s")
-	sub.sync(link.RoomState{Room: "r"})
+	sub.Sync(link.RoomState{Room: "r"})
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	var frames []*link.Frame
 	for i := range 200 {
-		frames = append(frames, pubFrame(fmt.Sprint(i), "r", "x"))
+		frames = append(frames, linktest.PubFrame(fmt.Sprint(i), "r", "x"))
 	}
-	p.send(frames...)
-	p.expect(link.OpAck) // the batch is applied and on disk
+	p.Send(frames...)
+	p.Expect(link.OpAck) // the batch is applied and on disk
 	if err := h.stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -194,8 +195,8 @@ func TestShutdownDeliversWhatWasAcknowledged(t *testing.T) {
 		t.Fatalf("close status %v", code)
 	}
 	n := 0
-	for len(sub.frames) > 0 {
-		if f := <-sub.frames; f.T == link.OpMsg {
+	for len(sub.Frames) > 0 {
+		if f := <-sub.Frames; f.T == link.OpMsg {
 			n++
 		}
 	}
@@ -210,17 +211,17 @@ func TestCompaction(t *testing.T) {
 	tweak := func(c *Config) { c.HistoryLimit = 5; c.CompactBytes = 4096; c.DedupWindow = 10 }
 	h := start(t, dir, tweak)
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	for i := 1; i <= 300; i++ {
-		p.pub(fmt.Sprint("m", i), fmt.Sprint("r", i%2), strings.Repeat("z", 50))
+		p.Pub(fmt.Sprint("m", i), fmt.Sprint("r", i%2), strings.Repeat("z", 50))
 	}
 	for range 300 {
-		p.expect(link.OpAck)
+		p.Expect(link.OpAck)
 	}
 	// A round trip: the sequencer compacts after delivering a batch, so
 	// the next answer comes after any compaction the pubs caused.
-	p.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r0"})
-	p.expect(link.OpFetched)
+	p.Send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r0"})
+	p.Expect(link.OpFetched)
 	if size := testutil.ToFloat64(h.s.m.logBytes); size >= 4096 {
 		t.Fatalf("log is %v bytes after compaction, threshold 4096", size)
 	}
@@ -230,13 +231,13 @@ func TestCompaction(t *testing.T) {
 	h.stop()
 	h2 := start(t, dir, tweak)
 	c := h2.dial("c")
-	subs := c.sync(link.RoomState{Room: "r0", Tail: 100}, link.RoomState{Room: "r1", Tail: 100})
+	subs := c.Sync(link.RoomState{Room: "r0", Tail: 100}, link.RoomState{Room: "r1", Tail: 100})
 	if subs[0].Seq != 150 || !slices.Equal(seqs(subs[0].Msgs), seqRange(146, 150)) ||
 		subs[1].Seq != 150 || !slices.Equal(seqs(subs[1].Msgs), seqRange(146, 150)) {
 		t.Fatalf("after compaction and restart: r0 %d %v, r1 %d %v", subs[0].Seq, seqs(subs[0].Msgs), subs[1].Seq, seqs(subs[1].Msgs))
 	}
-	c.pub("m1", "r1", "after")
-	if m := c.expect(link.OpMsg); m.Msg.Seq != 151 {
+	c.Pub("m1", "r1", "after")
+	if m := c.Expect(link.OpMsg); m.Msg.Seq != 151 {
 		t.Fatalf("seq %d after compaction, want 151", m.Msg.Seq)
 	}
 }
@@ -246,31 +247,31 @@ func TestCompaction(t *testing.T) {
 func TestSlowLinkIsClosed(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.QueueBytes = 64 << 10 })
 	slow := h.dial("slow")
-	slow.sync(link.RoomState{Room: "r"})
+	slow.Sync(link.RoomState{Room: "r"})
 	slow.stall()
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	var frames []*link.Frame
 	for i := range 400 { // about 100 KB of msg frames, in one batch
-		frames = append(frames, pubFrame(fmt.Sprint(i), "r", strings.Repeat("y", 200)))
+		frames = append(frames, linktest.PubFrame(fmt.Sprint(i), "r", strings.Repeat("y", 200)))
 	}
-	p.send(frames...)
+	p.Send(frames...)
 	for range 400 {
-		p.expect(link.OpAck)
+		p.Expect(link.OpAck)
 	}
 	// A round trip: the batch was delivered to every link.
-	p.send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r", Limit: 1})
-	p.expect(link.OpFetched)
+	p.Send(&link.Frame{T: link.OpFetch, Req: 1, Room: "r", Limit: 1})
+	p.Expect(link.OpFetched)
 	select {
 	case <-slow.done:
 		t.Fatal("one batch over the limit closed the link")
 	default:
 	}
-	p.pub("more", "r", "more")
+	p.Pub("more", "r", "more")
 	if code, why := slow.closed(); code != CloseTryAgainLater || why != DropSlow {
 		t.Fatalf("slow link closed with %v (%s), want 1013 for being slow", code, why)
 	}
-	p.expect(link.OpAck) // the publisher is not held back by the slow link
+	p.Expect(link.OpAck) // the publisher is not held back by the slow link
 }
 
 // A link's reader waits once more than InflightBytes of its input wait for
@@ -282,9 +283,9 @@ func TestLinkInputIsBounded(t *testing.T) {
 	sent := make(chan struct{})
 	go func() {
 		defer close(sent)
-		p.send(&link.Frame{T: link.OpSync})
+		p.Send(&link.Frame{T: link.OpSync})
 		for i := range n { // 50 messages of about 1 KB
-			p.pub(fmt.Sprint("m", i), "r", strings.Repeat("z", 1000))
+			p.Pub(fmt.Sprint("m", i), "r", strings.Repeat("z", 1000))
 		}
 	}()
 	// Nothing is applied: the reader hands over what fits, crosses the
@@ -303,7 +304,7 @@ func TestLinkInputIsBounded(t *testing.T) {
 	}
 	run()
 	for i := range n {
-		if ack := p.expect(link.OpAck); ack.Seq != uint64(i+1) {
+		if ack := p.Expect(link.OpAck); ack.Seq != uint64(i+1) {
 			t.Fatalf("ack %d: %+v", i, ack)
 		}
 	}

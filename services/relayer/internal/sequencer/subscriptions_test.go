@@ -15,12 +15,12 @@ import (
 func TestSubscribedCatchUp(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.HistoryLimit = 10 })
 	p := h.dial("p")
-	p.sync()
+	p.Sync()
 	for i := 1; i <= 20; i++ {
-		p.pub(fmt.Sprint(i), "r", fmt.Sprint("msg ", i))
+		p.Pub(fmt.Sprint(i), "r", fmt.Sprint("msg ", i))
 	}
 	for range 20 {
-		p.expect(link.OpAck)
+		p.Expect(link.OpAck)
 	}
 	cases := []struct {
 		since   uint64
@@ -44,7 +44,7 @@ func TestSubscribedCatchUp(t *testing.T) {
 	}
 	for i, tc := range cases {
 		c := h.dial(fmt.Sprint("c", i))
-		sub := c.sync(link.RoomState{Room: "r", Since: tc.since, Resume: tc.resume, Tail: tc.tail})[0]
+		sub := c.Sync(link.RoomState{Room: "r", Since: tc.since, Resume: tc.resume, Tail: tc.tail})[0]
 		if sub.Room != "r" || sub.Seq != 20 || sub.First != 11 || sub.Gap != tc.wantGap || !slices.Equal(seqs(sub.Msgs), tc.want) {
 			t.Errorf("since %d resume %v tail %d: seq %d first %d gap %v msgs %v; want gap %v msgs %v",
 				tc.since, tc.resume, tc.tail, sub.Seq, sub.First, sub.Gap, seqs(sub.Msgs), tc.wantGap, tc.want)
@@ -55,7 +55,7 @@ func TestSubscribedCatchUp(t *testing.T) {
 	}
 	// An empty room: first is last+1.
 	c := h.dial("empty")
-	if sub := c.sync(link.RoomState{Room: "new", Since: 5})[0]; sub.Seq != 0 || sub.First != 1 || sub.Gap {
+	if sub := c.Sync(link.RoomState{Room: "new", Since: 5})[0]; sub.Seq != 0 || sub.First != 1 || sub.Gap {
 		t.Fatalf("empty room: %+v", sub)
 	}
 }
@@ -66,19 +66,19 @@ func member(id, nick, inst string) protocol.Member {
 
 func expectPresence(t *testing.T, c *client, event string, m protocol.Member) {
 	t.Helper()
-	f := c.expect(link.OpPresence)
+	f := c.Expect(link.OpPresence)
 	if f.Event != event || f.Member == nil || *f.Member != m || f.Room != "r" {
-		t.Fatalf("%s: presence %s %+v, want %s %+v", c.inst, f.Event, f.Member, event, m)
+		t.Fatalf("%s: presence %s %+v, want %s %+v", c.Inst, f.Event, f.Member, event, m)
 	}
 }
 
 func TestPresence(t *testing.T) {
 	h := start(t, "", nil)
 	b := h.dial("B")
-	b.sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "b1", Nick: "bob"}}})
+	b.Sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "b1", Nick: "bob"}}})
 
 	a := h.dial("A")
-	sub := a.sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})[0]
+	sub := a.Sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})[0]
 	want := []protocol.Member{member("a1", "ann", "A"), member("b1", "bob", "B")}
 	if !slices.Equal(sub.Members, want) {
 		t.Fatalf("subscribed members %+v, want %+v", sub.Members, want)
@@ -86,33 +86,33 @@ func TestPresence(t *testing.T) {
 	expectPresence(t, b, protocol.PresenceJoin, member("a1", "ann", "A"))
 
 	// Join and leave go to every subscriber, the originating one included.
-	a.send(&link.Frame{T: link.OpJoin, Room: "r", Member: &protocol.Member{ID: "a2", Nick: "al"}})
+	a.Send(&link.Frame{T: link.OpJoin, Room: "r", Member: &protocol.Member{ID: "a2", Nick: "al"}})
 	expectPresence(t, a, protocol.PresenceJoin, member("a2", "al", "A"))
 	expectPresence(t, b, protocol.PresenceJoin, member("a2", "al", "A"))
-	a.send(&link.Frame{T: link.OpJoin, Room: "r", Member: &protocol.Member{ID: "a2", Nick: "al"}}) // repeated: no event
-	a.send(&link.Frame{T: link.OpLeave, Room: "r", Member: &protocol.Member{ID: "a2"}})
+	a.Send(&link.Frame{T: link.OpJoin, Room: "r", Member: &protocol.Member{ID: "a2", Nick: "al"}}) // repeated: no event
+	a.Send(&link.Frame{T: link.OpLeave, Room: "r", Member: &protocol.Member{ID: "a2"}})
 	expectPresence(t, a, protocol.PresenceLeave, member("a2", "al", "A"))
 	expectPresence(t, b, protocol.PresenceLeave, member("a2", "al", "A"))
-	a.send(&link.Frame{T: link.OpLeave, Room: "r", Member: &protocol.Member{ID: "nobody"}}) // unknown: no event
+	a.Send(&link.Frame{T: link.OpLeave, Room: "r", Member: &protocol.Member{ID: "nobody"}}) // unknown: no event
 
 	// A re-sync reports only differences to the others.
-	a.send(&link.Frame{T: link.OpSync, Rooms: []link.RoomState{{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}, {ID: "a3", Nick: "amy"}}}}})
-	if f := a.expect(link.OpSubscribed); len(f.Members) != 3 {
+	a.Send(&link.Frame{T: link.OpSync, Rooms: []link.RoomState{{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}, {ID: "a3", Nick: "amy"}}}}})
+	if f := a.Expect(link.OpSubscribed); len(f.Members) != 3 {
 		t.Fatalf("members after re-sync: %+v", f.Members)
 	}
 	expectPresence(t, b, protocol.PresenceJoin, member("a3", "amy", "A"))
 
 	// Unsub drops A's members there.
-	a.send(&link.Frame{T: link.OpUnsub, Room: "r"})
-	got := []protocol.Member{*b.expect(link.OpPresence).Member, *b.expect(link.OpPresence).Member}
+	a.Send(&link.Frame{T: link.OpUnsub, Room: "r"})
+	got := []protocol.Member{*b.Expect(link.OpPresence).Member, *b.Expect(link.OpPresence).Member}
 	slices.SortFunc(got, func(x, y protocol.Member) int { return strings.Compare(x.ID, y.ID) })
 	if !slices.Equal(got, []protocol.Member{member("a1", "ann", "A"), member("a3", "amy", "A")}) {
 		t.Fatalf("leaves after unsub: %+v", got)
 	}
 	// A sync without the room would have done the same; check it drops
 	// nothing twice by re-joining through sub.
-	a.send(&link.Frame{T: link.OpSub, Rooms: []link.RoomState{{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}}}})
-	a.expect(link.OpSubscribed)
+	a.Send(&link.Frame{T: link.OpSub, Rooms: []link.RoomState{{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}}}})
+	a.Expect(link.OpSubscribed)
 	expectPresence(t, b, protocol.PresenceJoin, member("a1", "ann", "A"))
 
 	// The link drops: A's members stay for the grace, then leave.
@@ -132,12 +132,12 @@ func TestPresence(t *testing.T) {
 // re-synced yet, so the members it lists may be fewer than there are.
 func TestSubscribedSaysPresenceSettlesAfterStart(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.PresenceGrace = time.Minute })
-	sub := h.dial("A").sync(link.RoomState{Room: "r"})[0]
+	sub := h.dial("A").Sync(link.RoomState{Room: "r"})[0]
 	if sub.Settle <= 50*1000 || sub.Settle > 60*1000 {
 		t.Fatalf("subscribed within a minute's grace of the start: settle %d ms, want up to 60000", sub.Settle)
 	}
 	h = start(t, "", func(c *Config) { c.PresenceGrace = 0 })
-	if sub := h.dial("A").sync(link.RoomState{Room: "r"})[0]; sub.Settle != 0 {
+	if sub := h.dial("A").Sync(link.RoomState{Room: "r"})[0]; sub.Settle != 0 {
 		t.Fatalf("subscribed without a grace: settle %d ms, want none", sub.Settle)
 	}
 }
@@ -145,20 +145,20 @@ func TestSubscribedSaysPresenceSettlesAfterStart(t *testing.T) {
 func TestReconnectWithinGraceKeepsPresence(t *testing.T) {
 	h := start(t, "", func(c *Config) { c.PresenceGrace = time.Minute })
 	b := h.dial("B")
-	b.sync(link.RoomState{Room: "r"})
+	b.Sync(link.RoomState{Room: "r"})
 	a := h.dial("A")
-	a.sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})
+	a.Sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})
 	expectPresence(t, b, protocol.PresenceJoin, member("a1", "ann", "A"))
 
 	a.drop()
 	a2 := h.dial("A")
-	sub := a2.sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})[0]
+	sub := a2.Sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})[0]
 	if !slices.Equal(sub.Members, []protocol.Member{member("a1", "ann", "A")}) {
 		t.Fatalf("members %+v", sub.Members)
 	}
 	// b's link is FIFO: a presence change would arrive before this msg.
-	a2.pub("m", "r", "marker")
-	if f := b.next(); f.T != link.OpMsg {
+	a2.Pub("m", "r", "marker")
+	if f := b.Next(); f.T != link.OpMsg {
 		t.Fatalf("B got %s %+v before the marker: the reconnect caused presence churn", f.T, f)
 	}
 }
@@ -171,13 +171,13 @@ func TestSyncInParts(t *testing.T) {
 	ann, bob, cat := protocol.Member{ID: "a1", Nick: "ann"}, protocol.Member{ID: "a2", Nick: "bob"}, protocol.Member{ID: "a3", Nick: "cat"}
 	// (A first part applied on its own would answer r with ann alone, and
 	// then r again: the first two answers below would not add up.)
-	a.send(&link.Frame{T: link.OpSync, More: true, Rooms: []link.RoomState{{Room: "r", Members: []protocol.Member{ann}}}})
-	a.send(&link.Frame{T: link.OpSync, Rooms: []link.RoomState{
+	a.Send(&link.Frame{T: link.OpSync, More: true, Rooms: []link.RoomState{{Room: "r", Members: []protocol.Member{ann}}}})
+	a.Send(&link.Frame{T: link.OpSync, Rooms: []link.RoomState{
 		{Room: "r", Members: []protocol.Member{bob}}, {Room: "s", Members: []protocol.Member{cat}},
 	}})
 	subs := map[string][]string{}
 	for range 2 {
-		f := a.expect(link.OpSubscribed)
+		f := a.Expect(link.OpSubscribed)
 		for _, m := range f.Members {
 			subs[f.Room] = append(subs[f.Room], m.ID)
 		}
@@ -194,19 +194,19 @@ func TestSyncInParts(t *testing.T) {
 func TestSyncReplacesSubscriptions(t *testing.T) {
 	h := start(t, "", nil)
 	b := h.dial("B")
-	b.sync(link.RoomState{Room: "r"}, link.RoomState{Room: "s"})
+	b.Sync(link.RoomState{Room: "r"}, link.RoomState{Room: "s"})
 	a := h.dial("A")
-	a.sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}},
+	a.Sync(link.RoomState{Room: "r", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}},
 		link.RoomState{Room: "s", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})
-	b.expect(link.OpPresence)
-	b.expect(link.OpPresence)
+	b.Expect(link.OpPresence)
+	b.Expect(link.OpPresence)
 
 	// Re-sync without r: A leaves r (B is told) and gets no more of it.
-	a.sync(link.RoomState{Room: "s", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})
+	a.Sync(link.RoomState{Room: "s", Members: []protocol.Member{{ID: "a1", Nick: "ann"}}})
 	expectPresence(t, b, protocol.PresenceLeave, member("a1", "ann", "A"))
-	b.pub("m1", "r", "to r")
-	b.pub("m2", "s", "to s")
-	if f := a.expect(link.OpMsg); f.Msg.Room != "s" {
+	b.Pub("m1", "r", "to r")
+	b.Pub("m2", "s", "to s")
+	if f := a.Expect(link.OpMsg); f.Msg.Room != "s" {
 		t.Fatalf("A got %+v after dropping r", f.Msg)
 	}
 	if got := testutil.ToFloat64(h.s.m.subs); got != 3 {
