@@ -1,7 +1,6 @@
 package linkserver
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -26,24 +25,6 @@ const (
 	waitFor    = linktest.WaitFor
 )
 
-// syncBuffer collects logs written from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // The link server's tests run a sequencer behind it, over real loopback
 // WebSockets: what they test is the transport, not the rooms.
 
@@ -52,7 +33,7 @@ type harness struct {
 	seq  *sequencer.Sequencer
 	ls   *Server
 	srv  *httptest.Server
-	logs *syncBuffer
+	logs *linktest.Logs
 	stop func() error
 }
 
@@ -75,7 +56,7 @@ func start(t testing.TB, tweak func(*config)) *harness {
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &linktest.Logs{}
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.seq.Logger = cfg.Logger
 	cfg.Registry = prometheus.NewRegistry()

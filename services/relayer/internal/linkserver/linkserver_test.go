@@ -223,11 +223,7 @@ func TestLinksClosedBySequencer(t *testing.T) {
 	sub.Sync(link.RoomState{Room: "r"})
 	p := h.dial("p")
 	p.Sync()
-	var frames []*link.Frame
-	for i := range 200 {
-		frames = append(frames, linktest.PubFrame(fmt.Sprint(i), "r", "x"))
-	}
-	p.Send(frames...)
+	p.Send(linktest.Pubs("m", "r", 200)...)
 	p.Expect(link.OpAck) // the batch is applied and on disk
 	if err := h.stop(); err != nil {
 		t.Fatal(err)
@@ -235,13 +231,7 @@ func TestLinksClosedBySequencer(t *testing.T) {
 	if got := sub.closed(); got != websocket.StatusServiceRestart {
 		t.Fatalf("close status %v", got)
 	}
-	n := 0
-	for len(sub.Frames) > 0 {
-		if f := <-sub.Frames; f.T == link.OpMsg {
-			n++
-		}
-	}
-	if n != 200 {
+	if n := sub.Received(link.OpMsg); n != 200 {
 		t.Fatalf("subscriber got %d of 200 sequenced messages before the close", n)
 	}
 }

@@ -4,6 +4,9 @@
 package linktest
 
 import (
+	"bytes"
+	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -87,4 +90,43 @@ func (p *Peer) Pub(mid, room, text string) {
 // PubFrame is a pub of text to room under mid, from "nick".
 func PubFrame(mid, room, text string) *link.Frame {
 	return &link.Frame{T: link.OpPub, MID: mid, Msg: &protocol.Message{Room: room, Text: text, From: "nick", UID: "u-" + mid}}
+}
+
+// Pubs returns n pubs to room, mids prefix0 to prefix(n-1).
+func Pubs(prefix, room string, n int) []*link.Frame {
+	frames := make([]*link.Frame, n)
+	for i := range frames {
+		frames[i] = PubFrame(prefix+strconv.Itoa(i), room, "x")
+	}
+	return frames
+}
+
+// Received counts the frames of op that have arrived and wait on Frames,
+// taking every waiting frame.
+func (p *Peer) Received(op string) int {
+	n := 0
+	for len(p.Frames) > 0 {
+		if f := <-p.Frames; f.T == op {
+			n++
+		}
+	}
+	return n
+}
+
+// Logs collects a logger's output written from many goroutines.
+type Logs struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *Logs) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *Logs) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

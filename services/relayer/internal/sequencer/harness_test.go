@@ -1,7 +1,6 @@
 package sequencer
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"sync"
@@ -23,30 +22,12 @@ import (
 
 const waitFor = linktest.WaitFor
 
-// syncBuffer collects logs written from many goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 type harness struct {
 	t    testing.TB
 	dir  string
 	s    *Sequencer
 	reg  *prometheus.Registry
-	logs *syncBuffer
+	logs *linktest.Logs
 	stop func() error
 }
 
@@ -81,7 +62,7 @@ func startPaused(t testing.TB, dir string, tweak func(*Config)) (h *harness, run
 	if tweak != nil {
 		tweak(&cfg)
 	}
-	logs := &syncBuffer{}
+	logs := &linktest.Logs{}
 	cfg.Logger = slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	reg := prometheus.NewRegistry()
 	cfg.Registry = reg
