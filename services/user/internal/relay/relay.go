@@ -51,15 +51,17 @@ type Bus struct {
 
 	epoch string // the relayer's log as of the last link: written by Run before serve, read by the frames serve handles
 
-	mu           sync.Mutex
-	up           bool   // connected: ops go to out; otherwise they are dropped and the next sync carries their effect
-	out          []byte // frames waiting for the writer
-	spare        []byte
+	mu sync.Mutex
+	// up: connected. Ops go to w, or to early until serve has queued the
+	// sync; otherwise they are dropped and the next sync carries their
+	// effect.
+	up           bool
+	w            *link.Writer // the link's; nil until its sync is queued
+	early        []byte       // ops queued while the sync is made, sent after it
 	pending      map[string]pendingPub
 	pendingBytes int
 	nextPub      uint64
 	fetches      map[uint64]struct{}
-	wake         chan struct{}
 
 	ready atomic.Bool
 }
@@ -80,7 +82,6 @@ func New(cfg Config, h bus.Handler) *Bus {
 		cfg: cfg, h: h, log: cfg.Logger,
 		pending: map[string]pendingPub{},
 		fetches: map[uint64]struct{}{},
-		wake:    make(chan struct{}, 1),
 	}
 }
 
@@ -90,27 +91,28 @@ func (b *Bus) Ready() bool { return b.ready.Load() }
 func (b *Bus) send(f *link.Frame) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if !b.up {
-		return
-	}
 	b.appendLocked(f)
 }
 
+// appendLocked queues f for the link, if it is up; b.mu must be held.
 func (b *Bus) appendLocked(f *link.Frame) {
-	out, err := link.Append(b.out, f)
-	if err != nil {
-		b.log.Error("relay link: cannot encode frame", "err", err)
-		return
-	}
-	b.out = out
-	b.signal()
+	b.queueLocked(func(dst []byte) []byte {
+		out, err := link.Append(dst, f)
+		if err != nil {
+			b.log.Error("relay link: cannot encode frame", "err", err)
+		}
+		return out
+	})
 }
 
-// signal tells the writer that out has frames.
-func (b *Bus) signal() {
-	select {
-	case b.wake <- struct{}{}:
-	default:
+// queueLocked queues what enc appends (whole frames) for the link, if it
+// is up; b.mu must be held.
+func (b *Bus) queueLocked(enc func(dst []byte) []byte) {
+	switch {
+	case b.w != nil:
+		b.w.AppendFunc(enc)
+	case b.up:
+		b.early = enc(b.early)
 	}
 }
 
@@ -133,10 +135,7 @@ func (b *Bus) Leave(room, memberID string) {
 func (b *Bus) sendMember(op, room string, m *protocol.Member) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.up {
-		b.out = link.AppendMember(b.out, op, room, "", m)
-		b.signal()
-	}
+	b.queueLocked(func(dst []byte) []byte { return link.AppendMember(dst, op, room, "", m) })
 }
 
 // Publish implements bus.Bus: the message is kept until the relayer
@@ -151,10 +150,7 @@ func (b *Bus) Publish(mid, session string, m protocol.Message) error {
 	b.nextPub++
 	b.pending[mid] = pendingPub{n: b.nextPub, frame: frame}
 	b.pendingBytes += len(frame)
-	if b.up {
-		b.out = append(b.out, frame...)
-		b.signal()
-	}
+	b.queueLocked(func(dst []byte) []byte { return append(dst, frame...) })
 	return nil
 }
 
@@ -244,7 +240,7 @@ func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
 	// operation is idempotent, so that is harmless.
 	b.mu.Lock()
 	b.up = true
-	b.out = b.out[:0]
+	b.early = b.early[:0]
 	b.mu.Unlock()
 	interests := b.h.State()
 	state := make([]link.RoomState, len(interests))
@@ -264,24 +260,24 @@ func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
 	for _, p := range resend {
 		head = append(head, p.frame...)
 	}
-	b.out = append(head, b.out...)
+	w := link.NewWriter(conn, b.cfg.FlushDelay)
+	w.Append(head, b.early)
+	b.w, b.early = w, nil
 	b.mu.Unlock()
-	b.signal()
 	b.ready.Store(true)
 	b.h.LinkState(true)
 	b.log.Info("relay link: up", "url", b.cfg.URL, "rooms", len(state), "resent", len(resend))
 
 	errc := make(chan error, 3)
-	go func() { errc <- b.writeLoop(ctx, conn) }()
+	go func() { errc <- w.Run(ctx) }()
 	go func() { errc <- b.readLoop(ctx, conn) }()
-	go func() { errc <- b.pingLoop(ctx, conn) }()
+	go func() { errc <- link.Keepalive(ctx, conn, b.cfg.PingInterval) }()
 	err = <-errc
 	if ctx.Err() != nil {
 		conn.Close(websocket.StatusGoingAway, "instance shutting down")
 	}
 	cancel()
 	conn.CloseNow()
-	// The next link must not share the writer's buffers with this one.
 	<-errc
 	<-errc
 	return err
@@ -345,8 +341,7 @@ func appendSync(dst []byte, state []link.RoomState) ([]byte, error) {
 func (b *Bus) down() {
 	b.ready.Store(false)
 	b.mu.Lock()
-	b.up = false
-	b.out = b.out[:0]
+	b.up, b.w, b.early = false, nil, nil
 	failed := b.fetches
 	b.fetches = map[uint64]struct{}{}
 	b.mu.Unlock()
@@ -354,52 +349,6 @@ func (b *Bus) down() {
 		b.h.Fetched(req, nil, 0, errLinkDown)
 	}
 	b.h.LinkState(false)
-}
-
-func (b *Bus) writeLoop(ctx context.Context, conn *websocket.Conn) error {
-	var delay *time.Timer
-	if b.cfg.FlushDelay > 0 {
-		delay = time.NewTimer(b.cfg.FlushDelay)
-		defer delay.Stop()
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-b.wake:
-		}
-		if delay != nil {
-			delay.Reset(b.cfg.FlushDelay)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-delay.C:
-			}
-			// Frames queued during the wait signalled again; they go out
-			// now, and that stale signal must not start the next wait
-			// early (the delay counts from a frame's arrival).
-			select {
-			case <-b.wake:
-			default:
-			}
-		}
-		b.mu.Lock()
-		data := b.out
-		b.out = b.spare[:0]
-		b.mu.Unlock()
-		if len(data) == 0 {
-			b.spare = data
-			continue
-		}
-		for rest := data; len(rest) > 0; {
-			n := link.NextMessage(rest)
-			if err := conn.Write(ctx, websocket.MessageText, rest[:n]); err != nil {
-				return fmt.Errorf("write link: %w", err)
-			}
-			rest = rest[n:]
-		}
-		b.spare = data
-	}
 }
 
 func (b *Bus) readLoop(ctx context.Context, conn *websocket.Conn) error {
@@ -415,24 +364,6 @@ func (b *Bus) readLoop(ctx context.Context, conn *websocket.Conn) error {
 		if err := link.Split(buf, b.handle); err != nil {
 			conn.Close(websocket.StatusPolicyViolation, "bad link frame")
 			return err
-		}
-	}
-}
-
-func (b *Bus) pingLoop(ctx context.Context, conn *websocket.Conn) error {
-	t := time.NewTicker(b.cfg.PingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-t.C:
-		}
-		pctx, cancel := context.WithTimeout(ctx, 2*b.cfg.PingInterval)
-		err := conn.Ping(pctx)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("relay link keepalive: %w", err)
 		}
 	}
 }
