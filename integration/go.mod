@@ -12,12 +12,12 @@ require (
 	github.com/testcontainers/testcontainers-go v0.45.0
 	github.com/wschat/wschat/services/protocol v0.0.0
 	github.com/wschat/wschat/services/relayer v0.0.0
+	github.com/wschat/wschat/services/settings v0.0.0
 	github.com/wschat/wschat/services/user v0.0.0
 )
 
 require (
 	github.com/go-json-experiment/json v0.0.0-20260213210345-44df1a37e875 // indirect
-	github.com/wschat/wschat/services/settings v0.0.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 )
 

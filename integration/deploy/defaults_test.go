@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	relayerapp "github.com/wschat/wschat/services/relayer/app"
 	"github.com/wschat/wschat/services/settings"
 	userapp "github.com/wschat/wschat/services/user/app"
 )
@@ -35,6 +36,7 @@ func TestDocumentedDefaultsAreTheCodes(t *testing.T) {
 		defaults map[string]string
 	}{
 		{"### ws-user", settings.Defaults[userapp.Config]()},
+		{"### ws-relayer", settings.Defaults[relayerapp.Config]()},
 	} {
 		documented := tableDefaults(t, readme, tc.heading)
 		for v, def := range tc.defaults {

@@ -3,6 +3,7 @@ package app
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"net/url"
 	"os"
@@ -54,6 +55,8 @@ type Config struct {
 
 	// Trusted is TrustedProxies parsed (loadConfig).
 	Trusted []netip.Prefix
+	// level is LogLevel parsed (loadConfig).
+	level slog.Level
 }
 
 // parseProxies reads TRUSTED_PROXIES: CIDR prefixes or single addresses;
@@ -111,7 +114,7 @@ func loadConfig(getenv func(string) string) (Config, error) {
 	return cfg, nil
 }
 
-func (c Config) validate() error {
+func (c *Config) validate() error {
 	var errs []error
 	check := func(ok bool, format string, args ...any) {
 		if !ok {
@@ -155,5 +158,6 @@ func (c Config) validate() error {
 	check(c.ShutdownTimeout > 0, "SHUTDOWN_TIMEOUT must be positive")
 	check(c.ReclaimQuiet >= 0, "MEMORY_RECLAIM_QUIET must be 0s (off) or positive, got %s", c.ReclaimQuiet)
 	check(c.ReclaimMinBytes >= 1<<20, "MEMORY_RECLAIM_MIN_BYTES must be at least 1048576, got %d", c.ReclaimMinBytes)
+	check(c.level.UnmarshalText([]byte(c.LogLevel)) == nil, "LOG_LEVEL must be debug, info, warn or error, got %q", c.LogLevel)
 	return errors.Join(errs...)
 }

@@ -1,0 +1,44 @@
+package app
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestConfigErrors(t *testing.T) {
+	cases := []struct {
+		name string
+		env  map[string]string
+		want []string
+	}{
+		{"port", map[string]string{"PORT": "http"}, []string{`PORT="http" is not a valid int`}},
+		{"port range", map[string]string{"PORT": "70000"}, []string{"PORT must be 0..65535"}},
+		{"relayer url", map[string]string{"RELAYER_URL": "http://relayer", "RELAY_SECRET": "long enough"}, []string{"RELAYER_URL"}},
+		{"secret with relayer", map[string]string{"RELAYER_URL": "ws://relayer:3001"}, []string{"RELAY_SECRET must be set"}},
+		{"history", map[string]string{"HISTORY_SIZE": "100", "HISTORY_LIMIT": "10"}, []string{"HISTORY_LIMIT (10) must be at least HISTORY_SIZE (100)"}},
+		{"duration", map[string]string{"WRITE_TIMEOUT": "soon"}, []string{"WRITE_TIMEOUT"}},
+		{"rate", map[string]string{"RATE_PER_SEC": "0"}, []string{"RATE_PER_SEC must be positive"}},
+		{"queue bytes", map[string]string{"SEND_QUEUE_BYTES": "1000"}, []string{"SEND_QUEUE_BYTES must be at least twice MAX_FRAME_BYTES"}},
+		{"proxies", map[string]string{"TRUSTED_PROXIES": "nowhere"}, []string{"TRUSTED_PROXIES"}},
+		{"level", map[string]string{"LOG_LEVEL": "loud"}, []string{`LOG_LEVEL must be debug, info, warn or error, got "loud"`}},
+		{"several at once", map[string]string{"MAX_ROOMS": "0", "JOIN_TIMEOUT": "0s"}, []string{"MAX_ROOMS", "JOIN_TIMEOUT"}},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.env["INSTANCE_ID"] = "test"
+			_, err := loadConfig(func(k string) string { return tc.env[k] })
+			if err == nil {
+				t.Fatal("loadConfig accepted the configuration")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+		})
+	}
+	cfg, err := loadConfig(func(k string) string { return map[string]string{"INSTANCE_ID": "test", "LOG_LEVEL": "debug"}[k] })
+	if err != nil || cfg.level.String() != "DEBUG" || cfg.HistorySize != 50 {
+		t.Fatalf("defaults: %v, level %v, HISTORY_SIZE %d", err, cfg.level, cfg.HistorySize)
+	}
+}
