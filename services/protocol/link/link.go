@@ -269,11 +269,11 @@ func Split(data []byte, fn func(*Frame) error) error {
 // growing it as needed, and returns the message. A link reads every
 // message into the same buffer this way instead of allocating one per
 // message (io.ReadAll's way): frames copy whatever they keep, so the bytes
-// are free again once Split returns. An array grown past keepBytes (by a
+// are free again once Split returns. An array grown past KeepBytes (by a
 // resync's or a backlog's large message) is let go, not kept for good.
 func ReadMessage(r io.Reader, buf []byte) ([]byte, error) {
 	buf = buf[:0]
-	if cap(buf) == 0 || cap(buf) > keepBytes {
+	if cap(buf) == 0 || cap(buf) > KeepBytes {
 		buf = make([]byte, 0, 512)
 	}
 	for {
@@ -291,9 +291,9 @@ func ReadMessage(r io.Reader, buf []byte) ([]byte, error) {
 	}
 }
 
-// keepBytes bounds the arrays a link end reuses: ReadMessage's, and the
-// Writer's spare output buffer.
-const keepBytes = 1 << 20
+// KeepBytes bounds the arrays a link end reuses: ReadMessage's, and the
+// spare output buffer of its writer (package linkws).
+const KeepBytes = 1 << 20
 
 // AppendMember appends a frame about one member (join, leave, presence),
 // reading back as the frame Append would encode: written by hand because a

@@ -11,6 +11,7 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/protocol/link/linkws"
 	"github.com/wschat/wschat/services/relayer/internal/sequencer"
 )
 
@@ -24,7 +25,7 @@ const closeGrace = 5 * time.Second
 type conn struct {
 	srv *Server
 	ws  *websocket.Conn
-	w   *link.Writer
+	w   *linkws.Writer
 	log *slog.Logger
 	// ctx ends the connection at once: coder/websocket closes the
 	// connection when the context of a pending Read or Write ends.
@@ -105,7 +106,7 @@ func (c *conn) write(ctx context.Context) {
 
 // keepalive pings the peer until ctx ends or a ping goes unanswered.
 func (c *conn) keepalive(ctx context.Context) {
-	err := link.Keepalive(ctx, c.ws, c.srv.cfg.PingInterval)
+	err := linkws.Keepalive(ctx, c.ws, c.srv.cfg.PingInterval)
 	if ctx.Err() != nil {
 		return
 	}

@@ -1,6 +1,6 @@
 // Package linkserver is ws-relayer's transport: it accepts relay links
 // (HTTP upgrade, the shared secret), reads their frames into the sequencer
-// and writes the sequencer's output back (link.Writer), with a keepalive.
+// and writes the sequencer's output back (linkws.Writer), with a keepalive.
 // It holds no room state: that is the sequencer's, which knows a link only
 // as a sequencer.Link.
 package linkserver
@@ -19,6 +19,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/protocol/link/linkws"
 	"github.com/wschat/wschat/services/relayer/internal/sequencer"
 )
 
@@ -28,7 +29,7 @@ type Config struct {
 	MaxFrameBytes int64         // per-link read limit
 	PingInterval  time.Duration // keepalive; a ping unanswered for twice this drops the link
 	// FlushDelay, when positive, makes a link's writer wait that long
-	// after output appears before sending it (link.NewWriter).
+	// after output appears before sending it (linkws.NewWriter).
 	FlushDelay time.Duration
 	Logger     *slog.Logger
 	Registry   prometheus.Registerer
@@ -96,7 +97,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// shutdown can flush it first.
 	ctx, kill := context.WithCancel(context.WithoutCancel(r.Context()))
 	c := &conn{
-		srv: s, ws: ws, w: link.NewWriter(ws, s.cfg.FlushDelay),
+		srv: s, ws: ws, w: linkws.NewWriter(ws, s.cfg.FlushDelay),
 		log: s.log.With("instance", inst, "remote", r.RemoteAddr),
 		ctx: ctx, kill: kill,
 	}

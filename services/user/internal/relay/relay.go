@@ -21,6 +21,7 @@ import (
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/protocol/link/linkws"
 	"github.com/wschat/wschat/services/user/internal/bus"
 )
 
@@ -56,8 +57,8 @@ type Bus struct {
 	// sync; otherwise they are dropped and the next sync carries their
 	// effect.
 	up           bool
-	w            *link.Writer // the link's; nil until its sync is queued
-	early        []byte       // ops queued while the sync is made, sent after it
+	w            *linkws.Writer // the link's; nil until its sync is queued
+	early        []byte         // ops queued while the sync is made, sent after it
 	pending      map[string]pendingPub
 	pendingBytes int
 	nextPub      uint64
@@ -260,7 +261,7 @@ func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
 	for _, p := range resend {
 		head = append(head, p.frame...)
 	}
-	w := link.NewWriter(conn, b.cfg.FlushDelay)
+	w := linkws.NewWriter(conn, b.cfg.FlushDelay)
 	w.Append(head, b.early)
 	b.w, b.early = w, nil
 	b.mu.Unlock()
@@ -271,7 +272,7 @@ func (b *Bus) serve(ctx context.Context, conn *websocket.Conn) error {
 	errc := make(chan error, 3)
 	go func() { errc <- w.Run(ctx) }()
 	go func() { errc <- b.readLoop(ctx, conn) }()
-	go func() { errc <- link.Keepalive(ctx, conn, b.cfg.PingInterval) }()
+	go func() { errc <- linkws.Keepalive(ctx, conn, b.cfg.PingInterval) }()
 	err = <-errc
 	if ctx.Err() != nil {
 		conn.Close(websocket.StatusGoingAway, "instance shutting down")

@@ -1,4 +1,4 @@
-package link
+package linkws
 
 import (
 	"bytes"
@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wschat/wschat/services/protocol/link"
 )
 
 const waitFor = 5 * time.Second
@@ -103,9 +105,9 @@ func frame(i, size int) []byte {
 	return append(append(b, bytes.Repeat([]byte{'x'}, max(size-len(b)-1, 0))...), '\n')
 }
 
-// Every frame arrives once and in order, in messages of at most MaxMessage
+// Every frame arrives once and in order, in messages of at most link.MaxMessage
 // that end at frame boundaries, while frames are appended during writes
-// and large backlogs (over keepBytes) come and go: the writer must never
+// and large backlogs (over link.KeepBytes) come and go: the writer must never
 // send from an array it also queues into (found in review, in the
 // relayer's copy of this loop, by the race detector).
 func TestWriterDeliversEveryFrameInOrder(t *testing.T) {
@@ -119,7 +121,7 @@ func TestWriterDeliversEveryFrameInOrder(t *testing.T) {
 	for i := range 3000 {
 		f := frame(i, sizes[i%len(sizes)])
 		if i%500 == 1 {
-			f = frame(i, 2*MaxMessage) // one frame alone over MaxMessage
+			f = frame(i, 2*link.MaxMessage) // one frame alone over link.MaxMessage
 		}
 		want.Write(f)
 		frames = append(frames, f)
@@ -130,7 +132,7 @@ func TestWriterDeliversEveryFrameInOrder(t *testing.T) {
 				t.Error("append refused before Close")
 				return
 			}
-			if i%10 == 0 || len(f) > MaxMessage {
+			if i%10 == 0 || len(f) > link.MaxMessage {
 				// Paced: the next frames are queued while Run writes
 				// these, into the buffer it swapped in.
 				for w.Owed() > 0 {
@@ -152,8 +154,8 @@ func TestWriterDeliversEveryFrameInOrder(t *testing.T) {
 		if len(m.data) == 0 || m.data[len(m.data)-1] != '\n' {
 			t.Fatalf("message of %d bytes does not end at a frame boundary", len(m.data))
 		}
-		if len(m.data) > MaxMessage && bytes.Count(m.data, []byte{'\n'}) > 1 {
-			t.Fatalf("message of %d bytes, over MaxMessage with more than one frame", len(m.data))
+		if len(m.data) > link.MaxMessage && bytes.Count(m.data, []byte{'\n'}) > 1 {
+			t.Fatalf("message of %d bytes, over link.MaxMessage with more than one frame", len(m.data))
 		}
 		got.Write(m.data)
 	}
@@ -306,14 +308,14 @@ func TestWriterAppendFunc(t *testing.T) {
 	w := NewWriter(server, 0)
 	msgs := receive(client)
 	w.Append([]byte("a\n"))
-	w.AppendFunc(func(b []byte) []byte { return AppendAck(b, "r", "m", 7) })
+	w.AppendFunc(func(b []byte) []byte { return link.AppendAck(b, "r", "m", 7) })
 	w.Close(websocket.StatusNormalClosure, "", true)
 	run(t, w)
-	var frames []*Frame
-	if err := Split(next(t, msgs).data[2:], func(f *Frame) error { frames = append(frames, f); return nil }); err != nil {
+	var frames []*link.Frame
+	if err := link.Split(next(t, msgs).data[2:], func(f *link.Frame) error { frames = append(frames, f); return nil }); err != nil {
 		t.Fatal(err)
 	}
-	if len(frames) != 1 || frames[0].T != OpAck || frames[0].Seq != 7 {
+	if len(frames) != 1 || frames[0].T != link.OpAck || frames[0].Seq != 7 {
 		t.Fatalf("frames %+v", frames)
 	}
 }

@@ -1,4 +1,7 @@
-package link
+// Package linkws carries link frames over a coder/websocket connection:
+// the one writer both ends of a link use (Writer) and the keepalive. Package
+// link itself stays free of I/O.
+package linkws
 
 import (
 	"context"
@@ -7,11 +10,13 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+
+	"github.com/wschat/wschat/services/protocol/link"
 )
 
 // Writer sends the link frames of one WebSocket connection, for either end
 // of a link. Frames are appended to one buffer, and Run sends whatever
-// accumulated as one message, or as several of at most MaxMessage cut at
+// accumulated as one message, or as several of at most link.MaxMessage cut at
 // frame boundaries (NextMessage): a busy link batches by itself, and no
 // message exceeds the other end's read limit.
 //
@@ -167,7 +172,7 @@ func (w *Writer) Run(ctx context.Context) error {
 		}
 		// data's array is free again. A backlog's large one is let go,
 		// and then spare must not keep pointing at the array out uses now.
-		if cap(data) <= keepBytes {
+		if cap(data) <= link.KeepBytes {
 			w.spare = data
 		} else {
 			w.spare = nil
@@ -179,10 +184,10 @@ func (w *Writer) Run(ctx context.Context) error {
 	}
 }
 
-// write sends data in messages of at most MaxMessage, whole frames each.
+// write sends data in messages of at most link.MaxMessage, whole frames each.
 func (w *Writer) write(ctx context.Context, data []byte) error {
 	for len(data) > 0 {
-		n := NextMessage(data)
+		n := link.NextMessage(data)
 		if err := w.conn.Write(ctx, websocket.MessageText, data[:n]); err != nil {
 			return fmt.Errorf("write link message: %w", err)
 		}
