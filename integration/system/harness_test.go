@@ -264,6 +264,30 @@ func (c *client) chats(room string, n int) []frame {
 	return out
 }
 
+// chatsIn reads the given number of chat frames of each room, in whatever
+// interleaving the rooms' frames come (rooms are ordered apart), each
+// room's in order.
+func (c *client) chatsIn(want map[string]int) map[string][]frame {
+	c.t.Helper()
+	out := map[string][]frame{}
+	left := 0
+	for _, n := range want {
+		left += n
+	}
+	for left > 0 {
+		f := c.next()
+		switch {
+		case f.Type == "chat" && len(out[f.Room]) < want[f.Room]:
+			out[f.Room] = append(out[f.Room], f)
+			left--
+		case f.Type == "ack" || f.Type == "presence":
+		default:
+			c.t.Fatalf("%s: unexpected frame while reading chats: %s", c.name, f.Raw)
+		}
+	}
+	return out
+}
+
 // closeStatus reads until the connection ends and returns how.
 func (c *client) closeStatus(within time.Duration) (websocket.StatusCode, string) {
 	c.t.Helper()
