@@ -37,7 +37,7 @@ BEGIN {
 		"~conn.(*Conn).serve|client reads (chat, join)" \
 		"~relay.(*Bus)|relay link, ws-user side" \
 		"~sequencer.(*Sequencer)|relayer: sequencing, fsync, fan-out" \
-		"~sequencer.(*conn)|relayer: link reads and writes" \
+		"~linkserver.|relayer: link reads and writes" "~linkws.|relayer: link reads and writes" \
 		"~runtime.findRunnable|Go scheduler" "~runtime.schedule|Go scheduler" "~runtime.mcall|Go scheduler", r, "~")
 	for (i = 1; i <= n; i++) { split(r[i], kv, "|"); pat[i] = kv[1]; name[i] = kv[2] }
 }

@@ -152,6 +152,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if serr := srv.Shutdown(sctx); serr != nil {
 		log.Warn("http shutdown", "err", serr)
 	}
+	conns.Refuse()
 	h.Shutdown(sctx)
 	conns.Shutdown(sctx)
 	stopBus()

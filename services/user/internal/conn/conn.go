@@ -45,7 +45,6 @@ type Conn struct {
 
 	resume    func() // serve, for a parked reader's next goroutine
 	q         queue
-	writers   sync.WaitGroup // the writer, when running
 	done      chan struct{}
 	closeOnce sync.Once
 	// inWrite is set while the writer writes. The Server's sweep watches
@@ -88,10 +87,14 @@ func (c *Conn) serve() {
 	defer s.wg.Done()
 	c.session.Closed()
 	c.close(websocket.StatusNormalClosure, "", false)
-	// Closed, the queue starts no more writers: waiting is safe.
+	// Its slot is free for the next connection at once, whatever the
+	// writer still does.
+	s.release(c)
+	// Closed, the queue claims no more writers, and counted every one it
+	// claimed before: waiting is safe.
 	writersDone := make(chan struct{})
 	go func() {
-		c.writers.Wait()
+		c.q.writers.Wait()
 		close(writersDone)
 	}()
 	t := time.NewTimer(5 * time.Second)
@@ -104,7 +107,7 @@ func (c *Conn) serve() {
 	t.Stop()
 	s.forget(c)
 	if websocket.CloseStatus(err) == -1 {
-		s.log.Debug("client read ended", "conn", c.id, "err", err)
+		s.log.Debug("client read ended", "member", c.id, "err", err)
 	}
 }
 
@@ -139,7 +142,7 @@ func (c *Conn) readLoop() (parked bool, err error) {
 					level = slog.LevelWarn // once per process
 				}
 				s.log.Log(context.Background(), level, "idle connection cannot be parked; its reader keeps its goroutine",
-					"conn", c.id, "err", err)
+					"member", c.id, "err", err)
 				linger = 0
 			}
 			continue
@@ -162,7 +165,7 @@ func (c *Conn) readLoop() (parked bool, err error) {
 func (c *Conn) frameTimedOut() {
 	s := c.s
 	s.m.FrameTimeouts.Inc()
-	s.log.Info("client message not completed in time; closing", "conn", c.id, "timeout", s.cfg.FrameReadTimeout)
+	s.log.Info("client message not completed in time; closing", "member", c.id, "timeout", s.cfg.FrameReadTimeout)
 	c.close(websocket.StatusPolicyViolation,
 		fmt.Sprintf("frame read timeout: a message must arrive whole within %s of its first byte", s.cfg.FrameReadTimeout), false)
 }
@@ -183,7 +186,7 @@ func (c *Conn) waitForToken() bool {
 	}
 	if after := s.cfg.RateLimitCloseAfter; after > 0 && now.Sub(c.overSince) >= after {
 		s.m.RateLimitCloses.Inc()
-		s.log.Info("client over the rate limit for too long; closing", "conn", c.id,
+		s.log.Info("client over the rate limit for too long; closing", "member", c.id,
 			"rate", s.cfg.RatePerSec, "burst", s.cfg.RateBurst, "after", after)
 		// Flushed: the client gets the answers to what it sent in time.
 		c.close(websocket.StatusPolicyViolation,

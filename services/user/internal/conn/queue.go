@@ -17,6 +17,9 @@ type queue struct {
 	pushes     uint64        // frames ever queued
 	swept      uint64        // pushes at the last sweep
 	retire     bool          // the last sweep found the writer idle
+	// writers counts the writer: added to when a claim is made, under mu,
+	// so that a Wait after close cannot miss a writer claimed before it.
+	writers sync.WaitGroup
 }
 
 // push queues b. ok is false when the queue is full: a room's message
@@ -65,10 +68,13 @@ func (q *queue) drained() bool {
 }
 
 // claimLocked makes the caller the one to start the writer, if none runs
-// and the queue is open; q.mu must be held.
+// and the queue is open, and counts it in writers. q.mu must be held.
 func (q *queue) claimLocked() bool {
 	start := !q.writing && !q.closed
 	q.writing = q.writing || start
+	if start {
+		q.writers.Add(1)
+	}
 	return start
 }
 

@@ -115,3 +115,31 @@ func TestQueueByteLimit(t *testing.T) {
 		t.Fatal("a queue took 110 bytes with a limit of 100")
 	}
 }
+
+// A claim to start the writer counts the writer at once, under the
+// queue's lock: a close after it, and the connection's wait for its
+// writers after the close, cannot miss a writer claimed before (one would
+// outlive its connection's cleanup, and stay in the Server's set).
+func TestClaimCountsTheWriter(t *testing.T) {
+	for name, claim := range map[string]func(q *queue) bool{
+		"push": func(q *queue) bool { _, start := q.push([]byte("a"), false, false); return start },
+		"kick": func(q *queue) bool { q.push([]byte("p"), true, false); return q.kick() },
+		"close with flush": func(q *queue) bool {
+			q.push([]byte("p"), true, false)
+			return q.close(true)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			q := queue{limit: 8, limitBytes: 1 << 10, wake: make(chan struct{}, 1)}
+			if !claim(&q) {
+				t.Fatal("no writer claimed")
+			}
+			defer func() {
+				if r := recover(); r != nil {
+					t.Fatalf("the claim did not count its writer: %v", r)
+				}
+			}()
+			q.writers.Done() // the writer's own Done: panics if never added
+		})
+	}
+}

@@ -5,10 +5,12 @@
 // rooms: each connection hands its decoded frames to a Session the Handler
 // gave it, and sends what the Session's owner queues through the Conn.
 //
-// Locks: Server.mu guards the set of connections and of running writers;
-// a Conn's queue has its own. A Session's owner may call a Conn's methods
-// while holding its own lock; a Conn never calls its Session with a lock of
-// this package held.
+// Locks: Server.mu guards the sets of connections and of running writers,
+// Server.lazyMu the connections with lazy frames, and a Conn's queue has its
+// own; Server.mu may be held while taking a queue's lock, never the other
+// way round. A Session's owner may call a Conn's methods while holding its
+// own lock; a Conn never calls its Session with a lock of this package
+// held.
 package conn
 
 import (
@@ -127,6 +129,9 @@ type Server struct {
 
 	mu    sync.Mutex
 	conns map[*Conn]struct{}
+	// closed holds the connections released but not yet forgotten: their
+	// writer may still be flushing (Shutdown cuts them at its deadline).
+	closed map[*Conn]struct{}
 	// upgrading counts upgrades under way, which MaxConns counts too.
 	upgrading int
 	// perAddr counts connections and upgrades by client address, for
@@ -139,6 +144,7 @@ type Server struct {
 	// flushes them LazyDelay after the first.
 	lazyMu    sync.Mutex
 	lazy      map[*Conn]struct{}
+	lazySpare map[*Conn]struct{} // the map a flush emptied, for the next
 	lazyTimer *time.Timer
 }
 
@@ -163,6 +169,7 @@ func New(cfg Config, h Handler) *Server {
 		poller:  poller,
 		nonce:   hex.EncodeToString(b),
 		conns:   map[*Conn]struct{}{},
+		closed:  map[*Conn]struct{}{},
 		perAddr: map[netip.Prefix]int{},
 		writing: map[*Conn]struct{}{},
 		lazy:    map[*Conn]struct{}{},
@@ -231,6 +238,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ws.SetReadLimit(s.cfg.MaxFrame)
 	c := newConn(s, ws, cw.Conn, addr)
+	// Before the connection is anyone's to close: a close flushes through
+	// a writer, which may ask the session for more.
+	c.session = s.h.Open(c)
 	s.mu.Lock()
 	s.upgrading--
 	if s.closing {
@@ -243,7 +253,6 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.m.Connections.Set(float64(len(s.conns)))
 	s.wg.Add(1)
 	s.mu.Unlock()
-	c.session = s.h.Open(c)
 
 	// net/http's goroutine, its stack and the request are freed, which
 	// is a good part of what an idle connection would otherwise cost.
@@ -263,14 +272,26 @@ func (s *Server) releaseAddrLocked(addr netip.Prefix) {
 	s.perAddr[addr]--
 }
 
-// forget removes an ended connection.
+// release uncounts an ended connection from MAX_CONNS and
+// MAX_CONNS_PER_ADDR; its goroutines may still be finishing.
+func (s *Server) release(c *Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.conns[c]; !ok {
+		return
+	}
+	delete(s.conns, c)
+	s.closed[c] = struct{}{}
+	s.releaseAddrLocked(c.addr)
+	s.m.Connections.Set(float64(len(s.conns)))
+}
+
+// forget removes an ended connection whose writer has finished.
 func (s *Server) forget(c *Conn) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.conns, c)
+	delete(s.closed, c)
 	delete(s.writing, c)
-	s.releaseAddrLocked(c.addr)
-	s.m.Connections.Set(float64(len(s.conns)))
 }
 
 // noteLazy notes that c has lazy frames queued.
@@ -278,6 +299,9 @@ func (s *Server) noteLazy(c *Conn) {
 	s.lazyMu.Lock()
 	if len(s.lazy) == 0 {
 		s.lazyTimer.Reset(s.cfg.LazyDelay)
+	}
+	if s.lazy == nil {
+		s.lazy = map[*Conn]struct{}{}
 	}
 	s.lazy[c] = struct{}{}
 	s.lazyMu.Unlock()
@@ -288,17 +312,22 @@ func (s *Server) noteLazy(c *Conn) {
 func (s *Server) flushLazy() {
 	s.lazyMu.Lock()
 	lazy := s.lazy
-	if len(lazy) > 1024 {
-		s.lazy = map[*Conn]struct{}{} // a storm's worth is not kept
-	} else {
-		s.lazy = make(map[*Conn]struct{}, len(lazy))
-	}
+	s.lazy, s.lazySpare = s.lazySpare, nil
 	s.lazyMu.Unlock()
 	for c := range lazy {
 		if c.q.kick() {
 			c.startWriter()
 		}
 	}
+	if len(lazy) > 1024 {
+		return // a storm's worth is not kept
+	}
+	clear(lazy)
+	s.lazyMu.Lock()
+	if s.lazySpare == nil {
+		s.lazySpare = lazy
+	}
+	s.lazyMu.Unlock()
 }
 
 // Run does the connections' housekeeping until ctx ends, every
@@ -325,13 +354,22 @@ func (s *Server) Run(ctx context.Context) {
 			c.q.sweep()
 			if stuck > 0 && c.stuck(stuck) {
 				s.m.WriteTimeouts.Inc()
-				s.log.Info("client write made no progress; closing", "conn", c.id, "timeout", s.cfg.WriteTimeout)
+				s.log.Info("client write made no progress; closing", "member", c.id, "timeout", s.cfg.WriteTimeout)
 				// The socket itself: the writer is blocked in it.
 				c.sock.Close()
 			}
 		}
 		s.mu.Unlock()
 	}
+}
+
+// Refuse makes the Server refuse new connections (1012) from now on, and
+// keeps those it has: the first step of a shutdown, while the hub waits for
+// its publishes' acknowledgements.
+func (s *Server) Refuse() {
+	s.mu.Lock()
+	s.closing = true
+	s.mu.Unlock()
 }
 
 // Shutdown refuses new connections, closes every connection with 1012
@@ -358,6 +396,9 @@ func (s *Server) Shutdown(ctx context.Context) {
 		// does not answer.
 		s.mu.Lock()
 		for c := range s.conns {
+			c.sock.Close()
+		}
+		for c := range s.closed {
 			c.sock.Close()
 		}
 		s.mu.Unlock()

@@ -72,7 +72,7 @@ func (c *Conn) queue(b []byte, lazy bool) {
 // two Config.WriterLinger intervals after the last: a busy connection
 // keeps its writer, an idle one holds no goroutine for it.
 func (c *Conn) writeLoop() {
-	defer c.writers.Done()
+	defer c.q.writers.Done()
 	var batch [][]byte
 	// writeAll writes what is queued, framed by wsconn and sent in one
 	// system call; false when the connection failed. A writer stuck on a
@@ -138,12 +138,13 @@ func (c *Conn) stuck(n int64) bool {
 	return c.stalled > n
 }
 
-// startWriter starts the connection's writer; the queue said none runs.
+// startWriter starts the writer the queue's claim counted. It is in the
+// Server's set before it runs, so before the connection's cleanup can
+// forget it (serve waits for it first).
 func (c *Conn) startWriter() {
 	c.s.mu.Lock()
 	c.s.writing[c] = struct{}{}
 	c.s.mu.Unlock()
-	c.writers.Add(1)
 	go c.writeLoop()
 }
 

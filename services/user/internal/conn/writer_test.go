@@ -86,3 +86,35 @@ func TestWriteTimeoutSparesASlowReader(t *testing.T) {
 		t.Fatalf("write_timeouts_total %v", got)
 	}
 }
+
+// Frames queued while a connection ends (the ack of a chat its client sent
+// just before it went) never leave a writer behind: every writer claimed
+// before the close is waited for, none starts after it, and the Server
+// ends with no connection and no writer.
+func TestSendingWhileClosingLeavesNoWriter(t *testing.T) {
+	s, srv := startServer(t, func(c *Config) { c.SendQueue, c.SendQueueBytes = 1<<20, 1<<30 })
+	h := s.h.(*roomless)
+	addr := srv.Listener.Addr().String()
+	for range 200 {
+		c := wstest.Dial(t, addr, `{"type":"ping","id":"p"}`)
+		c.Expect(t, `"pong"`)
+		h.mu.Lock()
+		var conns []*Conn
+		for sc := range h.conns {
+			conns = append(conns, sc)
+		}
+		h.mu.Unlock()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			for range 200 {
+				for _, sc := range conns {
+					sc.Send([]byte(`{"type":"ack"}`))
+				}
+			}
+		}()
+		c.Conn.Close()
+		<-done
+	}
+	wstest.WaitUntil(t, "no connection and no writer left", func() bool { return s.Len() == 0 && s.Writers() == 0 })
+}

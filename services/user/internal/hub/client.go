@@ -10,7 +10,7 @@ import (
 const closeRestart = 1012
 
 // Peer is a client connection as the hub sees it; *conn.Conn is one. Its
-// methods only queue work, and the hub calls them with h.mu held.
+// methods only queue work, so the hub may call them with h.mu held.
 type Peer interface {
 	// ID is the connection's instance-unique id, its member id.
 	ID() string

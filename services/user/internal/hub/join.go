@@ -1,7 +1,8 @@
 package hub
 
 // Joins, leaves and history requests: a client's operations on rooms,
-// made on its reader goroutine.
+// made one at a time for each client (conn runs them aside from its
+// reader, which waits).
 
 import (
 	"cmp"

@@ -421,7 +421,7 @@ func TestCoderWebsocketClientReadsHeldTextFramesInOrderWithPongs(t *testing.T) {
 }
 
 // A client's message that stops halfway fails coder/websocket's Read with
-// an error that still wraps ErrFrameTimeout (the hub tells a frame timeout
+// an error that still wraps ErrFrameTimeout (package conn tells a frame timeout
 // from other read errors by errors.Is), whether it stops in the header or
 // in the payload.
 func TestCoderWebsocketReadWrapsFrameTimeout(t *testing.T) {

@@ -17,7 +17,7 @@ import (
 )
 
 // BenchmarkReadFrames is the read path of a client connection, as the
-// hub's reader runs it (WaitReadable, then coder/websocket's Read through
+// conn's reader runs it (WaitReadable, then coder/websocket's Read through
 // the Conn): 100-byte masked text frames, written by the client `frames`
 // at a time in one write, which is how a busy client's frames arrive;
 // with the frame read timeout the Conn follows the frame headers.
