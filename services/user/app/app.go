@@ -25,6 +25,7 @@ import (
 	"github.com/wschat/wschat/services/user/internal/conn"
 	"github.com/wschat/wschat/services/user/internal/hub"
 	"github.com/wschat/wschat/services/user/internal/listen"
+	"github.com/wschat/wschat/services/user/internal/natsbus"
 	"github.com/wschat/wschat/services/user/internal/relay"
 	"github.com/wschat/wschat/services/user/internal/web"
 )
@@ -74,14 +75,28 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	})
 	conns := conn.New(connCfg, h)
 	var b bus.Bus
-	if cfg.RelayerURL == "" {
+	mode := cfg.busMode()
+	switch mode {
+	case "local":
 		b = bus.NewLocal(h, cfg.HistoryLimit).WithDedupWindow(cfg.DedupWindow)
-	} else {
+	case "relayer":
 		b = relay.New(relay.Config{
 			URL: cfg.RelayerURL, Secret: cfg.RelaySecret, Instance: cfg.InstanceID,
 			PendingMax: cfg.PendingMax, QueueBytes: cfg.RelayQueueBytes, MaxFrame: 128 << 20,
 			PingInterval: cfg.RelayPing, FlushDelay: cfg.RelayFlush, MinBackoff: cfg.ReconnectMin, MaxBackoff: cfg.ReconnectMax,
 			Logger: log,
+		}, h)
+	case "nats":
+		opts, err := natsOptions(&cfg)
+		if err != nil {
+			return fmt.Errorf("config: %w", err)
+		}
+		b = natsbus.New(natsbus.Config{
+			URLs: cfg.NATSURL, Instance: cfg.InstanceID, Options: opts,
+			Stream: cfg.NATSStream, Bucket: cfg.NATSStream + "_presence", Replicas: cfg.NATSReplicas,
+			MaxBytes: cfg.NATSMaxBytes, MaxAge: cfg.NATSMaxAge, DedupWindow: cfg.NATSDedupWindow,
+			PresenceTTL: cfg.NATSPresenceTTL, PendingMax: cfg.PendingMax, HistoryLimit: cfg.HistoryLimit,
+			PublishTimeout: cfg.NATSPublishTimeout, Logger: log,
 		}, h)
 	}
 	h.SetBus(b)
@@ -135,10 +150,6 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- srv.Serve(ln) }()
-	mode := "standalone"
-	if cfg.RelayerURL != "" {
-		mode = "relay " + cfg.RelayerURL
-	}
 	log.Info("listening", "addr", ln.Addr().String(), "mode", mode, "max_conns", cfg.MaxConns, "max_conns_per_addr", cfg.MaxConnsPerAddr)
 
 	select {

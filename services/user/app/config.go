@@ -10,48 +10,69 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/wschat/wschat/services/settings"
 )
 
 // Config is ws-user's whole configuration, read from the environment only.
 type Config struct {
-	Host            string        `env:"HOST"`
-	Port            int           `env:"PORT" envDefault:"8080"`
-	RelayerURL      string        `env:"RELAYER_URL"`
-	RelaySecret     string        `env:"RELAY_SECRET"`
-	InstanceID      string        `env:"INSTANCE_ID"` // default: defaultInstanceID
-	AllowedOrigins  []string      `env:"ALLOWED_ORIGINS" envSeparator:","`
-	HistorySize     int           `env:"HISTORY_SIZE" envDefault:"50"`
-	HistoryLimit    int           `env:"HISTORY_LIMIT" envDefault:"1000"`
-	DedupWindow     int           `env:"DEDUP_WINDOW" envDefault:"100000"`
-	MaxFrameBytes   int           `env:"MAX_FRAME_BYTES" envDefault:"16384"`
-	MaxMessageBytes int           `env:"MAX_MESSAGE_BYTES" envDefault:"4096"`
-	MaxRoomBytes    int           `env:"MAX_ROOM_NAME_BYTES" envDefault:"64"`
-	MaxNickBytes    int           `env:"MAX_NICK_BYTES" envDefault:"32"`
-	MaxRooms        int           `env:"MAX_ROOMS" envDefault:"32"`
-	RatePerSec      float64       `env:"RATE_PER_SEC" envDefault:"20"`
-	RateBurst       int           `env:"RATE_BURST" envDefault:"40"`
-	RateCloseAfter  time.Duration `env:"RATE_LIMIT_CLOSE_AFTER" envDefault:"60s"`
-	FrameTimeout    time.Duration `env:"FRAME_READ_TIMEOUT" envDefault:"5s"`
-	SendQueue       int           `env:"SEND_QUEUE" envDefault:"1024"`
-	SendQueueBytes  int           `env:"SEND_QUEUE_BYTES" envDefault:"8388608"`
-	JoinTimeout     time.Duration `env:"JOIN_TIMEOUT" envDefault:"10s"`
-	MaxConns        int           `env:"MAX_CONNS" envDefault:"0"`
-	MaxConnsPerAddr int           `env:"MAX_CONNS_PER_ADDR" envDefault:"100"`
-	TrustedProxies  []string      `env:"TRUSTED_PROXIES" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
-	WriteTimeout    time.Duration `env:"WRITE_TIMEOUT" envDefault:"30s"`
-	PresenceDelay   time.Duration `env:"PRESENCE_DELAY" envDefault:"20ms"`
-	PendingMax      int           `env:"RELAY_PENDING_MAX" envDefault:"10000"`
-	RelayQueueBytes int           `env:"RELAY_QUEUE_BYTES" envDefault:"67108864"`
-	RelayPing       time.Duration `env:"RELAY_PING_INTERVAL" envDefault:"5s"`
-	RelayFlush      time.Duration `env:"RELAY_FLUSH_DELAY" envDefault:"0s"`
-	ReconnectMin    time.Duration `env:"RELAY_RECONNECT_MIN" envDefault:"100ms"`
-	ReconnectMax    time.Duration `env:"RELAY_RECONNECT_MAX" envDefault:"5s"`
-	ShutdownTimeout time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
-	ReclaimQuiet    time.Duration `env:"MEMORY_RECLAIM_QUIET" envDefault:"2s"`
-	ReclaimMinBytes uint64        `env:"MEMORY_RECLAIM_MIN_BYTES" envDefault:"16777216"`
-	LogLevel        string        `env:"LOG_LEVEL" envDefault:"info"`
-	DebugAddr       string        `env:"DEBUG_ADDR"`
+	Host       string `env:"HOST"`
+	Port       int    `env:"PORT" envDefault:"8080"`
+	RelayerURL string `env:"RELAYER_URL"`
+	// Bus is the relay tier: relayer, nats or local (standalone); empty:
+	// relayer when RELAYER_URL is set, else local (busMode).
+	Bus                string        `env:"BUS"`
+	NATSURL            []string      `env:"NATS_URL" envSeparator:","`
+	NATSUser           string        `env:"NATS_USER"`
+	NATSPassword       string        `env:"NATS_PASSWORD"`
+	NATSToken          string        `env:"NATS_TOKEN"`
+	NATSCreds          string        `env:"NATS_CREDS"`
+	NATSNKey           string        `env:"NATS_NKEY"`
+	NATSTLSCA          string        `env:"NATS_TLS_CA"`
+	NATSTLSCert        string        `env:"NATS_TLS_CERT"`
+	NATSTLSKey         string        `env:"NATS_TLS_KEY"`
+	NATSStream         string        `env:"NATS_STREAM" envDefault:"wschat"`
+	NATSReplicas       int           `env:"NATS_REPLICAS" envDefault:"3"`
+	NATSMaxBytes       int64         `env:"NATS_MAX_BYTES" envDefault:"1073741824"`
+	NATSMaxAge         time.Duration `env:"NATS_MAX_AGE" envDefault:"168h"`
+	NATSDedupWindow    time.Duration `env:"NATS_DEDUP_WINDOW" envDefault:"10m"`
+	NATSPresenceTTL    time.Duration `env:"NATS_PRESENCE_TTL" envDefault:"5s"`
+	NATSPublishTimeout time.Duration `env:"NATS_PUBLISH_TIMEOUT" envDefault:"10s"`
+	RelaySecret        string        `env:"RELAY_SECRET"`
+	InstanceID         string        `env:"INSTANCE_ID"` // default: defaultInstanceID
+	AllowedOrigins     []string      `env:"ALLOWED_ORIGINS" envSeparator:","`
+	HistorySize        int           `env:"HISTORY_SIZE" envDefault:"50"`
+	HistoryLimit       int           `env:"HISTORY_LIMIT" envDefault:"1000"`
+	DedupWindow        int           `env:"DEDUP_WINDOW" envDefault:"100000"`
+	MaxFrameBytes      int           `env:"MAX_FRAME_BYTES" envDefault:"16384"`
+	MaxMessageBytes    int           `env:"MAX_MESSAGE_BYTES" envDefault:"4096"`
+	MaxRoomBytes       int           `env:"MAX_ROOM_NAME_BYTES" envDefault:"64"`
+	MaxNickBytes       int           `env:"MAX_NICK_BYTES" envDefault:"32"`
+	MaxRooms           int           `env:"MAX_ROOMS" envDefault:"32"`
+	RatePerSec         float64       `env:"RATE_PER_SEC" envDefault:"20"`
+	RateBurst          int           `env:"RATE_BURST" envDefault:"40"`
+	RateCloseAfter     time.Duration `env:"RATE_LIMIT_CLOSE_AFTER" envDefault:"60s"`
+	FrameTimeout       time.Duration `env:"FRAME_READ_TIMEOUT" envDefault:"5s"`
+	SendQueue          int           `env:"SEND_QUEUE" envDefault:"1024"`
+	SendQueueBytes     int           `env:"SEND_QUEUE_BYTES" envDefault:"8388608"`
+	JoinTimeout        time.Duration `env:"JOIN_TIMEOUT" envDefault:"10s"`
+	MaxConns           int           `env:"MAX_CONNS" envDefault:"0"`
+	MaxConnsPerAddr    int           `env:"MAX_CONNS_PER_ADDR" envDefault:"100"`
+	TrustedProxies     []string      `env:"TRUSTED_PROXIES" envSeparator:"," envDefault:"127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"`
+	WriteTimeout       time.Duration `env:"WRITE_TIMEOUT" envDefault:"30s"`
+	PresenceDelay      time.Duration `env:"PRESENCE_DELAY" envDefault:"20ms"`
+	PendingMax         int           `env:"RELAY_PENDING_MAX" envDefault:"10000"`
+	RelayQueueBytes    int           `env:"RELAY_QUEUE_BYTES" envDefault:"67108864"`
+	RelayPing          time.Duration `env:"RELAY_PING_INTERVAL" envDefault:"5s"`
+	RelayFlush         time.Duration `env:"RELAY_FLUSH_DELAY" envDefault:"0s"`
+	ReconnectMin       time.Duration `env:"RELAY_RECONNECT_MIN" envDefault:"100ms"`
+	ReconnectMax       time.Duration `env:"RELAY_RECONNECT_MAX" envDefault:"5s"`
+	ShutdownTimeout    time.Duration `env:"SHUTDOWN_TIMEOUT" envDefault:"10s"`
+	ReclaimQuiet       time.Duration `env:"MEMORY_RECLAIM_QUIET" envDefault:"2s"`
+	ReclaimMinBytes    uint64        `env:"MEMORY_RECLAIM_MIN_BYTES" envDefault:"16777216"`
+	LogLevel           string        `env:"LOG_LEVEL" envDefault:"info"`
+	DebugAddr          string        `env:"DEBUG_ADDR"`
 
 	// Trusted is TrustedProxies parsed (loadConfig).
 	Trusted []netip.Prefix
@@ -61,6 +82,18 @@ type Config struct {
 
 // parseProxies reads TRUSTED_PROXIES: CIDR prefixes or single addresses;
 // "none" trusts no proxy.
+// busMode is the relay tier BUS names, or the one RELAYER_URL implies.
+func (c *Config) busMode() string {
+	switch {
+	case c.Bus != "":
+		return c.Bus
+	case c.RelayerURL != "":
+		return "relayer"
+	default:
+		return "local"
+	}
+}
+
 func parseProxies(list []string) ([]netip.Prefix, error) {
 	if len(list) == 1 && strings.TrimSpace(list[0]) == "none" {
 		return nil, nil
@@ -122,6 +155,24 @@ func (c *Config) validate() error {
 		}
 	}
 	check(c.Port >= 0 && c.Port <= 65535, "PORT must be 0..65535, got %d", c.Port)
+	mode := c.busMode()
+	check(mode == "relayer" || mode == "nats" || mode == "local", "BUS must be relayer, nats or local, got %q", c.Bus)
+	check(mode != "relayer" || c.RelayerURL != "", "BUS=relayer needs RELAYER_URL")
+	if mode == "nats" {
+		check(len(c.NATSURL) > 0, "BUS=nats needs NATS_URL (nats://host:4222, comma-separated seeds)")
+		for _, s := range c.NATSURL {
+			u, err := url.Parse(strings.TrimSpace(s))
+			check(err == nil && (u.Scheme == "nats" || u.Scheme == "tls") && u.Host != "", "NATS_URL entries must look like nats://host:4222, got %q", s)
+		}
+		check(c.NATSStream != "" && !strings.ContainsAny(c.NATSStream, ". *>"), "NATS_STREAM must be a stream name (no dots, spaces or wildcards), got %q", c.NATSStream)
+		check(c.NATSReplicas >= 1 && c.NATSReplicas <= 5, "NATS_REPLICAS must be 1..5, got %d", c.NATSReplicas)
+		check(c.NATSMaxBytes >= 0, "NATS_MAX_BYTES must be 0 (no bound) or positive, got %d", c.NATSMaxBytes)
+		check(c.NATSMaxAge >= 0, "NATS_MAX_AGE must be 0s (no bound) or positive, got %s", c.NATSMaxAge)
+		check(c.NATSDedupWindow > 0, "NATS_DEDUP_WINDOW must be positive, got %s", c.NATSDedupWindow)
+		check(c.NATSPresenceTTL >= time.Second, "NATS_PRESENCE_TTL must be at least 1s, got %s", c.NATSPresenceTTL)
+		check(c.NATSPublishTimeout > 0, "NATS_PUBLISH_TIMEOUT must be positive, got %s", c.NATSPublishTimeout)
+		check((c.NATSTLSCert == "") == (c.NATSTLSKey == ""), "NATS_TLS_CERT and NATS_TLS_KEY go together")
+	}
 	if c.RelayerURL != "" {
 		u, err := url.Parse(c.RelayerURL)
 		check(err == nil && (u.Scheme == "ws" || u.Scheme == "wss") && u.Host != "",
@@ -160,4 +211,32 @@ func (c *Config) validate() error {
 	check(c.ReclaimMinBytes >= 1<<20, "MEMORY_RECLAIM_MIN_BYTES must be at least 1048576, got %d", c.ReclaimMinBytes)
 	check(c.level.UnmarshalText([]byte(c.LogLevel)) == nil, "LOG_LEVEL must be debug, info, warn or error, got %q", c.LogLevel)
 	return errors.Join(errs...)
+}
+
+// natsOptions are the NATS connection's credentials and TLS.
+func natsOptions(c *Config) ([]nats.Option, error) {
+	var opts []nats.Option
+	if c.NATSUser != "" {
+		opts = append(opts, nats.UserInfo(c.NATSUser, c.NATSPassword))
+	}
+	if c.NATSToken != "" {
+		opts = append(opts, nats.Token(c.NATSToken))
+	}
+	if c.NATSCreds != "" {
+		opts = append(opts, nats.UserCredentials(c.NATSCreds))
+	}
+	if c.NATSNKey != "" {
+		o, err := nats.NkeyOptionFromSeed(c.NATSNKey)
+		if err != nil {
+			return nil, fmt.Errorf("NATS_NKEY: %w", err)
+		}
+		opts = append(opts, o)
+	}
+	if c.NATSTLSCA != "" {
+		opts = append(opts, nats.RootCAs(c.NATSTLSCA))
+	}
+	if c.NATSTLSCert != "" {
+		opts = append(opts, nats.ClientCert(c.NATSTLSCert, c.NATSTLSKey))
+	}
+	return opts, nil
 }

@@ -1,0 +1,325 @@
+// Package natsbus is a bus.Bus on a NATS JetStream cluster: the relay tier
+// without ws-relayer, replicated by JetStream.
+//
+// Every room's messages are in one stream, each under a subject of its own
+// that ends with its number in the room: wschat.r.<room>.<seq>. An
+// instance numbers a publish itself (the room's last seq plus one) and
+// publishes it with the stream sequence of the room's last message as the
+// expected last sequence of the subjects wschat.r.<room>.*; JetStream stores
+// it only if no other message of the room came in between, so each room's
+// numbers are gapless and the same on every instance, whoever publishes.
+// On a conflict the instance reads the room's last message and tries again.
+// A publish is acknowledged once JetStream has stored it on a quorum of
+// the stream's replicas. Its Nats-Msg-Id (the client's session and chat
+// id, else the instance and mid) makes a re-send within the stream's
+// duplicate window the same message. A room's number maps to its message
+// by subject, so a recovery from since starts where since+1 is stored.
+//
+// Presence is a key-value bucket: one key per room and instance, the
+// instance's members there, put again every third of the bucket's TTL
+// while the instance lives; a dead instance's keys expire, and every
+// watcher of the room sees its members leave.
+//
+// The stream's creation time names its numbering (the epoch): a stream
+// lost and made anew is a restart, handled as a relayer's new log is.
+package natsbus
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/user/internal/bus"
+)
+
+// Config configures the bus.
+type Config struct {
+	URLs     []string // seed servers: nats://host:4222
+	Instance string
+	// Options authenticate and secure the connection (user and password,
+	// a token, a creds or nkey file, TLS); see app's config.
+	Options []nats.Option
+	// Stream and Bucket name the stream of messages and the presence
+	// bucket; Replicas is their replication (3 on a cluster of three).
+	Stream   string
+	Bucket   string
+	Replicas int
+	// MaxBytes and MaxAge bound what the stream keeps (oldest first);
+	// zero: no bound.
+	MaxBytes int64
+	MaxAge   time.Duration
+	// DedupWindow is how long a publish's id is remembered: a re-send
+	// within it is the first one.
+	DedupWindow time.Duration
+	// PresenceTTL is how long a vanished instance's members stay.
+	PresenceTTL time.Duration
+	// PendingMax bounds the publishes not yet acknowledged; past it,
+	// Publish refuses with bus.ErrUnavailable.
+	PendingMax int
+	// HistoryLimit bounds one answer's messages (a subscription's
+	// catch-up, a fetch).
+	HistoryLimit int
+	// PublishTimeout bounds how long a publish may wait for the cluster
+	// to store it (no quorum, no connection); then it is refused as
+	// unavailable.
+	PublishTimeout time.Duration
+	// Timeout bounds one request to the cluster.
+	Timeout time.Duration
+	Logger  *slog.Logger
+}
+
+// Bus is a bus.Bus over NATS JetStream.
+type Bus struct {
+	cfg Config
+	h   bus.Handler
+	log *slog.Logger
+
+	ready atomic.Bool
+
+	mu      sync.Mutex
+	nc      *nats.Conn
+	js      jetstream.JetStream
+	stream  jetstream.Stream
+	kv      jetstream.KeyValue
+	epoch   string
+	rooms   map[string]*room
+	pending int                  // publishes not yet answered
+	pubs    map[string]*pubQueue // by room: this instance's publishes, in order
+	wake    chan struct{}        // capacity 1: the connection changed
+	// dirty holds the rooms whose presence key must be written, with
+	// their members then; presenceWake tells writePresence.
+	dirty        map[string][]protocol.Member
+	presenceWake chan struct{}
+}
+
+var _ bus.Bus = (*Bus)(nil)
+
+// New returns a NATS bus delivering to h; Run connects it.
+func New(cfg Config, h bus.Handler) *Bus {
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = 5 * time.Second
+	}
+	return &Bus{
+		cfg: cfg, h: h, log: cfg.Logger,
+		rooms:        map[string]*room{},
+		pubs:         map[string]*pubQueue{},
+		wake:         make(chan struct{}, 1),
+		presenceWake: make(chan struct{}, 1),
+	}
+}
+
+// Ready reports whether the cluster is reachable and the bus synchronised.
+func (b *Bus) Ready() bool { return b.ready.Load() }
+
+// token is name as one subject token (or KV key part): base64url, which
+// has no '.', '*', '>' or white space.
+func token(name string) string { return base64.RawURLEncoding.EncodeToString([]byte(name)) }
+
+func (b *Bus) roomFilter(room string) string { return "wschat.r." + token(room) + ".*" }
+func (b *Bus) msgSubject(room string, seq uint64) string {
+	return "wschat.r." + token(room) + "." + strconv.FormatUint(seq, 10)
+}
+
+// seqOf reads a message's number in its room from its subject.
+func seqOf(subject string) (uint64, error) {
+	i := strings.LastIndexByte(subject, '.')
+	return strconv.ParseUint(subject[i+1:], 10, 64)
+}
+
+// Run connects to the cluster, makes the stream and bucket if they are not
+// there, and keeps the bus synchronised across reconnects until ctx ends.
+func (b *Bus) Run(ctx context.Context) error {
+	opts := append([]nats.Option{
+		nats.Name("ws-user " + b.cfg.Instance),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.DisconnectErrHandler(func(*nats.Conn, error) { b.signal() }),
+		nats.ReconnectHandler(func(*nats.Conn) { b.signal() }),
+		nats.RetryOnFailedConnect(true),
+	}, b.cfg.Options...)
+	nc, err := nats.Connect(strings.Join(b.cfg.URLs, ","), opts...)
+	if err != nil {
+		return fmt.Errorf("nats: connect: %w", err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return fmt.Errorf("nats: jetstream: %w", err)
+	}
+	b.mu.Lock()
+	b.nc, b.js = nc, js
+	b.mu.Unlock()
+	b.signal()
+	presenceDone := make(chan struct{})
+	pctx, stopPresence := context.WithCancel(ctx)
+	go func() {
+		defer close(presenceDone)
+		b.writePresence(pctx)
+	}()
+	defer func() {
+		stopPresence()
+		<-presenceDone
+	}()
+	up := false
+	retry := time.NewTimer(time.Hour)
+	defer retry.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			b.down()
+			return nil
+		case <-b.wake:
+		case <-retry.C:
+		}
+		if !nc.IsConnected() {
+			if up {
+				up = false
+				b.down()
+			}
+			continue
+		}
+		if up {
+			continue
+		}
+		if err := b.sync(ctx); err != nil {
+			b.log.Warn("nats: cannot synchronise; retrying", "err", err)
+			retry.Reset(time.Second)
+			continue
+		}
+		up = true
+	}
+}
+
+func (b *Bus) signal() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
+}
+
+// sync makes sure the stream and bucket exist, notices a stream made anew
+// (Restarted), and resubscribes every room the hub has.
+func (b *Bus) sync(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 2*b.cfg.Timeout)
+	defer cancel()
+	stream, err := b.js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       b.cfg.Stream,
+		Subjects:   []string{"wschat.r.>"},
+		Storage:    jetstream.FileStorage,
+		Replicas:   b.cfg.Replicas,
+		MaxBytes:   max(b.cfg.MaxBytes, -1),
+		MaxAge:     b.cfg.MaxAge,
+		Duplicates: b.cfg.DedupWindow,
+		Discard:    jetstream.DiscardOld,
+	})
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", b.cfg.Stream, err)
+	}
+	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         b.cfg.Bucket,
+		TTL:            b.cfg.PresenceTTL,
+		Replicas:       b.cfg.Replicas,
+		Storage:        jetstream.MemoryStorage,
+		LimitMarkerTTL: b.cfg.PresenceTTL,
+	})
+	if err != nil {
+		return fmt.Errorf("presence bucket %s: %w", b.cfg.Bucket, err)
+	}
+	epoch := strconv.FormatInt(stream.CachedInfo().Created.UnixNano(), 36)
+	b.mu.Lock()
+	restarted := b.epoch != "" && b.epoch != epoch
+	b.stream, b.kv, b.epoch = stream, kv, epoch
+	b.mu.Unlock()
+	if restarted {
+		b.log.Warn("nats: the stream is new: its numbering started over", "stream", b.cfg.Stream)
+		b.h.Restarted()
+	}
+	interests := b.h.State()
+	b.ready.Store(true)
+	b.h.LinkState(true)
+	for _, in := range interests {
+		b.Subscribe(in)
+	}
+	b.mu.Lock()
+	for _, q := range b.pubs {
+		q.kick()
+	}
+	b.mu.Unlock()
+	b.log.Info("nats: up", "stream", b.cfg.Stream, "rooms", len(interests))
+	return nil
+}
+
+// down stops every room's delivery; the next sync starts them again.
+func (b *Bus) down() {
+	b.ready.Store(false)
+	b.mu.Lock()
+	for _, r := range b.rooms {
+		r.stop()
+	}
+	b.mu.Unlock()
+	b.h.LinkState(false)
+}
+
+// ErrDown is the error of a fetch while the cluster is unreachable.
+var ErrDown = errors.New("the NATS cluster is unreachable")
+
+// state returns what a request needs, or ErrDown.
+func (b *Bus) state() (jetstream.Stream, jetstream.KeyValue, string, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.stream == nil || !b.ready.Load() {
+		return nil, nil, "", ErrDown
+	}
+	return b.stream, b.kv, b.epoch, nil
+}
+
+// head returns the room's last message number and its stream sequence
+// (zeros for a room without messages).
+func (b *Bus) head(ctx context.Context, stream jetstream.Stream, room string) (seq, sseq uint64, err error) {
+	m, err := stream.GetLastMsgForSubject(ctx, b.roomFilter(room))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	seq, err = seqOf(m.Subject)
+	return seq, m.Sequence, err
+}
+
+// first returns the room's oldest kept message number and its stream
+// sequence; for a room with none kept, after+1 and 0.
+func (b *Bus) first(ctx context.Context, stream jetstream.Stream, room string, after uint64) (seq, sseq uint64, err error) {
+	m, err := stream.GetMsg(ctx, 1, jetstream.WithGetMsgSubject(b.roomFilter(room)))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return after + 1, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	seq, err = seqOf(m.Subject)
+	return seq, m.Sequence, err
+}
+
+// decode makes a stored message (protocol.AppendMessage's JSON) the
+// protocol's; its number and time are the stream's.
+func decode(room string, seq uint64, data []byte, at time.Time) (protocol.Message, error) {
+	var m protocol.Message
+	if err := json.Unmarshal(data, &m); err != nil {
+		return m, fmt.Errorf("stored message %d of room %q: %w", seq, room, err)
+	}
+	m.Room, m.Seq, m.TS = room, seq, at.UnixMilli()
+	return m, nil
+}

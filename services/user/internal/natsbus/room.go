@@ -1,0 +1,280 @@
+package natsbus
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"maps"
+	"slices"
+	"strings"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/protocol/link"
+	"github.com/wschat/wschat/services/user/internal/bus"
+)
+
+// room is one subscribed room: its delivery (an ordered consumer from where
+// the hub is) and its presence watch, both stopped by cancel. b.mu guards
+// its fields.
+type room struct {
+	name    string
+	members map[string]protocol.Member // this instance's, for its presence key
+	cancel  context.CancelFunc
+}
+
+// stop ends the room's delivery and watch. b.mu must be held.
+func (r *room) stop() {
+	if r.cancel != nil {
+		r.cancel()
+		r.cancel = nil
+	}
+}
+
+// Subscribe implements bus.Bus: the answer (Handler.Subscribed) and then
+// the room's messages come from the room's own goroutine.
+func (b *Bus) Subscribe(in bus.Interest) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r := b.rooms[in.Room]
+	if r == nil {
+		r = &room{name: in.Room}
+		b.rooms[in.Room] = r
+	}
+	r.members = map[string]protocol.Member{}
+	for _, m := range in.Members {
+		m.Instance = b.cfg.Instance
+		r.members[m.ID] = m
+	}
+	r.stop()
+	if b.stream == nil || !b.ready.Load() {
+		return // the next sync subscribes it, from the hub's State
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r.cancel = cancel
+	b.putPresenceLocked(r)
+	go b.deliver(ctx, in)
+}
+
+// Unsubscribe implements bus.Bus.
+func (b *Bus) Unsubscribe(name string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	r := b.rooms[name]
+	if r == nil {
+		return
+	}
+	r.stop()
+	delete(b.rooms, name)
+	r.members = nil
+	b.putPresenceLocked(r)
+}
+
+// Join implements bus.Bus.
+func (b *Bus) Join(name string, m protocol.Member) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if r := b.rooms[name]; r != nil {
+		m.Instance = b.cfg.Instance
+		r.members[m.ID] = m
+		b.putPresenceLocked(r)
+	}
+}
+
+// Leave implements bus.Bus.
+func (b *Bus) Leave(name, memberID string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if r := b.rooms[name]; r != nil {
+		delete(r.members, memberID)
+		b.putPresenceLocked(r)
+	}
+}
+
+// deliver answers a subscription and then hands the room's messages to
+// the hub, in order, until ctx ends: one ordered consumer of the room's
+// subjects, started at the first message the interest is owed.
+func (b *Bus) deliver(ctx context.Context, in bus.Interest) {
+	stream, kv, epoch, err := b.state()
+	if err != nil {
+		return // down: the next sync subscribes the room again
+	}
+	fail := func(what string, err error) {
+		if ctx.Err() == nil {
+			b.log.Warn("nats: subscription failed; the room is resynchronised with the next reconnect", "room", in.Room, "step", what, "err", err)
+			b.down()
+			b.signal()
+		}
+	}
+	members, err := b.watchPresence(ctx, kv, in.Room)
+	if err != nil {
+		fail("presence", err)
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
+	defer cancel()
+	// The stream's last sequence before the room's head: whatever the
+	// room gets later is stored after it.
+	info, err := stream.Info(rctx)
+	if err != nil {
+		fail("stream info", err)
+		return
+	}
+	last, lastS, err := b.head(rctx, stream, in.Room)
+	if err != nil {
+		fail("head", err)
+		return
+	}
+	first, firstS, err := b.first(rctx, stream, in.Room, last)
+	if err != nil {
+		fail("first", err)
+		return
+	}
+	from := link.CatchUpFrom(last, in.Since, in.Resume, in.Tail, b.cfg.HistoryLimit)
+	start := max(info.State.LastSeq, lastS) + 1
+	if from < last {
+		start = firstS
+		if from+1 > first {
+			m, err := stream.GetLastMsgForSubject(rctx, b.msgSubject(in.Room, from+1))
+			switch {
+			case err == nil:
+				start = m.Sequence
+			case !errors.Is(err, jetstream.ErrMsgNotFound):
+				fail("catch-up start", err)
+				return
+			}
+		}
+	}
+	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{b.roomFilter(in.Room)},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    start,
+	})
+	if err != nil {
+		fail("consumer", err)
+		return
+	}
+	sub := bus.Subscription{Room: in.Room, Seq: last, First: first, Members: members, Epoch: epoch, Msgs: []protocol.Message{}}
+	answered := false
+	answer := func() {
+		answered = true
+		b.h.Subscribed(sub)
+	}
+	if from >= last {
+		answer()
+	}
+	cc, err := cons.Consume(func(msg jetstream.Msg) {
+		if ctx.Err() != nil {
+			return
+		}
+		md, err := msg.Metadata()
+		if err != nil {
+			return
+		}
+		seq, err := seqOf(msg.Subject())
+		if err != nil {
+			return
+		}
+		m, err := decode(in.Room, seq, msg.Data(), md.Timestamp)
+		if err != nil {
+			b.log.Warn("nats: undecodable message skipped", "room", in.Room, "err", err)
+			return
+		}
+		if !answered {
+			if seq <= from {
+				return
+			}
+			sub.Msgs = append(sub.Msgs, m)
+			if seq >= last {
+				answer()
+			}
+			return
+		}
+		b.h.Message(&m)
+	})
+	if err != nil {
+		fail("consume", err)
+		return
+	}
+	<-ctx.Done()
+	cc.Stop()
+}
+
+// watchPresence starts watching the room's presence keys and returns the
+// members they hold now; changes go to the hub as presence events until
+// ctx ends.
+func (b *Bus) watchPresence(ctx context.Context, kv jetstream.KeyValue, name string) ([]protocol.Member, error) {
+	w, err := kv.Watch(ctx, token(name)+".*")
+	if err != nil {
+		return nil, err
+	}
+	self := token(b.cfg.Instance)
+	byInst := map[string]map[string]protocol.Member{}
+	apply := func(e jetstream.KeyValueEntry) (joined, left []protocol.Member) {
+		inst := e.Key()[strings.IndexByte(e.Key(), '.')+1:]
+		now := map[string]protocol.Member{}
+		if e.Operation() == jetstream.KeyValuePut {
+			var ms []protocol.Member
+			if json.Unmarshal(e.Value(), &ms) == nil {
+				for _, m := range ms {
+					now[m.ID] = m
+				}
+			}
+		}
+		was := byInst[inst]
+		for id, m := range now {
+			if _, ok := was[id]; !ok {
+				joined = append(joined, m)
+			}
+		}
+		for id, m := range was {
+			if _, ok := now[id]; !ok {
+				left = append(left, m)
+			}
+		}
+		if len(now) == 0 {
+			delete(byInst, inst)
+		} else {
+			byInst[inst] = now
+		}
+		return joined, left
+	}
+	for e := range w.Updates() {
+		if e == nil {
+			break // the initial values are in
+		}
+		apply(e)
+	}
+	var members []protocol.Member
+	for _, ms := range byInst {
+		members = slices.AppendSeq(members, maps.Values(ms))
+	}
+	go func() {
+		defer w.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					continue
+				}
+				joined, left := apply(e)
+				if strings.HasSuffix(e.Key(), "."+self) {
+					continue // this instance's members are the hub's own news
+				}
+				for _, m := range joined {
+					b.h.Presence(name, protocol.PresenceJoin, m)
+				}
+				for _, m := range left {
+					b.h.Presence(name, protocol.PresenceLeave, m)
+				}
+			}
+		}
+	}()
+	return members, nil
+}
