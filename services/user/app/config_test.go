@@ -21,6 +21,12 @@ func TestConfigErrors(t *testing.T) {
 		{"queue bytes", map[string]string{"SEND_QUEUE_BYTES": "1000"}, []string{"SEND_QUEUE_BYTES must be at least twice MAX_FRAME_BYTES"}},
 		{"proxies", map[string]string{"TRUSTED_PROXIES": "nowhere"}, []string{"TRUSTED_PROXIES"}},
 		{"level", map[string]string{"LOG_LEVEL": "loud"}, []string{`LOG_LEVEL must be debug, info, warn or error, got "loud"`}},
+		{"bus", map[string]string{"BUS": "kafka"}, []string{`BUS must be relayer, nats or local, got "kafka"`}},
+		{"relayer bus", map[string]string{"BUS": "relayer"}, []string{"BUS=relayer needs RELAYER_URL"}},
+		{"nats bus", map[string]string{"BUS": "nats"}, []string{"BUS=nats needs NATS_URL"}},
+		{"nats url", map[string]string{"BUS": "nats", "NATS_URL": "nats://a:4222,http://b"}, []string{`NATS_URL entries must look like nats://host:4222, got "http://b"`}},
+		{"nats replicas", map[string]string{"BUS": "nats", "NATS_URL": "nats://a:4222", "NATS_REPLICAS": "0"}, []string{"NATS_REPLICAS must be 1..5"}},
+		{"nats tls", map[string]string{"BUS": "nats", "NATS_URL": "nats://a:4222", "NATS_TLS_CERT": "c.pem"}, []string{"NATS_TLS_CERT and NATS_TLS_KEY go together"}},
 		{"several at once", map[string]string{"MAX_ROOMS": "0", "JOIN_TIMEOUT": "0s"}, []string{"MAX_ROOMS", "JOIN_TIMEOUT"}},
 	}
 	for _, tc := range cases {

@@ -87,6 +87,9 @@ type Bus struct {
 	log *slog.Logger
 
 	ready atomic.Bool
+	// resync asks Run to synchronise again: a room's delivery failed, or
+	// the stream went away.
+	resync atomic.Bool
 
 	mu      sync.Mutex
 	nc      *nats.Conn
@@ -190,6 +193,10 @@ func (b *Bus) Run(ctx context.Context) error {
 			}
 			continue
 		}
+		if b.resync.Swap(false) && up {
+			up = false
+			b.down()
+		}
 		if up {
 			continue
 		}
@@ -270,6 +277,15 @@ func (b *Bus) down() {
 	}
 	b.mu.Unlock()
 	b.h.LinkState(false)
+}
+
+// lost makes Run synchronise every room again: what the cluster holds for
+// them changed under the bus (a failed consumer, a deleted stream).
+func (b *Bus) lost(why string, err error) {
+	if b.resync.CompareAndSwap(false, true) {
+		b.log.Warn("nats: synchronising again", "why", why, "err", err)
+	}
+	b.signal()
 }
 
 // ErrDown is the error of a fetch while the cluster is unreachable.

@@ -115,6 +115,9 @@ func (b *Bus) send(q *pubQueue, p *pub) (uint64, *protocol.Error) {
 				q.known = false // another instance published first
 				continue
 			}
+			if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
+				b.lost("publish to room "+q.room, err) // the stream is gone
+			}
 			if errors.Is(err, nats.ErrMaxPayload) || errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum {
 				return 0, protocol.Errorf(protocol.CodeBadRequest, "message too large for the NATS cluster: %v", err)
 			}

@@ -102,9 +102,7 @@ func (b *Bus) deliver(ctx context.Context, in bus.Interest) {
 	}
 	fail := func(what string, err error) {
 		if ctx.Err() == nil {
-			b.log.Warn("nats: subscription failed; the room is resynchronised with the next reconnect", "room", in.Room, "step", what, "err", err)
-			b.down()
-			b.signal()
+			b.lost("subscription of room "+in.Room+": "+what, err)
 		}
 	}
 	members, err := b.watchPresence(ctx, kv, in.Room)
@@ -192,7 +190,14 @@ func (b *Bus) deliver(ctx context.Context, in bus.Interest) {
 			return
 		}
 		b.h.Message(&m)
-	})
+	}, jetstream.ConsumeErrHandler(func(_ jetstream.ConsumeContext, err error) {
+		// The ordered consumer makes itself anew after most failures (a
+		// server gone, missed heartbeats), from where it was; not without
+		// its stream.
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			fail("delivery", err)
+		}
+	}))
 	if err != nil {
 		fail("consume", err)
 		return

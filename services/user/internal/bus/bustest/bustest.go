@@ -92,6 +92,7 @@ type (
 		Err   error
 	}
 	LinkState struct{ Up bool }
+	Restarted struct{}
 )
 
 func (r *Recorder) Subscribed(s bus.Subscription)    { r.add(s) }
@@ -104,7 +105,7 @@ func (r *Recorder) Presence(room, event string, m protocol.Member) { r.add(Prese
 func (r *Recorder) Fetched(req uint64, msgs []protocol.Message, first uint64, err error) {
 	r.add(Fetched{req, msgs, first, err})
 }
-func (r *Recorder) Restarted()            {}
+func (r *Recorder) Restarted()            { r.add(Restarted{}) }
 func (r *Recorder) State() []bus.Interest { return nil }
 func (r *Recorder) LinkState(up bool)     { r.add(LinkState{up}) }
 
@@ -135,9 +136,9 @@ func Next[T any](t *testing.T, r *Recorder) T {
 	}
 }
 
-// start runs a bus of instance on b until the test ends, and waits for
+// Start runs a bus of instance on b until the test ends, and waits for
 // its link to be up.
-func start(t *testing.T, b Backend, instance string) (bus.Bus, *Recorder) {
+func Start(t *testing.T, b Backend, instance string) (bus.Bus, *Recorder) {
 	t.Helper()
 	rec := NewRecorder()
 	bb := b.New(t, instance, rec)
@@ -156,8 +157,8 @@ func start(t *testing.T, b Backend, instance string) (bus.Bus, *Recorder) {
 	return bb, rec
 }
 
-// subscribe subscribes room and returns the answer.
-func subscribe(t *testing.T, bb bus.Bus, rec *Recorder, in bus.Interest) bus.Subscription {
+// Subscribe subscribes a room and returns the answer.
+func Subscribe(t *testing.T, bb bus.Bus, rec *Recorder, in bus.Interest) bus.Subscription {
 	t.Helper()
 	bb.Subscribe(in)
 	for {
@@ -167,9 +168,9 @@ func subscribe(t *testing.T, bb bus.Bus, rec *Recorder, in bus.Interest) bus.Sub
 	}
 }
 
-// publish publishes n messages to room and waits for their acks, which
+// Publish publishes n messages to room and waits for their acks, which
 // it returns in order.
-func publish(t *testing.T, bb bus.Bus, rec *Recorder, room string, n int) []uint64 {
+func Publish(t *testing.T, bb bus.Bus, rec *Recorder, room string, n int) []uint64 {
 	t.Helper()
 	var seqs []uint64
 	for i := range n {
@@ -197,8 +198,8 @@ func seqsOf(msgs []protocol.Message) []uint64 {
 // A subscribed room's publishes are numbered 1, 2, 3…, each acknowledged
 // with its seq, and delivered once, in order, with their text.
 func publishes(t *testing.T, b Backend) {
-	bb, rec := start(t, b, "i1")
-	if s := subscribe(t, bb, rec, bus.Interest{Room: "r", Tail: 10}); s.Seq != 0 || len(s.Msgs) != 0 {
+	bb, rec := Start(t, b, "i1")
+	if s := Subscribe(t, bb, rec, bus.Interest{Room: "r", Tail: 10}); s.Seq != 0 || len(s.Msgs) != 0 {
 		t.Fatalf("a new room's subscription: %+v", s)
 	}
 	for i := range 3 {
@@ -227,9 +228,9 @@ func publishes(t *testing.T, b Backend) {
 // A subscription brings what the Interest is owed: a new one the last
 // Tail messages, a resumed one every message after Since.
 func subscribeCatchesUp(t *testing.T, b Backend) {
-	bb, rec := start(t, b, "i1")
-	subscribe(t, bb, rec, bus.Interest{Room: "r", Tail: 10})
-	publish(t, bb, rec, "r", 8)
+	bb, rec := Start(t, b, "i1")
+	Subscribe(t, bb, rec, bus.Interest{Room: "r", Tail: 10})
+	Publish(t, bb, rec, "r", 8)
 	for _, c := range []struct {
 		in   bus.Interest
 		want []uint64
@@ -241,7 +242,7 @@ func subscribeCatchesUp(t *testing.T, b Backend) {
 		{bus.Interest{Room: "r", Since: 8, Resume: true}, []uint64{}},
 		{bus.Interest{Room: "empty", Tail: 10}, []uint64{}},
 	} {
-		s := subscribe(t, bb, rec, c.in)
+		s := Subscribe(t, bb, rec, c.in)
 		last := uint64(8)
 		if c.in.Room == "empty" {
 			last = 0
@@ -256,9 +257,9 @@ func subscribeCatchesUp(t *testing.T, b Backend) {
 // Fetch answers up to limit messages between after and before: paging
 // back (after 0) the newest of them, else the oldest after after.
 func fetchWindow(t *testing.T, b Backend) {
-	bb, rec := start(t, b, "i1")
-	subscribe(t, bb, rec, bus.Interest{Room: "r", Tail: 10})
-	publish(t, bb, rec, "r", 8)
+	bb, rec := Start(t, b, "i1")
+	Subscribe(t, bb, rec, bus.Interest{Room: "r", Tail: 10})
+	Publish(t, bb, rec, "r", 8)
 	for i, c := range []struct {
 		after, before uint64
 		limit         int
@@ -283,8 +284,8 @@ func fetchWindow(t *testing.T, b Backend) {
 // A client's re-send (its session, room and id again, under another mid)
 // is acknowledged with the first one's seq and delivered to no one again.
 func dedup(t *testing.T, b Backend) {
-	bb, rec := start(t, b, "i1")
-	subscribe(t, bb, rec, bus.Interest{Room: "r", Tail: 10})
+	bb, rec := Start(t, b, "i1")
+	Subscribe(t, bb, rec, bus.Interest{Room: "r", Tail: 10})
 	m := protocol.Message{Room: "r", ID: "c1", From: "alice", UID: "u1", Text: "once"}
 	for _, mid := range []string{"m1", "m2"} {
 		if err := bb.Publish(mid, "S1", m); err != nil {
@@ -294,7 +295,7 @@ func dedup(t *testing.T, b Backend) {
 			t.Fatalf("ack %+v, want %s with seq 1", a, mid)
 		}
 	}
-	publish(t, bb, rec, "r", 1) // seq 2, and its delivery follows any second one of seq 1
+	Publish(t, bb, rec, "r", 1) // seq 2, and its delivery follows any second one of seq 1
 	var got []uint64
 	for len(got) == 0 || got[len(got)-1] != 2 {
 		got = append(got, Next[protocol.Message](t, rec).Seq)
@@ -307,15 +308,15 @@ func dedup(t *testing.T, b Backend) {
 // Instances of one deployment see each other's messages, in one order,
 // and each other's members.
 func instances(t *testing.T, b Backend) {
-	a, ra := start(t, b, "ia")
-	c, rc := start(t, b, "ic")
+	a, ra := Start(t, b, "ia")
+	c, rc := Start(t, b, "ic")
 	alice := protocol.Member{ID: "ua", Nick: "alice", Instance: "ia"}
-	subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10, Members: []protocol.Member{alice}})
-	s := subscribe(t, c, rc, bus.Interest{Room: "r", Tail: 10})
+	Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10, Members: []protocol.Member{alice}})
+	s := Subscribe(t, c, rc, bus.Interest{Room: "r", Tail: 10})
 	if !slices.ContainsFunc(s.Members, func(m protocol.Member) bool { return m.ID == "ua" }) {
 		t.Fatalf("the second instance's subscription lacks the first's member: %+v", s.Members)
 	}
-	publish(t, a, ra, "r", 2)
+	Publish(t, a, ra, "r", 2)
 	for want := uint64(1); want <= 2; want++ {
 		if m := Next[protocol.Message](t, rc); m.Seq != want {
 			t.Fatalf("the other instance got seq %d, want %d", m.Seq, want)

@@ -1,0 +1,148 @@
+package natsbus_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/user/internal/bus"
+	"github.com/wschat/wschat/services/user/internal/bus/bustest"
+	"github.com/wschat/wschat/services/user/internal/natsbus"
+)
+
+// backend is one NATS server for the buses of one test.
+func backend(t *testing.T) (bustest.Backend, string) {
+	url := startNATS(t)
+	return bustest.Backend{Shared: true, New: func(_ *testing.T, instance string, h bus.Handler) bus.Bus {
+		return natsbus.New(config(url, instance), h)
+	}}, url
+}
+
+// Instances that publish to one room at the same time number its messages
+// 1, 2, 3… without a gap or a repeat, and every instance sees the same
+// message at each number, in order: a publish that lost the race to
+// another instance's is numbered again after it.
+func TestConcurrentPublishersShareOneOrder(t *testing.T) {
+	b, _ := backend(t)
+	a, ra := bustest.Start(t, b, "ia")
+	c, rc := bustest.Start(t, b, "ic")
+	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+	bustest.Subscribe(t, c, rc, bus.Interest{Room: "r", Tail: 10})
+	const n = 40
+	var wg sync.WaitGroup
+	for _, p := range []struct {
+		name string
+		bb   bus.Bus
+	}{{"a", a}, {"c", c}} {
+		wg.Go(func() {
+			for i := range n {
+				m := protocol.Message{Room: "r", ID: fmt.Sprint(p.name, i), From: p.name, UID: p.name, Text: fmt.Sprint(p.name, " ", i)}
+				if err := p.bb.Publish(fmt.Sprint(p.name, "-", i), "", m); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	var acked []uint64
+	for _, rec := range []*bustest.Recorder{ra, rc} {
+		for range n {
+			acked = append(acked, bustest.Next[bustest.Ack](t, rec).Seq)
+		}
+	}
+	slices.Sort(acked)
+	for i, s := range acked {
+		if s != uint64(i+1) {
+			t.Fatalf("acknowledged numbers %v: want 1..%d once each", acked, 2*n)
+		}
+	}
+	var seen [2][]string
+	for k, rec := range []*bustest.Recorder{ra, rc} {
+		for i := range 2 * n {
+			m := bustest.Next[protocol.Message](t, rec)
+			if m.Seq != uint64(i+1) {
+				t.Fatalf("instance %d got seq %d as its message %d", k, m.Seq, i+1)
+			}
+			seen[k] = append(seen[k], m.ID)
+		}
+	}
+	if !slices.Equal(seen[0], seen[1]) {
+		t.Fatalf("the instances saw different orders:\n%v\n%v", seen[0], seen[1])
+	}
+}
+
+// An instance that vanishes without a word (its process killed) leaves the
+// others' presence once its keys expire, within the bucket's TTL and the
+// server's expiry sweep.
+func TestVanishedInstanceLeavesPresence(t *testing.T) {
+	url := startNATS(t)
+	b := bustest.Backend{Shared: true, New: func(_ *testing.T, instance string, h bus.Handler) bus.Bus {
+		return natsbus.New(config(url, instance), h)
+	}}
+	a, ra := bustest.Start(t, b, "ia")
+	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+
+	rc := bustest.NewRecorder()
+	c := natsbus.New(config(url, "ic"), rc)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.Run(ctx)
+	}()
+	for !bustest.Next[bustest.LinkState](t, rc).Up {
+	}
+	bob := protocol.Member{ID: "ub", Nick: "bob", Instance: "ic"}
+	bustest.Subscribe(t, c, rc, bus.Interest{Room: "r", Tail: 10, Members: []protocol.Member{bob}})
+	if p := bustest.Next[bustest.Presence](t, ra); p.Event != protocol.PresenceJoin || p.Member.ID != "ub" {
+		t.Fatalf("presence %+v, want bob's join", p)
+	}
+	cancel() // no leave, no delete: as if killed
+	<-done
+	start := time.Now()
+	if p := bustest.Next[bustest.Presence](t, ra); p.Event != protocol.PresenceLeave || p.Member.ID != "ub" {
+		t.Fatalf("presence %+v, want bob's leave", p)
+	}
+	t.Logf("bob left %v after his instance vanished (TTL %v)", time.Since(start), config(url, "").PresenceTTL)
+}
+
+// A stream lost and made anew (deleted, here) starts the numbering over:
+// the hub is told (Restarted, as for a relayer's new log), and the next
+// message is number 1 of the new stream.
+func TestNewStreamIsANewEpoch(t *testing.T) {
+	b, url := backend(t)
+	a, ra := bustest.Start(t, b, "ia")
+	old := bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+	if got := bustest.Publish(t, a, ra, "r", 3); !slices.Equal(got, []uint64{1, 2, 3}) {
+		t.Fatalf("acks %v", got)
+	}
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := js.DeleteStream(context.Background(), "wschat"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Publish("after", "", protocol.Message{Room: "r", ID: "x", Text: "after the loss"}); err != nil {
+		t.Fatal(err)
+	}
+	bustest.Next[bustest.Restarted](t, ra)
+	if ack := bustest.Next[bustest.Ack](t, ra); ack.MID != "after" || ack.Seq != 1 {
+		t.Fatalf("ack %+v, want after as seq 1 of the new stream", ack)
+	}
+	if s := bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10}); s.Epoch == old.Epoch || s.Seq != 1 {
+		t.Fatalf("after the loss: epoch %q (was %q), seq %d; want a new epoch at seq 1", s.Epoch, old.Epoch, s.Seq)
+	}
+}
