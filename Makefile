@@ -11,13 +11,14 @@ TEST_TIMEOUT ?= 20m
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
 
-.PHONY: help images project-images compose-plugin up down ps logs test test-faults-long vet lint fmt fuzz demo-screenshot bench bench-go
+.PHONY: help images project-images compose-plugin up up-nats down ps logs test test-faults-long vet lint fmt fuzz demo-screenshot bench bench-go
 
 help:
 	@echo 'make images          base images without a registry, recorded in .env for Compose (idempotent)'
-	@echo 'make project-images  wschat/ws-relayer, wschat/ws-user, wschat/nginx'
+	@echo 'make project-images  wschat/ws-relayer, wschat/ws-user, wschat/nginx, wschat/nats'
 	@echo 'make compose-plugin  install the Compose v2 plugin (docker compose) from the Go module proxy'
 	@echo 'make up              build and start the stack, 3 ws-user replicas, http://localhost:$${WSCHAT_PORT:-8080}'
+	@echo 'make up-nats         the same with the relay tier on a three-node NATS JetStream cluster (BUS=nats, --profile nats)'
 	@echo 'make down            stop the stack (WSCHAT_DOWN_VOLUMES=1 drops the data volume)'
 	@echo 'make test            gofmt, go vet, staticcheck and go test -race of every module, containers and browser included, then make fuzz'
 	@echo 'make fuzz            each fuzz target of an untrusted-input decoder for FUZZTIME (default 5s)'
@@ -37,6 +38,11 @@ project-images:
 
 up:
 	deploy/stack.sh up
+
+# BUS=nats docker compose --profile nats up --scale ws-user=3, built and
+# waited for like make up.
+up-nats:
+	deploy/stack.sh up-nats
 
 down:
 	deploy/stack.sh down

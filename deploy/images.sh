@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the project's images from the working tree:
 #   wschat/ws-relayer:$WSCHAT_TAG  wschat/ws-user:$WSCHAT_TAG  wschat/nginx:$WSCHAT_TAG
+#   wschat/nats:$WSCHAT_TAG (a node of the NATS profile's cluster)
 # (WSCHAT_TAG defaults to dev, the tag docker-compose.yml uses), and
 # wschat/ws-build:$WSCHAT_TAG, the build stage both service images copy
 # their binary from: tagged, it is compiled once for both and no prune of
 # dangling images can take Docker's cache of the compile away. Base images
-# come from GO_IMAGE / NGINX_IMAGE, else the official ones when a registry
+# come from GO_IMAGE / NGINX_IMAGE / NATS_IMAGE, else the official ones when a registry
 # answers, else deploy/offline-images.sh builds local ones. With unchanged
 # sources every step comes from Docker's layer cache: seconds.
 set -euo pipefail
@@ -39,4 +40,5 @@ build "wschat/ws-relayer:$tag" deploy/Dockerfile --target ws-relayer --build-arg
 build "wschat/ws-user:$tag" deploy/Dockerfile --target ws-user --build-arg "GO_IMAGE=$GO_IMAGE" \
 	--label "org.wschat.go-image=$GO_IMAGE"
 build "wschat/nginx:$tag" deploy/nginx.Dockerfile --build-arg "NGINX_IMAGE=$NGINX_IMAGE"
+build "wschat/nats:$tag" deploy/nats.Dockerfile --build-arg "NATS_IMAGE=$NATS_IMAGE"
 log "images ready in $((SECONDS - start))s"

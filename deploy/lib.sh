@@ -7,25 +7,27 @@ die() { log "error: $*"; exit 1; }
 
 official_go_image=golang:1.26-bookworm
 official_nginx_image=nginx:1.30
+official_nats_image=nats:2.15-alpine
 local_go_image=wschat-local/golang:1.26
 local_nginx_image=wschat-local/nginx:bookworm
+local_nats_image=wschat-local/nats:2.15.3
 
-# choose_base_images sets GO_IMAGE and NGINX_IMAGE unless the caller did:
-# the official images when present or pullable, otherwise the home-made
-# ones, built by offline-images.sh (machines without a registry).
+# choose_base_images sets GO_IMAGE, NGINX_IMAGE and NATS_IMAGE unless the
+# caller did: the official images when present or pullable, otherwise the
+# home-made ones, built by offline-images.sh (machines without a registry).
 choose_base_images() {
-	if [ -n "${GO_IMAGE:-}" ] && [ -n "${NGINX_IMAGE:-}" ]; then
+	if [ -n "${GO_IMAGE:-}" ] && [ -n "${NGINX_IMAGE:-}" ] && [ -n "${NATS_IMAGE:-}" ]; then
 		# The local names (.env, as make images writes it) may have been
 		# removed since: offline-images.sh rebuilds what is missing, and
 		# takes about a second when nothing is.
-		case "$GO_IMAGE $NGINX_IMAGE" in
-		*"$local_go_image"* | *"$local_nginx_image"*) "$deploy_dir/offline-images.sh" ;;
+		case "$GO_IMAGE $NGINX_IMAGE $NATS_IMAGE" in
+		*"$local_go_image"* | *"$local_nginx_image"* | *"$local_nats_image"*) "$deploy_dir/offline-images.sh" ;;
 		esac
-		export GO_IMAGE NGINX_IMAGE
+		export GO_IMAGE NGINX_IMAGE NATS_IMAGE
 		return
 	fi
 	local img offline=
-	for img in "$official_go_image" "$official_nginx_image"; do
+	for img in "$official_go_image" "$official_nginx_image" "$official_nats_image"; do
 		docker image inspect "$img" >/dev/null 2>&1 && continue
 		log "pulling $img"
 		if ! timeout 600 docker pull -q "$img" >/dev/null 2>&1; then
@@ -36,13 +38,15 @@ choose_base_images() {
 	if [ -z "$offline" ]; then
 		GO_IMAGE=${GO_IMAGE:-$official_go_image}
 		NGINX_IMAGE=${NGINX_IMAGE:-$official_nginx_image}
+		NATS_IMAGE=${NATS_IMAGE:-$official_nats_image}
 	else
 		log "no container registry answers: using local base images"
 		"$deploy_dir/offline-images.sh"
 		GO_IMAGE=${GO_IMAGE:-$local_go_image}
 		NGINX_IMAGE=${NGINX_IMAGE:-$local_nginx_image}
+		NATS_IMAGE=${NATS_IMAGE:-$local_nats_image}
 	fi
-	export GO_IMAGE NGINX_IMAGE
+	export GO_IMAGE NGINX_IMAGE NATS_IMAGE
 }
 
 # compose_cmd sets the array COMPOSE to the Compose plugin or, failing

@@ -8,6 +8,8 @@
 #   wschat-local/debian:bookworm   debootstrap --variant=minbase + security updates
 #   wschat-local/golang:1.26       the above + the host's /usr/local/go
 #   wschat-local/nginx:bookworm    the above + Debian's nginx, laid out like the official image
+#   wschat-local/nats:2.15.3       nats-server compiled by the Go image from the Go module
+#                                  proxy, with busybox (shell, wget), like the official alpine one
 #
 # Idempotent and fast when nothing changed: every image carries the hash of
 # its inputs in the label org.wschat.inputs and is rebuilt only when that
@@ -15,7 +17,7 @@
 # (debootstrap) when missing.
 #
 # With --dotenv (make images), it also records the images in the
-# repository's .env as GO_IMAGE and NGINX_IMAGE, unless .env sets them
+# repository's .env as GO_IMAGE, NGINX_IMAGE and NATS_IMAGE, unless .env sets them
 # already: plain Compose (docker compose up --build) reads .env, and then
 # builds without a registry too.
 #
@@ -35,6 +37,8 @@ suite=bookworm
 debian_image=wschat-local/debian:bookworm
 golang_image=wschat-local/golang:1.26
 nginx_image=wschat-local/nginx:bookworm
+nats_version=v2.15.3
+nats_image=wschat-local/nats:${nats_version#v}
 label=org.wschat.inputs
 
 # shellcheck source=deploy/lib.sh
@@ -211,14 +215,36 @@ build_nginx() {
 	log "built $nginx_image"
 }
 
+build_nats() {
+	local want
+	want=$({
+		declare -f build_nats
+		echo "$nats_version"
+		image_id "$debian_image"
+		image_id "$golang_image"
+		cat "$here/base/nats.Dockerfile"
+	} | sha)
+	if up_to_date "$nats_image" "$want"; then
+		log "$nats_image is up to date"
+		return
+	fi
+	log "building $nats_image (nats-server $nats_version from the Go module proxy, about a minute)"
+	build "$nats_image" "$want" --build-arg "GO_IMAGE=$golang_image" --build-arg "BASE_IMAGE=$debian_image" \
+		--build-arg "NATS_SERVER_VERSION=$nats_version" - <"$here/base/nats.Dockerfile"
+	log "built $nats_image"
+}
+
 # record_dotenv appends to .env the settings Compose needs to build from
 # the local base images, each unless .env sets it already.
 record_dotenv() {
 	local key value lines=()
-	for key in GO_IMAGE NGINX_IMAGE; do
+	for key in GO_IMAGE NGINX_IMAGE NATS_IMAGE; do
 		grep -qE "^[[:space:]]*$key=" "$dotenv" 2>/dev/null && continue
-		value=$golang_image
-		[ "$key" = NGINX_IMAGE ] && value=$nginx_image
+		case $key in
+		GO_IMAGE) value=$golang_image ;;
+		NGINX_IMAGE) value=$nginx_image ;;
+		NATS_IMAGE) value=$nats_image ;;
+		esac
 		lines+=("$key=$value")
 	done
 	[ ${#lines[@]} -gt 0 ] || return 0
@@ -237,6 +263,8 @@ build_debian
 build_nginx &
 nginx_pid=$!
 build_golang
+# nats-server compiles in the Go image, beside nginx's apt if that still runs.
+build_nats
 wait "$nginx_pid" || die "building $nginx_image failed"
 # What the rebuilds above replaced, children first: an image some other
 # image still builds on stays. Never a prune of dangling images by label:

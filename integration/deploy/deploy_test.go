@@ -17,7 +17,10 @@ import (
 // wiring are the variables docker-compose.yml sets itself, because they
 // connect the services (ports, the relayer's address, the data volume) or
 // must differ between replicas (INSTANCE_ID: each names itself).
-var wiring = []string{"HOST", "PORT", "RELAYER_URL", "DATA_DIR", "INSTANCE_ID"}
+// NATS_URL is wiring too, though still taken from the environment when
+// set: its default there is the NATS profile's three nodes
+// (${NATS_URL:-nats://nats-1:4222,...}), where the binary's is empty.
+var wiring = []string{"HOST", "PORT", "RELAYER_URL", "DATA_DIR", "INSTANCE_ID", "NATS_URL"}
 
 func read(t *testing.T, name string) string {
 	t.Helper()
