@@ -208,11 +208,35 @@ func logsOf(members []*member) map[string]*roomLog {
 	return logs
 }
 
+// backends are the relay tiers the end-to-end tests run against, each
+// test once per backend (subtests named after them): the relayer, and a
+// three-node NATS JetStream cluster (docker-compose.yml's nats profile).
+var backends = []struct {
+	name string
+	opts dockerstack.Options
+}{
+	{"relayer", dockerstack.Options{}},
+	{"nats", dockerstack.Options{NATS: true}},
+}
+
+// onEveryBackend runs test on a stack of its own with replicas ws-user
+// replicas, once per backend.
+func onEveryBackend(t *testing.T, replicas int, test func(t *testing.T, s *dockerstack.Stack)) {
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			dockerstack.Need(t)
+			test(t, dockerstack.NewWith(t, replicas, b.opts))
+		})
+	}
+}
+
 // Clients land on every replica and one room works across all of them,
 // for extended and seed clients alike.
 func TestClientsSpreadOverReplicasShareARoom(t *testing.T) {
-	dockerstack.Need(t)
-	s := dockerstack.New(t, 3)
+	onEveryBackend(t, 3, testClientsSpreadOverReplicasShareARoom)
+}
+
+func testClientsSpreadOverReplicasShareARoom(t *testing.T, s *dockerstack.Stack) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const room = "lobby"
@@ -336,8 +360,10 @@ func TestClientsSpreadOverReplicasShareARoom(t *testing.T) {
 // nginx to the survivors and recover what they missed; nobody loses an
 // acknowledged message or sees one twice.
 func TestReplicaCrashUnderTraffic(t *testing.T) {
-	dockerstack.Need(t)
-	s := dockerstack.New(t, 3)
+	onEveryBackend(t, 3, testReplicaCrashUnderTraffic)
+}
+
+func testReplicaCrashUnderTraffic(t *testing.T, s *dockerstack.Stack) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	const room = "crash"

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"net/netip"
 	"slices"
@@ -17,6 +18,7 @@ import (
 	mobynet "github.com/moby/moby/api/types/network"
 	"github.com/moby/moby/client"
 	"github.com/testcontainers/testcontainers-go"
+	tcexec "github.com/testcontainers/testcontainers-go/exec"
 	tclog "github.com/testcontainers/testcontainers-go/log"
 	"github.com/testcontainers/testcontainers-go/network"
 	"github.com/testcontainers/testcontainers-go/wait"
@@ -42,20 +44,34 @@ type Options struct {
 	// RelayerEnv and UserEnv add to (or override) the services' test
 	// environment.
 	RelayerEnv, UserEnv map[string]string
+	// NATS runs the relay tier on a three-node NATS JetStream cluster
+	// (nats-1..3, wschat/nats, a volume each, as docker-compose.yml's nats
+	// profile) instead of the relayer: the replicas get BUS=nats, and New
+	// returns once each of them is ready (synchronised with the cluster).
+	NATS bool
 }
+
+// NATSNodes is the size of a NATS stack's cluster (the stream's replicas).
+const NATSNodes = 3
+
+// NATSHealthURL is a node's own health endpoint (inside its container):
+// up with JetStream enabled, as the image's HEALTHCHECK asks.
+const NATSHealthURL = "http://127.0.0.1:8222/healthz?js-enabled-only=true"
 
 // Stack is one test's private deployment: relayer, ws-user replicas and
 // nginx on their own network, like docker-compose.yml.
 type Stack struct {
-	t      *testing.T
-	opts   Options
-	labels map[string]string
-	net    *testcontainers.DockerNetwork
-	back   *testcontainers.DockerNetwork // the relay link's, with Split
-	volume string                        // the relayer's data volume
+	t           *testing.T
+	opts        Options
+	labels      map[string]string
+	net         *testcontainers.DockerNetwork
+	back        *testcontainers.DockerNetwork // the relay link's, with Split
+	volume      string                        // the relayer's data volume
+	natsVolumes []string                      // nats-1..3's, with NATS
 
 	mu      sync.Mutex
 	relayer *testcontainers.DockerContainer
+	nats    []*testcontainers.DockerContainer          // nats-1..3, with NATS
 	users   map[string]*testcontainers.DockerContainer // by INSTANCE_ID
 	nginx   *testcontainers.DockerContainer
 	all     []*testcontainers.DockerContainer // for cleanup, in start order
@@ -97,7 +113,11 @@ func NewWith(t *testing.T, replicas int, opts Options) *Stack {
 		t.Fatalf("volume: %v", err)
 	}
 
-	s.startRelayer(ctx)
+	if opts.NATS {
+		s.startNATS(ctx)
+	} else {
+		s.startRelayer(ctx)
+	}
 	var wg sync.WaitGroup
 	for i := 1; i <= replicas; i++ {
 		wg.Go(func() { s.StartUser(ctx, fmt.Sprintf("ws-user-%d", i)) })
@@ -129,7 +149,11 @@ func (s *Stack) run(ctx context.Context, image, alias string, nets []*testcontai
 			// testcontainers publishes every exposed port; keep them
 			// on loopback, where the tests' traffic belongs.
 			hc.PortBindings = mobynet.PortMap{}
-			for _, p := range []string{"3001/tcp", "8080/tcp"} {
+			ports := []string{"3001/tcp", "8080/tcp"}
+			if strings.HasPrefix(alias, "nats-") {
+				ports = []string{"4222/tcp", "6222/tcp", "8222/tcp"}
+			}
+			for _, p := range ports {
 				hc.PortBindings[mobynet.MustParsePort(p)] = []mobynet.PortBinding{{HostIP: netip.MustParseAddr("127.0.0.1")}}
 			}
 		}),
@@ -195,13 +219,21 @@ func (s *Stack) StartUser(ctx context.Context, id string) *testcontainers.Docker
 	if s.back != s.net {
 		nets = append(nets, s.back)
 	}
+	env := map[string]string{
+		"RELAYER_URL":  "ws://" + relayerAlias + ":3001",
+		"RELAY_SECRET": RelaySecret,
+		"INSTANCE_ID":  id,
+		"LOG_LEVEL":    "debug",
+	}
+	if s.opts.NATS {
+		var urls []string
+		for i := 1; i <= NATSNodes; i++ {
+			urls = append(urls, fmt.Sprintf("nats://nats-%d:4222", i))
+		}
+		env["BUS"], env["NATS_URL"] = "nats", strings.Join(urls, ",")
+	}
 	ctr := s.run(ctx, "wschat/ws-user:"+imageTag, userAlias, nets,
-		withEnv(map[string]string{
-			"RELAYER_URL":  "ws://" + relayerAlias + ":3001",
-			"RELAY_SECRET": RelaySecret,
-			"INSTANCE_ID":  id,
-			"LOG_LEVEL":    "debug",
-		}, s.opts.UserEnv),
+		withEnv(env, s.opts.UserEnv),
 		wait.ForHealthCheck(),
 		healthEvery("/ws-user", "healthcheck"),
 	)
@@ -209,8 +241,100 @@ func (s *Stack) StartUser(ctx context.Context, id string) *testcontainers.Docker
 		s.mu.Lock()
 		s.users[id] = ctr
 		s.mu.Unlock()
+		if s.opts.NATS {
+			s.waitReady(ctx, id, ctr)
+		}
 	}
 	return ctr
+}
+
+// startNATS starts nats-1..3 on the relay network, each with a volume of
+// its own, and waits until each is healthy.
+func (s *Stack) startNATS(ctx context.Context) {
+	s.t.Helper()
+	s.nats = make([]*testcontainers.DockerContainer, NATSNodes)
+	var wg sync.WaitGroup
+	for i := 1; i <= NATSNodes; i++ {
+		name := fmt.Sprintf("nats-%d", i)
+		vol := s.volume + "-" + name
+		if _, err := suite.docker.VolumeCreate(ctx, client.VolumeCreateOptions{Name: vol, Labels: s.labels}); err != nil {
+			s.t.Fatalf("volume: %v", err)
+		}
+		s.natsVolumes = append(s.natsVolumes, vol)
+		wg.Go(func() {
+			ctr := s.run(ctx, "wschat/nats:"+imageTag, name, []*testcontainers.DockerNetwork{s.back}, nil,
+				wait.ForHealthCheck(),
+				healthEvery("wget", "-q", "-O", "/dev/null", NATSHealthURL),
+				testcontainers.WithCmd("--name", name),
+				testcontainers.WithMounts(testcontainers.VolumeMount(vol, "/data")),
+			)
+			s.mu.Lock()
+			s.nats[i-1] = ctr
+			s.mu.Unlock()
+		})
+	}
+	wg.Wait()
+	if s.t.Failed() {
+		s.t.FailNow()
+	}
+}
+
+// NATS is node i (1..NATSNodes) of a NATS stack's cluster.
+func (s *Stack) NATS(i int) *testcontainers.DockerContainer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if i < 1 || i > len(s.nats) {
+		s.t.Fatalf("no NATS node %d", i)
+	}
+	return s.nats[i-1]
+}
+
+// Exec runs cmd in a container and returns its exit code and output.
+func Exec(ctx context.Context, ctr *testcontainers.DockerContainer, cmd ...string) (int, string, error) {
+	code, r, err := ctr.Exec(ctx, cmd, tcexec.Multiplexed())
+	if err != nil {
+		return code, "", err
+	}
+	b, err := io.ReadAll(r)
+	return code, string(b), err
+}
+
+// readyTimeout bounds a NATS stack's replica's first synchronisation
+// with the cluster (the stream's creation waits for a JetStream leader).
+const readyTimeout = 60 * time.Second
+
+// waitReady polls replica id's /readyz, from inside a running NATS node
+// (its wget; the replica's image has no client), until it answers 200.
+func (s *Stack) waitReady(ctx context.Context, id string, ctr *testcontainers.DockerContainer) {
+	ip, err := ctr.ContainerIP(ctx)
+	if err != nil {
+		s.t.Errorf("%s: address: %v", id, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, readyTimeout)
+	defer cancel()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	var last string
+	for {
+		for i := 1; i <= NATSNodes; i++ {
+			code, out, err := Exec(ctx, s.NATS(i), "wget", "-q", "-O", "-", "http://"+ip+":8080/readyz")
+			if err == nil && code == 0 {
+				return
+			}
+			if err == nil {
+				last = fmt.Sprintf("exit %d: %s", code, strings.TrimSpace(out))
+				break // that node answered: the replica is not ready
+			}
+			last = err.Error()
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			s.t.Errorf("%s not ready within %s: %s", id, readyTimeout, last)
+			return
+		}
+	}
 }
 
 func (s *Stack) startNginx(ctx context.Context) {
@@ -319,8 +443,11 @@ func (s *Stack) removeNetworkAndVolume() {
 	if s.net != nil {
 		errs = append(errs, IgnoreNotFound(s.net.Remove(ctx)))
 	}
-	if s.volume != "" {
-		_, err := suite.docker.VolumeRemove(ctx, s.volume, client.VolumeRemoveOptions{Force: true})
+	for _, v := range append([]string{s.volume}, s.natsVolumes...) {
+		if v == "" {
+			continue
+		}
+		_, err := suite.docker.VolumeRemove(ctx, v, client.VolumeRemoveOptions{Force: true})
 		errs = append(errs, IgnoreNotFound(err))
 	}
 	if err := errors.Join(errs...); err != nil {
