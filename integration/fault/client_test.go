@@ -156,13 +156,14 @@ type client struct {
 	pending   map[string]*chat
 	acks      map[string]ackRec
 	refused   map[string]string // id -> error code
-	delivered map[string]bool   // ids found delivered, their ack lost with a connection
-	closes    []string          // how each connection the server ended ended
-	selfClose int               // connections the client ended (join refused)
-	leaves    []leave           // presence leaves of members still connected
-	gaps      int               // history_gap errors
-	failure   error             // it gave up reconnecting
-	trace     []string          // connections, joins and their answers, for a failure's log
+	refusedAt map[string]time.Time
+	delivered map[string]bool // ids found delivered, their ack lost with a connection
+	closes    []string        // how each connection the server ended ended
+	selfClose int             // connections the client ended (join refused)
+	leaves    []leave         // presence leaves of members still connected
+	gaps      int             // history_gap errors
+	failure   error           // it gave up reconnecting
+	trace     []string        // connections, joins and their answers, for a failure's log
 }
 
 // maxTrace bounds a client's trace.
@@ -184,7 +185,7 @@ func (c *client) tracef(format string, args ...any) {
 func newClient(w *world, base, name string, rooms []string, seed, sender bool) *client {
 	c := &client{
 		name: name, session: "s-" + name, base: base, rooms: rooms, seed: seed, sender: sender, w: w,
-		views: map[string]*roomView{}, pending: map[string]*chat{}, acks: map[string]ackRec{}, refused: map[string]string{}, delivered: map[string]bool{},
+		views: map[string]*roomView{}, pending: map[string]*chat{}, acks: map[string]ackRec{}, refused: map[string]string{}, refusedAt: map[string]time.Time{}, delivered: map[string]bool{},
 	}
 	for _, r := range rooms {
 		c.views[r] = &roomView{}
@@ -440,7 +441,7 @@ func (c *client) take(b []byte) error {
 				c.gaps++
 			case c.pending[e.ID] != nil:
 				// Refused: not sent (docs/protocol.md, chat).
-				c.refused[e.ID] = e.Code
+				c.refused[e.ID], c.refusedAt[e.ID] = e.Code, now
 				delete(c.pending, e.ID)
 			case e.ID == joinID(e.Room, c.conns):
 				self = true

@@ -118,29 +118,7 @@ func TestFaults(t *testing.T) {
 // traffic go on, settles, and checks.
 func runScenario(t *testing.T, sc scenario) {
 	s := dockerstack.NewWith(t, replicas, dockerstack.Options{Split: sc.split})
-	ctx, cancel := context.WithTimeout(context.Background(), scenarioLimit)
-	defer cancel()
-	w := newWorld()
-	all, senders := startClients(ctx, t, w, s)
-	t.Cleanup(func() {
-		for _, c := range all {
-			c.close()
-		}
-	})
-
-	// The pacer runs until the end: once new messages stop (quiet), it
-	// still re-sends what reconnected clients must say again.
-	stop := make(chan struct{})
-	var quiet atomic.Bool
-	var pacer sync.WaitGroup
-	pacer.Go(func() { pace(ctx, senders, &quiet, stop) })
-	defer func() {
-		close(stop)
-		pacer.Wait()
-	}()
-
-	waitFor(ctx, t, w, all, 90*time.Second, fmt.Sprintf("%d acknowledged before the fault", ackedBeforeFault),
-		func() bool { return acked(all) >= ackedBeforeFault })
+	ctx, w, all, senders, quiet := startTraffic(t, s)
 	var ep epochs
 	if newEpoch := sc.inject(ctx, t, s, func() { w.markFault() }); !newEpoch.IsZero() {
 		ep = append(ep, newEpoch)
@@ -155,7 +133,44 @@ func runScenario(t *testing.T, sc scenario) {
 	quiet.Store(true)
 	settle(ctx, t, w, all, senders[0])
 
-	sum := summary{scenario: sc.name, served: served, closed: map[string]int{}}
+	judge(t, sc.name, w, all, ep, served, sc.quiet)
+}
+
+// startTraffic connects the clients to s (startClients) and starts the
+// pacer, within scenarioLimit, and returns once ackedBeforeFault chats
+// were acknowledged. The pacer runs until the end of the test: once new
+// messages stop (quiet), it still re-sends what reconnected clients must
+// say again.
+func startTraffic(t *testing.T, s *dockerstack.Stack) (ctx context.Context, w *world, all, senders []*client, quiet *atomic.Bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), scenarioLimit)
+	t.Cleanup(cancel)
+	w = newWorld()
+	all, senders = startClients(ctx, t, w, s)
+	t.Cleanup(func() {
+		for _, c := range all {
+			c.close()
+		}
+	})
+	done := make(chan struct{})
+	quiet = new(atomic.Bool)
+	var pacer sync.WaitGroup
+	pacer.Go(func() { pace(ctx, senders, quiet, done) })
+	t.Cleanup(func() {
+		close(done)
+		pacer.Wait()
+	})
+	waitFor(ctx, t, w, all, 90*time.Second, fmt.Sprintf("%d acknowledged before the fault", ackedBeforeFault),
+		func() bool { return acked(all) >= ackedBeforeFault })
+	return ctx, w, all, senders, quiet
+}
+
+// judge checks, once the clients have settled, every room's streams
+// against the acknowledgements (check) and reports the run's row; any
+// defect fails the test. quiet as in scenario.
+func judge(t *testing.T, name string, w *world, all []*client, ep epochs, served time.Duration, quiet bool) {
+	t.Helper()
+	sum := summary{scenario: name, served: served, closed: map[string]int{}}
 	for _, room := range rooms {
 		var streams []stream
 		var acks []ack
@@ -207,7 +222,7 @@ func runScenario(t *testing.T, sc scenario) {
 		t.Errorf("acknowledged messages: %d lost, %d duplicated, %d reordered; %d seqs reused",
 			sum.verdict.lost, sum.verdict.duplicated, sum.verdict.reordered, sum.verdict.reused)
 	}
-	if sc.quiet && (sum.closedText() != "0" || sum.flaps != 0) {
+	if quiet && (sum.closedText() != "0" || sum.flaps != 0) {
 		t.Errorf("clients closed: %s, presence flaps: %d; want none (the fault is the relay tier's); flaps: %q", sum.closedText(), sum.flaps, flapSeen)
 	}
 }
