@@ -37,7 +37,7 @@ type Config struct {
 	NATSMaxBytes       int64         `env:"NATS_MAX_BYTES" envDefault:"1073741824"`
 	NATSMaxAge         time.Duration `env:"NATS_MAX_AGE" envDefault:"168h"`
 	NATSDedupWindow    time.Duration `env:"NATS_DEDUP_WINDOW" envDefault:"10m"`
-	NATSPresenceTTL    time.Duration `env:"NATS_PRESENCE_TTL" envDefault:"5s"`
+	NATSPresenceTTL    time.Duration `env:"NATS_PRESENCE_TTL" envDefault:"15s"`
 	NATSPublishTimeout time.Duration `env:"NATS_PUBLISH_TIMEOUT" envDefault:"10s"`
 	RelaySecret        string        `env:"RELAY_SECRET"`
 	InstanceID         string        `env:"INSTANCE_ID"` // default: defaultInstanceID

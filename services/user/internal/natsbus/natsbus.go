@@ -71,9 +71,10 @@ type Config struct {
 	// HistoryLimit bounds one answer's messages (a subscription's
 	// catch-up, a fetch).
 	HistoryLimit int
-	// PublishTimeout bounds how long a publish may wait for the cluster
-	// to store it (no quorum, no connection); then it is refused as
-	// unavailable.
+	// PublishTimeout bounds how long a publish may wait to reach the
+	// cluster (no connection): then it is refused as unavailable. One that
+	// reached it and waits that long for an answer (no quorum) is sent
+	// again until answered, and new ones are refused meanwhile (Publish).
 	PublishTimeout time.Duration
 	// Timeout bounds one request to the cluster.
 	Timeout time.Duration
@@ -98,7 +99,11 @@ type Bus struct {
 	kv      jetstream.KeyValue
 	epoch   string
 	rooms   map[string]*room
-	pending int                  // publishes not yet answered
+	pending int // publishes not yet answered
+	// stuck counts the publishes sent and unanswered for longer than
+	// PublishTimeout: while any is, new ones are refused (Publish).
+	stuck   int
+	stopped chan struct{}        // closed when Run returns
 	pubs    map[string]*pubQueue // by room: this instance's publishes, in order
 	wake    chan struct{}        // capacity 1: the connection changed
 	// dirty holds the rooms whose presence key must be written, with
@@ -120,6 +125,7 @@ func New(cfg Config, h bus.Handler) *Bus {
 		pubs:         map[string]*pubQueue{},
 		wake:         make(chan struct{}, 1),
 		presenceWake: make(chan struct{}, 1),
+		stopped:      make(chan struct{}),
 	}
 }
 
@@ -157,6 +163,7 @@ func (b *Bus) Run(ctx context.Context) error {
 		return fmt.Errorf("nats: connect: %w", err)
 	}
 	defer nc.Close()
+	defer close(b.stopped)
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("nats: jetstream: %w", err)

@@ -22,6 +22,7 @@ type pubQueue struct {
 	// Guarded by b.mu.
 	items   []pub
 	running bool // sendAll runs
+	sent    bool // items[0] went to the cluster at least once
 
 	// Owned by sendAll: the room's last message as this instance knows it,
 	// its number and stream sequence (known false: ask the cluster).
@@ -43,12 +44,19 @@ func (q *pubQueue) kick() {
 	}
 }
 
-// Publish implements bus.Bus. A publish the cluster cannot store within
-// PublishTimeout is refused (Nack, unavailable).
+// Publish implements bus.Bus.
+//
+// A publish that went to the cluster is never refused: without an answer
+// it may be stored yet (a proposal the cluster commits once it has its
+// quorum back), so it is sent again, with its id, until the cluster
+// answers, and acknowledged then. One still waiting for its answer after
+// PublishTimeout marks the cluster unavailable: until it is answered, new
+// publishes, and those queued behind unsent, are refused as unavailable —
+// none of them reached the cluster.
 func (b *Bus) Publish(mid, session string, m protocol.Message) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.pending >= b.cfg.PendingMax {
+	if b.pending >= b.cfg.PendingMax || b.stuck > 0 {
 		return bus.ErrUnavailable
 	}
 	b.pending++
@@ -82,8 +90,12 @@ func (b *Bus) sendAll(q *pubQueue) {
 			return
 		}
 		p := q.items[0]
+		q.sent = false
 		b.mu.Unlock()
-		seq, err := b.send(q, &p)
+		seq, err, done := b.send(q, &p)
+		if !done {
+			return // the bus stopped
+		}
 		b.mu.Lock()
 		q.items = q.items[1:]
 		b.pending--
@@ -96,18 +108,30 @@ func (b *Bus) sendAll(q *pubQueue) {
 	}
 }
 
-// send publishes p as the room's next message, retrying on a conflict
-// with another publisher at once and on the cluster's failures until
-// PublishTimeout from p's arrival; it returns p's number in the room.
-func (b *Bus) send(q *pubQueue, p *pub) (uint64, *protocol.Error) {
-	deadline := p.since.Add(b.cfg.PublishTimeout)
+// errUnavailable refuses a publish that never reached the cluster.
+func (b *Bus) errUnavailable(err error) *protocol.Error {
+	return protocol.Errorf(protocol.CodeUnavailable, "the NATS cluster is not storing messages (no quorum, or unreachable): %v", err)
+}
+
+// send publishes p as the room's next message: at once again after a
+// conflict with another publisher, after a pause on the cluster's
+// failures. It returns p's number in the room, or why it is refused; done
+// is false when the bus stopped first.
+func (b *Bus) send(q *pubQueue, p *pub) (seq uint64, refused *protocol.Error, done bool) {
 	backoff := 50 * time.Millisecond
+	stuck := false
+	defer func() {
+		if stuck {
+			b.mu.Lock()
+			b.stuck--
+			b.mu.Unlock()
+		}
+	}()
 	for {
 		stream, _, _, err := b.state()
 		if err == nil {
-			var seq uint64
 			if seq, err = b.try(q, p, stream); err == nil {
-				return seq, nil
+				return seq, nil, true
 			}
 			var apiErr *jetstream.APIError
 			if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
@@ -119,22 +143,62 @@ func (b *Bus) send(q *pubQueue, p *pub) (uint64, *protocol.Error) {
 				b.lost("publish to room "+q.room, err) // the stream is gone
 			}
 			if errors.Is(err, nats.ErrMaxPayload) || errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum {
-				return 0, protocol.Errorf(protocol.CodeBadRequest, "message too large for the NATS cluster: %v", err)
+				return 0, protocol.Errorf(protocol.CodeBadRequest, "message too large for the NATS cluster: %v", err), true
 			}
 			q.known = false
 		}
-		if time.Now().After(deadline) {
-			b.log.Warn("nats: publish not stored in time; refused", "room", q.room, "err", err)
-			return 0, protocol.Errorf(protocol.CodeUnavailable, "the NATS cluster did not store the message within %s: %v", b.cfg.PublishTimeout, err)
+		b.mu.Lock()
+		sent := q.sent
+		switch {
+		case !sent && b.stuck > 0:
+			// Another publish is waiting for the cluster: this one
+			// never reached it.
+			b.mu.Unlock()
+			return 0, b.errUnavailable(err), true
+		case time.Since(p.since) > b.cfg.PublishTimeout && !sent:
+			b.mu.Unlock()
+			b.log.Warn("nats: publish not sent in time; refused", "room", q.room, "err", err)
+			return 0, b.errUnavailable(err), true
+		case time.Since(p.since) > b.cfg.PublishTimeout && !stuck:
+			stuck = true
+			b.stuck++
+			refused := b.refuseUnsentLocked()
+			b.mu.Unlock()
+			b.log.Warn("nats: publish not answered in time; refusing new ones until it is", "room", q.room, "err", err)
+			for _, mid := range refused {
+				b.h.Nack(mid, b.errUnavailable(err))
+			}
+		default:
+			b.mu.Unlock()
 		}
-		t := time.NewTimer(min(backoff, time.Until(deadline)+time.Millisecond))
+		t := time.NewTimer(backoff)
 		select {
 		case <-t.C:
 		case <-q.wake:
 			t.Stop()
+		case <-b.stopped:
+			t.Stop()
+			return 0, nil, false
 		}
 		backoff = min(2*backoff, time.Second)
 	}
+}
+
+// refuseUnsentLocked drops every queued publish behind each room's first
+// (which sendAll owns) and returns their mids: none went to the cluster.
+// b.mu must be held.
+func (b *Bus) refuseUnsentLocked() []string {
+	var mids []string
+	for _, q := range b.pubs {
+		if len(q.items) > 1 {
+			for _, p := range q.items[1:] {
+				mids = append(mids, p.mid)
+			}
+			b.pending -= len(q.items) - 1
+			q.items = q.items[:1]
+		}
+	}
+	return mids
 }
 
 // try publishes p once, numbered after the room's last message as q knows
@@ -155,6 +219,9 @@ func (b *Bus) try(q *pubQueue, p *pub, stream jetstream.Stream) (uint64, error) 
 	m := p.m
 	m.Seq, m.TS = 0, 0
 	msg := &nats.Msg{Subject: b.msgSubject(q.room, q.last+1), Data: protocol.AppendMessage(nil, &m)}
+	b.mu.Lock()
+	q.sent = true
+	b.mu.Unlock()
 	ack, err := js.PublishMsg(ctx, msg, jetstream.WithMsgID(p.id), jetstream.WithExpectLastSequenceForSubject(q.lastS, b.roomFilter(q.room)))
 	if err != nil {
 		return 0, err
