@@ -39,6 +39,7 @@ type Config struct {
 	NATSDedupWindow    time.Duration `env:"NATS_DEDUP_WINDOW" envDefault:"10m"`
 	NATSPresenceTTL    time.Duration `env:"NATS_PRESENCE_TTL" envDefault:"15s"`
 	NATSPublishTimeout time.Duration `env:"NATS_PUBLISH_TIMEOUT" envDefault:"10s"`
+	NATSCatchUpMax     int           `env:"NATS_CATCHUP_MAX" envDefault:"100000"`
 	RelaySecret        string        `env:"RELAY_SECRET"`
 	InstanceID         string        `env:"INSTANCE_ID"` // default: defaultInstanceID
 	AllowedOrigins     []string      `env:"ALLOWED_ORIGINS" envSeparator:","`
@@ -171,6 +172,7 @@ func (c *Config) validate() error {
 		check(c.NATSDedupWindow > 0, "NATS_DEDUP_WINDOW must be positive, got %s", c.NATSDedupWindow)
 		check(c.NATSPresenceTTL >= time.Second, "NATS_PRESENCE_TTL must be at least 1s, got %s", c.NATSPresenceTTL)
 		check(c.NATSPublishTimeout > 0, "NATS_PUBLISH_TIMEOUT must be positive, got %s", c.NATSPublishTimeout)
+		check(c.NATSCatchUpMax >= c.HistorySize, "NATS_CATCHUP_MAX must be at least HISTORY_SIZE (%d), got %d", c.HistorySize, c.NATSCatchUpMax)
 		check((c.NATSTLSCert == "") == (c.NATSTLSKey == ""), "NATS_TLS_CERT and NATS_TLS_KEY go together")
 	}
 	if c.RelayerURL != "" {

@@ -40,7 +40,7 @@ type Conn struct {
 	pause     time.Duration
 	overSince time.Time
 
-	// catchingUp: the writer calls Session.Drained after each batch.
+	// catchingUp: the writer calls Session.Wrote after each batch.
 	catchingUp atomic.Bool
 
 	resume    func() // serve, for a parked reader's next goroutine

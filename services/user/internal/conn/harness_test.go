@@ -51,7 +51,7 @@ func (s *roomlessSession) Frame(in protocol.Inbound, _ bool) {
 	s.c.Send(protocol.AppendAck(nil, in.ID, in.Room, 1))
 }
 
-func (s *roomlessSession) Drained() {}
+func (s *roomlessSession) Wrote() {}
 
 func (s *roomlessSession) Closed() {
 	s.h.mu.Lock()

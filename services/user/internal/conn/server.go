@@ -104,9 +104,9 @@ type Session interface {
 	// Frame is called with each valid frame other than ping, in order; first
 	// is set for the connection's first.
 	Frame(in protocol.Inbound, first bool)
-	// Drained is called after each batch the writer sent while catching
-	// up is set (Conn.SetCatchingUp).
-	Drained()
+	// Wrote is called after each batch the writer sent while catching
+	// up is set (Conn.SetCatchingUp): the queue has room again.
+	Wrote()
 	// Closed is called once, when the connection has ended; no Frame
 	// follows.
 	Closed()

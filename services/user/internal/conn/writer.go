@@ -44,7 +44,7 @@ func (c *Conn) Drained() bool { return c.q.drained() }
 // bytes.
 func (c *Conn) QueueLimits() (frames, bytes int) { return c.q.limit, c.q.limitBytes }
 
-// SetCatchingUp makes the writer call Session.Drained after each batch,
+// SetCatchingUp makes the writer call Session.Wrote after each batch,
 // while on is set.
 func (c *Conn) SetCatchingUp(on bool) { c.catchingUp.Store(on) }
 
@@ -114,7 +114,7 @@ func (c *Conn) writeLoop() {
 				return
 			}
 			if c.catchingUp.Load() {
-				c.session.Drained()
+				c.session.Wrote()
 			}
 		case <-c.done:
 			if c.flush && writeAll() {

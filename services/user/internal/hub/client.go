@@ -25,8 +25,8 @@ type Peer interface {
 	// QueueLimits returns them.
 	Drained() bool
 	QueueLimits() (frames, bytes int)
-	// SetCatchingUp asks for a Drained call (client.Drained) after each
-	// batch written, while on.
+	// SetCatchingUp asks for a call of client.Wrote after each batch
+	// written, while on.
 	SetCatchingUp(on bool)
 	// Closing reports whether the connection is closing; Close closes it
 	// with code and reason, dropping what is queued.
@@ -93,9 +93,9 @@ func (c *client) Frame(in protocol.Inbound, first bool) {
 	}
 }
 
-// Drained implements conn.Session: the writer asks for more of the rooms
+// Wrote implements conn.Session: the writer asks for more of the rooms
 // the client is behind in.
-func (c *client) Drained() { c.h.catchUp(c) }
+func (c *client) Wrote() { c.h.catchUp(c) }
 
 // Closed implements conn.Session.
 func (c *client) Closed() { c.h.disconnect(c) }

@@ -68,9 +68,10 @@ type Config struct {
 	// PendingMax bounds the publishes not yet acknowledged; past it,
 	// Publish refuses with bus.ErrUnavailable.
 	PendingMax int
-	// HistoryLimit bounds one answer's messages (a subscription's
-	// catch-up, a fetch).
+	// HistoryLimit bounds a fetch's messages and a new subscription's
+	// tail; CatchUpMax a resumed subscription's catch-up (0: no bound).
 	HistoryLimit int
+	CatchUpMax   int
 	// PublishTimeout bounds how long a publish may wait to reach the
 	// cluster (no connection): then it is refused as unavailable. One that
 	// reached it and waits that long for an answer (no quorum) is sent

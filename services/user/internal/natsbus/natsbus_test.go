@@ -146,3 +146,25 @@ func TestNewStreamIsANewEpoch(t *testing.T) {
 		t.Fatalf("after the loss: epoch %q (was %q), seq %d; want a new epoch at seq 1", s.Epoch, old.Epoch, s.Seq)
 	}
 }
+
+// A resumed subscription far behind gets at most CatchUpMax messages, the
+// newest: the answer is held in memory whole.
+func TestCatchUpIsBounded(t *testing.T) {
+	url := startNATS(t)
+	b := bustest.Backend{Shared: true, New: func(_ *testing.T, instance string, h bus.Handler) bus.Bus {
+		cfg := config(url, instance)
+		cfg.CatchUpMax = 5
+		return natsbus.New(cfg, h)
+	}}
+	a, ra := bustest.Start(t, b, "ia")
+	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+	bustest.Publish(t, a, ra, "r", 12)
+	s := bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Resume: true})
+	var got []uint64
+	for _, m := range s.Msgs {
+		got = append(got, m.Seq)
+	}
+	if !slices.Equal(got, []uint64{8, 9, 10, 11, 12}) || s.Seq != 12 {
+		t.Fatalf("resumed from 0 with CatchUpMax 5: seq %d, messages %v; want 8..12", s.Seq, got)
+	}
+}

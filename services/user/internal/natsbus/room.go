@@ -130,6 +130,12 @@ func (b *Bus) deliver(ctx context.Context, in bus.Interest) {
 		return
 	}
 	from := link.CatchUpFrom(last, in.Since, in.Resume, in.Tail, b.cfg.HistoryLimit)
+	if b.cfg.CatchUpMax > 0 && last-from > uint64(b.cfg.CatchUpMax) {
+		// An answer is held in memory whole: past the bound, the newest
+		// part, and the hub tells its members the rest is a gap (they
+		// page back for it with history).
+		from = last - uint64(b.cfg.CatchUpMax)
+	}
 	start := max(info.State.LastSeq, lastS) + 1
 	if from < last {
 		start = firstS
