@@ -298,17 +298,27 @@ func recheck(ctx context.Context, t *testing.T, s *dockerstack.Stack, marks map[
 			t.Errorf("%s: nothing acknowledged before the quorum loss", room)
 			continue
 		}
-		c, _, err := dockerstack.Hello(ctx, s.WSURL, "newcomer-"+room)
-		if err != nil {
-			t.Fatal(err)
-		}
 		since := ms[0].seq - 1
-		if err := dockerstack.Send(ctx, c, protocol.Inbound{Type: protocol.TypeJoin, Room: room, ID: "j", Since: &since}); err != nil {
-			t.Fatal(err)
-		}
 		var j protocol.Joined
-		err = dockerstack.ReadType(ctx, c, protocol.TypeJoined, &j)
-		c.CloseNow()
+		// A join answered unavailable (the recovery's fetch timed out in a
+		// cluster still settling after the outage) is made again, as the
+		// answer tells a client to.
+		err := poll(ctx, 60*time.Second, "a newcomer's recovery join in "+room, func() (bool, error) {
+			c, _, err := dockerstack.Hello(ctx, s.WSURL, "newcomer-"+room)
+			if err != nil {
+				return false, err
+			}
+			defer c.CloseNow()
+			if err := dockerstack.Send(ctx, c, protocol.Inbound{Type: protocol.TypeJoin, Room: room, ID: "j", Since: &since}); err != nil {
+				return false, err
+			}
+			err = dockerstack.ReadType(ctx, c, protocol.TypeJoined, &j)
+			if err != nil && strings.Contains(err.Error(), `"code":"unavailable"`) {
+				t.Logf("%s: %v; joining again", room, err)
+				return false, nil
+			}
+			return err == nil, err
+		})
 		if err != nil {
 			t.Fatal(err)
 		}
