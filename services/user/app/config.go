@@ -170,6 +170,7 @@ func (c *Config) validate() error {
 		check(c.NATSMaxBytes >= 0, "NATS_MAX_BYTES must be 0 (no bound) or positive, got %d", c.NATSMaxBytes)
 		check(c.NATSMaxAge >= 0, "NATS_MAX_AGE must be 0s (no bound) or positive, got %s", c.NATSMaxAge)
 		check(c.NATSDedupWindow > 0, "NATS_DEDUP_WINDOW must be positive, got %s", c.NATSDedupWindow)
+		check(c.NATSMaxAge == 0 || c.NATSDedupWindow <= c.NATSMaxAge, "NATS_DEDUP_WINDOW (%s) may not be longer than NATS_MAX_AGE (%s)", c.NATSDedupWindow, c.NATSMaxAge)
 		check(c.NATSPresenceTTL >= time.Second, "NATS_PRESENCE_TTL must be at least 1s, got %s", c.NATSPresenceTTL)
 		check(c.NATSPublishTimeout > 0, "NATS_PUBLISH_TIMEOUT must be positive, got %s", c.NATSPublishTimeout)
 		check(c.NATSCatchUpMax >= c.HistorySize, "NATS_CATCHUP_MAX must be at least HISTORY_SIZE (%d), got %d", c.HistorySize, c.NATSCatchUpMax)

@@ -98,6 +98,7 @@ type Bus struct {
 	js      jetstream.JetStream
 	stream  jetstream.Stream
 	kv      jetstream.KeyValue
+	heads   jetstream.KeyValue // each room's last number, kept past the stream's limits
 	epoch   string
 	rooms   map[string]*room
 	pending int // publishes not yet answered
@@ -186,6 +187,10 @@ func (b *Bus) Run(ctx context.Context) error {
 	up := false
 	retry := time.NewTimer(time.Hour)
 	defer retry.Stop()
+	// An instance that only receives would not notice a stream deleted
+	// and made anew (its consumers follow the new one): it looks.
+	check := time.NewTicker(2 * time.Second)
+	defer check.Stop()
 	for {
 		select {
 		case <-ctx.Done():
@@ -193,6 +198,11 @@ func (b *Bus) Run(ctx context.Context) error {
 			return nil
 		case <-b.wake:
 		case <-retry.C:
+		case <-check.C:
+			if up {
+				b.checkEpoch(ctx)
+			}
+			continue
 		}
 		if !nc.IsConnected() {
 			if up {
@@ -252,17 +262,27 @@ func (b *Bus) sync(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("presence bucket %s: %w", b.cfg.Bucket, err)
 	}
+	heads, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:   b.cfg.Stream + "_heads",
+		Replicas: b.cfg.Replicas,
+		Storage:  jetstream.FileStorage,
+	})
+	if err != nil {
+		return fmt.Errorf("heads bucket %s_heads: %w", b.cfg.Stream, err)
+	}
 	epoch := strconv.FormatInt(stream.CachedInfo().Created.UnixNano(), 36)
 	b.mu.Lock()
 	restarted := b.epoch != "" && b.epoch != epoch
-	b.stream, b.kv, b.epoch = stream, kv, epoch
+	b.stream, b.kv, b.heads, b.epoch = stream, kv, heads, epoch
 	b.mu.Unlock()
 	if restarted {
 		b.log.Warn("nats: the stream is new: its numbering started over", "stream", b.cfg.Stream)
 		b.h.Restarted()
 	}
-	interests := b.h.State()
+	// Ready before the hub's state is read: a room the hub makes meanwhile
+	// is subscribed by its own Subscribe (twice at most: harmless).
 	b.ready.Store(true)
+	interests := b.h.State()
 	b.h.LinkState(true)
 	for _, in := range interests {
 		b.Subscribe(in)
@@ -285,6 +305,23 @@ func (b *Bus) down() {
 	}
 	b.mu.Unlock()
 	b.h.LinkState(false)
+}
+
+// checkEpoch asks for a resync when the stream is gone or not the one
+// the bus synchronised with.
+func (b *Bus) checkEpoch(ctx context.Context) {
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
+	defer cancel()
+	b.mu.Lock()
+	js, epoch := b.js, b.epoch
+	b.mu.Unlock()
+	st, err := js.Stream(ctx, b.cfg.Stream)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+		b.lost("stream check", err)
+	case err == nil && strconv.FormatInt(st.CachedInfo().Created.UnixNano(), 36) != epoch:
+		b.lost("stream check", errors.New("the stream was made anew"))
+	}
 }
 
 // lost makes Run synchronise every room again: what the cluster holds for
@@ -314,13 +351,78 @@ func (b *Bus) state() (jetstream.Stream, jetstream.KeyValue, string, error) {
 func (b *Bus) head(ctx context.Context, stream jetstream.Stream, room string) (seq, sseq uint64, err error) {
 	m, err := stream.GetLastMsgForSubject(ctx, b.roomFilter(room))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return 0, 0, nil
+		// None kept (or none ever): the room's number goes on from its
+		// recorded head, never back to 1, or instances that saw the
+		// old numbers would take the new messages for old ones.
+		last, err := b.recordedHead(ctx, room)
+		return last, 0, err
 	}
 	if err != nil {
 		return 0, 0, err
 	}
 	seq, err = seqOf(m.Subject)
 	return seq, m.Sequence, err
+}
+
+// headKey is room's key in the heads bucket, in this stream's numbering.
+func (b *Bus) headKey(room string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.epoch + "." + token(room)
+}
+
+// recordedHead returns the last number recorded for room (0: none).
+func (b *Bus) recordedHead(ctx context.Context, room string) (uint64, error) {
+	b.mu.Lock()
+	heads := b.heads
+	b.mu.Unlock()
+	if heads == nil {
+		return 0, ErrDown
+	}
+	e, err := heads.Get(ctx, b.headKey(room))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return strconv.ParseUint(string(e.Value()), 10, 64)
+}
+
+// recordHead raises room's recorded head to seq, never lowering it
+// (instances record concurrently, in any order).
+func (b *Bus) recordHead(room string, seq uint64) {
+	b.mu.Lock()
+	heads := b.heads
+	b.mu.Unlock()
+	if heads == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
+	defer cancel()
+	key, val := b.headKey(room), []byte(strconv.FormatUint(seq, 10))
+	for range 10 {
+		e, err := heads.Get(ctx, key)
+		switch {
+		case errors.Is(err, jetstream.ErrKeyNotFound):
+			if _, err = heads.Create(ctx, key, val); err == nil {
+				return
+			}
+		case err != nil:
+		default:
+			cur, perr := strconv.ParseUint(string(e.Value()), 10, 64)
+			if perr == nil && cur >= seq {
+				return
+			}
+			if _, err = heads.Update(ctx, key, val, e.Revision()); err == nil {
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	b.log.Warn("nats: room head not recorded", "room", room, "seq", seq)
 }
 
 // first returns the room's oldest kept message number and its stream

@@ -120,6 +120,9 @@ func TestNewStreamIsANewEpoch(t *testing.T) {
 	b, url := backend(t)
 	a, ra := bustest.Start(t, b, "ia")
 	old := bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+	// c only receives: it learns of the new stream by looking.
+	c, rc := bustest.Start(t, b, "ic")
+	bustest.Subscribe(t, c, rc, bus.Interest{Room: "r", Tail: 10})
 	if got := bustest.Publish(t, a, ra, "r", 3); !slices.Equal(got, []uint64{1, 2, 3}) {
 		t.Fatalf("acks %v", got)
 	}
@@ -139,6 +142,7 @@ func TestNewStreamIsANewEpoch(t *testing.T) {
 		t.Fatal(err)
 	}
 	bustest.Next[bustest.Restarted](t, ra)
+	bustest.Next[bustest.Restarted](t, rc)
 	if ack := bustest.Next[bustest.Ack](t, ra); ack.MID != "after" || ack.Seq != 1 {
 		t.Fatalf("ack %+v, want after as seq 1 of the new stream", ack)
 	}
@@ -166,5 +170,49 @@ func TestCatchUpIsBounded(t *testing.T) {
 	}
 	if !slices.Equal(got, []uint64{8, 9, 10, 11, 12}) || s.Seq != 12 {
 		t.Fatalf("resumed from 0 with CatchUpMax 5: seq %d, messages %v; want 8..12", s.Seq, got)
+	}
+}
+
+// A room whose every kept message went to the stream's limits (its age
+// here) goes on with its numbers: instances that saw 1..3 would take a new
+// 1 for an old message.
+func TestNumbersGoOnWhenNoMessageIsKept(t *testing.T) {
+	url := startNATS(t)
+	b := bustest.Backend{Shared: true, New: func(_ *testing.T, instance string, h bus.Handler) bus.Bus {
+		cfg := config(url, instance)
+		cfg.MaxAge, cfg.DedupWindow = time.Second, time.Second // the window may not outlast the messages
+		return natsbus.New(cfg, h)
+	}}
+	a, ra := bustest.Start(t, b, "ia")
+	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+	bustest.Publish(t, a, ra, "r", 3)
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := js.Stream(context.Background(), "wschat")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.CachedInfo().State.Msgs == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the stream still keeps the room's messages after 10s of a 1s MaxAge")
+		}
+		time.Sleep(50 * time.Millisecond) // the server's expiry, not ours to signal
+	}
+	if got := bustest.Publish(t, a, ra, "r", 1); got[0] != 4 {
+		t.Fatalf("the first message after the room's expiry is seq %d, want 4", got[0])
+	}
+	if s := bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10}); s.Seq != 4 || len(s.Msgs) != 1 || s.Msgs[0].Seq != 4 {
+		t.Fatalf("subscription after the expiry: seq %d, %d messages", s.Seq, len(s.Msgs))
 	}
 }

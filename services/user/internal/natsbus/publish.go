@@ -105,6 +105,7 @@ func (b *Bus) sendAll(q *pubQueue) {
 			continue
 		}
 		b.h.Ack(p.mid, q.room, seq)
+		b.recordHead(q.room, seq)
 	}
 }
 
@@ -144,6 +145,9 @@ func (b *Bus) send(q *pubQueue, p *pub) (seq uint64, refused *protocol.Error, do
 			}
 			if errors.Is(err, nats.ErrMaxPayload) || errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum {
 				return 0, protocol.Errorf(protocol.CodeBadRequest, "message too large for the NATS cluster: %v", err), true
+			}
+			if errors.Is(err, errOriginalGone) {
+				return 0, protocol.Errorf(protocol.CodeUnavailable, "%v", err), true
 			}
 			q.known = false
 		}
@@ -201,6 +205,10 @@ func (b *Bus) refuseUnsentLocked() []string {
 	return mids
 }
 
+// errOriginalGone answers a re-send whose first copy the stream no longer
+// keeps: it was stored, its number is not known any more.
+var errOriginalGone = errors.New("a re-send of a message the NATS stream stored but no longer keeps")
+
 // try publishes p once, numbered after the room's last message as q knows
 // it (asking the cluster when it does not).
 func (b *Bus) try(q *pubQueue, p *pub, stream jetstream.Stream) (uint64, error) {
@@ -230,6 +238,9 @@ func (b *Bus) try(q *pubQueue, p *pub, stream jetstream.Stream) (uint64, error) 
 		// Stored before (a re-send): its number is in its subject.
 		q.known = false
 		orig, err := stream.GetMsg(ctx, ack.Sequence)
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			return 0, errOriginalGone
+		}
 		if err != nil {
 			return 0, err
 		}

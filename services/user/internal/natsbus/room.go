@@ -137,6 +137,9 @@ func (b *Bus) deliver(ctx context.Context, in bus.Interest) {
 		from = last - uint64(b.cfg.CatchUpMax)
 	}
 	start := max(info.State.LastSeq, lastS) + 1
+	if firstS == 0 {
+		from = last // none kept: nothing to catch up with
+	}
 	if from < last {
 		start = firstS
 		if from+1 > first {
@@ -165,7 +168,7 @@ func (b *Bus) deliver(ctx context.Context, in bus.Interest) {
 		answered = true
 		b.h.Subscribed(sub)
 	}
-	if from >= last {
+	if from >= last && ctx.Err() == nil {
 		answer()
 	}
 	cc, err := cons.Consume(func(msg jetstream.Msg) {
@@ -190,7 +193,9 @@ func (b *Bus) deliver(ctx context.Context, in bus.Interest) {
 				return
 			}
 			sub.Msgs = append(sub.Msgs, m)
-			if seq >= last {
+			// At the head, or at the end of what is kept (the rest
+			// went to the stream's limits meanwhile).
+			if seq >= last || md.NumPending == 0 {
 				answer()
 			}
 			return
