@@ -126,15 +126,7 @@ func TestNewStreamIsANewEpoch(t *testing.T) {
 	if got := bustest.Publish(t, a, ra, "r", 3); !slices.Equal(got, []uint64{1, 2, 3}) {
 		t.Fatalf("acks %v", got)
 	}
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, url)
 	if err := js.DeleteStream(context.Background(), "wschat"); err != nil {
 		t.Fatal(err)
 	}
@@ -186,15 +178,7 @@ func TestNumbersGoOnWhenNoMessageIsKept(t *testing.T) {
 	a, ra := bustest.Start(t, b, "ia")
 	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
 	bustest.Publish(t, a, ra, "r", 3)
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	js, err := jetstream.New(nc)
-	if err != nil {
-		t.Fatal(err)
-	}
+	js := jetStream(t, url)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		st, err := js.Stream(context.Background(), "wschat")
@@ -215,4 +199,20 @@ func TestNumbersGoOnWhenNoMessageIsKept(t *testing.T) {
 	if s := bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10}); s.Seq != 4 || len(s.Msgs) != 1 || s.Msgs[0].Seq != 4 {
 		t.Fatalf("subscription after the expiry: seq %d, %d messages", s.Seq, len(s.Msgs))
 	}
+}
+
+// jetStream is a JetStream client of the server at url, for what a test
+// does to the stream behind the buses' backs.
+func jetStream(t *testing.T, url string) jetstream.JetStream {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
 }

@@ -318,6 +318,9 @@ func (b *Bus) fetch(room string, after, before uint64, limit int) ([]protocol.Me
 		if err != nil {
 			return nil, 0, err
 		}
+		if seq > hi {
+			return msgs, first, nil // hi itself is no longer kept
+		}
 		if seq >= lo {
 			md, err := msg.Metadata()
 			if err != nil {
