@@ -89,23 +89,8 @@ func TestVanishedInstanceLeavesPresence(t *testing.T) {
 	a, ra := bustest.Start(t, b, "ia")
 	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
 
-	rc := bustest.NewRecorder()
-	c := natsbus.New(config(url, "ic"), rc)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_ = c.Run(ctx)
-	}()
-	for !bustest.Next[bustest.LinkState](t, rc).Up {
-	}
-	bob := protocol.Member{ID: "ub", Nick: "bob", Instance: "ic"}
-	bustest.Subscribe(t, c, rc, bus.Interest{Room: "r", Tail: 10, Members: []protocol.Member{bob}})
-	if p := bustest.Next[bustest.Presence](t, ra); p.Event != protocol.PresenceJoin || p.Member.ID != "ub" {
-		t.Fatalf("presence %+v, want bob's join", p)
-	}
-	cancel() // no leave, no delete: as if killed
-	<-done
+	_, stop := bobJoins(t, config(url, "ic"), ra)
+	stop() // no leave, no delete: as if killed
 	start := time.Now()
 	if p := bustest.Next[bustest.Presence](t, ra); p.Event != protocol.PresenceLeave || p.Member.ID != "ub" {
 		t.Fatalf("presence %+v, want bob's leave", p)
@@ -215,4 +200,52 @@ func jetStream(t *testing.T, url string) jetstream.JetStream {
 		t.Fatal(err)
 	}
 	return js
+}
+
+// An instance that stops cleanly (its members gone, then its bus) takes
+// its members out of presence at once, not after the TTL.
+func TestStoppedInstanceLeavesPresenceAtOnce(t *testing.T) {
+	url := startNATS(t)
+	long := func(instance string) natsbus.Config {
+		cfg := config(url, instance)
+		cfg.PresenceTTL = time.Minute // far longer than the wait below
+		return cfg
+	}
+	b := bustest.Backend{Shared: true, New: func(_ *testing.T, instance string, h bus.Handler) bus.Bus {
+		return natsbus.New(long(instance), h)
+	}}
+	a, ra := bustest.Start(t, b, "ia")
+	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+	c, stop := bobJoins(t, long("ic"), ra)
+	c.Unsubscribe("r") // bob's connection closed at shutdown
+	stop()
+	if p := bustest.Next[bustest.Presence](t, ra); p.Event != protocol.PresenceLeave || p.Member.ID != "ub" {
+		t.Fatalf("presence %+v, want bob's leave", p)
+	}
+}
+
+// bobJoins runs a bus of instance "ic" on cfg, puts bob in room r there,
+// and waits until ra's instance sees him join; stop ends the bus (without
+// a word to anyone).
+func bobJoins(t *testing.T, cfg natsbus.Config, ra *bustest.Recorder) (*natsbus.Bus, func()) {
+	t.Helper()
+	rc := bustest.NewRecorder()
+	c := natsbus.New(cfg, rc)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = c.Run(ctx)
+	}()
+	for !bustest.Next[bustest.LinkState](t, rc).Up {
+	}
+	bob := protocol.Member{ID: "ub", Nick: "bob", Instance: "ic"}
+	bustest.Subscribe(t, c, rc, bus.Interest{Room: "r", Tail: 10, Members: []protocol.Member{bob}})
+	if p := bustest.Next[bustest.Presence](t, ra); p.Event != protocol.PresenceJoin || p.Member.ID != "ub" {
+		t.Fatalf("presence %+v, want bob's join", p)
+	}
+	return c, func() {
+		cancel()
+		<-done
+	}
 }

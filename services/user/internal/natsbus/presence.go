@@ -27,13 +27,18 @@ func (b *Bus) putPresenceLocked(r *room) {
 
 // writePresence writes the presence keys that changed, and every one of
 // this instance's every third of PresenceTTL, so that they outlive the TTL
-// while the instance does, until ctx ends.
+// while the instance does, until ctx ends; then it writes what changed
+// last (the deletes of a shutdown), so that the members do not linger for
+// the TTL.
 func (b *Bus) writePresence(ctx context.Context) {
 	beat := time.NewTicker(max(b.cfg.PresenceTTL/3, 100*time.Millisecond))
 	defer beat.Stop()
 	for {
 		select {
 		case <-ctx.Done():
+			final, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
+			b.flushPresence(final)
+			cancel()
 			return
 		case <-b.presenceWake:
 		case <-beat.C:
@@ -45,37 +50,50 @@ func (b *Bus) writePresence(ctx context.Context) {
 			}
 			b.mu.Unlock()
 		}
-		_, kv, _, err := b.state()
-		if err != nil {
-			continue // written again after the next sync
+		if b.ready.Load() {
+			b.flushPresence(ctx) // else kept for after the next sync
 		}
-		b.mu.Lock()
-		dirty := b.dirty
-		b.dirty = nil
-		b.mu.Unlock()
-		for name, ms := range dirty {
-			key := token(name) + "." + token(b.cfg.Instance)
-			wctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
-			if len(ms) == 0 {
-				err = kv.Delete(wctx, key)
-			} else {
-				var v []byte
-				if v, err = json.Marshal(ms); err == nil {
-					_, err = kv.Put(wctx, key, v)
-				}
+	}
+}
+
+// flushPresence writes the keys that changed, keeping those it could not
+// for the next time.
+func (b *Bus) flushPresence(ctx context.Context) {
+	b.mu.Lock()
+	kv := b.kv
+	dirty := b.dirty
+	b.dirty = nil
+	b.mu.Unlock()
+	if kv == nil {
+		return
+	}
+	for name, ms := range dirty {
+		key := token(name) + "." + token(b.cfg.Instance)
+		wctx, cancel := context.WithTimeout(ctx, b.cfg.Timeout)
+		var err error
+		if len(ms) == 0 {
+			err = kv.Delete(wctx, key)
+		} else {
+			var v []byte
+			if v, err = json.Marshal(ms); err == nil {
+				_, err = kv.Put(wctx, key, v)
 			}
-			cancel()
-			if err != nil && ctx.Err() == nil {
+		}
+		cancel()
+		if err != nil {
+			// Kept for the next flush: the final one of a shutdown too,
+			// when it is this one that ctx's end cut short.
+			if ctx.Err() == nil {
 				b.log.Warn("nats: presence not written; retrying", "room", name, "err", err)
-				b.mu.Lock()
-				if _, newer := b.dirty[name]; !newer {
-					if b.dirty == nil {
-						b.dirty = map[string][]protocol.Member{}
-					}
-					b.dirty[name] = ms
-				}
-				b.mu.Unlock()
 			}
+			b.mu.Lock()
+			if _, newer := b.dirty[name]; !newer {
+				if b.dirty == nil {
+					b.dirty = map[string][]protocol.Member{}
+				}
+				b.dirty[name] = ms
+			}
+			b.mu.Unlock()
 		}
 	}
 }
