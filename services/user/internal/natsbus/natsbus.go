@@ -94,7 +94,6 @@ type Bus struct {
 	resync atomic.Bool
 
 	mu      sync.Mutex
-	nc      *nats.Conn
 	js      jetstream.JetStream
 	stream  jetstream.Stream
 	kv      jetstream.KeyValue
@@ -171,7 +170,7 @@ func (b *Bus) Run(ctx context.Context) error {
 		return fmt.Errorf("nats: jetstream: %w", err)
 	}
 	b.mu.Lock()
-	b.nc, b.js = nc, js
+	b.js = js
 	b.mu.Unlock()
 	b.signal()
 	presenceDone := make(chan struct{})

@@ -286,21 +286,11 @@ func (b *Bus) fetch(room string, after, before uint64, limit int) ([]protocol.Me
 	if lo > hi {
 		return msgs, first, nil
 	}
-	start := firstS
-	if lo > first {
-		m, err := stream.GetLastMsgForSubject(ctx, b.msgSubject(room, lo))
-		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			return nil, 0, err
-		}
-		if err == nil {
-			start = m.Sequence
-		}
+	start, err := b.startOf(ctx, stream, room, lo, first, firstS)
+	if err != nil {
+		return nil, 0, err
 	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{b.roomFilter(room)},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    start,
-	})
+	cons, err := b.consumer(ctx, stream, room, start)
 	if err != nil {
 		return nil, 0, err
 	}

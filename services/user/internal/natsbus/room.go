@@ -141,23 +141,12 @@ func (b *Bus) deliver(ctx context.Context, in bus.Interest) {
 		from = last // none kept: nothing to catch up with
 	}
 	if from < last {
-		start = firstS
-		if from+1 > first {
-			m, err := stream.GetLastMsgForSubject(rctx, b.msgSubject(in.Room, from+1))
-			switch {
-			case err == nil:
-				start = m.Sequence
-			case !errors.Is(err, jetstream.ErrMsgNotFound):
-				fail("catch-up start", err)
-				return
-			}
+		if start, err = b.startOf(rctx, stream, in.Room, from+1, first, firstS); err != nil {
+			fail("catch-up start", err)
+			return
 		}
 	}
-	cons, err := stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{b.roomFilter(in.Room)},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    start,
-	})
+	cons, err := b.consumer(ctx, stream, in.Room, start)
 	if err != nil {
 		fail("consumer", err)
 		return
@@ -293,4 +282,30 @@ func (b *Bus) watchPresence(ctx context.Context, kv jetstream.KeyValue, name str
 		}
 	}()
 	return members, nil
+}
+
+// startOf returns the stream sequence of room's message seq, or of its
+// oldest kept one (first, at firstS) when seq is not kept any more.
+func (b *Bus) startOf(ctx context.Context, stream jetstream.Stream, room string, seq, first, firstS uint64) (uint64, error) {
+	if seq <= first {
+		return firstS, nil
+	}
+	m, err := stream.GetLastMsgForSubject(ctx, b.msgSubject(room, seq))
+	switch {
+	case errors.Is(err, jetstream.ErrMsgNotFound):
+		return firstS, nil
+	case err != nil:
+		return 0, err
+	}
+	return m.Sequence, nil
+}
+
+// consumer returns an ordered consumer of room's messages from the
+// stream sequence start on.
+func (b *Bus) consumer(ctx context.Context, stream jetstream.Stream, room string, start uint64) (jetstream.Consumer, error) {
+	return stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
+		FilterSubjects: []string{b.roomFilter(room)},
+		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:    start,
+	})
 }

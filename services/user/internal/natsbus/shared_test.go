@@ -3,7 +3,6 @@ package natsbus_test
 import (
 	"io"
 	"log/slog"
-	"sync"
 	"testing"
 	"time"
 
@@ -47,16 +46,7 @@ func config(url, instance string) natsbus.Config {
 // The NATS bus, on a real NATS server with JetStream, passes the table
 // every bus passes.
 func TestNATSIsABus(t *testing.T) {
-	var servers sync.Map // *testing.T → its server's URL: one server per case
-	bustest.Run(t, bustest.Backend{
-		Shared: true,
-		New: func(t *testing.T, instance string, h bus.Handler) bus.Bus {
-			url, ok := servers.Load(t)
-			if !ok {
-				url = startNATS(t)
-				servers.Store(t, url)
-			}
-			return natsbus.New(config(url.(string), instance), h)
-		},
-	})
+	bustest.Run(t, bustest.PerCase(startNATS, func(url, instance string, h bus.Handler) bus.Bus {
+		return natsbus.New(config(url, instance), h)
+	}))
 }

@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -29,23 +28,15 @@ func TestRelayIsABus(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build ws-relayer: %v\n%s", err, out)
 	}
-	var relayers sync.Map // *testing.T → its relayer's address: one relayer per case
-	bustest.Run(t, bustest.Backend{
-		Shared: true,
-		New: func(t *testing.T, instance string, h bus.Handler) bus.Bus {
-			addr, ok := relayers.Load(t)
-			if !ok {
-				addr = startRelayer(t, bin)
-				relayers.Store(t, addr)
-			}
-			return relay.New(relay.Config{
-				URL: "ws://" + addr.(string), Secret: "test-secret", Instance: instance,
-				PendingMax: 100, QueueBytes: 1 << 20, MaxFrame: 1 << 20,
-				PingInterval: time.Second, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-				Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-			}, h)
-		},
-	})
+	start := func(t *testing.T) string { return startRelayer(t, bin) }
+	bustest.Run(t, bustest.PerCase(start, func(addr, instance string, h bus.Handler) bus.Bus {
+		return relay.New(relay.Config{
+			URL: "ws://" + addr, Secret: "test-secret", Instance: instance,
+			PendingMax: 100, QueueBytes: 1 << 20, MaxFrame: 1 << 20,
+			PingInterval: time.Second, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		}, h)
+	}))
 }
 
 // startRelayer runs bin on a port of its choosing until t ends, and

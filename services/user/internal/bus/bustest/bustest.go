@@ -27,6 +27,21 @@ type Backend struct {
 	Shared bool
 }
 
+// PerCase is a shared Backend whose buses of one case share one server
+// that start runs for that case (it stops with the case): start returns
+// its address, newBus makes a bus of instance on it.
+func PerCase(start func(t *testing.T) string, newBus func(addr, instance string, h bus.Handler) bus.Bus) Backend {
+	var servers sync.Map // *testing.T → its server's address
+	return Backend{Shared: true, New: func(t *testing.T, instance string, h bus.Handler) bus.Bus {
+		addr, ok := servers.Load(t)
+		if !ok {
+			addr = start(t)
+			servers.Store(t, addr)
+		}
+		return newBus(addr.(string), instance, h)
+	}}
+}
+
 // Run runs the table against b, each case on buses of its own.
 func Run(t *testing.T, b Backend) {
 	cases := []struct {
