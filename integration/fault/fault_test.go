@@ -123,13 +123,7 @@ func runScenario(t *testing.T, sc scenario) {
 	if newEpoch := sc.inject(ctx, t, s, func() { w.markFault() }); !newEpoch.IsZero() {
 		ep = append(ep, newEpoch)
 	}
-	faultAt := w.faultTime()
-	waitFor(ctx, t, w, all, servedAgainLimit, "every sender served again",
-		func() bool { _, ok := servedAgain(senders, faultAt); return ok })
-	served, _ := servedAgain(senders, faultAt)
-	target := acked(all) + ackedAfterServed
-	waitFor(ctx, t, w, all, 90*time.Second, fmt.Sprintf("%d acknowledged after", ackedAfterServed),
-		func() bool { return acked(all) >= target })
+	served := servedThenAcked(ctx, t, w, all, senders, w.faultTime(), "")
 	quiet.Store(true)
 	settle(ctx, t, w, all, senders[0])
 
@@ -329,6 +323,20 @@ func acked(all []*client) int {
 // servedAgain is how long after the fault the last sender got its first
 // acknowledgement of a message it sent after the fault; false while some
 // sender has none yet.
+// servedThenAcked waits until every sender has been served again since
+// since, then for ackedAfterServed more acknowledgements, and returns how
+// long the last sender waited; when names the moment in a failure.
+func servedThenAcked(ctx context.Context, t *testing.T, w *world, all, senders []*client, since time.Time, when string) time.Duration {
+	t.Helper()
+	waitFor(ctx, t, w, all, servedAgainLimit, "every sender served again"+when,
+		func() bool { _, ok := servedAgain(senders, since); return ok })
+	served, _ := servedAgain(senders, since)
+	target := acked(all) + ackedAfterServed
+	waitFor(ctx, t, w, all, 90*time.Second, fmt.Sprintf("%d acknowledged after%s", ackedAfterServed, when),
+		func() bool { return acked(all) >= target })
+	return served
+}
+
 func servedAgain(senders []*client, faultAt time.Time) (time.Duration, bool) {
 	var worst time.Duration
 	for _, c := range senders {

@@ -50,12 +50,7 @@ func TestNATSNodeLoss(t *testing.T) {
 	closedBefore := closes(all)
 	killNATS(ctx, t, s, 2)
 	faultAt := w.markFault()
-	waitFor(ctx, t, w, all, servedAgainLimit, "every sender served with nats-2 down",
-		func() bool { _, ok := servedAgain(senders, faultAt); return ok })
-	served, _ := servedAgain(senders, faultAt)
-	target := acked(all) + ackedAfterServed
-	waitFor(ctx, t, w, all, 90*time.Second, fmt.Sprintf("%d acknowledged with nats-2 down", ackedAfterServed),
-		func() bool { return acked(all) >= target })
+	served := servedThenAcked(ctx, t, w, all, senders, faultAt, " with nats-2 down")
 	startNATS(ctx, t, s, 2)
 	waitStreamCurrent(ctx, t, s)
 	if n := closes(all) - closedBefore; n != 0 {
@@ -106,13 +101,8 @@ func TestNATSNodeLoss(t *testing.T) {
 			}
 		})
 	}
-	waitFor(ctx, t, w, all, servedAgainLimit, "every sender served again with the quorum back",
-		func() bool { _, ok := servedAgain(senders, backAt); return ok })
-	servedBack, _ := servedAgain(senders, backAt)
+	servedBack := servedThenAcked(ctx, t, w, all, senders, backAt, " with the quorum back")
 	waitStreamCurrent(ctx, t, s)
-	target = acked(all) + ackedAfterServed
-	waitFor(ctx, t, w, all, 90*time.Second, fmt.Sprintf("%d acknowledged with the quorum back", ackedAfterServed),
-		func() bool { return acked(all) >= target })
 	quiet.Store(true)
 	settle(ctx, t, w, all, senders[0])
 	t.Logf("quorum lost for %.1f s: %d chats refused (all %s); served again %.1f s after the restart",
