@@ -29,6 +29,12 @@ const (
 	CodeHistoryGap    = "history_gap"    // messages were lost to this member
 	CodeInternal      = "internal"       // a server fault; retry
 	CodeShuttingDown  = "shutting_down"  // the instance is stopping
+	CodeAuthRequired  = "auth_required"  // a token is required first
+	CodeTokenInvalid  = "token_invalid"  // token malformed, badly signed, not yet valid, or for another user
+	CodeTokenExpired  = "token_expired"  // token expired
+	CodeTokenWrong    = "token_audience" // token for another audience or from another issuer
+	CodeForbidden     = "forbidden"      // the token does not allow this room operation
+	CodeDisconnected  = "disconnected"   // disconnected by the server API
 )
 
 // Error is the "error" frame. It is also a Go error, so handlers can return
@@ -55,6 +61,7 @@ type Rules struct {
 	MaxNickBytes    int // default 32
 	MaxMessageBytes int // default 4096
 	MaxIDBytes      int // default 64
+	MaxTokenBytes   int // default 8192
 }
 
 func (r Rules) withDefaults() Rules {
@@ -69,6 +76,9 @@ func (r Rules) withDefaults() Rules {
 	}
 	if r.MaxIDBytes <= 0 {
 		r.MaxIDBytes = 64
+	}
+	if r.MaxTokenBytes <= 0 {
+		r.MaxTokenBytes = 8192
 	}
 	return r
 }
@@ -122,7 +132,11 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 	}
 	switch in.Type {
 	case TypeHello:
-		if err := ValidName(in.Nick, rules.MaxNickBytes); err != nil {
+		if err := validToken(in.Token, rules); err != nil {
+			return bad(CodeBadRequest, "token %v", err)
+		}
+		// With a token the nickname is the token's: any given is ignored.
+		if err := ValidName(in.Nick, rules.MaxNickBytes); err != nil && (in.Token == "" || in.Nick != "") {
 			return bad(CodeBadNick, "nick %v", err)
 		}
 		if len(in.Session) > rules.MaxIDBytes || !utf8.ValidString(in.Session) {
@@ -148,6 +162,13 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 		if !utf8.ValidString(in.Message) {
 			return bad(CodeBadRequest, "message must be valid UTF-8")
 		}
+	case TypeRefresh:
+		if in.Token == "" {
+			return bad(CodeBadRequest, "refresh needs a token")
+		}
+		if err := validToken(in.Token, rules); err != nil {
+			return bad(CodeBadRequest, "token %v", err)
+		}
 	case TypePing:
 	case "":
 		return bad(CodeUnknownType, "frame has no type")
@@ -158,6 +179,20 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 		return bad(CodeUnknownType, "unknown frame type %q", in.Type)
 	}
 	return in, nil
+}
+
+// validToken checks a token's size and bytes; its signature and claims are
+// the server's to check.
+func validToken(s string, rules Rules) error {
+	if len(s) > rules.MaxTokenBytes {
+		return fmt.Errorf("must be at most %d bytes, got %d", rules.MaxTokenBytes, len(s))
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] <= ' ' || s[i] > '~' {
+			return fmt.Errorf("must be printable ASCII")
+		}
+	}
+	return nil
 }
 
 // ValidName checks a room name or nickname: 1 to max bytes of UTF-8, no
@@ -206,6 +241,8 @@ func decodeFast(data []byte, in *Inbound) bool {
 			in.Nick, ok = p.Str()
 		case "session":
 			in.Session, ok = p.Str()
+		case "token":
+			in.Token, ok = p.Str()
 		case "epoch":
 			in.Epoch, ok = p.Str()
 		case "since":

@@ -41,6 +41,10 @@ func appendMessageFields(dst []byte, m *Message) []byte {
 		dst = append(dst, `,"uid":`...)
 		dst = AppendString(dst, m.UID)
 	}
+	if m.User != "" {
+		dst = append(dst, `,"user":`...)
+		dst = AppendString(dst, m.User)
+	}
 	dst = append(dst, `,"ts":`...)
 	dst = strconv.AppendInt(dst, m.TS, 10)
 	return append(dst, '}')
@@ -203,6 +207,10 @@ func AppendMember(dst []byte, m *Member) []byte {
 	if m.Instance != "" {
 		dst = append(dst, `,"instance":`...)
 		dst = AppendString(dst, m.Instance)
+	}
+	if m.User != "" {
+		dst = append(dst, `,"user":`...)
+		dst = AppendString(dst, m.User)
 	}
 	return append(dst, '}')
 }

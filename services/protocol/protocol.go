@@ -23,6 +23,9 @@ const (
 	TypeChat     = "chat"
 	TypeHistory  = "history"
 	TypePing     = "ping"
+	// TypeRefresh replaces the connection's token with a fresh one (Token)
+	// before the current one expires.
+	TypeRefresh = "refresh"
 )
 
 // Frame types, server to client. TypeChat and TypeHistory are used in both
@@ -35,6 +38,21 @@ const (
 	TypePresence = "presence"
 	TypeError    = "error"
 	TypePong     = "pong"
+	// TypeExpiring tells an authenticated extended client that its token
+	// expires soon (Expiring); TypeRefreshed answers refresh.
+	TypeExpiring  = "expiring"
+	TypeRefreshed = "refreshed"
+)
+
+// Close codes of connections ended for authentication (RFC 6455 leaves
+// 4000–4999 to applications). The close reason starts with the error code
+// of the same name, and an error frame with it precedes the close.
+const (
+	CloseAuthRequired = 4001 // no token where one is required
+	CloseTokenInvalid = 4002 // malformed, badly signed, or not yet valid
+	CloseTokenExpired = 4003 // expired, at connect or later without a refresh
+	CloseTokenWrong   = 4004 // for another audience or from another issuer
+	CloseDisconnected = 4005 // disconnected by the server API
 )
 
 // Presence events.
@@ -53,6 +71,9 @@ type Message struct {
 	ID   string `json:"id,omitempty"`
 	From string `json:"from,omitempty"` // sender's nickname
 	UID  string `json:"uid,omitempty"`  // sender's member id
+	// User is the sender's authenticated identity (its token's subject),
+	// empty for anonymous senders: unlike From, no client can choose it.
+	User string `json:"user,omitempty"`
 	Text string `json:"message"`
 	TS   int64  `json:"ts"` // sequencing time, Unix milliseconds
 }
@@ -62,6 +83,8 @@ type Member struct {
 	ID       string `json:"id"`
 	Nick     string `json:"nick"`
 	Instance string `json:"instance,omitempty"`
+	// User is the member's authenticated identity, empty when anonymous.
+	User string `json:"user,omitempty"`
 }
 
 // Inbound is any frame a client sends. It is one flat struct, decoded once
@@ -89,6 +112,9 @@ type Inbound struct {
 	// Before pages history backwards: messages with seq < Before.
 	Before uint64 `json:"before,omitempty"`
 	Limit  int    `json:"limit,omitempty"`
+	// Token (hello, refresh) is a signed connection token (JWT). It is a
+	// credential: never logged, never echoed.
+	Token string `json:"token,omitempty"`
 }
 
 // Welcome answers hello.
@@ -98,7 +124,26 @@ type Welcome struct {
 	Instance string `json:"instance"`
 	ID       string `json:"id"` // this connection's member id
 	Nick     string `json:"nick"`
-	Limits   Limits `json:"limits"`
+	// User and Expires (Unix milliseconds) are set for an authenticated
+	// connection: its identity and when its token expires.
+	User    string `json:"user,omitempty"`
+	Expires int64  `json:"expires,omitempty"`
+	Limits  Limits `json:"limits"`
+}
+
+// Expiring warns that the connection's token expires at Expires (Unix
+// milliseconds): send refresh before, or the connection is closed then.
+type Expiring struct {
+	Type    string `json:"type"`
+	Expires int64  `json:"expires"`
+}
+
+// Refreshed answers refresh: the connection's token now expires at
+// Expires.
+type Refreshed struct {
+	Type    string `json:"type"`
+	ID      string `json:"id,omitempty"`
+	Expires int64  `json:"expires"`
 }
 
 // Limits tells an extended client what the server enforces, so a good client

@@ -37,6 +37,16 @@ func TestDecode(t *testing.T) {
 		{`{"type":"chat","room":"r","message":"` + strings.Repeat("m", 4097) + `"}`, CodeTooLarge, ""},
 		{`{"type":"chat","room":"r","message":"x","id":"` + strings.Repeat("i", 65) + `"}`, CodeBadRequest, ""},
 		{`{"type":"history","room":"r","limit":-1}`, CodeBadRequest, ""},
+		// A token names the user: hello needs no nick with one, but a
+		// given nick still follows the rules.
+		{`{"type":"hello","token":"eyJ.a-b_c.d"}`, "", ""},
+		{`{"type":"hello","nick":"","token":"eyJ.a.b"}`, "", ""},
+		{`{"type":"hello","nick":"tab\there","token":"eyJ.a.b"}`, CodeBadNick, ""},
+		{`{"type":"hello","token":"` + strings.Repeat("t", 8193) + `","id":"h"}`, CodeBadRequest, "h"},
+		{`{"type":"hello","token":"has space"}`, CodeBadRequest, ""},
+		{`{"type":"hello","token":"caf\u00e9"}`, CodeBadRequest, ""},
+		{`{"type":"refresh","token":"eyJ.a.b","id":"r"}`, "", ""},
+		{`{"type":"refresh","id":"r"}`, CodeBadRequest, "r"},
 	}
 	for _, c := range cases {
 		_, err := Decode([]byte(c.in), Rules{})
@@ -96,7 +106,7 @@ func TestDecodeAcceptsUnicodeNames(t *testing.T) {
 func TestAppendChatMatchesJSON(t *testing.T) {
 	msgs := []Message{
 		{Room: "Room 1", Seq: 1, Text: "Hi there", TS: 1700000000000},
-		{Room: "r", Seq: 18446744073709551615, ID: "c\"1", From: "ålice", UID: "u1", Text: "<script>\n\t\\\u2028\u2029\x01\x7f é", TS: -1},
+		{Room: "r", Seq: 18446744073709551615, ID: "c\"1", From: "ålice", UID: "u1", User: "auth0|ålice\"", Text: "<script>\n\t\\\u2028\u2029\x01\x7f é", TS: -1},
 		{Room: "bad\xffutf8", Seq: 2, Text: "\xc3", TS: 0},
 	}
 	for _, m := range msgs {
@@ -157,7 +167,7 @@ func TestAppendPongMatchesJSON(t *testing.T) {
 // The hand-written join answers read back as what encoding/json writes.
 func TestAppendJoinedAndPresenceMatchJSON(t *testing.T) {
 	yes, no := true, false
-	members := []Member{{ID: "u1", Nick: "ålice", Instance: "i1"}, {ID: "u\"2", Nick: "<bob>\n"}}
+	members := []Member{{ID: "u1", Nick: "ålice", Instance: "i1", User: "sub-1"}, {ID: "u\"2", Nick: "<bob>\n"}}
 	history := []Message{{Room: "r", Seq: 1, Text: "hi", TS: 5, UID: "u1", From: "ålice", ID: "c1"}, {Room: "r", Seq: 2, Text: "\xff", TS: 6}}
 	for _, j := range []Joined{
 		{Type: TypeJoined, Room: "r", Seq: 0},

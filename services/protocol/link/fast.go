@@ -58,6 +58,8 @@ func member(p *jsonfast.Parser, m *protocol.Member) bool {
 			m.Nick, ok = p.Str()
 		case "instance":
 			m.Instance, ok = p.Str()
+		case "user":
+			m.User, ok = p.Str()
 		}
 		return ok
 	})
@@ -76,6 +78,8 @@ func message(p *jsonfast.Parser, m *protocol.Message) bool {
 			m.From, ok = p.Str()
 		case "uid":
 			m.UID, ok = p.Str()
+		case "user":
+			m.User, ok = p.Str()
 		case "message":
 			m.Text, ok = p.Str()
 		case "ts":

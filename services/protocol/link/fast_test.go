@@ -56,13 +56,13 @@ func FuzzDecodeFastMatchesEncodingJSON(f *testing.F) {
 
 // The frames the peers actually send take the fast path.
 func TestDecodeFastTakesPeerFrames(t *testing.T) {
-	m := protocol.Message{Room: "lobby", Seq: 9, ID: "c1", From: "ann", UID: "u1", Text: "hello", TS: 1764400000000}
+	m := protocol.Message{Room: "lobby", Seq: 9, ID: "c1", From: "ann", UID: "u1", User: "ann@example", Text: "hello", TS: 1764400000000}
 	for _, f := range []Frame{
 		{T: OpMsg, Msg: &m},
 		{T: OpPub, MID: "m-1", Msg: &protocol.Message{Room: "lobby", ID: "c1", From: "ann", UID: "u1", Text: "hi"}},
 		{T: OpPub, MID: "m-2", Sess: "3f9a0c1e", Msg: &protocol.Message{Room: "lobby", ID: "c2", From: "ann", UID: "u1", Text: "hi"}},
 		{T: OpAck, Room: "lobby", MID: "m-1", Seq: 9},
-		{T: OpJoin, Room: "lobby", Member: &protocol.Member{ID: "u1", Nick: "ann", Instance: "i1"}},
+		{T: OpJoin, Room: "lobby", Member: &protocol.Member{ID: "u1", Nick: "ann", Instance: "i1", User: "ann@example"}},
 		{T: OpLeave, Room: "lobby", Member: &protocol.Member{ID: "u1"}},
 		{T: OpPresence, Room: "lobby", Event: protocol.PresenceJoin, Member: &protocol.Member{ID: "u1", Nick: "ann", Instance: "i1"}},
 	} {
