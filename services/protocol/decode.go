@@ -146,11 +146,11 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 		if len(in.Epoch) > rules.MaxIDBytes || !utf8.ValidString(in.Epoch) {
 			return bad(CodeBadRequest, "epoch must be valid UTF-8 of at most %d bytes", rules.MaxIDBytes)
 		}
-		if err := ValidName(in.Room, rules.MaxRoomBytes); err != nil {
+		if err := ValidClientRoom(in.Room, rules.MaxRoomBytes); err != nil {
 			return bad(CodeBadRoom, "room %v", err)
 		}
 	case TypeChat:
-		if err := ValidName(in.Room, rules.MaxRoomBytes); err != nil {
+		if err := ValidClientRoom(in.Room, rules.MaxRoomBytes); err != nil {
 			return bad(CodeBadRoom, "room %v", err)
 		}
 		if in.Message == "" {
@@ -179,6 +179,22 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 		return bad(CodeUnknownType, "unknown frame type %q", in.Type)
 	}
 	return in, nil
+}
+
+// ReservedRoomPrefix starts the names of the rooms the servers use among
+// themselves (ws-user's control room): no client may use them.
+const ReservedRoomPrefix = "$wschat/"
+
+// ValidClientRoom checks a room name a client gives: ValidName, and not
+// one of the servers' own.
+func ValidClientRoom(s string, max int) error {
+	if err := ValidName(s, max); err != nil {
+		return err
+	}
+	if strings.HasPrefix(s, ReservedRoomPrefix) {
+		return fmt.Errorf("must not start with %q (the server's own rooms)", ReservedRoomPrefix)
+	}
+	return nil
 }
 
 // validToken checks a token's size and bytes; its signature and claims are

@@ -47,6 +47,9 @@ func TestDecode(t *testing.T) {
 		{`{"type":"hello","token":"caf\u00e9"}`, CodeBadRequest, ""},
 		{`{"type":"refresh","token":"eyJ.a.b","id":"r"}`, "", ""},
 		{`{"type":"refresh","id":"r"}`, CodeBadRequest, "r"},
+		{`{"type":"join","room":"$wschat/control"}`, CodeBadRoom, ""},
+		{`{"type":"chat","room":"$wschat/control","message":"x"}`, CodeBadRoom, ""},
+		{`{"type":"join","room":"$wschat"}`, "", ""},
 	}
 	for _, c := range cases {
 		_, err := Decode([]byte(c.in), Rules{})
