@@ -22,6 +22,7 @@ import (
 	"github.com/wschat/wschat/services/relayer/internal/linkserver"
 	"github.com/wschat/wschat/services/relayer/internal/sequencer"
 	"github.com/wschat/wschat/services/relayer/internal/store"
+	"github.com/wschat/wschat/services/settings"
 )
 
 // Run runs ws-relayer until ctx ends (a graceful shutdown), or runs the
@@ -40,6 +41,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.level}))
+	if cfg.DevMode {
+		log.Warn("DEV_MODE=true: DEVELOPMENT MODE, the published development secrets are accepted as RELAY_SECRET; never run so where others can reach the relayer",
+			"dev_secret_in_use", settings.IsDevSecret(cfg.RelaySecret))
+	}
 
 	st, err := store.Open(cfg.DataDir, store.Options{Fsync: cfg.Fsync, Logger: log})
 	if err != nil {

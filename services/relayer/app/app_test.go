@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -140,6 +142,12 @@ func TestConfigErrors(t *testing.T) {
 		{"retention age", map[string]string{"RETENTION_AGE": "-1h"}, []string{"RETENTION_AGE"}},
 		{"retention age unit", map[string]string{"RETENTION_AGE": "7"}, []string{"RETENTION_AGE"}},
 		{"several at once", map[string]string{"RELAY_SECRET": "", "COMPACT_BYTES": "-1"}, []string{"RELAY_SECRET", "COMPACT_BYTES"}},
+		{"published secret", map[string]string{"RELAY_SECRET": "dev-secret-123"}, []string{"RELAY_SECRET is a development secret", "openssl rand", "DEV_MODE=true"}},
+		{"old compose fallback", map[string]string{"RELAY_SECRET": "dev-only-insecure-secret-change-me", "DEV_MODE": "false"}, []string{"RELAY_SECRET is a development secret"}},
+		{"dev mode", map[string]string{"DEV_MODE": "sometimes"}, []string{`DEV_MODE="sometimes" is not a valid bool`}},
+		{"secret and file", map[string]string{"RELAY_SECRET_FILE": "/run/secrets/relay_secret"}, []string{"RELAY_SECRET and RELAY_SECRET_FILE are both set"}},
+		{"missing secret file", map[string]string{"RELAY_SECRET": "", "RELAY_SECRET_FILE": "/nonexistent/relay_secret"},
+			[]string{`RELAY_SECRET_FILE="/nonexistent/relay_secret": cannot open the file`}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -217,6 +225,41 @@ func TestRunServesAndStops(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", r.addr); err == nil {
 		t.Fatal("still listening after Run returned")
+	}
+}
+
+// RELAY_SECRET_FILE names a file that holds the secret (a Docker secret):
+// a link presenting its content, less the newline, is accepted.
+func TestSecretFromFile(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "relay_secret")
+	if err := os.WriteFile(file, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, map[string]string{"RELAY_SECRET": "", "RELAY_SECRET_FILE": file})
+	c := dial(t, r.addr, "gw1")
+	write(t, c, &link.Frame{T: link.OpSync, Rooms: []link.RoomState{{Room: "lobby"}}})
+	if got := readFrames(t, c, 1); got[0].T != link.OpSubscribed {
+		t.Fatalf("frames %+v", got)
+	}
+}
+
+// DEV_MODE=true lets a published development secret through, and says so
+// in a warning before anything else.
+func TestDevModeAllowsADevSecretWithAWarning(t *testing.T) {
+	r := run(t, map[string]string{"RELAY_SECRET": "dev-secret-123", "DEV_MODE": "true"})
+	first, _, _ := strings.Cut(r.logs.String(), "\n")
+	var rec struct {
+		Level, Msg string
+		InUse      bool `json:"dev_secret_in_use"`
+	}
+	if err := json.Unmarshal([]byte(first), &rec); err != nil || rec.Level != "WARN" || !strings.Contains(rec.Msg, "DEV_MODE=true") || !rec.InUse {
+		t.Fatalf("first log line %q (%v), want a warning about DEV_MODE with the secret in use", first, err)
+	}
+	r.stop()
+	// Without DEV_MODE no warning.
+	r = run(t, nil)
+	if strings.Contains(r.logs.String(), "DEV_MODE") {
+		t.Fatalf("a warning about DEV_MODE without it:\n%s", r.logs)
 	}
 }
 

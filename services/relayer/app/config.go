@@ -15,7 +15,8 @@ import (
 type Config struct {
 	Host              string        `env:"HOST"`
 	Port              int           `env:"PORT" envDefault:"3001"`
-	RelaySecret       string        `env:"RELAY_SECRET"`
+	RelaySecret       string        `env:"RELAY_SECRET" settings:"file"` // or RELAY_SECRET_FILE
+	DevMode           bool          `env:"DEV_MODE" envDefault:"false"`
 	DataDir           string        `env:"DATA_DIR" envDefault:"./data"`
 	HistoryLimit      int           `env:"HISTORY_LIMIT" envDefault:"1000"`
 	DedupWindow       int           `env:"DEDUP_WINDOW" envDefault:"100000"`
@@ -62,9 +63,12 @@ func (c *Config) validate() error {
 	}
 	switch {
 	case c.RelaySecret == "":
-		check(false, "RELAY_SECRET is required: set it to a shared secret of at least %d bytes, the same on ws-relayer and every ws-user (for example RELAY_SECRET=$(openssl rand -hex 32)); the relayer never runs open", minSecretBytes)
+		check(false, "RELAY_SECRET is required: set it to a shared secret of at least %d bytes, the same on ws-relayer and every ws-user (for example RELAY_SECRET=$(openssl rand -hex 32) in .env, which make up writes when there is none), "+
+			"or RELAY_SECRET_FILE to a file that holds it (a Docker secret: docker-compose.secrets.yml); the relayer never runs open", minSecretBytes)
 	case len(c.RelaySecret) < minSecretBytes:
 		check(false, "RELAY_SECRET is %d bytes; it must be at least %d (for example RELAY_SECRET=$(openssl rand -hex 32))", len(c.RelaySecret), minSecretBytes)
+	default:
+		errs = append(errs, settings.CheckDevSecret("RELAY_SECRET", c.RelaySecret, c.DevMode))
 	}
 	check(c.Port >= 0 && c.Port <= 65535, "PORT must be 0..65535, got %d", c.Port)
 	check(c.DataDir != "", "DATA_DIR must not be empty")

@@ -21,6 +21,7 @@ import (
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/reclaim"
+	"github.com/wschat/wschat/services/settings"
 	"github.com/wschat/wschat/services/user/internal/bus"
 	"github.com/wschat/wschat/services/user/internal/conn"
 	"github.com/wschat/wschat/services/user/internal/hub"
@@ -42,6 +43,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.level})).
 		With("service", "ws-user", "instance", cfg.InstanceID)
+	if cfg.DevMode {
+		log.Warn("DEV_MODE=true: DEVELOPMENT MODE, the published development secrets are accepted as RELAY_SECRET; never run so where others can reach the service",
+			"dev_secret_in_use", settings.IsDevSecret(cfg.RelaySecret))
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))

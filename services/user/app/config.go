@@ -40,7 +40,8 @@ type Config struct {
 	NATSPresenceTTL    time.Duration `env:"NATS_PRESENCE_TTL" envDefault:"15s"`
 	NATSPublishTimeout time.Duration `env:"NATS_PUBLISH_TIMEOUT" envDefault:"10s"`
 	NATSCatchUpMax     int           `env:"NATS_CATCHUP_MAX" envDefault:"100000"`
-	RelaySecret        string        `env:"RELAY_SECRET"`
+	RelaySecret        string        `env:"RELAY_SECRET" settings:"file"` // or RELAY_SECRET_FILE
+	DevMode            bool          `env:"DEV_MODE" envDefault:"false"`
 	InstanceID         string        `env:"INSTANCE_ID"` // default: defaultInstanceID
 	AllowedOrigins     []string      `env:"ALLOWED_ORIGINS" envSeparator:","`
 	HistorySize        int           `env:"HISTORY_SIZE" envDefault:"50"`
@@ -180,7 +181,8 @@ func (c *Config) validate() error {
 		u, err := url.Parse(c.RelayerURL)
 		check(err == nil && (u.Scheme == "ws" || u.Scheme == "wss") && u.Host != "",
 			"RELAYER_URL must look like ws://host:port, got %q", c.RelayerURL)
-		check(len(c.RelaySecret) >= 8, "RELAY_SECRET must be set (8 bytes or more, the same as the relayer's) when RELAYER_URL is set")
+		check(len(c.RelaySecret) >= 8, "RELAY_SECRET (or RELAY_SECRET_FILE) must be set (8 bytes or more, the same as the relayer's) when RELAYER_URL is set")
+		errs = append(errs, settings.CheckDevSecret("RELAY_SECRET", c.RelaySecret, c.DevMode))
 	}
 	check(c.HistorySize >= 0 && c.HistorySize <= 10000, "HISTORY_SIZE must be 0..10000, got %d", c.HistorySize)
 	check(c.HistoryLimit >= c.HistorySize, "HISTORY_LIMIT (%d) must be at least HISTORY_SIZE (%d)", c.HistoryLimit, c.HistorySize)

@@ -1,6 +1,8 @@
 package app
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -14,7 +16,14 @@ func TestConfigErrors(t *testing.T) {
 		{"port", map[string]string{"PORT": "http"}, []string{`PORT="http" is not a valid int`}},
 		{"port range", map[string]string{"PORT": "70000"}, []string{"PORT must be 0..65535"}},
 		{"relayer url", map[string]string{"RELAYER_URL": "http://relayer", "RELAY_SECRET": "long enough"}, []string{"RELAYER_URL"}},
-		{"secret with relayer", map[string]string{"RELAYER_URL": "ws://relayer:3001"}, []string{"RELAY_SECRET must be set"}},
+		{"secret with relayer", map[string]string{"RELAYER_URL": "ws://relayer:3001"}, []string{"RELAY_SECRET (or RELAY_SECRET_FILE) must be set"}},
+		{"published secret", map[string]string{"RELAYER_URL": "ws://relayer:3001", "RELAY_SECRET": "dev-secret-123"}, []string{"RELAY_SECRET is a development secret", "DEV_MODE=true"}},
+		{"old compose fallback", map[string]string{"RELAYER_URL": "ws://relayer:3001", "RELAY_SECRET": "dev-only-insecure-secret-change-me"}, []string{"RELAY_SECRET is a development secret"}},
+		{"dev mode", map[string]string{"DEV_MODE": "sometimes"}, []string{`DEV_MODE="sometimes" is not a valid bool`}},
+		{"secret and file", map[string]string{"RELAYER_URL": "ws://relayer:3001", "RELAY_SECRET": "long enough", "RELAY_SECRET_FILE": "/run/secrets/relay_secret"},
+			[]string{"RELAY_SECRET and RELAY_SECRET_FILE are both set"}},
+		{"missing secret file", map[string]string{"RELAYER_URL": "ws://relayer:3001", "RELAY_SECRET_FILE": "/nonexistent/relay_secret"},
+			[]string{`RELAY_SECRET_FILE="/nonexistent/relay_secret": cannot open the file`}},
 		{"history", map[string]string{"HISTORY_SIZE": "100", "HISTORY_LIMIT": "10"}, []string{"HISTORY_LIMIT (10) must be at least HISTORY_SIZE (100)"}},
 		{"duration", map[string]string{"WRITE_TIMEOUT": "soon"}, []string{"WRITE_TIMEOUT"}},
 		{"rate", map[string]string{"RATE_PER_SEC": "0"}, []string{"RATE_PER_SEC must be positive"}},
@@ -46,5 +55,37 @@ func TestConfigErrors(t *testing.T) {
 	cfg, err := loadConfig(func(k string) string { return map[string]string{"INSTANCE_ID": "test", "LOG_LEVEL": "debug"}[k] })
 	if err != nil || cfg.level.String() != "DEBUG" || cfg.HistorySize != 50 {
 		t.Fatalf("defaults: %v, level %v, HISTORY_SIZE %d", err, cfg.level, cfg.HistorySize)
+	}
+}
+
+// RELAY_SECRET may come from a file (a Docker secret), and a published
+// development secret is accepted in development mode only.
+func TestConfigRelaySecret(t *testing.T) {
+	file := filepath.Join(t.TempDir(), "relay_secret")
+	if err := os.WriteFile(file, []byte("secret-from-a-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		want string
+	}{
+		{"from a file", map[string]string{"RELAY_SECRET_FILE": file}, "secret-from-a-file"},
+		{"dev secret in dev mode", map[string]string{"RELAY_SECRET": "dev-secret-123", "DEV_MODE": "true"}, "dev-secret-123"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.env["INSTANCE_ID"], tc.env["RELAYER_URL"] = "test", "ws://relayer:3001"
+			cfg, err := loadConfig(func(k string) string { return tc.env[k] })
+			if err != nil || cfg.RelaySecret != tc.want {
+				t.Fatalf("loadConfig: %v, RELAY_SECRET %q, want %q", err, cfg.RelaySecret, tc.want)
+			}
+		})
+	}
+	// Standalone (no RELAYER_URL) the secret is not used, nor checked.
+	cfg, err := loadConfig(func(k string) string {
+		return map[string]string{"INSTANCE_ID": "test", "RELAY_SECRET": "dev-secret-123"}[k]
+	})
+	if err != nil || cfg.DevMode {
+		t.Fatalf("standalone with an unused dev secret: %v, DEV_MODE %v (default false)", err, cfg.DevMode)
 	}
 }
