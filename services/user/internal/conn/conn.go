@@ -22,7 +22,7 @@ import (
 // hands them to the Session; its writer goroutine, started by the first
 // frame queued and retired by the Server's sweep once idle, writes what is
 // queued in batches. Send, SendLazy, SendLive, SendError, SetCatchingUp,
-// Drained, Closing and Close may be called from any goroutine.
+// Drained, Closing, Close and CloseAfter may be called from any goroutine.
 type Conn struct {
 	s       *Server
 	id      string
@@ -261,6 +261,13 @@ func (c *Conn) Closing() bool {
 // once: what is queued is dropped. Only the first close counts.
 func (c *Conn) Close(code int, reason string) {
 	c.close(websocket.StatusCode(code), reason, false)
+}
+
+// CloseAfter closes the connection with code and reason once what is
+// queued is written, such as the error frame that says why. Only the first
+// close counts.
+func (c *Conn) CloseAfter(code int, reason string) {
+	c.close(websocket.StatusCode(code), reason, true)
 }
 
 // close closes the connection with code and reason: at once, or when

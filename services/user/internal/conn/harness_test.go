@@ -23,7 +23,7 @@ type roomless struct {
 	conns map[*Conn]struct{}
 }
 
-func (h *roomless) Open(c *Conn) Session {
+func (h *roomless) Open(c *Conn, _ string) Session {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.conns[c] = struct{}{}

@@ -93,8 +93,11 @@ func (c Config) Limits() protocol.Limits {
 // Handler is told of every connection a Server accepts.
 type Handler interface {
 	// Open returns the Session that receives c's frames. It is called
-	// once, before c's first frame is read.
-	Open(c *Conn) Session
+	// once, before c's first frame is read, with the upgrade's token query
+	// parameter (a credential the handler checks; empty when none): a
+	// browser cannot set headers on a WebSocket. Open may close c, with
+	// CloseAfter to explain why; it must not set c catching up.
+	Open(c *Conn, token string) Session
 }
 
 // Session is one connection's owner: what it is told of the connection.
@@ -240,7 +243,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := newConn(s, ws, cw.Conn, addr)
 	// Before the connection is anyone's to close: a close flushes through
 	// a writer, which may ask the session for more.
-	c.session = s.h.Open(c)
+	c.session = s.h.Open(c, r.URL.Query().Get("token"))
 	s.mu.Lock()
 	s.upgrading--
 	if s.closing {

@@ -1,7 +1,10 @@
 package hub
 
 import (
+	"time"
+
 	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/user/internal/auth"
 	"github.com/wschat/wschat/services/user/internal/conn"
 )
 
@@ -29,9 +32,11 @@ type Peer interface {
 	// written, while on.
 	SetCatchingUp(on bool)
 	// Closing reports whether the connection is closing; Close closes it
-	// with code and reason, dropping what is queued.
+	// with code and reason, dropping what is queued; CloseAfter once what
+	// is queued is written (an error frame explaining the close).
 	Closing() bool
 	Close(code int, reason string)
+	CloseAfter(code int, reason string)
 }
 
 var _ Peer = (*conn.Conn)(nil)
@@ -47,14 +52,36 @@ type client struct {
 	nick     string
 	session  string
 	extended bool
+	// observer: an in-process client of the server API (Agent), which
+	// joins rooms without being a member anyone sees.
+	observer bool
+	// helloRetry: the last frame was a hello refused for its nick.
+	helloRetry bool
 
 	rooms map[string]struct{} // guarded by h.mu
+
+	// The connection's authentication (auth.go), guarded by h.mu: its
+	// token's identity (nil: anonymous), whether a token is still awaited
+	// (AUTH_MODE=required and none came with the upgrade), whether it was
+	// refused (its frames are ignored while it closes), and the timer of
+	// its token's expiry.
+	ident    *auth.Identity
+	awaiting bool
+	refused  bool
+	gone     bool
+	timer    *time.Timer
+	timerGen uint64
 }
 
 var _ conn.Session = (*client)(nil)
 
-// Open implements conn.Handler.
-func (h *Hub) Open(c *conn.Conn) conn.Session { return h.open(c) }
+// Open implements conn.Handler: token, the upgrade's own, is checked
+// before any frame is read.
+func (h *Hub) Open(c *conn.Conn, token string) conn.Session {
+	cl := h.open(c)
+	h.admit(cl, token)
+	return cl
+}
 
 // open makes p a client of the hub.
 func (h *Hub) open(p Peer) *client {
@@ -64,26 +91,23 @@ func (h *Hub) open(p Peer) *client {
 // Frame implements conn.Session.
 func (c *client) Frame(in protocol.Inbound, first bool) {
 	h := c.h
+	// A hello refused for its nick leaves the connection fresh: the next
+	// frame may be another hello. Frames come one at a time.
+	retry := c.helloRetry
+	c.helloRetry = false
 	switch in.Type {
 	case protocol.TypeChat:
 		h.chat(c, in)
 	case protocol.TypeHello:
-		if !first {
+		if !first && !retry {
 			e := protocol.Errorf(protocol.CodeHelloFirst, "hello must be the first frame of a connection; reconnect to change nickname")
 			e.ID = in.ID
 			c.peer.SendError(e)
 			return
 		}
-		h.mu.Lock()
-		c.extended = true
-		c.nick = in.Nick
-		c.session = in.Session
-		c.member.Nick = in.Nick
-		h.mu.Unlock()
-		c.peer.Send(protocol.Encode(protocol.Welcome{
-			Type: protocol.TypeWelcome, Version: protocol.Version, Instance: h.cfg.Instance,
-			ID: c.member.ID, Nick: c.nick, Limits: h.Limits(),
-		}))
+		h.hello(c, in)
+	case protocol.TypeRefresh:
+		h.refresh(c, in)
 	case protocol.TypeJoin, protocol.TypeJoinRoom:
 		h.join(c, in)
 	case protocol.TypeLeave:
@@ -99,6 +123,21 @@ func (c *client) Wrote() { c.h.catchUp(c) }
 
 // Closed implements conn.Session.
 func (c *client) Closed() { c.h.disconnect(c) }
+
+// admittedLocked reports whether c may do in: false when its token was
+// refused (it is closing: in is ignored) or is still awaited (it is
+// refused now). h.mu must be held.
+func (c *client) admittedLocked(in protocol.Inbound) bool {
+	if c.refused {
+		return false
+	}
+	if c.awaiting {
+		c.h.refuseLocked(c, protocol.CodeAuthRequired, protocol.CloseAuthRequired,
+			"a token is required: send it in hello, or as the token query parameter of the connection's URL")
+		return false
+	}
+	return true
+}
 
 // sendErrorLocked answers in with an error. h.mu must be held.
 func (c *client) sendErrorLocked(in protocol.Inbound, code, format string, args ...any) {

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/user/internal/auth"
 	"github.com/wschat/wschat/services/user/internal/bus"
 )
 
@@ -40,8 +41,19 @@ type Config struct {
 	// room's subscription (the relay link is down or slow); then it is
 	// answered unavailable and undone (0: no bound).
 	JoinTimeout time.Duration
-	Logger      *slog.Logger
-	Metrics     *Metrics
+	// Auth verifies connection tokens (nil: none is accepted); with
+	// RequireAuth, a connection without one is refused (auth.go).
+	Auth        *auth.Verifier
+	RequireAuth bool
+	// AuthTimeout bounds how long a connection may go without its token
+	// when one is required; ExpiryNotice is how long before its token
+	// expires an extended client is told; RevokeFor how long a user's
+	// tokens issued before a disconnect stay refused (0: not at all).
+	AuthTimeout  time.Duration
+	ExpiryNotice time.Duration
+	RevokeFor    time.Duration
+	Logger       *slog.Logger
+	Metrics      *Metrics
 }
 
 // Hub is the state of one ws-user instance's rooms.
@@ -70,6 +82,10 @@ type Hub struct {
 	lagging map[*client]struct{}
 	// holding holds the rooms with held members.
 	holding map[*room]struct{}
+	// users holds the authenticated clients by user, revoked the users
+	// disconnected through the server API (auth.go).
+	users   map[string]map[*client]struct{}
+	revoked map[string]revocation
 }
 
 type joinState uint8
@@ -137,6 +153,9 @@ func New(cfg Config) *Hub {
 	if cfg.Sweep <= 0 {
 		cfg.Sweep = 250 * time.Millisecond
 	}
+	if cfg.AuthTimeout <= 0 {
+		cfg.AuthTimeout = 10 * time.Second
+	}
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	return &Hub{
@@ -148,6 +167,8 @@ func New(cfg Config) *Hub {
 		holding:  map[*room]struct{}{},
 		pubs:     map[string]pubWaiter{},
 		fetches:  map[uint64]fetchFunc{},
+		users:    map[string]map[*client]struct{}{},
+		revoked:  map[string]revocation{},
 	}
 }
 

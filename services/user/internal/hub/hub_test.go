@@ -37,6 +37,9 @@ func (p *fakePeer) QueueLimits() (frames, bytes int) { return max(p.limit, 1<<20
 func (p *fakePeer) SetCatchingUp(on bool)            { p.catch = on }
 func (p *fakePeer) Closing() bool                    { return p.closed != "" }
 func (p *fakePeer) Close(_ int, reason string)       { p.closed = "closed: " + reason }
+func (p *fakePeer) CloseAfter(code int, reason string) {
+	p.closed = fmt.Sprintf("closed after its queue (%d): %s", code, reason)
+}
 
 func benchRoom(tb testing.TB, n int) (*Hub, *room, []*fakePeer) {
 	h := New(Config{Instance: "bench", HistorySize: 50, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),

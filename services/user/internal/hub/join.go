@@ -43,6 +43,9 @@ func (h *Hub) unavailableLocked(c *client, in protocol.Inbound, format string, a
 func (h *Hub) join(c *client, in protocol.Inbound) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if !c.admittedLocked(in) || !h.mayLocked(c, in, false) {
+		return
+	}
 	if _, ok := c.rooms[in.Room]; ok {
 		c.sendErrorLocked(in, protocol.CodeAlreadyJoined, "room %q is joined already", in.Room)
 		return
@@ -58,15 +61,21 @@ func (h *Hub) join(c *client, in protocol.Inbound) {
 		h.rooms[in.Room] = r
 		h.m.Rooms.Set(float64(len(h.rooms)))
 		r.local[c] = waiting
-		r.presence[c.member.ID] = c.member
-		h.bus.Subscribe(bus.Interest{Room: in.Room, Tail: h.cfg.HistorySize, Members: []protocol.Member{c.member}})
-	} else {
+		var members []protocol.Member
+		if !c.observer {
+			r.presence[c.member.ID] = c.member
+			members = []protocol.Member{c.member}
+		}
+		h.bus.Subscribe(bus.Interest{Room: in.Room, Tail: h.cfg.HistorySize, Members: members})
+	} else if !c.observer {
 		r.local[c] = waiting
 		h.bus.Join(in.Room, c.member)
 		if _, ok := r.presence[c.member.ID]; !ok {
 			r.presence[c.member.ID] = c.member
 			h.presenceLocked(r, protocol.PresenceJoin, c.member)
 		}
+	} else {
+		r.local[c] = waiting
 	}
 	if !r.synced {
 		r.waiting = append(r.waiting, pendingJoin{c, in, time.Now()})
@@ -199,6 +208,9 @@ func (h *Hub) joinedLocked(r *room, c *client, in protocol.Inbound, history []pr
 func (h *Hub) leave(c *client, in protocol.Inbound) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if !c.admittedLocked(in) {
+		return
+	}
 	if _, ok := c.rooms[in.Room]; !ok {
 		c.sendErrorLocked(in, protocol.CodeNotJoined, "room %q is not joined", in.Room)
 		return
@@ -233,12 +245,17 @@ func (h *Hub) leaveLocked(c *client, name string) {
 		h.bus.Unsubscribe(name)
 		return
 	}
-	h.bus.Leave(name, c.member.ID)
+	if !c.observer {
+		h.bus.Leave(name, c.member.ID)
+	}
 }
 
 func (h *Hub) history(c *client, in protocol.Inbound) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if !c.admittedLocked(in) {
+		return
+	}
 	r := h.rooms[in.Room]
 	if _, ok := c.rooms[in.Room]; !ok || r == nil || !r.local[c].member() {
 		c.sendErrorLocked(in, protocol.CodeNotJoined, "join room %q before asking for its history", in.Room)
@@ -284,6 +301,7 @@ func (h *Hub) fetchLocked(room string, after, before uint64, limit int, fn fetch
 func (h *Hub) disconnect(c *client) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.forgetLocked(c)
 	for name := range c.rooms {
 		h.leaveLocked(c, name)
 	}

@@ -11,8 +11,9 @@ type Metrics struct {
 	Delivered   prometheus.Counter
 	FellBehind  prometheus.Counter // a member's queue was full for a room's message: it catches up from history
 	LinkUp      prometheus.Gauge
-	Fanout      prometheus.Histogram // seconds from sequencing to queued for members
-	AckLatency  prometheus.Histogram // seconds from a client's chat to its ack
+	Fanout      prometheus.Histogram   // seconds from sequencing to queued for members
+	AckLatency  prometheus.Histogram   // seconds from a client's chat to its ack
+	AuthRefused *prometheus.CounterVec // connections and operations refused, by error code
 }
 
 // NewMetrics registers the hub's collectors with reg.
@@ -31,7 +32,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Time from sequencing a message to queueing it for local members.", Buckets: buckets}),
 		AckLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "wschat_user_ack_latency_seconds",
 			Help: "Time from receiving a client's chat to its acknowledgement.", Buckets: buckets}),
+		AuthRefused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "wschat_user_auth_refused_total",
+			Help: "Connections refused for their token (or its absence), and room operations their token does not allow, by error code."}, []string{"code"}),
 	}
-	reg.MustRegister(m.Rooms, m.Memberships, m.ChatsIn, m.Delivered, m.FellBehind, m.LinkUp, m.Fanout, m.AckLatency)
+	reg.MustRegister(m.Rooms, m.Memberships, m.ChatsIn, m.Delivered, m.FellBehind, m.LinkUp, m.Fanout, m.AckLatency, m.AuthRefused)
 	return m
 }

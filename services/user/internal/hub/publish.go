@@ -13,6 +13,10 @@ import (
 
 func (h *Hub) chat(c *client, in protocol.Inbound) {
 	h.mu.Lock()
+	if !c.admittedLocked(in) || !h.mayLocked(c, in, true) {
+		h.mu.Unlock()
+		return
+	}
 	if h.closing {
 		c.sendErrorLocked(in, protocol.CodeShuttingDown, "this instance is shutting down; reconnect and send again")
 		h.mu.Unlock()
@@ -27,7 +31,7 @@ func (h *Hub) chat(c *client, in protocol.Inbound) {
 	h.pubs[mid] = pubWaiter{c: c, id: in.ID, room: in.Room, t0: time.Now()}
 	h.mu.Unlock()
 	h.m.ChatsIn.Inc()
-	err := h.bus.Publish(mid, c.session, protocol.Message{Room: in.Room, ID: in.ID, From: c.nick, UID: c.member.ID, Text: in.Message})
+	err := h.bus.Publish(mid, c.session, protocol.Message{Room: in.Room, ID: in.ID, From: c.nick, UID: c.member.ID, User: c.member.User, Text: in.Message})
 	if err != nil {
 		h.mu.Lock()
 		delete(h.pubs, mid)

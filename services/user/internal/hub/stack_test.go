@@ -28,6 +28,7 @@ type connConfig = conn.Config
 type stackConfig struct {
 	Config
 	connConfig
+	control bool // run the hub's control room (RunControl)
 }
 
 // startHub serves a hub with a standalone bus on a loopback test server;
@@ -78,8 +79,12 @@ func startHubBus(t *testing.T, set func(*stackConfig), mk func(*Hub) bus.Bus) (*
 	h.SetBus(b)
 	conns := conn.New(cfg.connConfig, h)
 	ctx, cancel := context.WithCancel(context.Background())
-	var done [3]chan struct{}
-	for i, run := range []func(context.Context){func(ctx context.Context) { _ = b.Run(ctx) }, h.Run, conns.Run} {
+	runs := []func(context.Context){func(ctx context.Context) { _ = b.Run(ctx) }, h.Run, conns.Run}
+	if cfg.control {
+		runs = append(runs, h.RunControl)
+	}
+	done := make([]chan struct{}, len(runs))
+	for i, run := range runs {
 		done[i] = make(chan struct{})
 		go func() {
 			defer close(done[i])

@@ -48,7 +48,9 @@ func (h *Hub) Subscribed(s bus.Subscription) {
 		}
 	}
 	for c := range r.local {
-		next[c.member.ID] = c.member
+		if !c.observer {
+			next[c.member.ID] = c.member
+		}
 	}
 	h.unholdLocked(r)
 	if r.synced {
@@ -116,7 +118,9 @@ func (h *Hub) State() []bus.Interest {
 			rs.Since, rs.Tail, rs.Resume = r.last, 0, true
 		}
 		for c := range r.local {
-			rs.Members = append(rs.Members, c.member)
+			if !c.observer {
+				rs.Members = append(rs.Members, c.member)
+			}
 		}
 		out = append(out, rs)
 	}

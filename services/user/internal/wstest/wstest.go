@@ -37,15 +37,30 @@ func Dial(t testing.TB, addr string, early ...string) *RawClient {
 	return c
 }
 
+// DialPath is Dial of the request path path ("/?token=…").
+func DialPath(t testing.TB, addr, path string, early ...string) *RawClient {
+	t.Helper()
+	c, err := dial(addr, strings.Replace(Handshake, "GET / ", "GET "+path+" ", 1), early...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Conn.Close() })
+	return c
+}
+
 // DialConn is Dial leaving the connection's closing to the caller.
 func DialConn(addr string, early ...string) (*RawClient, error) {
+	return dial(addr, Handshake, early...)
+}
+
+func dial(addr, handshake string, early ...string) (*RawClient, error) {
 	conn, err := net.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
 	conn.SetDeadline(time.Now().Add(30 * time.Second))
 	c := &RawClient{Conn: conn, br: bufio.NewReader(conn)}
-	if _, err := conn.Write(append([]byte(Handshake), Frames(early...)...)); err != nil {
+	if _, err := conn.Write(append([]byte(handshake), Frames(early...)...)); err != nil {
 		conn.Close()
 		return nil, err
 	}

@@ -1,0 +1,206 @@
+package hub
+
+// The server API's way into the rooms: an in-process extended client, and
+// the control room through which instances tell each other to disconnect
+// a user.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/user/internal/auth"
+)
+
+// ControlRoom is the room instances tell each other through. It is a room
+// like any other on the bus, so a command reaches every instance in order
+// on every backend, and one cut off meanwhile once it is back; clients
+// cannot name it (protocol.ReservedRoomPrefix).
+const ControlRoom = protocol.ReservedRoomPrefix + "control"
+
+// command is a control room message's text.
+type command struct {
+	Op   string `json:"op"` // "disconnect"
+	User string `json:"user"`
+	At   int64  `json:"at"` // Unix milliseconds: tokens issued until then
+}
+
+// Agent is an in-process extended client of the hub, for the server API.
+// It speaks the protocol's frames and is answered like a connection, but
+// joins rooms unseen: it is no member in anyone's presence. Its messages
+// carry the user "$system" and the name it was made with. Do may be called
+// from several goroutines; Close ends it.
+type Agent struct {
+	h *Hub
+	c *client
+	p *agentPeer
+}
+
+// agentPeer is an Agent's Peer: it keeps the answers (frames with an id)
+// for Do, and drops the rooms' traffic.
+type agentPeer struct {
+	id      string
+	mu      sync.Mutex
+	waiters map[string]chan []byte
+}
+
+func (p *agentPeer) ID() string { return p.id }
+func (p *agentPeer) Send(b []byte) {
+	var f struct {
+		ID string `json:"id"`
+	}
+	if json.Unmarshal(b, &f) != nil || f.ID == "" {
+		return
+	}
+	p.mu.Lock()
+	ch := p.waiters[f.ID]
+	delete(p.waiters, f.ID)
+	p.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- b:
+		default: // a second answer to one frame: Do took the first
+		}
+	}
+}
+func (p *agentPeer) SendLazy([]byte)                  {}
+func (p *agentPeer) SendLive([]byte) bool             { return true }
+func (p *agentPeer) SendError(e *protocol.Error)      { p.Send(protocol.Encode(e)) }
+func (p *agentPeer) Drained() bool                    { return true }
+func (p *agentPeer) QueueLimits() (frames, bytes int) { return 1 << 20, 64 << 20 }
+func (p *agentPeer) SetCatchingUp(bool)               {}
+func (p *agentPeer) Closing() bool                    { return false }
+func (p *agentPeer) Close(int, string)                {}
+func (p *agentPeer) CloseAfter(int, string)           {}
+
+// NewAgent returns an agent whose messages are from name.
+func (h *Hub) NewAgent(name string) *Agent {
+	p := &agentPeer{id: h.newID("a"), waiters: map[string]chan []byte{}}
+	c := h.open(p)
+	c.extended, c.observer = true, true
+	c.ident = &auth.Identity{User: systemUser, Name: name}
+	c.nick, c.member.Nick, c.member.User = name, name, systemUser
+	return &Agent{h: h, c: c, p: p}
+}
+
+// Do sends in (its ID is set here) and returns the answer's frame: joined,
+// left, ack, history, or an error frame, which is returned as the error
+// (a *protocol.Error).
+func (a *Agent) Do(ctx context.Context, in protocol.Inbound) ([]byte, error) {
+	in.ID = a.h.newID("q")
+	ch := make(chan []byte, 1)
+	a.p.mu.Lock()
+	a.p.waiters[in.ID] = ch
+	a.p.mu.Unlock()
+	defer func() {
+		a.p.mu.Lock()
+		delete(a.p.waiters, in.ID)
+		a.p.mu.Unlock()
+	}()
+	a.c.Frame(in, false)
+	select {
+	case b := <-ch:
+		var e protocol.Error
+		if json.Unmarshal(b, &e) == nil && e.Type == protocol.TypeError {
+			return nil, &e
+		}
+		return b, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%s %q: no answer: %w", in.Type, in.Room, ctx.Err())
+	}
+}
+
+// Close leaves every room the agent joined.
+func (a *Agent) Close() { a.c.Closed() }
+
+// Disconnect closes every connection of user on every instance whose
+// token was issued until now, through the control room, and returns once
+// the bus has it.
+func (h *Hub) Disconnect(ctx context.Context, user string) error {
+	a := h.NewAgent("control")
+	defer a.Close()
+	if _, err := a.Do(ctx, protocol.Inbound{Type: protocol.TypeJoin, Room: ControlRoom, Limit: 1}); err != nil {
+		return fmt.Errorf("disconnect: %w", err)
+	}
+	text, _ := json.Marshal(command{Op: "disconnect", User: user, At: time.Now().UnixMilli()})
+	if _, err := a.Do(ctx, protocol.Inbound{Type: protocol.TypeChat, Room: ControlRoom, Message: string(text)}); err != nil {
+		return fmt.Errorf("disconnect: %w", err)
+	}
+	return nil
+}
+
+// ctlPeer is the instance's own member of the control room: it hands each
+// message to the goroutine of RunControl.
+type ctlPeer struct {
+	id   string
+	mu   sync.Mutex
+	msgs [][]byte
+	wake chan struct{}
+}
+
+func (p *ctlPeer) ID() string { return p.id }
+func (p *ctlPeer) SendLive(b []byte) bool {
+	p.mu.Lock()
+	p.msgs = append(p.msgs, b)
+	p.mu.Unlock()
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+	return true
+}
+func (p *ctlPeer) Send([]byte)                      {}
+func (p *ctlPeer) SendLazy([]byte)                  {}
+func (p *ctlPeer) SendError(*protocol.Error)        {}
+func (p *ctlPeer) Drained() bool                    { return true }
+func (p *ctlPeer) QueueLimits() (frames, bytes int) { return 1 << 20, 64 << 20 }
+func (p *ctlPeer) SetCatchingUp(bool)               {}
+func (p *ctlPeer) Closing() bool                    { return false }
+func (p *ctlPeer) Close(int, string)                {}
+func (p *ctlPeer) CloseAfter(int, string)           {}
+
+// RunControl joins the control room and carries out its commands until
+// ctx ends.
+func (h *Hub) RunControl(ctx context.Context) {
+	p := &ctlPeer{id: h.newID("c"), wake: make(chan struct{}, 1)}
+	c := h.open(p)
+	c.observer = true
+	h.join(c, protocol.Inbound{Type: protocol.TypeJoin, Room: ControlRoom})
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-p.wake:
+		}
+		p.mu.Lock()
+		msgs := p.msgs
+		p.msgs = nil
+		p.mu.Unlock()
+		for _, b := range msgs {
+			h.control(b)
+		}
+	}
+}
+
+// control carries out one control room message: only the server API's
+// (user "$system") count.
+func (h *Hub) control(frame []byte) {
+	var m protocol.Message
+	var cmd command
+	if json.Unmarshal(frame, &m) != nil || m.User != systemUser || json.Unmarshal([]byte(m.Text), &cmd) != nil {
+		h.log.Warn("control room: a message that is no command", "seq", m.Seq)
+		return
+	}
+	switch cmd.Op {
+	case "disconnect":
+		h.mu.Lock()
+		n := h.disconnectUserLocked(cmd.User, time.UnixMilli(cmd.At))
+		h.mu.Unlock()
+		h.log.Info("user disconnected by the server API", "user", cmd.User, "connections", n, "seq", m.Seq)
+	default:
+		h.log.Warn("control room: unknown command", "op", cmd.Op, "seq", m.Seq)
+	}
+}

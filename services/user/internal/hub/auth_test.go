@@ -1,0 +1,237 @@
+package hub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wschat/wschat/services/protocol"
+	"github.com/wschat/wschat/services/user/internal/auth"
+	"github.com/wschat/wschat/services/user/internal/wstest"
+)
+
+var testSecret = []byte("hub-test-secret-0123456789abcdef0123456789")
+
+// startAuthHub serves a hub that verifies tokens of testSecret for the
+// audience "wschat"; require refuses connections without one.
+func startAuthHub(t *testing.T, require bool, set func(*stackConfig)) (*Hub, string) {
+	t.Helper()
+	v, err := auth.New(t.Context(), auth.Config{HMACSecret: testSecret, Audience: "wschat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, srv := startHubWith(t, func(c *stackConfig) {
+		c.Auth, c.RequireAuth = v, require
+		c.ExpiryNotice = time.Minute
+		if set != nil {
+			set(c)
+		}
+	})
+	return h, srv.Listener.Addr().String()
+}
+
+// mint signs a token of user for the audience "wschat", valid for an hour
+// unless edit changes the claims.
+func mint(t *testing.T, user string, edit func(*auth.Claims)) string {
+	t.Helper()
+	c := auth.Claims{User: user, Name: strings.ToUpper(user[:1]) + user[1:], Audience: "wschat",
+		IssuedAt: time.Now().Add(-time.Second), Expires: time.Now().Add(time.Hour)}
+	secret := testSecret
+	if edit != nil {
+		edit(&c)
+	}
+	if c.Issuer == "other-secret" {
+		c.Issuer, secret = "", []byte("another-secret-0123456789abcdef0123456789")
+	}
+	tok, err := auth.Mint(secret, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok
+}
+
+func withToken(tok string) string { return "/?token=" + url.QueryEscape(tok) }
+
+// expectRefused reads the error frame with code, then the close with
+// closeCode.
+func expectRefused(t *testing.T, c *wstest.RawClient, code string, closeCode uint16) {
+	t.Helper()
+	f := c.Expect(t, `"type":"error"`)
+	var e protocol.Error
+	if err := json.Unmarshal([]byte(f), &e); err != nil || e.Code != code {
+		t.Fatalf("got %s, want an error %s", f, code)
+	}
+	c.ExpectClose(t, closeCode)
+}
+
+func TestTokensRefusedWithTheirCodes(t *testing.T) {
+	_, addr := startAuthHub(t, true, nil)
+	expired := mint(t, "ann", func(c *auth.Claims) {
+		c.IssuedAt, c.Expires = time.Now().Add(-2*time.Hour), time.Now().Add(-time.Hour)
+	})
+	cases := []struct {
+		name      string
+		path      string
+		early     []string
+		code      string
+		closeCode uint16
+	}{
+		{"no token, extended", "/", []string{`{"type":"hello","nick":"ann"}`}, protocol.CodeAuthRequired, protocol.CloseAuthRequired},
+		{"no token, seed", "/", []string{`{"type":"join-room","room":"lobby"}`}, protocol.CodeAuthRequired, protocol.CloseAuthRequired},
+		{"expired", withToken(expired), nil, protocol.CodeTokenExpired, protocol.CloseTokenExpired},
+		{"expired, in hello", "/", []string{`{"type":"hello","token":"` + expired + `"}`}, protocol.CodeTokenExpired, protocol.CloseTokenExpired},
+		{"bad signature", withToken(mint(t, "ann", func(c *auth.Claims) { c.Issuer = "other-secret" })), nil, protocol.CodeTokenInvalid, protocol.CloseTokenInvalid},
+		{"wrong audience", withToken(mint(t, "ann", func(c *auth.Claims) { c.Audience = "another-app" })), nil, protocol.CodeTokenWrong, protocol.CloseTokenWrong},
+		{"garbage", withToken("not.a.token"), nil, protocol.CodeTokenInvalid, protocol.CloseTokenInvalid},
+		{"the server's own name", withToken(mint(t, "$system", nil)), nil, protocol.CodeTokenInvalid, protocol.CloseTokenInvalid},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := wstest.DialPath(t, addr, tc.path, tc.early...)
+			expectRefused(t, c, tc.code, tc.closeCode)
+		})
+	}
+}
+
+// A frame sent right behind a refused token is not taken: the refusal
+// comes first and nothing else.
+func TestRefusedConnectionDoesNothing(t *testing.T) {
+	h, addr := startAuthHub(t, false, nil)
+	bad := mint(t, "ann", func(c *auth.Claims) { c.Audience = "another-app" })
+	c := wstest.DialPath(t, addr, withToken(bad), `{"type":"join-room","room":"lobby"}`, `{"type":"chat","room":"lobby","message":"hi"}`)
+	expectRefused(t, c, protocol.CodeTokenWrong, protocol.CloseTokenWrong)
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.rooms) != 0 {
+		t.Fatalf("a refused connection joined %d rooms", len(h.rooms))
+	}
+}
+
+// The token names the user: the nick a client gives is ignored, and its
+// messages and presence carry the token's user.
+func TestTokenNamesTheUser(t *testing.T) {
+	_, addr := startAuthHub(t, false, nil)
+	ann := wstest.DialPath(t, addr, withToken(mint(t, "ann", nil)), `{"type":"hello","nick":"bob"}`)
+	w := ann.Expect(t, `"type":"welcome"`)
+	if !strings.Contains(w, `"nick":"Ann"`) || !strings.Contains(w, `"user":"ann"`) || !strings.Contains(w, `"expires":`) {
+		t.Fatalf("welcome %s: want the token's name and user", w)
+	}
+	// Anonymous connections still work in the default mode, and see who
+	// is who.
+	anon := wstest.Dial(t, addr, `{"type":"hello","nick":"Ann"}`, `{"type":"join","room":"lobby","id":"j"}`)
+	anon.Expect(t, `"type":"joined"`)
+	ann.Send(t, `{"type":"join","room":"lobby","id":"j"}`)
+	j := ann.Expect(t, `"type":"joined"`)
+	if !strings.Contains(j, `"nick":"Ann","instance":"test"}`) || !strings.Contains(j, `"nick":"Ann","instance":"test","user":"ann"}`) {
+		t.Fatalf("joined %s: want the anonymous Ann without a user and the token's Ann with one", j)
+	}
+	ann.Send(t, `{"type":"chat","room":"lobby","message":"it is me","id":"c1"}`)
+	got := anon.Expect(t, `"message":"it is me"`)
+	var m protocol.Message
+	if err := json.Unmarshal([]byte(got), &m); err != nil || m.From != "Ann" || m.User != "ann" {
+		t.Fatalf("message %s: want from Ann, user ann", got)
+	}
+	anon.Send(t, `{"type":"chat","room":"lobby","message":"me too"}`)
+	if got := ann.Expect(t, `"message":"me too"`); strings.Contains(got, `"user"`) {
+		t.Fatalf("an anonymous message %s carries a user", got)
+	}
+}
+
+func TestRoomPermissionsFromTheToken(t *testing.T) {
+	_, addr := startAuthHub(t, true, nil)
+	tok := mint(t, "ann", func(c *auth.Claims) {
+		c.Rooms = &auth.Rooms{Join: []string{"lobby", "team-*"}, Publish: []string{"lobby"}}
+	})
+	c := wstest.DialPath(t, addr, withToken(tok), `{"type":"hello"}`)
+	c.Expect(t, `"type":"welcome"`)
+	c.Send(t, `{"type":"join","room":"secret","id":"j1"}`)
+	if f := c.Expect(t, `"id":"j1"`); !strings.Contains(f, `"code":"forbidden"`) {
+		t.Fatalf("join of a room the token does not name: %s, want forbidden", f)
+	}
+	c.Send(t, `{"type":"join","room":"team-a","id":"j2"}`)
+	c.Expect(t, `"type":"joined"`)
+	c.Send(t, `{"type":"chat","room":"team-a","message":"x","id":"c1"}`)
+	if f := c.Expect(t, `"id":"c1"`); !strings.Contains(f, `"code":"forbidden"`) {
+		t.Fatalf("chat to a read-only room: %s, want forbidden", f)
+	}
+	c.Send(t, `{"type":"join","room":"lobby","id":"j3"}`)
+	c.Expect(t, `"type":"joined"`)
+	c.Send(t, `{"type":"chat","room":"lobby","message":"x","id":"c2"}`)
+	if f := c.Expect(t, `"type":"ack"`); !strings.Contains(f, `"id":"c2"`) {
+		t.Fatalf("chat to a room the token allows: %s, want an ack", f)
+	}
+	// A seed client with the same token: refused the same way.
+	seed := wstest.DialPath(t, addr, withToken(tok), `{"type":"chat","room":"team-b","message":"x"}`)
+	if f := seed.Next(t); !strings.Contains(f, `"code":"forbidden"`) {
+		t.Fatalf("seed chat to a read-only room: %s, want forbidden", f)
+	}
+}
+
+// A connection is told before its token expires, and a refresh keeps it
+// past the old expiry; without one it is closed with token_expired.
+func TestExpiryAndRefresh(t *testing.T) {
+	_, addr := startAuthHub(t, true, func(c *stackConfig) { c.ExpiryNotice = 1500 * time.Millisecond })
+	soon := time.Now().Add(2 * time.Second).Truncate(time.Second) // a token's times are whole seconds
+	short := func(c *auth.Claims) { c.Expires = soon }
+
+	kept := wstest.DialPath(t, addr, withToken(mint(t, "ann", short)), `{"type":"hello"}`)
+	dropped := wstest.DialPath(t, addr, withToken(mint(t, "bob", short)), `{"type":"hello"}`)
+	kept.Expect(t, `"type":"welcome"`)
+	dropped.Expect(t, `"type":"welcome"`)
+	if f := kept.Next(t); !strings.Contains(f, `"type":"expiring"`) || !strings.Contains(f, fmt.Sprint(soon.Unix())) {
+		t.Fatalf("got %s, want the expiry notice", f)
+	}
+	// Another user's token is no refresh of this connection's.
+	kept.Send(t, `{"type":"refresh","id":"r0","token":"`+mint(t, "bob", nil)+`"}`)
+	if f := kept.Expect(t, `"id":"r0"`); !strings.Contains(f, `"code":"token_invalid"`) {
+		t.Fatalf("refresh with bob's token: %s, want token_invalid", f)
+	}
+	kept.Send(t, `{"type":"refresh","id":"r1","token":"`+mint(t, "ann", nil)+`"}`)
+	if f := kept.Expect(t, `"id":"r1"`); !strings.Contains(f, `"type":"refreshed"`) {
+		t.Fatalf("refresh: %s, want refreshed", f)
+	}
+	expectRefused(t, dropped, protocol.CodeTokenExpired, protocol.CloseTokenExpired)
+	// bob's close came at the expiry both tokens had: ann is past it.
+	if time.Now().Before(soon) {
+		t.Fatalf("closed %s before the token's expiry", time.Until(soon))
+	}
+	kept.Send(t, `{"type":"ping","id":"p"}`)
+	if f := kept.Next(t); !strings.Contains(f, `"type":"pong"`) {
+		t.Fatalf("after the old expiry the refreshed connection got %s, want pong", f)
+	}
+}
+
+// The server API's disconnect closes every connection of the user whose
+// token is as old as the disconnect, and such tokens stay refused; a
+// token issued since is accepted.
+func TestDisconnectRevokes(t *testing.T) {
+	h, addr := startAuthHub(t, true, func(c *stackConfig) { c.control, c.RevokeFor = true, time.Hour })
+	old := mint(t, "ann", nil)
+	a1 := wstest.DialPath(t, addr, withToken(old), `{"type":"hello"}`, `{"type":"join","room":"lobby","id":"j"}`)
+	a2 := wstest.DialPath(t, addr, withToken(old), `{"type":"join-room","room":"lobby"}`)
+	bob := wstest.DialPath(t, addr, withToken(mint(t, "bob", nil)), `{"type":"hello"}`, `{"type":"join","room":"lobby","id":"j"}`)
+	a1.Expect(t, `"type":"joined"`)
+	bob.Expect(t, `"type":"joined"`)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	at := time.Now()
+	if err := h.Disconnect(ctx, "ann"); err != nil {
+		t.Fatal(err)
+	}
+	expectRefused(t, a1, protocol.CodeDisconnected, protocol.CloseDisconnected)
+	expectRefused(t, a2, protocol.CodeDisconnected, protocol.CloseDisconnected)
+	bob.Send(t, `{"type":"ping","id":"p"}`)
+	if f := bob.Expect(t, `"id":"p"`); !strings.Contains(f, "pong") {
+		t.Fatalf("bob got %s", f)
+	}
+	again := wstest.DialPath(t, addr, withToken(old))
+	expectRefused(t, again, protocol.CodeTokenInvalid, protocol.CloseTokenInvalid)
+	// Token times are whole seconds: one of the next is newer.
+	wstest.WaitUntil(t, "the next second", func() bool { return time.Now().Unix() > at.Unix() })
+	fresh := wstest.DialPath(t, addr, withToken(mint(t, "ann", func(c *auth.Claims) { c.IssuedAt = time.Now() })), `{"type":"hello"}`)
+	fresh.Expect(t, `"type":"welcome"`)
+}
