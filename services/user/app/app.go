@@ -22,6 +22,7 @@ import (
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/reclaim"
 	"github.com/wschat/wschat/services/settings"
+	"github.com/wschat/wschat/services/user/internal/api"
 	"github.com/wschat/wschat/services/user/internal/bus"
 	"github.com/wschat/wschat/services/user/internal/conn"
 	"github.com/wschat/wschat/services/user/internal/hub"
@@ -68,6 +69,10 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		Logger:              log,
 		Metrics:             conn.NewMetrics(reg),
 	}
+	verifier, err := newVerifier(ctx, &cfg, log)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
 	h := hub.New(hub.Config{
 		Instance:     cfg.InstanceID,
 		HistorySize:  cfg.HistorySize,
@@ -75,6 +80,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		MaxRooms:     cfg.MaxRooms,
 		Limits:       connCfg.Limits(),
 		JoinTimeout:  cfg.JoinTimeout,
+		Auth:         verifier,
+		RequireAuth:  cfg.AuthMode == "required",
+		AuthTimeout:  cfg.AuthTimeout,
+		ExpiryNotice: cfg.AuthExpiryNotice,
+		RevokeFor:    cfg.AuthRevokeFor,
 		Logger:       log,
 		Metrics:      hub.NewMetrics(reg),
 	})
@@ -111,7 +121,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		conns.Shutdown(ctx) // no client yet: frees the poller
 		return err
 	}
-	srv := &http.Server{Handler: routes(conns, b, reg), ReadHeaderTimeout: 10 * time.Second,
+	srv := &http.Server{Handler: routes(&cfg, conns, h, b, reg, log), ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelWarn)}
 
 	busCtx, stopBus := context.WithCancel(context.Background())
@@ -126,6 +136,11 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	go func() {
 		defer close(hubDone)
 		h.Run(busCtx)
+	}()
+	controlDone := make(chan struct{})
+	go func() {
+		defer close(controlDone)
+		h.RunControl(busCtx)
 	}()
 	connsDone := make(chan struct{})
 	go func() {
@@ -174,6 +189,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	stopBus()
 	<-busDone
 	<-hubDone
+	<-controlDone
 	<-connsDone
 	<-reclaimDone
 	log.Info("stopped")
@@ -183,8 +199,17 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return err
 }
 
-func routes(conns *conn.Server, b bus.Bus, reg *prometheus.Registry) http.Handler {
+func routes(cfg *Config, conns *conn.Server, h *hub.Hub, b bus.Bus, reg *prometheus.Registry, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
+	var keys [][]byte
+	if cfg.APIKey != "" {
+		keys = append(keys, []byte(cfg.APIKey))
+	}
+	mux.Handle(api.Prefix, api.Handler(api.Config{Keys: keys, Rules: protocol.Rules{MaxRoomBytes: cfg.MaxRoomBytes,
+		MaxNickBytes: cfg.MaxNickBytes, MaxMessageBytes: cfg.MaxMessageBytes}, Timeout: cfg.APITimeout, Logger: log}, h))
+	if cfg.AuthDevTokens {
+		mux.Handle("GET /auth/dev-token", devTokens(cfg))
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !b.Ready() {

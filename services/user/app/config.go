@@ -42,6 +42,22 @@ type Config struct {
 	NATSCatchUpMax     int           `env:"NATS_CATCHUP_MAX" envDefault:"100000"`
 	RelaySecret        string        `env:"RELAY_SECRET" settings:"file"` // or RELAY_SECRET_FILE
 	DevMode            bool          `env:"DEV_MODE" envDefault:"false"`
+	AuthMode           string        `env:"AUTH_MODE" envDefault:"anonymous"`
+	AuthHMACSecret     string        `env:"AUTH_HMAC_SECRET" settings:"file"`
+	AuthPublicKeys     string        `env:"AUTH_PUBLIC_KEYS" settings:"file"` // PEM, or AUTH_PUBLIC_KEYS_FILE
+	AuthJWKSURL        string        `env:"AUTH_JWKS_URL"`
+	AuthJWKSRefresh    time.Duration `env:"AUTH_JWKS_REFRESH" envDefault:"5m"`
+	AuthIssuer         string        `env:"AUTH_ISSUER"`
+	AuthAudience       string        `env:"AUTH_AUDIENCE"`
+	AuthNameClaim      string        `env:"AUTH_NAME_CLAIM" envDefault:"name"`
+	AuthLeeway         time.Duration `env:"AUTH_LEEWAY" envDefault:"5s"`
+	AuthTimeout        time.Duration `env:"AUTH_TIMEOUT" envDefault:"10s"`
+	AuthExpiryNotice   time.Duration `env:"AUTH_EXPIRY_NOTICE" envDefault:"60s"`
+	AuthRevokeFor      time.Duration `env:"AUTH_REVOKE_FOR" envDefault:"24h"`
+	AuthDevTokens      bool          `env:"AUTH_DEV_TOKENS" envDefault:"false"`
+	AuthDevTokenTTL    time.Duration `env:"AUTH_DEV_TOKEN_TTL" envDefault:"1h"`
+	APIKey             string        `env:"API_KEY" settings:"file"`
+	APITimeout         time.Duration `env:"API_TIMEOUT" envDefault:"10s"`
 	InstanceID         string        `env:"INSTANCE_ID"` // default: defaultInstanceID
 	AllowedOrigins     []string      `env:"ALLOWED_ORIGINS" envSeparator:","`
 	HistorySize        int           `env:"HISTORY_SIZE" envDefault:"50"`
@@ -184,6 +200,19 @@ func (c *Config) validate() error {
 		check(len(c.RelaySecret) >= 8, "RELAY_SECRET (or RELAY_SECRET_FILE) must be set (8 bytes or more, the same as the relayer's) when RELAYER_URL is set")
 		errs = append(errs, settings.CheckDevSecret("RELAY_SECRET", c.RelaySecret, c.DevMode))
 	}
+	check(c.AuthMode == "anonymous" || c.AuthMode == "required", "AUTH_MODE must be anonymous or required, got %q", c.AuthMode)
+	keys := c.AuthHMACSecret != "" || c.AuthPublicKeys != "" || c.AuthJWKSURL != ""
+	check(c.AuthMode != "required" || keys, "AUTH_MODE=required needs the keys tokens are signed with: AUTH_HMAC_SECRET, AUTH_PUBLIC_KEYS (or AUTH_PUBLIC_KEYS_FILE) or AUTH_JWKS_URL")
+	check(c.AuthHMACSecret == "" || len(c.AuthHMACSecret) >= 32, "AUTH_HMAC_SECRET must be at least 32 bytes (for example $(openssl rand -hex 32))")
+	check(c.AuthJWKSRefresh >= time.Second, "AUTH_JWKS_REFRESH must be at least 1s, got %s", c.AuthJWKSRefresh)
+	check(c.AuthLeeway >= 0 && c.AuthLeeway <= 5*time.Minute, "AUTH_LEEWAY must be 0s..5m, got %s", c.AuthLeeway)
+	check(c.AuthTimeout > 0, "AUTH_TIMEOUT must be positive, got %s", c.AuthTimeout)
+	check(c.AuthExpiryNotice >= 0, "AUTH_EXPIRY_NOTICE must be 0s or positive, got %s", c.AuthExpiryNotice)
+	check(c.AuthRevokeFor >= 0, "AUTH_REVOKE_FOR must be 0s (off) or positive, got %s", c.AuthRevokeFor)
+	check(!c.AuthDevTokens || (c.DevMode && c.AuthHMACSecret != ""), "AUTH_DEV_TOKENS=true hands a token to anyone who asks: it needs DEV_MODE=true and AUTH_HMAC_SECRET (the tokens' key)")
+	check(c.AuthDevTokenTTL >= time.Minute, "AUTH_DEV_TOKEN_TTL must be at least 1m, got %s", c.AuthDevTokenTTL)
+	check(c.APIKey == "" || len(c.APIKey) >= 16, "API_KEY must be at least 16 bytes (for example $(openssl rand -hex 32))")
+	check(c.APITimeout > 0, "API_TIMEOUT must be positive, got %s", c.APITimeout)
 	check(c.HistorySize >= 0 && c.HistorySize <= 10000, "HISTORY_SIZE must be 0..10000, got %d", c.HistorySize)
 	check(c.HistoryLimit >= c.HistorySize, "HISTORY_LIMIT (%d) must be at least HISTORY_SIZE (%d)", c.HistoryLimit, c.HistorySize)
 	check(c.DedupWindow >= 0, "DEDUP_WINDOW must be 0 (off) or positive, got %d", c.DedupWindow)

@@ -99,10 +99,36 @@
     ui.instanceLabel.hidden = !name;
   }
 
-  function connect() {
+  // The token hook: a deployment that authenticates its users defines
+  // window.wschatToken = async (nick) => token (a signed connection token
+  // from its own back end; '' connects anonymously) in a script of its
+  // own before this one. Without it, the page asks the development token
+  // endpoint (AUTH_DEV_TOKENS, off by default: then it answers 404 and the
+  // page connects anonymously). The token goes in hello, not in the URL,
+  // so that no proxy logs it.
+  async function getToken() {
+    if (typeof window.wschatToken === 'function') return String((await window.wschatToken(state.nick)) || '');
+    try {
+      const r = await fetch('/auth/dev-token?user=' + encodeURIComponent(state.nick), { cache: 'no-store' });
+      if (!r.ok) return '';
+      const body = await r.json();
+      return typeof body.token === 'string' ? body.token : '';
+    } catch (err) {
+      return '';
+    }
+  }
+
+  async function connect() {
     clearTimeout(state.timers.retry);
     if (state.stopped) return;
     setConn(state.everConnected ? 'reconnecting' : 'connecting');
+    let token = '';
+    try {
+      token = await getToken();
+    } catch (err) {
+      showError('Could not get a sign-in token: ' + err);
+    }
+    if (state.stopped || state.ws) return;
     let ws;
     try {
       ws = new WebSocket(wsURL());
@@ -115,7 +141,9 @@
     // as a dead connection too.
     state.timers.pong = setTimeout(() => dropped(ws, 4000, 'connect timeout'), PONG_TIMEOUT);
     ws.addEventListener('open', () => {
-      if (ws === state.ws) ws.send(JSON.stringify({ type: 'hello', nick: state.nick, session, id: newId('h') }));
+      const hello = { type: 'hello', nick: state.nick, session, id: newId('h') };
+      if (token) hello.token = token;
+      if (ws === state.ws) ws.send(JSON.stringify(hello));
     });
     ws.addEventListener('message', (ev) => {
       if (ws !== state.ws) return;
@@ -155,6 +183,12 @@
     // of one it sequenced with that one's seq (the session's doing).
     for (const e of state.outbox) if (e.state === 'sent') e.state = 'queued';
     if (code === 1008 || code === 1009 || code === 1011) showError('Connection closed: ' + (reason || 'code ' + code));
+    // Closed for its token (docs/protocol.md): an expired one is fetched
+    // anew by the next attempt; the others would only be refused again.
+    if (code >= 4001 && code <= 4005) {
+      showError('Signed out: ' + (reason || 'code ' + code));
+      if (code !== 4003) state.stopped = true;
+    }
     renderRooms();
     renderTop();
     renderMembers();
@@ -246,8 +280,23 @@
         }
         return undefined;
       case 'error': return onError(f, room, req);
+      case 'expiring': return refreshToken();
       default: return undefined; // 'left' and future frame types
     }
+  }
+
+  // refreshToken answers the server's notice that the token expires soon
+  // with a fresh one from the hook; without one, the server closes the
+  // connection at the expiry and the next attempt fetches a token anew.
+  async function refreshToken() {
+    const ws = state.ws;
+    let token = '';
+    try {
+      token = await getToken();
+    } catch (err) {
+      return;
+    }
+    if (token && ws === state.ws && state.ready) ws.send(JSON.stringify({ type: 'refresh', token, id: newId('r') }));
   }
 
   function onWelcome(f) {
@@ -257,6 +306,11 @@
     state.everConnected = true;
     state.attempt = 0;
     state.memberId = String(f.id || '');
+    // With a token the server names us: its nick is the one shown.
+    if (typeof f.nick === 'string' && f.nick && f.user) {
+      state.nick = f.nick;
+      ui.meNick.textContent = f.nick;
+    }
     state.myIds.add(state.memberId);
     Object.assign(state.limits, f.limits || {});
     state.tokens = Math.max(1, state.limits.rate_burst - 4);
