@@ -135,9 +135,12 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 		if err := validToken(in.Token, rules); err != nil {
 			return bad(CodeBadRequest, "token %v", err)
 		}
-		// With a token the nickname is the token's: any given is ignored.
-		if err := ValidName(in.Nick, rules.MaxNickBytes); err != nil && (in.Token == "" || in.Nick != "") {
-			return bad(CodeBadNick, "nick %v", err)
+		// An empty nick is the server's to judge: a connection with a
+		// token (here or in its URL) is named by it, any other needs one.
+		if in.Nick != "" {
+			if err := ValidName(in.Nick, rules.MaxNickBytes); err != nil {
+				return bad(CodeBadNick, "nick %v", err)
+			}
 		}
 		if len(in.Session) > rules.MaxIDBytes || !utf8.ValidString(in.Session) {
 			return bad(CodeBadRequest, "session must be valid UTF-8 of at most %d bytes", rules.MaxIDBytes)

