@@ -17,7 +17,7 @@ help:
 	@echo 'make images          base images without a registry, recorded in .env for Compose (idempotent)'
 	@echo 'make project-images  wschat/ws-relayer, wschat/ws-user, wschat/nginx, wschat/nats'
 	@echo 'make compose-plugin  install the Compose v2 plugin (docker compose) from the Go module proxy'
-	@echo 'make up              build and start the stack, 3 ws-user replicas, http://localhost:$${WSCHAT_PORT:-8080}'
+	@echo 'make up              build and start the stack, 3 ws-user replicas, http://localhost:$${WSCHAT_PORT:-8080} (a random RELAY_SECRET goes to .env when it has none)'
 	@echo 'make up-nats         the same with the relay tier on a three-node NATS JetStream cluster (BUS=nats, --profile nats)'
 	@echo 'make down            stop the stack (WSCHAT_DOWN_VOLUMES=1 drops the data volume)'
 	@echo 'make test            gofmt, go vet, staticcheck and go test -race of every module, containers and browser included, then make fuzz'

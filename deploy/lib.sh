@@ -78,6 +78,27 @@ load_dotenv() {
 	done <"$file"
 }
 
+# dotenv_locked CMD...: runs CMD holding the lock every writer of the
+# repository's .env takes: make images records base images there, make up
+# a relay secret, and the two may run at once.
+dotenv_locked() {
+	(
+		flock 8
+		"$@"
+	) 8>"${TMPDIR:-/tmp}/wschat-dotenv.lock"
+}
+
+# random_secret prints 32 random bytes in hex: openssl when installed,
+# else /dev/urandom through od (coreutils).
+random_secret() {
+	if command -v openssl >/dev/null; then
+		openssl rand -hex 32
+	else
+		od -An -N32 -tx1 /dev/urandom | tr -d ' \n'
+		echo
+	fi
+}
+
 # docker_build IMAGE DOCKER-BUILD-ARGS...: docker build -t IMAGE, showing
 # progress as one line per Dockerfile step that runs (steps served by
 # Docker's layer cache are only counted), and Docker's whole output when

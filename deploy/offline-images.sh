@@ -274,5 +274,5 @@ if [ -f "$workdir/replaced" ]; then
 	mapfile -t replaced < <(tac "$workdir/replaced")
 	remove_replaced "${replaced[@]}"
 fi
-[ -z "$dotenv" ] || record_dotenv
+[ -z "$dotenv" ] || dotenv_locked record_dotenv
 log "base images ready in $((SECONDS - start))s"
