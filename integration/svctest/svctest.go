@@ -96,6 +96,9 @@ func Start(t testing.TB, name string, run RunFunc, env map[string]string) *Servi
 	return s
 }
 
+// Log returns what the service has logged so far.
+func (s *Service) Log() string { return s.logs.String() }
+
 // Stop cancels the service and waits for Run to return; later calls do
 // nothing.
 func (s *Service) Stop() {

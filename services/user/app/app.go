@@ -208,7 +208,7 @@ func routes(cfg *Config, conns *conn.Server, h *hub.Hub, b bus.Bus, reg *prometh
 	mux.Handle(api.Prefix, api.Handler(api.Config{Keys: keys, Rules: protocol.Rules{MaxRoomBytes: cfg.MaxRoomBytes,
 		MaxNickBytes: cfg.MaxNickBytes, MaxMessageBytes: cfg.MaxMessageBytes}, Timeout: cfg.APITimeout, Logger: log}, h))
 	if cfg.AuthDevTokens {
-		mux.Handle("GET /auth/dev-token", devTokens(cfg))
+		mux.Handle("GET /auth/token", devTokens(cfg))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {

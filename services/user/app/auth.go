@@ -19,7 +19,7 @@ func newVerifier(ctx context.Context, cfg *Config, log *slog.Logger) (*auth.Veri
 			"for production set AUTH_MODE=required and the keys tokens are signed with (see SECURITY.md)")
 	}
 	if cfg.AuthDevTokens {
-		log.Warn("AUTH_DEV_TOKENS=true: /auth/dev-token hands a signed token for any user to anyone who asks; development only")
+		log.Warn("AUTH_DEV_TOKENS=true: /auth/token hands a signed token for any user to anyone who asks; development only")
 	}
 	if cfg.APIKey == "" {
 		log.Info("server API off: no API_KEY")
@@ -35,7 +35,7 @@ func newVerifier(ctx context.Context, cfg *Config, log *slog.Logger) (*auth.Veri
 	})
 }
 
-// devTokens serves GET /auth/dev-token?user=NAME: a token for that user,
+// devTokens serves GET /auth/token?user=NAME: a token for that user,
 // signed with AUTH_HMAC_SECRET, valid for AUTH_DEV_TOKEN_TTL. Development
 // only (AUTH_DEV_TOKENS, which needs DEV_MODE).
 func devTokens(cfg *Config) http.Handler {

@@ -37,6 +37,13 @@ func TestConfigErrors(t *testing.T) {
 		{"nats replicas", map[string]string{"BUS": "nats", "NATS_URL": "nats://a:4222", "NATS_REPLICAS": "0"}, []string{"NATS_REPLICAS must be 1..5"}},
 		{"nats tls", map[string]string{"BUS": "nats", "NATS_URL": "nats://a:4222", "NATS_TLS_CERT": "c.pem"}, []string{"NATS_TLS_CERT and NATS_TLS_KEY go together"}},
 		{"several at once", map[string]string{"MAX_ROOMS": "0", "JOIN_TIMEOUT": "0s"}, []string{"MAX_ROOMS", "JOIN_TIMEOUT"}},
+		{"auth mode", map[string]string{"AUTH_MODE": "maybe"}, []string{`AUTH_MODE must be anonymous or required, got "maybe"`}},
+		{"required without keys", map[string]string{"AUTH_MODE": "required"}, []string{"AUTH_MODE=required needs the keys"}},
+		{"short hmac secret", map[string]string{"AUTH_HMAC_SECRET": "short"}, []string{"AUTH_HMAC_SECRET must be at least 32 bytes"}},
+		{"dev tokens outside development", map[string]string{"AUTH_DEV_TOKENS": "true", "AUTH_HMAC_SECRET": strings.Repeat("k", 32)}, []string{"AUTH_DEV_TOKENS=true", "DEV_MODE=true"}},
+		{"dev tokens without a key", map[string]string{"AUTH_DEV_TOKENS": "true", "DEV_MODE": "true"}, []string{"AUTH_DEV_TOKENS=true", "AUTH_HMAC_SECRET"}},
+		{"short api key", map[string]string{"API_KEY": "abc"}, []string{"API_KEY must be at least 16 bytes"}},
+		{"api key and file", map[string]string{"API_KEY": strings.Repeat("k", 16), "API_KEY_FILE": "/run/secrets/api_key"}, []string{"API_KEY and API_KEY_FILE are both set"}},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

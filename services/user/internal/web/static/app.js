@@ -99,23 +99,19 @@
     ui.instanceLabel.hidden = !name;
   }
 
-  // The token hook: a deployment that authenticates its users defines
-  // window.wschatToken = async (nick) => token (a signed connection token
-  // from its own back end; '' connects anonymously) in a script of its
-  // own before this one. Without it, the page asks the development token
-  // endpoint (AUTH_DEV_TOKENS, off by default: then it answers 404 and the
-  // page connects anonymously). The token goes in hello, not in the URL,
-  // so that no proxy logs it.
+  // The token hook: before each connection the page asks its own origin
+  // for a token, GET /auth/token?user=<nick> with the page's cookies,
+  // expecting {"token": "…"}. A deployment that authenticates its users
+  // routes that path to its sign-in service (SECURITY.md); ws-user answers
+  // it itself only with AUTH_DEV_TOKENS (development). 404, the default,
+  // connects anonymously. The token goes in hello, not in the URL, so that
+  // no proxy logs it.
   async function getToken() {
-    if (typeof window.wschatToken === 'function') return String((await window.wschatToken(state.nick)) || '');
-    try {
-      const r = await fetch('/auth/dev-token?user=' + encodeURIComponent(state.nick), { cache: 'no-store' });
-      if (!r.ok) return '';
-      const body = await r.json();
-      return typeof body.token === 'string' ? body.token : '';
-    } catch (err) {
-      return '';
-    }
+    const r = await fetch('/auth/token?user=' + encodeURIComponent(state.nick), { cache: 'no-store', credentials: 'same-origin' });
+    if (r.status === 404) return '';
+    if (!r.ok) throw new Error('HTTP ' + r.status);
+    const body = await r.json();
+    return typeof body.token === 'string' ? body.token : '';
   }
 
   async function connect() {
@@ -126,7 +122,9 @@
     try {
       token = await getToken();
     } catch (err) {
-      showError('Could not get a sign-in token: ' + err);
+      showError('Could not get a sign-in token (' + err.message + '); retrying');
+      scheduleReconnect();
+      return;
     }
     if (state.stopped || state.ws) return;
     let ws;
