@@ -463,7 +463,7 @@ func checkWorkload(p *problems, b *build, w *workload, apps map[string]*app, rea
 				if _, ok := s.StringData[ref.Key]; !ok && s.Data[ref.Key] == nil {
 					p.add("%s: env %s: Secret %s has no key %s", id, e.Name, ref.Name, ref.Key)
 				}
-			} else if !strings.Contains(readme, "kubectl create secret generic "+ref.Name+" --from-literal="+ref.Key+"=") {
+			} else if !createsSecret(readme, ref.Name, ref.Key) {
 				p.add("%s: env %s reads Secret %s (key %s), which neither the manifests define nor README.md creates (kubectl create secret generic %s --from-literal=%s=...)",
 					id, e.Name, ref.Name, ref.Key, ref.Name, ref.Key)
 			}
@@ -889,4 +889,16 @@ func checkNATS(p *problems, b *build, w *workload, cfg appConfig, helm *helmNATS
 	if v("config", "jetstream", "memoryStore", "enabled") != true || err != nil || mem.Value() <= 0 {
 		p.add("%s: config.jetstream.memoryStore must be enabled with a maxSize: ws-user's presence bucket is kept in memory", vf)
 	}
+}
+
+// createsSecret reports whether text holds a command (its lines joined
+// where they end in a backslash) "kubectl create secret generic name …"
+// with --from-literal=key=.
+func createsSecret(text, name, key string) bool {
+	for _, line := range strings.Split(strings.ReplaceAll(text, "\\\n", " "), "\n") {
+		if strings.Contains(line, "kubectl create secret generic "+name+" ") && strings.Contains(line, " --from-literal="+key+"=") {
+			return true
+		}
+	}
+	return false
 }
