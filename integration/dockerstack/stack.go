@@ -373,6 +373,14 @@ func (s *Stack) Relayer() *testcontainers.DockerContainer {
 	return s.relayer
 }
 
+// Containers are every container the stack started (replaced ones
+// included), in start order: for a test that reads all their logs.
+func (s *Stack) Containers() []*testcontainers.DockerContainer {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.all)
+}
+
 // Volume is the name of the relayer's data volume (mounted on /data).
 func (s *Stack) Volume() string { return s.volume }
 
