@@ -47,19 +47,32 @@ const authAudience = "wschat"
 //     revokes its older tokens, other users untouched;
 //  5. no container logged the HMAC secret, the API key, the relay secret,
 //     nor any token the test made.
+//
+// On every relay tier: the server API's calls and a disconnect travel
+// through it.
 func TestAuthenticationEndToEnd(t *testing.T) {
-	dockerstack.Need(t)
+	for _, b := range backends {
+		t.Run(b.name, func(t *testing.T) {
+			dockerstack.Need(t)
+			began := time.Now()
+			secret := randomHex(t, 32)
+			apiKey := randomHex(t, 24)
+			opts := b.opts
+			opts.UserEnv = map[string]string{
+				"AUTH_MODE":          "required",
+				"AUTH_HMAC_SECRET":   secret,
+				"AUTH_AUDIENCE":      authAudience,
+				"API_KEY":            apiKey,
+				"AUTH_EXPIRY_NOTICE": "2s",
+			}
+			s := dockerstack.NewWith(t, 2, opts)
+			testAuthentication(t, s, secret, apiKey, time.Since(began))
+		})
+	}
+}
+
+func testAuthentication(t *testing.T, s *dockerstack.Stack, secret, apiKey string, started time.Duration) {
 	began := time.Now()
-	secret := randomHex(t, 32)
-	apiKey := randomHex(t, 24)
-	s := dockerstack.NewWith(t, 2, dockerstack.Options{UserEnv: map[string]string{
-		"AUTH_MODE":          "required",
-		"AUTH_HMAC_SECRET":   secret,
-		"AUTH_AUDIENCE":      authAudience,
-		"API_KEY":            apiKey,
-		"AUTH_EXPIRY_NOTICE": "2s",
-	}})
-	started := time.Since(began)
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
 	nt := dockerstack.NewNotifier()
@@ -294,7 +307,7 @@ func TestAuthenticationEndToEnd(t *testing.T) {
 
 	t.Logf("stack up in %s; checked 4 refusals (4001-4004) and a forbidden room; ann (%s) named by her token, seen by bob on %s; "+
 		"refresh kept dan's connection past its expiry, the other closed 4003; API: presence of %d members, publish seq %d to %d clients on %v, "+
-		"history, 401s, disconnect closed %d carl connections (4005) on %v and revoked the old token; %d secrets searched in %d containers' logs; %s in all",
+		"history, 401s, disconnect closed %d carl connections (4005) on %v and revoked the old token; %d secrets searched in %d containers' logs; checks took %s",
 		started.Round(time.Second), ann.w.Instance, bob.w.Instance, len(members), published.Seq, len(lobby), lobbyOn,
 		len(carls), carlOn, len(secrets), len(ctrs), time.Since(began).Round(time.Second))
 }
