@@ -362,6 +362,32 @@ func start(t *testing.T) (newTab func(name string) *tab) {
 	}
 }
 
+// TokenScenario: on a deployment that requires tokens, the page gets one
+// through its hook (GET /auth/token) and connects with it; told that it
+// expires soon, it fetches another and refreshes it in-band (refreshed
+// reports when the server has seen that), and chats on, on the same
+// connection. It returns the instance the page is on.
+func TokenScenario(t *testing.T, base, nick, room string, refreshed func() bool) string {
+	newTab := start(t)
+	b := newTab(nick)
+	inst := b.open(base, nick, room)
+	b.say("signed in")
+	b.waitMessage("signed in")
+	deadline := time.Now().Add(20 * time.Second)
+	for !refreshed() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no token refresh within 20s", nick)
+		}
+		time.Sleep(50 * time.Millisecond) // polling interval of the server's log
+	}
+	b.say("after the refresh")
+	b.waitMessage("after the refresh")
+	if got := b.text("#instance"); got != inst || !evalAs[bool](b, `document.querySelector('#conn-state').dataset.state === 'connected'`) {
+		t.Fatalf("%s: on %q after the refresh, was on %q: the connection did not stay", nick, got, inst)
+	}
+	return inst
+}
+
 // ResendTarget is a running wschat for ResendScenario: the page reaches
 // one instance first, whose relay link can be cut.
 type ResendTarget struct {

@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -138,4 +139,43 @@ func TestBrowserResendAfterReconnect(t *testing.T) {
 
 func artifactsDir(t *testing.T) string {
 	return fmt.Sprintf("%s/%s", t.TempDir(), t.Name())
+}
+
+// The page on a deployment that requires tokens: it signs in through its
+// token hook (here the development endpoint), its messages carry the
+// token's user, and it refreshes its token in-band when told it expires.
+func TestBrowserSignsInWithAToken(t *testing.T) {
+	if browser.Chromium() == "" {
+		t.Skip("no chromium installed (apt-get install chromium); .ci/run installs it")
+	}
+	r := startRelayer(t, nil)
+	// Tokens of a minute, and the notice at once: the page refreshes
+	// within seconds.
+	u := startUser(t, "solo", r, map[string]string{"AUTH_MODE": "required", "AUTH_HMAC_SECRET": randomHex(t, 32),
+		"DEV_MODE": "true", "AUTH_DEV_TOKENS": "true", "AUTH_DEV_TOKEN_TTL": "1m", "AUTH_EXPIRY_NOTICE": "58s"})
+	code, body := api(t, u.Addr, "GET", "/auth/token?user=watcher", "", "")
+	tok, _ := body["token"].(string)
+	if code != http.StatusOK || tok == "" {
+		t.Fatalf("/auth/token: %d %v", code, body)
+	}
+	watcher := dial(t, u.Addr, "/ws?token="+url.QueryEscape(tok))
+	watcher.send(map[string]any{"type": "hello"})
+	watcher.expect("welcome")
+	watcher.join("lobby", nil)
+	front := httptest.NewServer(&balancer{backends: []string{u.Addr}})
+	defer front.Close()
+	browser.TokenScenario(t, front.URL, "alice", "lobby", func() bool {
+		return strings.Contains(u.Log(), `"msg":"token refreshed","service":"ws-user","instance":"solo"`)
+	})
+	for _, text := range []string{"signed in", "after the refresh"} {
+		for {
+			f := watcher.next()
+			if f.Type == "chat" && f.Message == text {
+				if f.From != "alice" || !strings.Contains(f.Raw, `"user":"alice"`) {
+					t.Fatalf("the page's message %s: want from alice, user alice", f.Raw)
+				}
+				break
+			}
+		}
+	}
 }

@@ -39,15 +39,27 @@ type Agent struct {
 	p *agentPeer
 }
 
+// inProcess is what the hub's in-process Peers share: no socket, so
+// nothing to drain, bound, catch up or close, and no lazy frames.
+type inProcess struct{ id string }
+
+func (p *inProcess) ID() string                       { return p.id }
+func (p *inProcess) SendLazy([]byte)                  {}
+func (p *inProcess) Drained() bool                    { return true }
+func (p *inProcess) QueueLimits() (frames, bytes int) { return 1 << 20, 64 << 20 }
+func (p *inProcess) SetCatchingUp(bool)               {}
+func (p *inProcess) Closing() bool                    { return false }
+func (p *inProcess) Close(int, string)                {}
+func (p *inProcess) CloseAfter(int, string)           {}
+
 // agentPeer is an Agent's Peer: it keeps the answers (frames with an id)
 // for Do, and drops the rooms' traffic.
 type agentPeer struct {
-	id      string
+	inProcess
 	mu      sync.Mutex
 	waiters map[string]chan []byte
 }
 
-func (p *agentPeer) ID() string { return p.id }
 func (p *agentPeer) Send(b []byte) {
 	var f struct {
 		ID string `json:"id"`
@@ -66,19 +78,12 @@ func (p *agentPeer) Send(b []byte) {
 		}
 	}
 }
-func (p *agentPeer) SendLazy([]byte)                  {}
-func (p *agentPeer) SendLive([]byte) bool             { return true }
-func (p *agentPeer) SendError(e *protocol.Error)      { p.Send(protocol.Encode(e)) }
-func (p *agentPeer) Drained() bool                    { return true }
-func (p *agentPeer) QueueLimits() (frames, bytes int) { return 1 << 20, 64 << 20 }
-func (p *agentPeer) SetCatchingUp(bool)               {}
-func (p *agentPeer) Closing() bool                    { return false }
-func (p *agentPeer) Close(int, string)                {}
-func (p *agentPeer) CloseAfter(int, string)           {}
+func (p *agentPeer) SendLive([]byte) bool        { return true }
+func (p *agentPeer) SendError(e *protocol.Error) { p.Send(protocol.Encode(e)) }
 
 // NewAgent returns an agent whose messages are from name.
 func (h *Hub) NewAgent(name string) *Agent {
-	p := &agentPeer{id: h.newID("a"), waiters: map[string]chan []byte{}}
+	p := &agentPeer{inProcess: inProcess{id: h.newID("a")}, waiters: map[string]chan []byte{}}
 	c := h.open(p)
 	c.extended, c.observer = true, true
 	c.ident = &auth.Identity{User: systemUser, Name: name}
@@ -135,13 +140,12 @@ func (h *Hub) Disconnect(ctx context.Context, user string) error {
 // ctlPeer is the instance's own member of the control room: it hands each
 // message to the goroutine of RunControl.
 type ctlPeer struct {
-	id   string
+	inProcess
 	mu   sync.Mutex
 	msgs [][]byte
 	wake chan struct{}
 }
 
-func (p *ctlPeer) ID() string { return p.id }
 func (p *ctlPeer) SendLive(b []byte) bool {
 	p.mu.Lock()
 	p.msgs = append(p.msgs, b)
@@ -152,20 +156,13 @@ func (p *ctlPeer) SendLive(b []byte) bool {
 	}
 	return true
 }
-func (p *ctlPeer) Send([]byte)                      {}
-func (p *ctlPeer) SendLazy([]byte)                  {}
-func (p *ctlPeer) SendError(*protocol.Error)        {}
-func (p *ctlPeer) Drained() bool                    { return true }
-func (p *ctlPeer) QueueLimits() (frames, bytes int) { return 1 << 20, 64 << 20 }
-func (p *ctlPeer) SetCatchingUp(bool)               {}
-func (p *ctlPeer) Closing() bool                    { return false }
-func (p *ctlPeer) Close(int, string)                {}
-func (p *ctlPeer) CloseAfter(int, string)           {}
+func (p *ctlPeer) Send([]byte)               {}
+func (p *ctlPeer) SendError(*protocol.Error) {}
 
 // RunControl joins the control room and carries out its commands until
 // ctx ends.
 func (h *Hub) RunControl(ctx context.Context) {
-	p := &ctlPeer{id: h.newID("c"), wake: make(chan struct{}, 1)}
+	p := &ctlPeer{inProcess: inProcess{id: h.newID("c")}, wake: make(chan struct{}, 1)}
 	c := h.open(p)
 	c.observer = true
 	h.join(c, protocol.Inbound{Type: protocol.TypeJoin, Room: ControlRoom})

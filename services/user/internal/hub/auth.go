@@ -219,6 +219,7 @@ func (h *Hub) refresh(c *client, in protocol.Inbound) {
 			c.sendErrorLocked(protocol.Inbound{Room: name}, protocol.CodeForbidden, "the refreshed token does not allow room %q: left", name)
 		}
 	}
+	h.log.Debug("token refreshed", "member", c.member.ID, "user", id.User, "expires", id.Expires)
 	c.peer.Send(protocol.Encode(protocol.Refreshed{Type: protocol.TypeRefreshed, ID: in.ID, Expires: id.Expires.UnixMilli()}))
 }
 
