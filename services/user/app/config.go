@@ -25,8 +25,8 @@ type Config struct {
 	Bus                string        `env:"BUS"`
 	NATSURL            []string      `env:"NATS_URL" envSeparator:","`
 	NATSUser           string        `env:"NATS_USER"`
-	NATSPassword       string        `env:"NATS_PASSWORD"`
-	NATSToken          string        `env:"NATS_TOKEN"`
+	NATSPassword       string        `env:"NATS_PASSWORD" settings:"file"`
+	NATSToken          string        `env:"NATS_TOKEN" settings:"file"`
 	NATSCreds          string        `env:"NATS_CREDS"`
 	NATSNKey           string        `env:"NATS_NKEY"`
 	NATSTLSCA          string        `env:"NATS_TLS_CA"`
