@@ -29,7 +29,7 @@ func CheckDevSecret(name, value string, devMode bool) error {
 		return nil
 	}
 	return fmt.Errorf("%s is a development secret published in wschat's own documentation, so anyone can present it: "+
-		"set a secret of your own, the same on ws-relayer and every ws-user (for example %s=$(openssl rand -hex 32) in .env; "+
-		"make up writes one there when there is none), "+
+		"set a secret of your own, the same on ws-relayer and every ws-user (the output of openssl rand -hex 32, for example, as %s in .env, "+
+		"where make up writes one when there is none), "+
 		"or DEV_MODE=true on both to allow it on a machine nobody else can reach", name, name)
 }

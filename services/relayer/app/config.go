@@ -63,7 +63,7 @@ func (c *Config) validate() error {
 	}
 	switch {
 	case c.RelaySecret == "":
-		check(false, "RELAY_SECRET is required: set it to a shared secret of at least %d bytes, the same on ws-relayer and every ws-user (for example RELAY_SECRET=$(openssl rand -hex 32) in .env, which make up writes when there is none), "+
+		check(false, "RELAY_SECRET is required: set it to a shared secret of at least %d bytes, the same on ws-relayer and every ws-user (the output of openssl rand -hex 32, for example, as RELAY_SECRET in .env, where make up writes one when there is none), "+
 			"or RELAY_SECRET_FILE to a file that holds it (a Docker secret: docker-compose.secrets.yml); the relayer never runs open", minSecretBytes)
 	case len(c.RelaySecret) < minSecretBytes:
 		check(false, "RELAY_SECRET is %d bytes; it must be at least %d (for example RELAY_SECRET=$(openssl rand -hex 32))", len(c.RelaySecret), minSecretBytes)
