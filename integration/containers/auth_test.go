@@ -165,7 +165,7 @@ func testAuthentication(t *testing.T, s *dockerstack.Stack, secret, apiKey strin
 
 	// 4. The server API, across both replicas.
 	carlTok := k.mint(t, userClaims("carl", "Carl", inAnHour))
-	var carls []*authPeer
+	var carls []*peer
 	carlOn := map[string]int{}
 	for i := 1; i <= 20 && len(carlOn) < 2; i++ {
 		p := helloPeer(ctx, t, nt, s, fmt.Sprintf("carl-%d", i), carlTok, "", nil)
@@ -176,7 +176,7 @@ func testAuthentication(t *testing.T, s *dockerstack.Stack, secret, apiKey strin
 	if len(carlOn) < 2 {
 		t.Fatalf("carl's connections by replica after 20 tries: %v, want both replicas", carlOn)
 	}
-	lobby := append([]*authPeer{fay, ann, bob}, carls...)
+	lobby := append([]*peer{fay, ann, bob}, carls...)
 	lobbyOn := map[string]int{}
 	for _, p := range lobby {
 		lobbyOn[p.w.Instance]++
@@ -256,7 +256,7 @@ func testAuthentication(t *testing.T, s *dockerstack.Stack, secret, apiKey strin
 	for _, p := range carls {
 		refused(ctx, t, p, protocol.CodeDisconnected, protocol.CloseDisconnected)
 	}
-	for _, p := range []*authPeer{fay, ann, bob, kept} {
+	for _, p := range []*peer{fay, ann, bob, kept} {
 		p.ping(ctx, t, "after-disconnect")
 	}
 	// carl's token, issued before the disconnect, is refused from now on
@@ -372,144 +372,9 @@ func redact(key string) string {
 	return "<" + fmt.Sprint(len(key)) + " bytes>"
 }
 
-// authPeer is a client of the authentication test: every frame it gets is
-// kept, and so is how its connection ended.
-type authPeer struct {
-	name string
-	c    *websocket.Conn
-	nt   *dockerstack.Notifier
-	w    protocol.Welcome // once helloPeer returned
-
-	mu     sync.Mutex
-	frames [][]byte
-	end    error // why reading ended (a websocket.CloseError when closed); nil while open
-}
-
-// dialPeer connects through nginx (query is the URL's, a token in it) and
-// starts reading.
-func dialPeer(ctx context.Context, t *testing.T, nt *dockerstack.Notifier, s *dockerstack.Stack, name, query string) *authPeer {
-	t.Helper()
-	c, _, err := dockerstack.Dial(ctx, s.WSURL, "/ws"+query)
-	if err != nil {
-		msg := err.Error()
-		if query != "" {
-			msg = strings.ReplaceAll(msg, query, "?token=…")
-		}
-		t.Fatalf("%s: %s", name, msg)
-	}
-	p := &authPeer{name: name, c: c, nt: nt}
-	t.Cleanup(func() { c.CloseNow() })
-	go p.read(ctx)
-	return p
-}
-
-// helloPeer connects with token in hello (and nick, if not empty) and
-// waits for welcome. With want, it connects again (bounded) until the
-// connection lands on a replica want accepts.
-func helloPeer(ctx context.Context, t *testing.T, nt *dockerstack.Notifier, s *dockerstack.Stack, name, token, nick string, want func(instance string) bool) *authPeer {
-	t.Helper()
-	var seen []string
-	for range 20 {
-		p := dialPeer(ctx, t, nt, s, name, "")
-		p.send(ctx, t, protocol.Inbound{Type: protocol.TypeHello, Nick: nick, Token: token})
-		p.w = expect[protocol.Welcome](ctx, t, p, protocol.TypeWelcome, "welcome", nil)
-		if want == nil || want(p.w.Instance) {
-			return p
-		}
-		seen = append(seen, p.w.Instance)
-		p.c.CloseNow()
-	}
-	t.Fatalf("%s: no connection reached a wanted replica in 20 tries: %v", name, seen)
-	return nil
-}
-
-func (p *authPeer) read(ctx context.Context) {
-	for {
-		_, b, err := p.c.Read(ctx)
-		p.mu.Lock()
-		if err != nil {
-			p.end = err
-		} else {
-			p.frames = append(p.frames, b)
-		}
-		p.mu.Unlock()
-		p.nt.Bump()
-		if err != nil {
-			return
-		}
-	}
-}
-
-func (p *authPeer) send(ctx context.Context, t *testing.T, in protocol.Inbound) {
-	t.Helper()
-	if err := dockerstack.Send(ctx, p.c, in); err != nil {
-		t.Fatalf("%s: send %s: %v", p.name, in.Type, err)
-	}
-}
-
-func (p *authPeer) has(typ string) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return slices.ContainsFunc(p.frames, func(b []byte) bool { return dockerstack.FrameType(b) == typ })
-}
-
-func (p *authPeer) join(ctx context.Context, t *testing.T, room string) {
-	t.Helper()
-	id := "join-" + room
-	p.send(ctx, t, protocol.Inbound{Type: protocol.TypeJoin, Room: room, ID: id})
-	expect(ctx, t, p, protocol.TypeJoined, "joined "+room, func(j protocol.Joined) bool { return j.ID == id })
-}
-
-// ping checks the connection is open and answered.
-func (p *authPeer) ping(ctx context.Context, t *testing.T, id string) {
-	t.Helper()
-	p.send(ctx, t, protocol.Inbound{Type: protocol.TypePing, ID: id})
-	expect(ctx, t, p, protocol.TypePong, "pong "+id, func(f protocol.Pong) bool { return f.ID == id })
-}
-
-// expect waits (at most 15 s) for the first frame of p of type typ that
-// match (nil: any) accepts. The connection ending first fails the test.
-func expect[T any](ctx context.Context, t *testing.T, p *authPeer, typ, what string, match func(T) bool) T {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	var found T
-	var ok bool
-	var end error
-	var errs []string
-	err := p.nt.WaitFor(ctx, func() bool {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		errs = errs[:0]
-		for _, b := range p.frames {
-			switch dockerstack.FrameType(b) {
-			case typ:
-				var v T
-				if json.Unmarshal(b, &v) == nil && (match == nil || match(v)) {
-					found, ok = v, true
-					return true
-				}
-			case protocol.TypeError:
-				errs = append(errs, string(b))
-			}
-		}
-		end = p.end
-		return end != nil
-	})
-	switch {
-	case ok:
-		return found
-	case end != nil:
-		t.Fatalf("%s: %s: the connection ended first: %s (error frames: %v)", p.name, what, closeReason(end), errs)
-	case err != nil:
-		t.Fatalf("%s: %s: not within 15s (error frames: %v)", p.name, what, errs)
-	}
-	return found
-}
-
 // refused waits for p's error frame with code, then for the close with
 // closeCode.
-func refused(ctx context.Context, t *testing.T, p *authPeer, code string, closeCode int) {
+func refused(ctx context.Context, t *testing.T, p *peer, code string, closeCode int) {
 	t.Helper()
 	expect(ctx, t, p, protocol.TypeError, "error "+code, func(e protocol.Error) bool { return e.Code == code })
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)

@@ -2,9 +2,7 @@ package containers
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,116 +11,6 @@ import (
 	"github.com/wschat/wschat/integration/dockerstack"
 	"github.com/wschat/wschat/services/protocol"
 )
-
-// peer is an extended client whose every frame is kept, in order, for the
-// test to wait on.
-type peer struct {
-	name string
-	w    protocol.Welcome
-	c    *websocket.Conn
-	nt   *dockerstack.Notifier
-
-	mu     sync.Mutex
-	frames [][]byte
-}
-
-// hello connects through nginx with a session, until the connection lands
-// on a replica accepted by want (bounded tries), and starts its reader.
-func hello(ctx context.Context, t *testing.T, nt *dockerstack.Notifier, s *dockerstack.Stack, name, session string, want func(instance string) bool) *peer {
-	t.Helper()
-	frame := struct {
-		Type    string `json:"type"`
-		Nick    string `json:"nick"`
-		Session string `json:"session"`
-	}{protocol.TypeHello, name, session}
-	var seen []string
-	for range 60 {
-		c, w, err := dockerstack.HelloWith(ctx, s.WSURL, frame)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
-		if !want(w.Instance) {
-			seen = append(seen, w.Instance)
-			c.CloseNow()
-			continue
-		}
-		p := &peer{name: name, w: w, c: c, nt: nt}
-		t.Cleanup(func() { c.CloseNow() })
-		go p.read(ctx)
-		return p
-	}
-	t.Fatalf("%s: no connection reached a wanted replica in 60 tries: %v", name, seen)
-	return nil
-}
-
-func anyReplica(string) bool { return true }
-
-func (p *peer) read(ctx context.Context) {
-	for {
-		_, b, err := p.c.Read(ctx)
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		p.frames = append(p.frames, b)
-		p.mu.Unlock()
-		p.nt.Bump()
-	}
-}
-
-func (p *peer) send(ctx context.Context, t *testing.T, in protocol.Inbound) {
-	t.Helper()
-	if err := dockerstack.Send(ctx, p.c, in); err != nil {
-		t.Fatalf("%s: send %s: %v", p.name, in.Type, err)
-	}
-}
-
-// await waits (at most 30 s) for the first frame of type typ that match
-// accepts once decoded into v; an error frame about the same id fails
-// the test.
-func await[T any](ctx context.Context, t *testing.T, p *peer, typ, what string, match func(T) bool) T {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	var found T
-	var errs []string
-	err := p.nt.WaitFor(ctx, func() bool {
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		errs = errs[:0]
-		for _, b := range p.frames {
-			switch dockerstack.FrameType(b) {
-			case typ:
-				var v T
-				if json.Unmarshal(b, &v) == nil && match(v) {
-					found = v
-					return true
-				}
-			case protocol.TypeError:
-				errs = append(errs, string(b))
-			}
-		}
-		return false
-	})
-	if err != nil {
-		t.Fatalf("%s: %s: not within 30s (errors received: %v)", p.name, what, errs)
-	}
-	return found
-}
-
-// chats counts the chat frames of room with message id id p received.
-func (p *peer) chats(room, id string) int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	n := 0
-	for _, b := range p.frames {
-		var m protocol.Message
-		if dockerstack.FrameType(b) == protocol.TypeChat && json.Unmarshal(b, &m) == nil && m.Room == room && m.ID == id {
-			n++
-		}
-	}
-	return n
-}
 
 // On two replicas: presence across instances (the members a join
 // answers, live joins and leaves), a chat re-sent after a reconnect (same
@@ -139,23 +27,23 @@ func testHistoryPresenceAndReSend(t *testing.T, s *dockerstack.Stack) {
 	const room = "recall"
 	nt := dockerstack.NewNotifier()
 
-	alice := hello(ctx, t, nt, s, "alice", "s-alice", anyReplica)
+	alice := hello(ctx, t, nt, s, "alice", "s-alice", nil)
 	bob := hello(ctx, t, nt, s, "bob", "s-bob", func(i string) bool { return i != alice.w.Instance })
 	alice.send(ctx, t, protocol.Inbound{Type: protocol.TypeJoin, Room: room, ID: "j"})
-	await(ctx, t, alice, protocol.TypeJoined, "joined", func(j protocol.Joined) bool { return j.ID == "j" })
+	expect(ctx, t, alice, protocol.TypeJoined, "joined", func(j protocol.Joined) bool { return j.ID == "j" })
 	bob.send(ctx, t, protocol.Inbound{Type: protocol.TypeJoin, Room: room, ID: "j"})
-	j := await(ctx, t, bob, protocol.TypeJoined, "joined", func(j protocol.Joined) bool { return j.ID == "j" })
+	j := expect(ctx, t, bob, protocol.TypeJoined, "joined", func(j protocol.Joined) bool { return j.ID == "j" })
 	if !hasMember(j.Members, alice.w.ID, alice.w.Instance) {
 		t.Errorf("bob's join on %s lists %+v, want alice (%s on %s) among them", bob.w.Instance, j.Members, alice.w.ID, alice.w.Instance)
 	}
-	await(ctx, t, alice, protocol.TypePresence, "presence join of bob", func(p protocol.Presence) bool {
+	expect(ctx, t, alice, protocol.TypePresence, "presence join of bob", func(p protocol.Presence) bool {
 		return p.Room == room && p.Event == protocol.PresenceJoin && p.Member.ID == bob.w.ID && p.Member.Instance == bob.w.Instance
 	})
 
 	first := protocol.Inbound{Type: protocol.TypeChat, Room: room, ID: "a-1", Message: "first"}
 	alice.send(ctx, t, first)
-	ack := await(ctx, t, alice, protocol.TypeAck, "ack of a-1", func(a protocol.Ack) bool { return a.ID == "a-1" })
-	await(ctx, t, bob, protocol.TypeChat, "a-1", func(m protocol.Message) bool { return m.ID == "a-1" && m.Seq == ack.Seq })
+	ack := expect(ctx, t, alice, protocol.TypeAck, "ack of a-1", func(a protocol.Ack) bool { return a.ID == "a-1" })
+	expect(ctx, t, bob, protocol.TypeChat, "a-1", func(m protocol.Message) bool { return m.ID == "a-1" && m.Seq == ack.Seq })
 
 	// Alice comes back on bob's replica with her session, recovers since
 	// the ack, and sends a-1 again as if its ack had been lost.
@@ -164,21 +52,21 @@ func testHistoryPresenceAndReSend(t *testing.T, s *dockerstack.Stack) {
 	alice = hello(ctx, t, nt, s, "alice", "s-alice", func(i string) bool { return i == bob.w.Instance })
 	since := ack.Seq
 	alice.send(ctx, t, protocol.Inbound{Type: protocol.TypeJoin, Room: room, ID: "j2", Since: &since, Epoch: j.Epoch})
-	rj := await(ctx, t, alice, protocol.TypeJoined, "recovery join", func(j protocol.Joined) bool { return j.ID == "j2" })
+	rj := expect(ctx, t, alice, protocol.TypeJoined, "recovery join", func(j protocol.Joined) bool { return j.ID == "j2" })
 	if rj.Recovered == nil || !*rj.Recovered || rj.Seq != ack.Seq || len(rj.History) != 0 {
 		t.Fatalf("recovery join since %d: seq %d, recovered %v, %d messages; want seq %d, recovered, none", since, rj.Seq, recovered(rj), len(rj.History), ack.Seq)
 	}
 	alice.send(ctx, t, first)
-	again := await(ctx, t, alice, protocol.TypeAck, "ack of the re-sent a-1", func(a protocol.Ack) bool { return a.ID == "a-1" })
+	again := expect(ctx, t, alice, protocol.TypeAck, "ack of the re-sent a-1", func(a protocol.Ack) bool { return a.ID == "a-1" })
 	if again.Seq != ack.Seq {
 		t.Errorf("re-sent a-1 acknowledged as seq %d, first as %d: sequenced twice", again.Seq, ack.Seq)
 	}
 	alice.send(ctx, t, protocol.Inbound{Type: protocol.TypeChat, Room: room, ID: "a-2", Message: "second"})
-	ack2 := await(ctx, t, alice, protocol.TypeAck, "ack of a-2", func(a protocol.Ack) bool { return a.ID == "a-2" })
+	ack2 := expect(ctx, t, alice, protocol.TypeAck, "ack of a-2", func(a protocol.Ack) bool { return a.ID == "a-2" })
 	if ack2.Seq != ack.Seq+1 {
 		t.Errorf("a-2 acknowledged as seq %d, want %d (right after a-1)", ack2.Seq, ack.Seq+1)
 	}
-	await(ctx, t, bob, protocol.TypeChat, "a-2", func(m protocol.Message) bool { return m.ID == "a-2" })
+	expect(ctx, t, bob, protocol.TypeChat, "a-2", func(m protocol.Message) bool { return m.ID == "a-2" })
 	if n := bob.chats(room, "a-1"); n != 1 {
 		t.Errorf("bob got a-1 %d times, want once", n)
 	}
@@ -188,7 +76,7 @@ func testHistoryPresenceAndReSend(t *testing.T, s *dockerstack.Stack) {
 	carol := hello(ctx, t, nt, s, "carol", "s-carol", func(i string) bool { return i != bob.w.Instance })
 	zero := uint64(0)
 	carol.send(ctx, t, protocol.Inbound{Type: protocol.TypeJoin, Room: room, ID: "j", Since: &zero})
-	cj := await(ctx, t, carol, protocol.TypeJoined, "joined", func(j protocol.Joined) bool { return j.ID == "j" })
+	cj := expect(ctx, t, carol, protocol.TypeJoined, "joined", func(j protocol.Joined) bool { return j.ID == "j" })
 	if cj.Seq != ack2.Seq || len(cj.History) != int(cj.Seq) {
 		t.Fatalf("carol joined at seq %d with %d messages, want seq %d and all of them", cj.Seq, len(cj.History), ack2.Seq)
 	}
@@ -204,7 +92,7 @@ func testHistoryPresenceAndReSend(t *testing.T, s *dockerstack.Stack) {
 		t.Errorf("history at seq %d: %+v, want a-2", ack2.Seq, got)
 	}
 	carol.send(ctx, t, protocol.Inbound{Type: protocol.TypeHistory, Room: room, ID: "h", Before: ack2.Seq + 1, Limit: 2})
-	h := await(ctx, t, carol, protocol.TypeHistory, "history", func(h protocol.History) bool { return h.ID == "h" })
+	h := expect(ctx, t, carol, protocol.TypeHistory, "history", func(h protocol.History) bool { return h.ID == "h" })
 	if len(h.Messages) != 2 || h.Messages[0].ID != "a-1" || h.Messages[1].ID != "a-2" {
 		t.Errorf("history before %d, limit 2: %+v, want a-1 and a-2", ack2.Seq+1, h.Messages)
 	}
@@ -212,7 +100,7 @@ func testHistoryPresenceAndReSend(t *testing.T, s *dockerstack.Stack) {
 	// Bob goes: alice, on his replica, and carol, on the other, see him leave.
 	bob.c.Close(websocket.StatusNormalClosure, "bye")
 	for _, p := range []*peer{alice, carol} {
-		await(ctx, t, p, protocol.TypePresence, "presence leave of bob", func(pr protocol.Presence) bool {
+		expect(ctx, t, p, protocol.TypePresence, "presence leave of bob", func(pr protocol.Presence) bool {
 			return pr.Room == room && pr.Event == protocol.PresenceLeave && pr.Member.ID == bob.w.ID
 		})
 	}
