@@ -1,0 +1,6 @@
+//go:build !race
+
+package system
+
+// raceEnabled: built with -race, which makes timings meaningless.
+const raceEnabled = false
