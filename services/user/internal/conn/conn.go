@@ -289,9 +289,14 @@ func (c *Conn) close(code websocket.StatusCode, reason string, flush bool) {
 }
 
 // closeConn closes the connection with a close handshake, which reads the
-// connection besides the reader.
+// connection besides the reader. A client closed for what it sent (a
+// policy violation: over the rate limit, a refused token) may go on
+// sending: its close frame is not waited for, nor what it sends read.
 func (c *Conn) closeConn(code websocket.StatusCode, reason string) {
 	c.sock.EndWaits()
+	if code == websocket.StatusPolicyViolation || code >= 4000 {
+		c.sock.StopReading()
+	}
 	c.ws.Close(code, reason)
 }
 

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -207,5 +208,49 @@ func TestMaxConns(t *testing.T) {
 			t.Fatal("a freed slot was not taken again")
 		}
 		runtime.Gosched()
+	}
+}
+
+// A client closed for flooding is not read any further: the close frame
+// goes out and the socket is released at once, instead of the close
+// handshake reading (and dropping) all it still sends for up to 5 s —
+// at a flood's volume, seconds of CPU that every other client waits for.
+func TestRateLimitCloseDoesNotDrainTheFlood(t *testing.T) {
+	_, srv := startServer(t, func(c *Config) {
+		c.RatePerSec, c.RateBurst, c.RateLimitCloseAfter = 20, 5, 300*time.Millisecond
+	})
+	c := wstest.Dial(t, srv.Listener.Addr().String())
+	// The flood: chats as fast as the socket takes them, until the test
+	// ends (the close frame does not stop this writer, as it would not
+	// stop a hostile one).
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		chunk := wstest.Frames(slices.Repeat([]string{`{"type":"chat","room":"r","message":"flood"}`}, 200)...)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if _, err := c.Conn.Write(chunk); err != nil {
+				return
+			}
+		}
+	}()
+	defer func() { close(stop); c.Conn.Close(); <-done }()
+	c.ExpectClose(t, 1008)
+	closedAt := time.Now()
+	// Then the end of the connection: with the handshake waiting for the
+	// client's close frame, it would come after 5 s of reading.
+	c.Conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	for {
+		if _, _, err := c.Read(); err != nil {
+			break
+		}
+	}
+	if took := time.Since(closedAt); took > 2*time.Second {
+		t.Fatalf("the socket was released %s after the close frame: the server kept reading the flood", took.Round(time.Millisecond))
 	}
 }

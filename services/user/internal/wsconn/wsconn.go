@@ -165,6 +165,20 @@ type Conn struct {
 	frameTimeout time.Duration
 	frames       frameTracker
 	frameArmed   bool
+	stopped      bool // StopReading: reads fail once pend is served
+}
+
+// ErrStopped is the read error of a Conn after StopReading.
+var ErrStopped = errors.New("reading stopped: the connection is being closed")
+
+// StopReading makes reads fail with ErrStopped from now on, once what was
+// read from the socket already is served. A close handshake with a peer
+// that floods then ends at once, where coder/websocket's would read (and
+// drop) all the peer sends for up to 5 s waiting for its close frame.
+func (c *Conn) StopReading() {
+	c.rmu.Lock()
+	c.stopped = true
+	c.rmu.Unlock()
 }
 
 // ErrFrameTimeout is the read error of a connection whose message, once
@@ -178,6 +192,10 @@ var ErrFrameTimeout = errors.New("a WebSocket message did not arrive whole withi
 func (c *Conn) Read(p []byte) (int, error) {
 	c.rmu.Lock()
 	empty := len(c.pend) == 0 && c.rerr == nil
+	if empty && c.stopped {
+		c.rmu.Unlock()
+		return 0, ErrStopped
+	}
 	if empty && c.frameTimeout > 0 && !c.frameArmed && c.frames.started() {
 		// The socket is read in the middle of a message (the reader
 		// waits between messages in WaitReadable, or here after a
