@@ -57,8 +57,9 @@ const (
 	maxUserBytes     = 128              // Identity.User
 	defaultMaxName   = 32               // Identity.Name, as the user service's MAX_NICK_BYTES
 	defaultRefresh   = 5 * time.Minute  // Config.JWKSRefresh
-	unknownKIDEvery  = 10 * time.Second // at most one fetch for unknown kids per this
-	defaultJWKSLimit = 10 * time.Second // default HTTP client's timeout
+	defaultJWKSLimit = 10 * time.Second // default HTTP client's timeout; limits New's and the periodic fetches
+	onDemandFetch    = 3 * time.Second  // limit of a fetch for an unknown kid, and so of a Verify's wait
+	unknownKIDGap    = time.Second      // from the end of one fetch for an unknown kid to the start of the next
 )
 
 // Config says where the keys come from and what a token must claim. At
@@ -75,13 +76,31 @@ type Config struct {
 	PublicKeys []byte
 	// JWKSURL is a JWKS endpoint (https, or http for tests and private
 	// networks), fetched by New and then every JWKSRefresh. A token whose
-	// kid is not among the keys fetched makes Verify fetch the set at once,
-	// at most once per 10 s (a token with an unknown kid is refused at once
-	// within that time): rotated keys are picked up without waiting, and
-	// tokens with made-up kids cannot make the service hammer the
-	// endpoint. A token without a kid is checked against every fetched key
-	// of its algorithm's type. Only asymmetric keys are used; keys whose
-	// "use" is other than "sig" are ignored.
+	// kid is not among the keys fetched makes Verify fetch the set on
+	// demand, so that rotated keys are picked up without waiting:
+	//   - At most one on-demand fetch runs at a time. A Verify that needs
+	//     one while it runs waits for that fetch, never starts another,
+	//     and then looks its kid up again in what it fetched.
+	//   - An on-demand fetch is given 3 s (less if the HTTP client's
+	//     timeout is shorter), and no Verify waits longer than that, even
+	//     while the endpoint hangs.
+	//   - The next on-demand fetch may start 1 s after the last one ended,
+	//     whether it failed or not.
+	//   - A token with an unknown kid that comes when no on-demand fetch
+	//     runs and none may start yet is refused at once, without waiting.
+	// So tokens with made-up kids cost the endpoint at most one request per
+	// fetch duration plus 1 s, and each of their callers at most one
+	// fetch's wait. The price: a token of a newly rotated key that comes within
+	// 1 s of the end of another on-demand fetch (one for an attacker's
+	// made-up kid, say) is refused, and passes when retried after that
+	// second. The window is short on purpose: a longer one that counted
+	// only fetches finding no new key would not help, since the fetch for
+	// a made-up kid just before a rotation finds no new key either, so one
+	// such token per window would keep new keys out for the whole window.
+	//
+	// A token without a kid is checked against every fetched key of its
+	// algorithm's type. Only asymmetric keys are used; keys whose "use" is
+	// other than "sig" are ignored.
 	JWKSURL string
 	// JWKSRefresh is how often the JWKS is fetched again (default 5 min).
 	// A failed fetch keeps the keys fetched before.
@@ -98,7 +117,8 @@ type Config struct {
 	MaxNameBytes int
 	// Leeway is the clock skew allowed for exp, nbf and iat (default none).
 	Leeway time.Duration
-	// HTTPClient fetches the JWKS (default: a client with a 10 s timeout).
+	// HTTPClient fetches the JWKS (default: a client with a 10 s timeout;
+	// on-demand fetches are limited to 3 s besides).
 	HTTPClient *http.Client
 	// Log, when set, is told of failed JWKS fetches after New's.
 	Log *slog.Logger
@@ -292,15 +312,24 @@ func parseKeys(text []byte) ([]crypto.PublicKey, error) {
 
 // jwks holds the keys fetched from a JWKS endpoint.
 type jwks struct {
-	cached   keyfunc.Keyfunc // reads the keys fetched; never fetches
-	fetching keyfunc.Keyfunc // the same, but fetches first on an unknown kid
+	ctx     context.Context // New's: on-demand fetches end with it
+	cached  keyfunc.Keyfunc // reads the keys fetched; never fetches
+	refetch jwkset.Storage  // the same keys, but its KeyRead of an unknown kid fetches the set first
 
-	// mu makes Verifies with unknown kids wait for the fetch under way, so
-	// that a burst of tokens signed with a new key costs one fetch and all
-	// of them pass. The rate limit is here, not in jwkset's limiter: that
-	// one waits for its next slot (up to its timeout) instead of refusing.
-	mu   sync.Mutex
-	last time.Time // of the last fetch for an unknown kid; guarded by mu
+	// The on-demand fetch (see Config.JWKSURL) is shared: Verifies with
+	// unknown kids wait for the one under way, so that a burst of tokens
+	// signed with a new key costs one fetch and all of them pass. The rate
+	// limit is here, not in jwkset's limiter: that one waits for its next
+	// slot (up to its timeout) instead of refusing.
+	mu     sync.Mutex
+	flight *flight   // the on-demand fetch under way, nil when none; guarded by mu
+	next   time.Time // no on-demand fetch starts before this; guarded by mu
+}
+
+// flight is one on-demand fetch of the JWKS.
+type flight struct {
+	done     chan struct{} // closed once it ended and stored what it fetched
+	deadline time.Time     // by when it ends, failed if not done
 }
 
 func newJWKS(ctx context.Context, cfg Config) (_ *jwks, err error) {
@@ -341,8 +370,8 @@ func newJWKS(ctx context.Context, cfg Config) (_ *jwks, err error) {
 	}
 	refetch, err := jwkset.NewHTTPClient(jwkset.HTTPClientOptions{
 		HTTPURLs: map[string]jwkset.Storage{cfg.JWKSURL: store},
-		// jwkset fetches under this timeout too.
-		RateLimitWaitMax:  timeout,
+		// jwkset fetches under this timeout too; jwks.key gives less.
+		RateLimitWaitMax:  onDemandFetch,
 		RefreshUnknownKID: rate.NewLimiter(rate.Inf, 1), // limited by jwks.key instead
 	})
 	if err != nil {
@@ -353,11 +382,7 @@ func newJWKS(ctx context.Context, cfg Config) (_ *jwks, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("auth: JWKS from %s: %w", where, err)
 	}
-	fetching, err := keyfunc.New(keyfunc.Options{Ctx: ctx, Storage: refetch, UseWhitelist: use})
-	if err != nil {
-		return nil, fmt.Errorf("auth: JWKS from %s: %w", where, err)
-	}
-	return &jwks{cached: cached, fetching: fetching}, nil
+	return &jwks{ctx: ctx, cached: cached, refetch: refetch}, nil
 }
 
 // shown is u fit for messages and logs: without user info, query and
@@ -389,16 +414,47 @@ func (j *jwks) key(t *jwt.Token) (any, error) {
 		return k, err
 	}
 	// The issuer may have rotated its keys since the last fetch.
+	if f := j.join(t); f != nil {
+		wait := time.NewTimer(time.Until(f.deadline))
+		select {
+		case <-f.done:
+		case <-wait.C: // in case the HTTP client outlives its context
+		}
+		wait.Stop()
+	}
+	// Also without a fetch to wait for: one may have stored the key since
+	// the look-up above.
+	return j.cached.Keyfunc(t)
+}
+
+// join returns the on-demand fetch under way, else starts one and returns
+// it if one may start now, else returns nil.
+func (j *jwks) join(t *jwt.Token) *flight {
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	if k, err = j.cached.Keyfunc(t); !errors.Is(err, jwkset.ErrKeyNotFound) {
-		return k, err // fetched while this one waited
+	if j.flight != nil {
+		return j.flight
 	}
-	if time.Since(j.last) < unknownKIDEvery {
-		return nil, errUnknownKID
+	if time.Now().Before(j.next) {
+		return nil
 	}
-	j.last = time.Now()
-	return j.fetching.Keyfunc(t)
+	ctx, cancel := context.WithTimeout(j.ctx, onDemandFetch)
+	f := &flight{done: make(chan struct{})}
+	f.deadline, _ = ctx.Deadline()
+	j.flight = f
+	kid, _ := t.Header[jwkset.HeaderKID].(string) // a string: not found by cached
+	// Its own goroutine, so that every caller, this one too, waits at most
+	// until the deadline. The keys are stored before j.flight is cleared:
+	// a caller that finds no flight finds what it fetched.
+	go func() {
+		defer cancel()
+		_, _ = j.refetch.KeyRead(ctx, kid) // a failure goes to the RefreshErrorHandler
+		j.mu.Lock()
+		j.flight, j.next = nil, time.Now().Add(unknownKIDGap)
+		j.mu.Unlock()
+		close(f.done)
+	}()
+	return f
 }
 
 // key is the jwt.Keyfunc: the keys of the token's algorithm's type only.
@@ -457,8 +513,8 @@ func (c *tokenClaims) UnmarshalJSON(b []byte) error {
 
 // Verify checks token's signature and claims and returns its Identity. A
 // refused token's error is an *Error. It does no I/O, except that a token
-// whose kid is not among the JWKS keys may wait for one fetch of the set
-// (at most the HTTP client's timeout).
+// whose kid is not among the JWKS keys may wait for one on-demand fetch of
+// the set (at most 3 s; see Config.JWKSURL).
 func (v *Verifier) Verify(token string) (*Identity, error) {
 	var c tokenClaims
 	t, err := v.parser.ParseWithClaims(token, &c, v.key)

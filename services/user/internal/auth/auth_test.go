@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -394,18 +395,30 @@ func TestNewRefuses(t *testing.T) {
 // jwksServer serves a JWK set that the test changes, and counts requests.
 type jwksServer struct {
 	*httptest.Server
-	hits atomic.Int64
+	hits    atomic.Int64
+	arrived chan struct{} // a value per request, when there is room
 
 	mu     sync.Mutex
 	status int
 	body   []byte
+	hold   chan struct{} // when not nil, requests wait until it is closed
 }
 
 func newJWKSServer(t testing.TB, jwks ...jwkset.JWKMarshal) *jwksServer {
-	s := &jwksServer{status: http.StatusOK}
+	s := &jwksServer{status: http.StatusOK, arrived: make(chan struct{}, 1)}
 	s.serve(t, jwks...)
 	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.hits.Add(1)
+		select {
+		case s.arrived <- struct{}{}:
+		default:
+		}
+		s.mu.Lock()
+		hold := s.hold
+		s.mu.Unlock()
+		if hold != nil {
+			<-hold // as a hung endpoint: not even a closed connection ends it
+		}
 		s.mu.Lock()
 		status, body := s.status, s.body
 		s.mu.Unlock()
@@ -414,6 +427,18 @@ func newJWKSServer(t testing.TB, jwks ...jwkset.JWKMarshal) *jwksServer {
 	}))
 	t.Cleanup(s.Close)
 	return s
+}
+
+// hang makes requests from now on hang until release is called, at the
+// latest when the test ends (before s.Close, which waits for them).
+func (s *jwksServer) hang(t testing.TB) (release func()) {
+	hold := make(chan struct{})
+	release = sync.OnceFunc(func() { close(hold) })
+	t.Cleanup(release)
+	s.mu.Lock()
+	s.hold = hold
+	s.mu.Unlock()
+	return release
 }
 
 func (s *jwksServer) serve(t testing.TB, jwks ...jwkset.JWKMarshal) {
@@ -466,7 +491,7 @@ func TestJWKSRotation(t *testing.T) {
 
 	// Once the limit has passed, an unknown kid fetches again.
 	v.jwks.mu.Lock()
-	v.jwks.last = time.Now().Add(-unknownKIDEvery)
+	v.jwks.next = time.Now()
 	v.jwks.mu.Unlock()
 	srv.serve(t, jwk(t, "b", &keys.ec.PublicKey), jwk(t, "c", keys.ed.Public()))
 	if _, err := v.Verify(sign(t, jwt.SigningMethodEdDSA, keys.ed, claims(), "c")); err != nil {
@@ -575,6 +600,7 @@ func TestConcurrentVerify(t *testing.T) {
 	v := newVerifier(t, Config{HMACSecret: secret, JWKSURL: srv.URL, HTTPClient: srv.Client()})
 	good := []string{sign(t, jwt.SigningMethodHS256, secret, claims(), ""), sign(t, jwt.SigningMethodRS256, keys.rsa, claims(), "a")}
 	bad := sign(t, jwt.SigningMethodRS256, keys.rsa, claims(), "zz")
+	began := time.Now()
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
 	for g := range 8 {
@@ -596,9 +622,137 @@ func TestConcurrentVerify(t *testing.T) {
 	for err := range errs {
 		t.Error(err)
 	}
-	if n := srv.hits.Load(); n != 2 {
-		t.Errorf("%d JWKS requests; want 2 (start, one unknown kid)", n)
+	// The start's and one for the unknown kid, and one more per gap should
+	// the loop outlast it (under -race, say).
+	if n, most := srv.hits.Load(), 2+int64(time.Since(began)/unknownKIDGap); n < 2 || n > most {
+		t.Errorf("%d JWKS requests; want 2 to %d (start, one unknown kid per %v)", n, most, unknownKIDGap)
 	}
+}
+
+// While the endpoint hangs, a burst of tokens with made-up kids costs one
+// request, and every one of them is refused within one on-demand fetch's
+// limit: they share the fetch under way instead of queueing for a fetch
+// each. Then, with the fetch over, the next is refused at once.
+func TestJWKSHungEndpoint(t *testing.T) {
+	srv := newJWKSServer(t, jwk(t, "a", &keys.rsa.PublicKey))
+	v := newVerifier(t, Config{JWKSURL: srv.URL, HTTPClient: srv.Client()}) // no client timeout: only onDemandFetch's
+	srv.wantHits(t, 1, "after New")
+	release := srv.hang(t)
+
+	const n = 16
+	tokens := make([]string, n)
+	for i := range tokens {
+		tokens[i] = sign(t, jwt.SigningMethodRS256, keys.rsa, claims(), fmt.Sprintf("made-up-%d", i))
+	}
+	took := make([]time.Duration, n)
+	errs := make([]error, n)
+	start, done := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			began := time.Now()
+			_, errs[i] = v.Verify(tokens[i])
+			took[i] = time.Since(began)
+		})
+	}
+	go func() { wg.Wait(); close(done) }()
+	began := time.Now()
+	close(start)
+	// One fetch's limit and a generous margin, still short of two fetches.
+	limit := onDemandFetch + 2*time.Second
+	select {
+	case <-done:
+	case <-time.After(limit):
+		release()
+		<-done
+		t.Fatalf("%d verifications of made-up kids still waiting %v after they began, with the endpoint hanging (%d JWKS requests); want all refused within %v",
+			n, limit, srv.hits.Load(), limit)
+	}
+	all := time.Since(began)
+	srv.wantHits(t, 2, fmt.Sprintf("%d made-up kids while the endpoint hangs", n))
+	for i, err := range errs {
+		if e, ok := errors.AsType[*Error](err); !ok || e.Reason != "unknown key id" {
+			t.Errorf("token %d: %v; want refused for its unknown key id", i, err)
+		}
+	}
+	longest := slices.Max(took)
+	if longest > onDemandFetch+time.Second {
+		t.Errorf("a verification took %v (all %v): longer than one on-demand fetch (%v)", longest, took, onDemandFetch)
+	}
+	if longest < onDemandFetch*9/10 {
+		t.Errorf("the longest verification took %v: the hung fetch ended before its limit %v", longest, onDemandFetch)
+	}
+	t.Logf("%d made-up kids refused after at most %v (all within %v), 1 request", n, longest, all)
+
+	// No fetch runs and none may start yet: refused at once, no request.
+	began = time.Now()
+	refused(t, v, sign(t, jwt.SigningMethodRS256, keys.rsa, claims(), "made-up-after"), CodeTokenInvalid, "unknown key id")
+	if d := time.Since(began); d > 250*time.Millisecond {
+		t.Errorf("a made-up kid right after the fetch was refused after %v; want at once", d)
+	}
+	srv.wantHits(t, 2, "a made-up kid right after the fetch")
+}
+
+// A made-up kid's fetch just before a real rotation keeps the new key out
+// for unknownKIDGap only: the token of the new key is refused at once
+// within it, and accepted when retried after it, well before the old 10 s.
+func TestJWKSRotationAfterMadeUpKid(t *testing.T) {
+	srv := newJWKSServer(t, jwk(t, "a", &keys.rsa.PublicKey))
+	v := newVerifier(t, Config{JWKSURL: srv.URL, HTTPClient: srv.Client()})
+	refused(t, v, sign(t, jwt.SigningMethodEdDSA, keys.ed, claims(), "made-up"), CodeTokenInvalid, "unknown key id")
+	attacked := time.Now()
+	srv.wantHits(t, 2, "the made-up kid")
+
+	srv.serve(t, jwk(t, "a", &keys.rsa.PublicKey), jwk(t, "b", &keys.ec.PublicKey)) // the issuer rotates
+	tokenB := sign(t, jwt.SigningMethodES256, keys.ec, claims(), "b")
+	limit := unknownKIDGap + 2*time.Second
+	for tries := 1; ; tries++ {
+		began := time.Now()
+		_, err := v.Verify(tokenB)
+		if err == nil {
+			t.Logf("token of the new key b accepted %v after the made-up kid's fetch, try %d", time.Since(attacked), tries)
+			break
+		}
+		if d := time.Since(began); d > 250*time.Millisecond {
+			t.Fatalf("try %d: refused after %v: %v; want refused at once while no fetch may start", tries, d, err)
+		}
+		if time.Since(attacked) > limit {
+			t.Fatalf("token of the new key b still refused %v after the made-up kid's fetch (%d tries, %d JWKS requests): %v; want accepted after %v",
+				time.Since(attacked), tries, srv.hits.Load(), err, unknownKIDGap)
+		}
+		time.Sleep(10 * time.Millisecond) // a client's retry
+	}
+	srv.wantHits(t, 3, "the new kid b, once the gap passed")
+}
+
+// Tokens of a new key that come while the fetch runs wait for it and pass
+// with it: one request for all.
+func TestJWKSNewKidBurstSharesTheFetch(t *testing.T) {
+	srv := newJWKSServer(t, jwk(t, "a", &keys.rsa.PublicKey))
+	v := newVerifier(t, Config{JWKSURL: srv.URL, HTTPClient: srv.Client()})
+	<-srv.arrived // New's
+	srv.serve(t, jwk(t, "a", &keys.rsa.PublicKey), jwk(t, "b", keys.ed.Public()))
+	release := srv.hang(t)
+	tokenB := sign(t, jwt.SigningMethodEdDSA, keys.ed, claims(), "b")
+	errs := make(chan error, 8)
+	var wg sync.WaitGroup
+	for range cap(errs) {
+		wg.Go(func() {
+			_, err := v.Verify(tokenB)
+			errs <- err
+		})
+	}
+	<-srv.arrived // the on-demand fetch is under way
+	release()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Errorf("token of the new key b: %v", err)
+		}
+	}
+	srv.wantHits(t, 2, "a burst of the new kid b")
 }
 
 func TestMint(t *testing.T) {
