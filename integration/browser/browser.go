@@ -373,6 +373,11 @@ func TokenScenario(t *testing.T, base, nick, room string, refreshed func() bool)
 	inst := b.open(base, nick, room)
 	b.say("signed in")
 	b.waitMessage("signed in")
+	// Shown as the token's user, which no nickname can be.
+	author := evalAs[string](b, `[...document.querySelectorAll('#messages li.msg')].find(li => li.querySelector('.text').textContent === 'signed in').querySelector('.author').textContent`)
+	if !strings.Contains(author, "@"+nick) {
+		t.Fatalf("%s: the message's author shows %q, want the token's user @%s", nick, author, nick)
+	}
 	deadline := time.Now().Add(20 * time.Second)
 	for !refreshed() {
 		if time.Now().After(deadline) {

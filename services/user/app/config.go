@@ -210,7 +210,7 @@ func (c *Config) validate() error {
 	check(c.AuthExpiryNotice >= 0, "AUTH_EXPIRY_NOTICE must be 0s or positive, got %s", c.AuthExpiryNotice)
 	check(c.AuthRevokeFor >= 0, "AUTH_REVOKE_FOR must be 0s (off) or positive, got %s", c.AuthRevokeFor)
 	check(!c.AuthDevTokens || (c.DevMode && c.AuthHMACSecret != ""), "AUTH_DEV_TOKENS=true hands a token to anyone who asks: it needs DEV_MODE=true and AUTH_HMAC_SECRET (the tokens' key)")
-	check(c.AuthDevTokenTTL >= time.Minute, "AUTH_DEV_TOKEN_TTL must be at least 1m, got %s", c.AuthDevTokenTTL)
+	check(c.AuthDevTokenTTL >= 10*time.Second, "AUTH_DEV_TOKEN_TTL must be at least 10s, got %s", c.AuthDevTokenTTL)
 	check(c.APIKey == "" || len(c.APIKey) >= 16, "API_KEY must be at least 16 bytes (for example $(openssl rand -hex 32))")
 	check(c.APITimeout > 0, "API_TIMEOUT must be positive, got %s", c.APITimeout)
 	check(c.HistorySize >= 0 && c.HistorySize <= 10000, "HISTORY_SIZE must be 0..10000, got %d", c.HistorySize)

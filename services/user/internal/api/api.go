@@ -11,6 +11,7 @@ package api
 import (
 	"cmp"
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/json"
 	"errors"
@@ -98,11 +99,14 @@ func bearer(r *http.Request) ([]byte, bool) {
 	return []byte(v[len(p):]), true
 }
 
-// known compares key with every configured key in constant time.
+// known compares key with every configured key in constant time; their
+// digests, so that not even a key's length shows in the time taken.
 func (s *server) known(key []byte) bool {
+	sum := sha256.Sum256(key)
 	ok := 0
 	for _, k := range s.cfg.Keys {
-		ok |= subtle.ConstantTimeCompare(k, key)
+		ks := sha256.Sum256(k)
+		ok |= subtle.ConstantTimeCompare(ks[:], sum[:])
 	}
 	return ok == 1
 }
@@ -157,8 +161,8 @@ func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
 	}
 }
 
-// publish: POST rooms/{room}/messages {"message": "...", "from": "bot"}
-// → 200 {"room", "seq"} once the message is sequenced.
+// publish: POST rooms/{room}/messages {"message": "...", "from": "bot",
+// "id": "..."} → 200 {"room", "seq"} once the message is sequenced.
 func (s *server) publish(w http.ResponseWriter, r *http.Request) {
 	room, ok := s.room(w, r)
 	if !ok {
@@ -167,6 +171,9 @@ func (s *server) publish(w http.ResponseWriter, r *http.Request) {
 	var body struct {
 		Message string `json:"message"`
 		From    string `json:"from"`
+		// ID, when given, makes a retry safe: the same id and room
+		// within the dedup window is acknowledged with the first seq.
+		ID string `json:"id"`
 	}
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, s.cfg.MaxBody))
 	if err := dec.Decode(&body); err != nil {
@@ -177,7 +184,7 @@ func (s *server) publish(w http.ResponseWriter, r *http.Request) {
 		body.From = "system"
 	}
 	// The frame a client would send, checked by the clients' own rules.
-	in, perr := protocol.Decode(protocol.Encode(protocol.Inbound{Type: protocol.TypeChat, Room: room, Message: body.Message}), s.cfg.Rules)
+	in, perr := protocol.Decode(protocol.Encode(protocol.Inbound{Type: protocol.TypeChat, Room: room, Message: body.Message, ID: body.ID}), s.cfg.Rules)
 	if perr == nil {
 		if err := protocol.ValidName(body.From, s.cfg.Rules.MaxNickBytes); err != nil {
 			perr = protocol.Errorf(protocol.CodeBadNick, "from %v", err)

@@ -25,7 +25,7 @@ func serve(t *testing.T, keys ...string) *httptest.Server {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	h := hub.New(hub.Config{Instance: "i1", HistorySize: 50, HistoryLimit: 100, MaxRooms: 8, Logger: log,
 		Metrics: hub.NewMetrics(prometheus.NewRegistry())})
-	b := bus.NewLocal(h, 100)
+	b := bus.NewLocal(h, 100).WithDedupWindow(1000)
 	h.SetBus(b)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{}, 3)
@@ -93,10 +93,17 @@ func TestPublishHistoryPresenceDisconnect(t *testing.T) {
 	if code != http.StatusOK || body["seq"] != float64(1) {
 		t.Fatalf("publish: %d %v, want 200 seq 1", code, body)
 	}
+	// A retry with the same id is the same message.
+	for range 2 {
+		code, body = call(t, srv, "POST", Prefix+"rooms/lobby/messages", key, `{"message":"once","id":"deploy-42"}`)
+		if code != http.StatusOK || body["seq"] != float64(2) {
+			t.Fatalf("publish with an id: %d %v, want 200 seq 2 both times", code, body)
+		}
+	}
 	code, body = call(t, srv, "GET", Prefix+"rooms/lobby/messages?limit=10", key, "")
 	msgs, _ := body["messages"].([]any)
-	if code != http.StatusOK || len(msgs) != 1 {
-		t.Fatalf("history: %d %v, want the message", code, body)
+	if code != http.StatusOK || len(msgs) != 2 {
+		t.Fatalf("history: %d %v, want the two messages", code, body)
 	}
 	m := msgs[0].(map[string]any)
 	if m["message"] != "maintenance at noon" || m["from"] != "ops-bot" || m["user"] != "$system" {

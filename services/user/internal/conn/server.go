@@ -249,6 +249,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if s.closing {
 		s.releaseAddrLocked(addr)
 		s.mu.Unlock()
+		c.session.Closed() // opened: its owner forgets it (a token's timer, say)
 		ws.Close(websocket.StatusServiceRestart, "service restart: reconnect to another instance")
 		return
 	}

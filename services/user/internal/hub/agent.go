@@ -28,6 +28,10 @@ type command struct {
 	At   int64  `json:"at"` // Unix milliseconds: tokens issued until then
 }
 
+// agentSession is every Agent's session (no client's can start with $):
+// the server API's chats are de-duplicated by their ids among themselves.
+const agentSession = "$api"
+
 // Agent is an in-process extended client of the hub, for the server API.
 // It speaks the protocol's frames and is answered like a connection, but
 // joins rooms unseen: it is no member in anyone's presence. Its messages
@@ -85,17 +89,22 @@ func (p *agentPeer) SendError(e *protocol.Error) { p.Send(protocol.Encode(e)) }
 func (h *Hub) NewAgent(name string) *Agent {
 	p := &agentPeer{inProcess: inProcess{id: h.newID("a")}, waiters: map[string]chan []byte{}}
 	c := h.open(p)
-	c.extended, c.observer = true, true
+	c.extended, c.observer, c.session = true, true, agentSession
 	c.ident = &auth.Identity{User: systemUser, Name: name}
 	c.nick, c.member.Nick, c.member.User = name, name, systemUser
 	return &Agent{h: h, c: c, p: p}
 }
 
-// Do sends in (its ID is set here) and returns the answer's frame: joined,
-// left, ack, history, or an error frame, which is returned as the error
-// (a *protocol.Error).
+// Do sends in and returns the answer's frame: joined, left, ack, history,
+// or an error frame, which is returned as the error (a *protocol.Error).
+// The answer is matched by in.ID, made here when empty; a chat's ID is
+// also its key for de-duplication, as a client's with a session: every
+// agent has the same, so a chat sent again with the same ID and room is
+// acknowledged with its first seq and not delivered twice.
 func (a *Agent) Do(ctx context.Context, in protocol.Inbound) ([]byte, error) {
-	in.ID = a.h.newID("q")
+	if in.ID == "" {
+		in.ID = a.h.newID("q")
+	}
 	ch := make(chan []byte, 1)
 	a.p.mu.Lock()
 	a.p.waiters[in.ID] = ch

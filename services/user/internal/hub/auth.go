@@ -48,11 +48,12 @@ func (h *Hub) verify(token string) (*auth.Identity, *refusal) {
 	if strings.HasPrefix(id.User, "$") {
 		return nil, &refusal{protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, "user names starting with $ are the server's"}
 	}
-	if h.revokedUntil(id) {
-		return nil, &refusal{protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, "token revoked: the user was disconnected after it was issued; get a new one"}
-	}
 	return id, nil
 }
+
+// maxTokenBytes bounds a token in the upgrade's URL as Decode bounds one
+// in a frame (protocol.Rules.MaxTokenBytes' default).
+const maxTokenBytes = 8192
 
 // admit decides what a new connection may do with the token of its
 // upgrade: none is fine unless tokens are required (then it must come in
@@ -73,7 +74,11 @@ func (h *Hub) admit(c *client, token string) {
 		})
 		return
 	}
-	id, rf := h.verify(token)
+	var id *auth.Identity
+	rf := &refusal{protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, "token longer than 8192 bytes"}
+	if len(token) <= maxTokenBytes {
+		id, rf = h.verify(token)
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if rf != nil {
@@ -107,7 +112,10 @@ func (h *Hub) hello(c *client, in protocol.Inbound) {
 			h.mu.Unlock()
 			return
 		}
-		h.identifyLocked(c, id)
+		if !h.identifyLocked(c, id) {
+			h.mu.Unlock()
+			return
+		}
 	}
 	if !c.admittedLocked(in) {
 		h.mu.Unlock()
@@ -136,8 +144,15 @@ func (h *Hub) hello(c *client, in protocol.Inbound) {
 }
 
 // identifyLocked gives c the identity id: its name is the token's, and its
-// expiry is armed. h.mu must be held.
-func (h *Hub) identifyLocked(c *client, id *auth.Identity) {
+// expiry is armed; or refuses it, when a disconnect of its user revoked
+// the token (checked here, under h.mu, so that no disconnect passes
+// between the check and c's admission). It reports whether c was
+// identified. h.mu must be held.
+func (h *Hub) identifyLocked(c *client, id *auth.Identity) bool {
+	if reason := h.revokedLocked(id); reason != "" {
+		h.refuseLocked(c, protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, reason)
+		return false
+	}
 	c.awaiting = false
 	c.ident = id
 	c.nick, c.member.Nick, c.member.User = id.Name, id.Name, id.User
@@ -146,19 +161,25 @@ func (h *Hub) identifyLocked(c *client, id *auth.Identity) {
 	}
 	h.users[id.User][c] = struct{}{}
 	h.armExpiryLocked(c)
+	return true
 }
 
-// armExpiryLocked arms c's timer for its token: a notice ExpiryNotice
-// before the expiry (extended clients), then the close. h.mu must be held.
+// armExpiryLocked arms c's timer for its token: a notice before the
+// expiry (extended clients; once per expiry), then the close. The notice
+// comes ExpiryNotice before, or half the token's remaining life before
+// when that is shorter: a token shorter-lived than the notice would be
+// noticed at once, and every refresh answered with the next notice.
+// h.mu must be held.
 func (h *Hub) armExpiryLocked(c *client) {
 	exp := c.ident.Expires
 	notify := func() {
-		if c.extended {
+		if c.extended && c.noticed != exp {
+			c.noticed = exp
 			c.peer.Send(protocol.Encode(protocol.Expiring{Type: protocol.TypeExpiring, Expires: exp.UnixMilli()}))
 		}
 		h.armLocked(c, time.Until(exp), func() { h.expireLocked(c) })
 	}
-	if d := time.Until(exp.Add(-h.cfg.ExpiryNotice)); d > 0 {
+	if d := time.Until(exp) - min(h.cfg.ExpiryNotice, time.Until(exp)/2); d > 0 && c.noticed != exp {
 		h.armLocked(c, d, notify)
 		return
 	}
@@ -192,18 +213,35 @@ func (h *Hub) armLocked(c *client, d time.Duration, f func()) {
 // no longer allows are left). A token that is not accepted leaves the
 // connection as it was, until its current token expires.
 func (h *Hub) refresh(c *client, in protocol.Inbound) {
+	h.mu.Lock()
+	ok := c.admittedLocked(in)
+	switch {
+	case !ok:
+	case !c.extended:
+		ok = false
+		c.sendErrorLocked(in, protocol.CodeBadRequest, "refresh needs hello first (the extended protocol): connect again with a new token instead")
+	case c.ident == nil:
+		ok = false
+		c.sendErrorLocked(in, protocol.CodeBadRequest, "an anonymous connection has no token to refresh: connect with one")
+	}
+	h.mu.Unlock()
+	if !ok {
+		return // before verifying: an anonymous client cannot make the server check tokens at its frame rate
+	}
 	id, rf := h.verify(in.Token)
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if !c.admittedLocked(in) {
+	if c.refused {
 		return
+	}
+	if rf == nil {
+		if reason := h.revokedLocked(id); reason != "" {
+			rf = &refusal{protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, reason}
+		}
 	}
 	switch {
 	case rf != nil:
 		c.sendErrorLocked(in, rf.code, "refresh refused: %s", rf.reason)
-		return
-	case c.ident == nil:
-		c.sendErrorLocked(in, protocol.CodeBadRequest, "an anonymous connection has no token to refresh: connect with one")
 		return
 	case c.ident.User != id.User:
 		c.sendErrorLocked(in, protocol.CodeTokenInvalid, "refresh refused: the token is for another user")
@@ -300,7 +338,11 @@ func (h *Hub) forgetLocked(c *client) {
 // RevokeFor. h.mu must be held.
 func (h *Hub) disconnectUserLocked(user string, at time.Time) int {
 	if h.cfg.RevokeFor > 0 {
-		h.revoked[user] = revocation{at: at, until: time.Now().Add(h.cfg.RevokeFor)}
+		r := revocation{at: at, until: time.Now().Add(h.cfg.RevokeFor)}
+		if old, ok := h.revoked[user]; ok && old.at.After(at) {
+			r.at = old.at // commands may come out of order between instances' clocks
+		}
+		h.revoked[user] = r
 	}
 	n := 0
 	for c := range h.users[user] {
@@ -315,18 +357,29 @@ func (h *Hub) disconnectUserLocked(user string, at time.Time) int {
 
 type revocation struct{ at, until time.Time }
 
-// revokedUntil reports whether id's token was issued before a disconnect
-// of its user that is still in force.
-func (h *Hub) revokedUntil(id *auth.Identity) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
+// revokedLocked returns why id's token is refused for a disconnect of its
+// user still in force, or "". Token times are whole seconds: one issued in
+// the second of the disconnect counts as issued before it. h.mu must be
+// held.
+func (h *Hub) revokedLocked(id *auth.Identity) string {
 	r, ok := h.revoked[id.User]
-	if !ok {
-		return false
+	switch {
+	case !ok || time.Now().After(r.until):
+		return ""
+	case id.IssuedAt.IsZero():
+		return "token without iat, and its user was disconnected: tokens must carry iat to be told from the revoked ones"
+	case !id.IssuedAt.After(r.at.Truncate(time.Second)):
+		return "token revoked: the user was disconnected after it was issued; get a new one"
 	}
-	if time.Now().After(r.until) {
-		delete(h.revoked, id.User)
-		return false
+	return ""
+}
+
+// sweepRevokedLocked forgets the revocations past their time. h.mu must
+// be held.
+func (h *Hub) sweepRevokedLocked(now time.Time) {
+	for user, r := range h.revoked {
+		if now.After(r.until) {
+			delete(h.revoked, user)
+		}
 	}
-	return !id.IssuedAt.After(r.at)
 }

@@ -56,6 +56,26 @@ func mint(t *testing.T, user string, edit func(*auth.Claims)) string {
 
 func withToken(tok string) string { return "/?token=" + url.QueryEscape(tok) }
 
+// waitControl waits until h's own member of the control room receives its
+// messages (RunControl runs aside: a command sent before would miss it).
+func waitControl(t *testing.T, h *Hub) {
+	t.Helper()
+	wstest.WaitUntil(t, "the control room joined", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		r := h.rooms[ControlRoom]
+		if r == nil {
+			return false
+		}
+		for c, st := range r.local {
+			if _, ok := c.peer.(*ctlPeer); ok && st == joined {
+				return true
+			}
+		}
+		return false
+	})
+}
+
 // expectRefused reads the error frame with code, then the close with
 // closeCode.
 func expectRefused(t *testing.T, c *wstest.RawClient, code string, closeCode uint16) {
@@ -216,6 +236,7 @@ func TestDisconnectRevokes(t *testing.T) {
 	bob := wstest.DialPath(t, addr, withToken(mint(t, "bob", nil)), `{"type":"hello"}`, `{"type":"join","room":"lobby","id":"j"}`)
 	a1.Expect(t, `"type":"joined"`)
 	bob.Expect(t, `"type":"joined"`)
+	waitControl(t, h)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	at := time.Now()
@@ -234,4 +255,63 @@ func TestDisconnectRevokes(t *testing.T) {
 	wstest.WaitUntil(t, "the next second", func() bool { return time.Now().Unix() > at.Unix() })
 	fresh := wstest.DialPath(t, addr, withToken(mint(t, "ann", func(c *auth.Claims) { c.IssuedAt = time.Now() })), `{"type":"hello"}`)
 	fresh.Expect(t, `"type":"welcome"`)
+}
+
+// A token that lives shorter than the notice is noticed at half its life,
+// once: a refresh with another such token is not answered with the next
+// notice at once (which a page would answer with another refresh, on and
+// on).
+func TestShortTokensAreNoticedOnce(t *testing.T) {
+	_, addr := startAuthHub(t, true, nil) // notice: a minute
+	short := func(c *auth.Claims) { c.Expires = time.Now().Add(3 * time.Second) }
+	c := wstest.DialPath(t, addr, withToken(mint(t, "ann", short)), `{"type":"hello"}`)
+	c.Expect(t, `"type":"welcome"`)
+	if f := c.Next(t); !strings.Contains(f, `"type":"expiring"`) {
+		t.Fatalf("got %s, want the notice", f)
+	}
+	c.Send(t, `{"type":"refresh","id":"r1","token":"`+mint(t, "ann", short)+`"}`, `{"type":"ping","id":"p"}`)
+	for _, want := range []string{`"type":"refreshed"`, `"type":"pong"`} {
+		if f := c.Next(t); !strings.Contains(f, want) {
+			t.Fatalf("after the refresh got %s, want %s first", f, want)
+		}
+	}
+}
+
+// Only an extended connection refreshes its token: a seed client gets an
+// error (it only ever gets chat and error frames), an anonymous one too,
+// before any token is checked.
+func TestRefreshNeedsAnExtendedAuthenticatedConnection(t *testing.T) {
+	_, addr := startAuthHub(t, false, nil)
+	seed := wstest.DialPath(t, addr, withToken(mint(t, "ann", nil)), `{"type":"refresh","id":"r","token":"`+mint(t, "ann", nil)+`"}`)
+	if f := seed.Next(t); !strings.Contains(f, `"type":"error"`) || !strings.Contains(f, `"code":"bad_request"`) {
+		t.Fatalf("a seed client's refresh: %s, want bad_request", f)
+	}
+	anon := wstest.Dial(t, addr, `{"type":"hello","nick":"x"}`, `{"type":"refresh","id":"r","token":"garbage"}`)
+	anon.Expect(t, `"type":"welcome"`)
+	if f := anon.Next(t); !strings.Contains(f, `"code":"bad_request"`) {
+		t.Fatalf("an anonymous refresh: %s, want bad_request (not a verdict on the token)", f)
+	}
+}
+
+// After a disconnect, a token without iat cannot be told from the revoked
+// ones: it is refused, and says why.
+func TestRevocationNeedsIssuedAt(t *testing.T) {
+	h, addr := startAuthHub(t, true, func(c *stackConfig) { c.control, c.RevokeFor = true, time.Hour })
+	waitControl(t, h)
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := h.Disconnect(ctx, "ann"); err != nil {
+		t.Fatal(err)
+	}
+	wstest.WaitUntil(t, "the disconnect carried out", func() bool {
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		_, ok := h.revoked["ann"]
+		return ok
+	})
+	c := wstest.DialPath(t, addr, withToken(mint(t, "ann", func(c *auth.Claims) { c.IssuedAt = time.Time{} })))
+	f := c.Expect(t, `"type":"error"`)
+	if !strings.Contains(f, `"code":"token_invalid"`) || !strings.Contains(f, "iat") {
+		t.Fatalf("a token without iat after a disconnect: %s, want token_invalid naming iat", f)
+	}
 }

@@ -71,6 +71,7 @@ type client struct {
 	gone     bool
 	timer    *time.Timer
 	timerGen uint64
+	noticed  time.Time // the expiry the client was told of
 }
 
 var _ conn.Session = (*client)(nil)
@@ -93,8 +94,10 @@ func (c *client) Frame(in protocol.Inbound, first bool) {
 	h := c.h
 	// A hello refused for its nick leaves the connection fresh: the next
 	// frame may be another hello. Frames come one at a time.
-	retry := c.helloRetry
-	c.helloRetry = false
+	var retry bool
+	if !c.observer { // an Agent's frames may come from several goroutines, and are no hello
+		retry, c.helloRetry = c.helloRetry, false
+	}
 	switch in.Type {
 	case protocol.TypeChat:
 		h.chat(c, in)

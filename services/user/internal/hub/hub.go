@@ -73,7 +73,8 @@ type Hub struct {
 	fetches  map[uint64]fetchFunc
 	nextReq  uint64
 	closing  bool
-	// memberships counts (client, room) pairs receiving messages.
+	// memberships counts (client, room) pairs receiving messages, the
+	// server API's and the control room's in-process clients not counted.
 	memberships int
 	pubsDone    chan struct{} // closed when closing and no publish is in flight
 
@@ -191,6 +192,7 @@ func (h *Hub) Run(ctx context.Context) {
 			h.catchUpLocked(c)
 		}
 		h.expireHeldLocked(now)
+		h.sweepRevokedLocked(now)
 		h.mu.Unlock()
 	}
 }

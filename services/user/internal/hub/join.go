@@ -59,7 +59,7 @@ func (h *Hub) join(c *client, in protocol.Inbound) {
 	if r == nil {
 		r = &room{name: in.Room, local: map[*client]joinState{}, presence: map[string]protocol.Member{}, fetchReq: map[*client]uint64{}}
 		h.rooms[in.Room] = r
-		h.m.Rooms.Set(float64(len(h.rooms)))
+		h.roomsChangedLocked()
 		r.local[c] = waiting
 		var members []protocol.Member
 		if !c.observer {
@@ -166,9 +166,19 @@ func (h *Hub) completeJoinLocked(r *room, c *client, in protocol.Inbound) {
 	}
 }
 
+// roomsChangedLocked updates the rooms gauge: the rooms with members, the
+// control room not counted. h.mu must be held.
+func (h *Hub) roomsChangedLocked() {
+	n := len(h.rooms)
+	if _, ok := h.rooms[ControlRoom]; ok {
+		n--
+	}
+	h.m.Rooms.Set(float64(n))
+}
+
 // setJoinedLocked makes c receive the room's messages from now on.
 func (h *Hub) setJoinedLocked(r *room, c *client) {
-	if !r.local[c].member() {
+	if !r.local[c].member() && !c.observer {
 		h.memberships++
 		h.m.Memberships.Set(float64(h.memberships))
 	}
@@ -225,7 +235,7 @@ func (h *Hub) leaveLocked(c *client, name string) {
 	if r == nil {
 		return
 	}
-	if st, ok := r.local[c]; ok && st.member() {
+	if st, ok := r.local[c]; ok && st.member() && !c.observer {
 		h.memberships--
 		h.m.Memberships.Set(float64(h.memberships))
 	}
@@ -241,7 +251,7 @@ func (h *Hub) leaveLocked(c *client, name string) {
 		delete(h.rooms, name)
 		delete(h.unsynced, r)
 		delete(h.holding, r)
-		h.m.Rooms.Set(float64(len(h.rooms)))
+		h.roomsChangedLocked()
 		h.bus.Unsubscribe(name)
 		return
 	}
@@ -281,6 +291,9 @@ func (h *Hub) history(c *client, in protocol.Inbound) {
 		return
 	}
 	h.fetchLocked(in.Room, 0, before, limit, func(msgs []protocol.Message, first uint64, err error) {
+		if _, ok := c.rooms[in.Room]; !ok {
+			return // left meanwhile (or a refreshed token no longer allows the room)
+		}
 		if err != nil {
 			c.sendErrorLocked(in, protocol.CodeUnavailable, "history is unavailable right now: %v", err)
 			return

@@ -42,6 +42,8 @@
 
   const state = {
     nick: '',
+    user: '', // the token's, from welcome ('' when anonymous)
+    refreshedFor: 0, // the expiry the last refresh answered
     stopped: true, // no connection wanted (before login, while changing nick)
     ws: null,
     ready: false, // welcome received on ws
@@ -278,7 +280,7 @@
         }
         return undefined;
       case 'error': return onError(f, room, req);
-      case 'expiring': return refreshToken();
+      case 'expiring': return f.expires !== state.refreshedFor ? refreshToken(f.expires) : undefined;
       default: return undefined; // 'left' and future frame types
     }
   }
@@ -286,8 +288,9 @@
   // refreshToken answers the server's notice that the token expires soon
   // with a fresh one from the hook; without one, the server closes the
   // connection at the expiry and the next attempt fetches a token anew.
-  async function refreshToken() {
+  async function refreshToken(expires) {
     const ws = state.ws;
+    state.refreshedFor = expires; // once per expiry, whatever the server repeats
     let token = '';
     try {
       token = await getToken();
@@ -305,6 +308,7 @@
     state.attempt = 0;
     state.memberId = String(f.id || '');
     // With a token the server names us: its nick is the one shown.
+    state.user = typeof f.user === 'string' ? f.user : '';
     if (typeof f.nick === 'string' && f.nick && f.user) {
       state.nick = f.nick;
       ui.meNick.textContent = f.nick;
@@ -472,6 +476,7 @@
     if (lo < a.length && a[lo].seq === m.seq) return null;
     const copy = {
       seq: m.seq, id: typeof m.id === 'string' ? m.id : '', from: String(m.from || ''), uid: String(m.uid || ''),
+      user: typeof m.user === 'string' ? m.user : '',
       message: String(m.message ?? ''), ts: Number(m.ts) || 0,
     };
     a.splice(lo, 0, copy);
@@ -630,9 +635,19 @@
     }));
   }
 
-  function meta(nick, mine, ts) {
+  // who shows a verified user apart from a chosen nickname: "Ann @ann"
+  // for a token's user, "ops (server)" for the server API, the bare nick
+  // for an anonymous one (which anyone may pick).
+  function who(nick, user, cls) {
+    const span = h('span', cls, nick || 'anonymous');
+    if (user === '$system') span.append(h('span', 'verified', ' (server)'));
+    else if (user) span.append(h('span', 'verified', ' @' + user));
+    return span;
+  }
+
+  function meta(nick, mine, ts, user) {
     const div = h('div', 'meta');
-    div.append(h('span', 'author', nick || 'anonymous'));
+    div.append(who(nick, user, 'author'));
     if (mine) div.append(h('span', 'you', ' (you)'));
     if (ts) {
       const d = new Date(ts);
@@ -649,7 +664,7 @@
     const li = h('li', mine ? 'msg mine' : 'msg');
     li.dataset.seq = String(m.seq);
     if (m.id) li.dataset.id = m.id;
-    li.append(meta(m.from, mine, m.ts), h('p', 'text', m.message));
+    li.append(meta(m.from, mine, m.ts, m.user), h('p', 'text', m.message));
     return li;
   }
 
@@ -682,7 +697,7 @@
       } else {
         status.textContent = e.state === 'acked' ? 'sent' : 'sending…';
       }
-      li.append(meta(state.nick, true, 0), h('p', 'text', e.text), status);
+      li.append(meta(state.nick, true, 0, state.user), h('p', 'text', e.text), status);
       ui.list.append(li);
     }
   }
@@ -693,7 +708,7 @@
     ms.sort((a, b) => String(a.nick).localeCompare(String(b.nick)) || String(a.id).localeCompare(String(b.id)));
     ui.members.replaceChildren(...ms.map((m) => {
       const li = h('li', m.id === state.memberId ? 'member self' : 'member');
-      li.append(h('span', 'nick', String(m.nick || '(anonymous)')));
+      li.append(who(String(m.nick || '(anonymous)'), typeof m.user === 'string' ? m.user : '', 'nick'));
       if (m.id === state.memberId) li.append(h('span', 'you', ' (you)'));
       if (m.instance) li.append(' ', h('span', 'where', String(m.instance)));
       return li;
