@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the whole benchmark suite of docs/benchmarks.md (W1-W4, both
-# protocols) with run-local.sh and prints its Markdown table. Results go to
+# Runs the whole benchmark suite of docs/benchmarks.md (the write floor,
+# then W1-W4, both protocols) with run-local.sh and prints its Markdown
+# table. Results go to
 # $OUT (default bench-results.jsonl in the current directory, replaced).
 # Takes about ten minutes; run it on an otherwise idle machine.
 #
@@ -11,6 +12,17 @@ root=$(cd "$here/../.." && pwd)
 export OUT=${OUT:-$PWD/bench-results.jsonl}
 : >"$OUT"
 run() { echo "== $*" >&2; env "$@" >/dev/null; }
+# The write floor of this machine, measured in the same run (the table
+# gives every CPU per delivery as a ratio to it): one write(2) per frame to
+# 1,000 loopback sockets, the writer pinned as the servers are, the reader
+# as the generator is. At W1's everyday rate and at its highest.
+floor_bin=$(mktemp -d)/writefloor
+(cd "$root" && go build -o "$floor_bin" ./integration/cmd/writefloor)
+for rate in 40000 100000; do
+	echo "== writefloor -rate $rate" >&2
+	taskset -c "${SERVER_CPUS:-0}" "$floor_bin" -rate "$rate" -reader-cpus "${GEN_CPUS:-1}" >>"$OUT"
+done
+rm -rf "$(dirname "$floor_bin")"
 for proto in seed extended; do
 	for rate in 40 100 120; do
 		run PROTOCOL=$proto RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W1

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"strings"
 )
 
@@ -12,10 +13,14 @@ import (
 // one Markdown table row per run: the benchmark table of docs/benchmarks.md.
 // Idle runs split over several generator processes are separate lines, each
 // already reporting memory over the total connections; they are shown once.
+//
+// Runs of mode "floor" (cmd/writefloor: the CPU of one write(2) to one of
+// many loopback sockets read on another CPU) are rows too, and every CPU
+// per delivery is also given as a ratio to the floor measured at the
+// nearest rate among them ("× floor"): figures taken in one run compare,
+// absolute ones do not carry across machines.
 func WriteTable(r io.Reader, w io.Writer) error {
-	var b strings.Builder
-	b.WriteString("| run | protocol | conns | deliveries/s | p50 / p99 / max ms | server CPU per delivery | server CPU | server RSS per conn | loss / dup / order | notes |\n")
-	b.WriteString("|---|---|---|---|---|---|---|---|---|---|\n")
+	var runs []Result
 	seenIdle := map[string]bool{}
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 1<<20), 1<<24)
@@ -35,19 +40,51 @@ func WriteTable(r io.Reader, w io.Writer) error {
 			}
 			seenIdle[key] = true
 		}
-		b.WriteString(tableRow(&res))
+		runs = append(runs, res)
 	}
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("read results: %w", err)
+	}
+	var floors []Result
+	for _, r := range runs {
+		if r.Mode == "floor" && r.Server != nil && r.Server.CPUPerMsgUs > 0 {
+			floors = append(floors, r)
+		}
+	}
+	var b strings.Builder
+	b.WriteString("| run | protocol | conns | deliveries/s | p50 / p99 / max ms | server CPU per delivery | × floor | server CPU | server RSS per conn | loss / dup / order | notes |\n")
+	b.WriteString("|---|---|---|---|---|---|---|---|---|---|---|\n")
+	for i := range runs {
+		b.WriteString(tableRow(&runs[i], floorFor(floors, runs[i].DeliveredPerSec)))
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
 }
 
-func tableRow(r *Result) string {
+// floorFor returns the CPU per write of the floor runs nearest to rate
+// (deliveries a second; their mean when several ran at it), 0 without one.
+func floorFor(floors []Result, rate float64) float64 {
+	dist := func(f Result) float64 { return math.Abs(math.Log(max(f.DeliveredPerSec, 1) / max(rate, 1))) }
+	nearest := math.Inf(1)
+	for _, f := range floors {
+		nearest = min(nearest, dist(f))
+	}
+	sum, n := 0.0, 0
+	for _, f := range floors {
+		if dist(f) <= nearest+0.05 { // within 5 %: the same rate
+			sum, n = sum+f.Server.CPUPerMsgUs, n+1
+		}
+	}
+	if n == 0 {
+		return 0
+	}
+	return sum / float64(n)
+}
+
+func tableRow(r *Result, floor float64) string {
 	cell := func(format string, args ...any) string { return fmt.Sprintf(format, args...) }
 	dash := "–"
-	conns, rate, lat, perMsg, cpu, mem, quality, notes := cell("%d", r.Conns), dash, dash, dash, dash, dash, dash, ""
+	conns, rate, lat, perMsg, ratio, cpu, mem, quality, notes := cell("%d", r.Conns), dash, dash, dash, dash, dash, dash, dash, ""
 	if s := r.Server; s != nil {
 		cpu = cell("%.0f %%", s.CPUPercent)
 		if s.MemPerConn > 0 {
@@ -55,9 +92,15 @@ func tableRow(r *Result) string {
 		}
 		if s.CPUPerMsgUs > 0 {
 			perMsg = cell("%.1f µs", s.CPUPerMsgUs)
+			if floor > 0 && r.Mode != "floor" {
+				ratio = cell("%.2f", s.CPUPerMsgUs/floor)
+			}
 		}
 	}
 	switch r.Mode {
+	case "floor":
+		rate = cell("%.0f", r.DeliveredPerSec)
+		notes = "write floor (cmd/writefloor): one write(2) per frame to loopback sockets read on another CPU"
 	case "fanout":
 		rate = cell("%.0f", r.DeliveredPerSec)
 		if l := r.Latency; l != nil {
@@ -85,5 +128,9 @@ func tableRow(r *Result) string {
 	if r.ErrorCount > 0 {
 		notes += cell("; %d errors", r.ErrorCount)
 	}
-	return cell("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Label, r.Protocol, conns, rate, lat, perMsg, cpu, mem, quality, notes)
+	protocol := r.Protocol
+	if protocol == "" {
+		protocol = dash
+	}
+	return cell("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.Label, protocol, conns, rate, lat, perMsg, ratio, cpu, mem, quality, notes)
 }
