@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole benchmark suite of docs/benchmarks.md (the write floor,
-# then W1-W4, both protocols) with run-local.sh and prints its Markdown
+# then W1-W5, both protocols) with run-local.sh and prints its Markdown
 # table. Results go to
 # $OUT (default bench-results.jsonl in the current directory, replaced).
 # Takes about ten minutes; run it on an otherwise idle machine.
@@ -29,6 +29,10 @@ for proto in seed extended; do
 	done
 	for rate in 40 150 250 500; do
 		run PROTOCOL=$proto RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W2
+	done
+	# Many small rooms: 5,000 messages/s (10,000 deliveries), and 20,000.
+	for rate in 5 20; do
+		run PROTOCOL=$proto RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W5
 	done
 	run PROTOCOL=$proto IDLE_CONNS=19000 HOLD=10s "$here/run-local.sh" W3
 	run PROTOCOL=$proto STORM_CAP=19000 STORM_START=1000 "$here/run-local.sh" W4 -storm-step 500ms

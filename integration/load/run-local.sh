@@ -4,10 +4,11 @@
 # generator does not steal the servers' CPU. Everything started here is
 # killed on exit.
 #
-#   integration/load/run-local.sh W1|W2|W3|W4 [extra wsload flags...]
+#   integration/load/run-local.sh W1|W2|W3|W4|W5 [extra wsload flags...]
 #
 # W1  fan-out: 100 rooms x 10 members, 1 publisher per room, over 2 instances
 # W2  fan-out: 1 room x 1000 members, 1 publisher
+# W5  many small rooms: 1000 rooms x 2 members, 1 publisher per room
 # W3  idle: IDLE_CONNS connections per instance (default 2000; 19000 is the
 #     most one ws-user can hold under the 20,000 open-files limit), split
 #     over several generator processes of at most PER_PROC connections
@@ -31,7 +32,7 @@
 # window inside the run).
 set -euo pipefail
 
-workload=${1:?usage: $0 W1|W2|W3|W4 [wsload flags...]}
+workload=${1:?usage: $0 W1|W2|W3|W4|W5 [wsload flags...]}
 shift
 root=$(cd "$(dirname "$0")/../.." && pwd)
 PROTOCOL=${PROTOCOL:-extended}
@@ -133,7 +134,7 @@ fi
 
 if [[ -n ${PERF_DIR:-} ]]; then
 	mkdir -p "$PERF_DIR"
-	case $workload in W1 | W2) delay=${PERF_DELAY:-$warmup_s} ;; *) delay=${PERF_DELAY:-1} ;; esac
+	case $workload in W1 | W2 | W5) delay=${PERF_DELAY:-$warmup_s} ;; *) delay=${PERF_DELAY:-1} ;; esac
 	syscalls=write,read,epoll_pwait,epoll_ctl,futex,nanosleep,accept4,fsync
 	(
 		sleep "$delay"
@@ -161,6 +162,7 @@ gen=(taskset -c "$GEN_CPUS" "$work/wsload" -label "$workload" -protocol "$PROTOC
 case $workload in
 W1) "${gen[@]}" -rooms 100 -members 10 -publishers 1 -rate "$RATE" -warmup "$WARMUP" -duration "$DURATION" "$@" | tee -a "$OUT" ;;
 W2) "${gen[@]}" -rooms 1 -members 1000 -publishers 1 -rate "$RATE" -warmup "$WARMUP" -duration "$DURATION" "$@" | tee -a "$OUT" ;;
+W5) "${gen[@]}" -rooms 1000 -members 2 -publishers 1 -rate "$RATE" -warmup "$WARMUP" -duration "$DURATION" "$@" | tee -a "$OUT" ;;
 W3)
 	total=$((IDLE_CONNS * TARGETS))
 	procs=$(((total + PER_PROC - 1) / PER_PROC))
@@ -197,7 +199,7 @@ W4)
 		-source "${STORM_SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}" "$@" | tee -a "$OUT"
 	;;
 *)
-	echo "unknown workload $workload (W1, W2, W3, W4)" >&2
+	echo "unknown workload $workload (W1, W2, W3, W4, W5)" >&2
 	exit 2
 	;;
 esac
