@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 20m
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
 
-.PHONY: help images project-images compose-plugin up up-nats down ps logs test test-faults-long vet lint fmt fuzz demo-screenshot bench bench-go
+.PHONY: help images project-images compose-plugin up up-nats down ps logs test test-faults-long vet lint fmt fuzz demo-screenshot bench bench-peers bench-go
 
 help:
 	@echo 'make images          base images without a registry, recorded in .env for Compose (idempotent)'
@@ -25,6 +25,7 @@ help:
 	@echo 'make test-faults-long the fault suite with its long scenarios, 3 runs each (docs/reliability.md; ~10 min)'
 	@echo 'make demo-screenshot regenerate docs/demo.png (two browser tabs on two replicas, through nginx)'
 	@echo 'make bench           the load suite of docs/benchmarks.md (the write floor, W1-W4, both protocols; ~10 min)'
+	@echo 'make bench-peers     the same workloads against wschat and Centrifugo v6 + Redis, side by side (~4 min)'
 	@echo 'make bench-go        the Go benchmarks (encode, decode, fan-out, write batching, relay batching)'
 
 images:
@@ -108,6 +109,9 @@ demo-screenshot:
 
 bench:
 	integration/load/bench-all.sh
+
+bench-peers:
+	integration/load/bench-peers.sh
 
 bench-go:
 	@for m in ./services/protocol ./services/reclaim ./services/settings ./services/user ./services/relayer; do \

@@ -47,6 +47,11 @@ type config struct {
 
 func (c *config) extended() bool { return c.protocol == "extended" }
 
+// centrifugo: the peer's client protocol (Centrifugo's JSON protocol: a
+// connect command, a subscription per room, publish commands), for the
+// same workloads side by side (centrifugo.go).
+func (c *config) centrifugo() bool { return c.protocol == "centrifugo" }
+
 // parseFlags reads the command line. Errors name the flag at fault.
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	c := &config{}
@@ -58,7 +63,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.SetOutput(stderr)
 	var urls, sources, pids, cgroups, containers string
 	fs.StringVar(&c.mode, "mode", "fanout", "fanout | idle | storm")
-	fs.StringVar(&c.protocol, "protocol", "extended", "extended (hello, join acked, chat acked) | seed (join-room, chat, no acks)")
+	fs.StringVar(&c.protocol, "protocol", "extended", "extended (hello, join acked, chat acked) | seed (join-room, chat, no acks) | centrifugo (the peer: Centrifugo's JSON protocol, rooms as channels)")
 	fs.StringVar(&urls, "urls", "ws://127.0.0.1:8080/ws", "comma-separated WebSocket URLs; clients are spread round-robin")
 	fs.StringVar(&sources, "source", "", "comma-separated local IPs to dial from, round-robin (for more than ~10,000 connections per destination)")
 	fs.StringVar(&c.label, "label", "", "free text copied into the result (a workload name)")
@@ -135,9 +140,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		bad("-mode: want fanout, idle or storm, got %q", c.mode)
 	}
 	switch c.protocol {
-	case "seed", "extended":
+	case "seed", "extended", "centrifugo":
 	default:
-		bad("-protocol: want seed or extended, got %q", c.protocol)
+		bad("-protocol: want seed, extended or centrifugo, got %q", c.protocol)
 	}
 	if c.rooms < 1 || c.members < 1 {
 		bad("-rooms and -members must be at least 1")

@@ -85,7 +85,7 @@ func (r *runner) fanout(ctx context.Context) (*Result, error) {
 		errs, _ := r.errs.snapshot()
 		return nil, fmt.Errorf("no connection could be set up (%v)", errs)
 	}
-	if !cfg.extended() {
+	if !cfg.extended() && !cfg.centrifugo() {
 		r.awaitSeedJoins(ctx, rooms)
 	}
 	if cfg.settle > 0 {
@@ -267,7 +267,11 @@ func (r *runner) publish(ctx context.Context, c *conn, pubID int, first int64, i
 				text = append(text, 'x')
 			}
 		}
-		frame = appendChatFrame(frame[:0], rm.name, text, extended, i)
+		if r.cfg.centrifugo() {
+			frame = appendCentrifugoPublish(frame[:0], rm.name, text, i)
+		} else {
+			frame = appendChatFrame(frame[:0], rm.name, text, extended, i)
+		}
 		if err := c.ws.writeFrame(opText, frame); err != nil {
 			if !r.closing.Load() {
 				r.errs.add("write_"+errKind(err), 1)

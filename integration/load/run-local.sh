@@ -15,7 +15,9 @@
 # W4  connection storm, rate x1.5 per step until one fails, then the edge
 #     bisected (wsload -storm-refine), up to STORM_CAP connections in all
 #
-# Environment: PROTOCOL (extended|seed), RATE (msg/s per publisher, 10),
+# Environment: PEER (centrifugo: run the peer instead of wschat, two
+# Centrifugo nodes over Redis, CENTRIFUGO_BIN its binary; bench-peers.sh),
+# PROTOCOL (extended|seed), RATE (msg/s per publisher, 10),
 # WARMUP (2s), DURATION (10s), HOLD (10s), IDLE_CONNS (2000), PER_PROC
 # (18000), STORM_CAP (10000), STORM_START (200), RELAY_FSYNC (true),
 # SEND_QUEUE (4096), SERVER_CPUS (0), GEN_CPUS (1), TARGETS (2: how many
@@ -107,6 +109,38 @@ start() {
 }
 
 debug() { if [[ -n ${PPROF_DIR:-} && $1 == 6061 ]]; then echo "DEBUG_ADDR=127.0.0.1:$1"; else echo "DEBUG_ADDR="; fi; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+if [[ ${PEER:-} == centrifugo ]]; then
+	# The peer instead: two Centrifugo nodes over one Redis, pinned where
+	# wschat's servers are, in insecure client mode (no tokens: anyone may
+	# connect, subscribe and publish, as with wschat's seed protocol).
+	[[ -x ${CENTRIFUGO_BIN:-} ]] || { echo "PEER=centrifugo needs CENTRIFUGO_BIN (bench-peers.sh installs it)" >&2; exit 1; }
+	command -v redis-server >/dev/null || { echo "PEER=centrifugo needs redis-server (Debian: apt-get install redis-server)" >&2; exit 1; }
+	rport=$(free_port)
+	taskset -c "$SERVER_CPUS" redis-server --port "$rport" --bind 127.0.0.1 --save '' --appendonly no \
+		>"$work/redis.log" 2>&1 &
+	pids+=($!)
+	server_pids=${pids[-1]}
+	for _ in $(seq 100); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
+	urls=
+	echo '{}' >"$work/centrifugo.json"
+	for i in 1 2; do
+		port=$(free_port)
+		env CENTRIFUGO_CLIENT_INSECURE=true CENTRIFUGO_HEALTH_ENABLED=true CENTRIFUGO_ENGINE_TYPE=redis \
+			CENTRIFUGO_ENGINE_REDIS_ADDRESS="redis://127.0.0.1:$rport" CENTRIFUGO_HTTP_SERVER_ADDRESS=127.0.0.1 \
+			CENTRIFUGO_HTTP_SERVER_PORT="$port" CENTRIFUGO_LOG_LEVEL=warn \
+			taskset -c "$SERVER_CPUS" "$CENTRIFUGO_BIN" -c "$work/centrifugo.json" >"$work/centrifugo-$i.log" 2>&1 &
+		pids+=($!)
+		server_pids+=,${pids[-1]}
+		urls+=${urls:+,}ws://127.0.0.1:$port/connection/websocket
+		for _ in $(seq 100); do
+			[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/health") == 200 ]] && break
+			sleep 0.1
+		done
+	done
+	PROTOCOL=centrifugo
+	echo "centrifugo $urls over redis :$rport, server pids $server_pids" >&2
+else
 start ws-relayer RELAY_SECRET=$SECRET DATA_DIR="$work/data" RELAY_FSYNC="${RELAY_FSYNC:-true}"
 relayer=$addr
 server_pids=${pids[-1]}
@@ -122,6 +156,7 @@ for i in 1 2; do
 	done
 done
 echo "relayer $relayer, ws-users $urls, server pids $server_pids" >&2
+fi
 
 if [[ -n ${PPROF_DIR:-} ]]; then
 	mkdir -p "$PPROF_DIR"

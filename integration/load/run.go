@@ -238,6 +238,17 @@ func (r *runner) setup(ctx context.Context, i int, room string) (*wsConn, int64,
 		ws.nc.Close()
 		return nil, 0, fmt.Errorf("%s: %w", what, err)
 	}
+	if r.cfg.centrifugo() {
+		joinStart := r.now()
+		if err := centrifugoSetup(ws, i, room); err != nil {
+			return fail("join", err)
+		}
+		r.joinLat.record(i, r.now()-joinStart)
+		_ = ws.nc.SetDeadline(time.Time{})
+		setupNs := r.now() - start
+		r.setupLat.record(i, setupNs)
+		return ws, setupNs, nil
+	}
 	joinType := protocol.TypeJoinRoom
 	if r.cfg.extended() {
 		if err := writeJSON(ws, protocol.Inbound{Type: protocol.TypeHello, Nick: fmt.Sprintf("load%d", i)}); err != nil {
@@ -318,6 +329,10 @@ func (c *conn) readLoop() {
 
 // onFrame is the receive hot path: no allocation on chat and ack frames.
 func (c *conn) onFrame(p []byte, f *serverFrame) {
+	if c.r.cfg.centrifugo() {
+		c.onCentrifugo(p, f)
+		return
+	}
 	if !scanFrame(p, f) {
 		c.r.errs.add("bad_frame", 1)
 		return

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Runs the same workloads against wschat and a peer, Centrifugo v6 over
+# Redis, side by side in one run, after the write floor, and prints one
+# Markdown table (wsload table): every CPU per delivery also as a ratio to
+# the floor measured in that run. Servers of each system on CPU 0, the
+# generator on CPU 1, as make bench does. About four minutes (the first
+# time, a few more to build Centrifugo).
+#
+#   integration/load/bench-peers.sh          # or: make bench-peers
+#
+# Needs Redis (Debian: apt-get install redis-server). Centrifugo is built
+# from the Go module proxy (go install, CENTRIFUGO_VERSION, v6.9.1) into
+# $CENTRIFUGO_DIR (default ~/.cache/wschat-peers) once; nothing of it is
+# copied into this repository. Results go to $OUT (default
+# bench-peers.jsonl in the current directory, replaced).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+export OUT=${OUT:-$PWD/bench-peers.jsonl}
+CENTRIFUGO_VERSION=${CENTRIFUGO_VERSION:-v6.9.1}
+CENTRIFUGO_DIR=${CENTRIFUGO_DIR:-$HOME/.cache/wschat-peers}
+command -v redis-server >/dev/null || { echo "needs redis-server: apt-get install redis-server" >&2; exit 1; }
+export CENTRIFUGO_BIN=$CENTRIFUGO_DIR/centrifugo-$CENTRIFUGO_VERSION
+if [[ ! -x $CENTRIFUGO_BIN ]]; then
+	echo "== go install github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION (once)" >&2
+	mkdir -p "$CENTRIFUGO_DIR"
+	tmp=$(mktemp -d)
+	GOBIN=$tmp go install "github.com/centrifugal/centrifugo/v6@$CENTRIFUGO_VERSION"
+	mv "$tmp/centrifugo" "$CENTRIFUGO_BIN"
+	rm -rf "$tmp"
+fi
+: >"$OUT"
+run() { echo "== $*" >&2; env "$@" >/dev/null; }
+floor_bin=$(mktemp -d)/writefloor
+(cd "$root" && go build -o "$floor_bin" ./integration/cmd/writefloor)
+for rate in 10000 40000 100000; do
+	echo "== writefloor -rate $rate" >&2
+	taskset -c "${SERVER_CPUS:-0}" "$floor_bin" -rate "$rate" -reader-cpus "${GEN_CPUS:-1}" >>"$OUT"
+done
+rm -rf "$(dirname "$floor_bin")"
+# wschat with its original (seed) protocol, which is what Centrifugo's
+# insecure mode compares with: no acknowledgement needed, no identity.
+for peer in "" centrifugo; do
+	for rate in 40 100; do
+		run PEER=$peer PROTOCOL=seed RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W1
+	done
+	run PEER=$peer PROTOCOL=seed RATE=150 WARMUP=2s DURATION=10s "$here/run-local.sh" W2
+	for rate in 5 20; do
+		run PEER=$peer PROTOCOL=seed RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W5
+	done
+done
+(cd "$root/integration" && go run ./cmd/wsload table) <"$OUT"
