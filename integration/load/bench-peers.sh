@@ -3,8 +3,9 @@
 # Redis, side by side in one run, after the write floor, and prints one
 # Markdown table (wsload table): every CPU per delivery also as a ratio to
 # the floor measured in that run. Servers of each system on CPU 0, the
-# generator on CPU 1, as make bench does. About four minutes (the first
-# time, a few more to build Centrifugo).
+# generator on CPU 1, as make bench does: W1, W2, W5 (fan-out), W3 (idle
+# memory), W4 (connection storm). About six minutes (the first time, a
+# few more to build Centrifugo).
 #
 #   integration/load/bench-peers.sh          # or: make bench-peers
 #
@@ -48,5 +49,7 @@ for peer in "" centrifugo; do
 	for rate in 5 20; do
 		run PEER=$peer PROTOCOL=seed RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W5
 	done
+	run PEER=$peer PROTOCOL=seed IDLE_CONNS=19000 HOLD=10s "$here/run-local.sh" W3
+	run PEER=$peer PROTOCOL=seed STORM_CAP=19000 STORM_START=1000 "$here/run-local.sh" W4 -storm-step 500ms
 done
 (cd "$root/integration" && go run ./cmd/wsload table) <"$OUT"
