@@ -20,6 +20,7 @@
 # PROTOCOL (extended|seed), RATE (msg/s per publisher, 10),
 # WARMUP (2s), DURATION (10s), HOLD (10s), IDLE_CONNS (2000), PER_PROC
 # (18000), STORM_CAP (10000), STORM_START (200), RELAY_FSYNC (true),
+# RELAY_COMMIT_DELAY (0s),
 # SEND_QUEUE (4096), SERVER_CPUS (0), GEN_CPUS (1), TARGETS (2: how many
 # of the two ws-users the generator connects to; both always run),
 # STORM_SOURCES (127.0.0.2-5: W4 dials from these), OUT (results file,
@@ -141,7 +142,8 @@ if [[ ${PEER:-} == centrifugo ]]; then
 	PROTOCOL=centrifugo
 	echo "centrifugo $urls over redis :$rport, server pids $server_pids" >&2
 else
-start ws-relayer RELAY_SECRET=$SECRET DATA_DIR="$work/data" RELAY_FSYNC="${RELAY_FSYNC:-true}"
+start ws-relayer RELAY_SECRET=$SECRET DATA_DIR="$work/data" RELAY_FSYNC="${RELAY_FSYNC:-true}" \
+	RELAY_COMMIT_DELAY="${RELAY_COMMIT_DELAY:-0s}"
 relayer=$addr
 server_pids=${pids[-1]}
 urls=

@@ -61,6 +61,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		CompactBytes:   cfg.CompactBytes,
 		RetentionBytes: cfg.RetentionBytes,
 		RetentionAge:   cfg.RetentionAge,
+		CommitDelay:    cfg.CommitDelay,
 		Logger:         log,
 		Registry:       reg,
 	}, st)

@@ -22,6 +22,7 @@ type Config struct {
 	DedupWindow       int           `env:"DEDUP_WINDOW" envDefault:"100000"`
 	PresenceGrace     time.Duration `env:"PRESENCE_GRACE" envDefault:"5s"`
 	Fsync             bool          `env:"RELAY_FSYNC" envDefault:"true"`
+	CommitDelay       time.Duration `env:"RELAY_COMMIT_DELAY" envDefault:"0s"`
 	LinkQueueBytes    int           `env:"LINK_QUEUE_BYTES" envDefault:"67108864"`
 	LinkMaxFrameBytes int64         `env:"LINK_MAX_FRAME_BYTES" envDefault:"16777216"`
 	LinkInflightBytes int64         `env:"LINK_INFLIGHT_BYTES" envDefault:"33554432"`
@@ -80,6 +81,7 @@ func (c *Config) validate() error {
 		"LINK_MAX_FRAME_BYTES must be at least %d (ws-user sends link messages of up to 1 MiB), got %d", link.MaxMessage, c.LinkMaxFrameBytes)
 	check(c.LinkPingInterval > 0, "LINK_PING_INTERVAL must be positive, got %s", c.LinkPingInterval)
 	check(c.LinkFlushDelay >= 0 && c.LinkFlushDelay <= time.Second, "LINK_FLUSH_DELAY must be 0s..1s, got %s", c.LinkFlushDelay)
+	check(c.CommitDelay >= 0 && c.CommitDelay <= 100*time.Millisecond, "RELAY_COMMIT_DELAY must be 0s..100ms, got %s", c.CommitDelay)
 	check(c.CompactBytes > 0, "COMPACT_BYTES must be positive, got %d", c.CompactBytes)
 	check(c.RetentionBytes >= 0, "RETENTION_BYTES must be 0 (only HISTORY_LIMIT messages per room) or positive, got %d", c.RetentionBytes)
 	check(c.RetentionAge >= 0, "RETENTION_AGE must be 0s (no age bound) or positive, got %s", c.RetentionAge)

@@ -5,8 +5,10 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/protocol/link"
 )
@@ -92,5 +94,36 @@ func TestFetchPaging(t *testing.T) {
 	p.Send(&link.Frame{T: link.OpFetch, Req: 7, Room: "nowhere"})
 	if f := p.Expect(link.OpFetched); f.Req != 7 || f.First != 1 || len(f.Msgs) != 0 {
 		t.Fatalf("fetch of an unknown room: %+v", f)
+	}
+}
+
+// With a commit delay, publishes that arrive within it after the first
+// share its batch, and so one log sync (one fsync in production); none is
+// acknowledged before the delay has passed.
+func TestCommitDelayGathersPublishes(t *testing.T) {
+	const delay = 300 * time.Millisecond
+	h := start(t, "", func(c *Config) { c.CommitDelay = delay })
+	a, b := h.dial("a"), h.dial("b")
+	a.Sync()
+	b.Sync()
+	syncs := func() uint64 {
+		var m dto.Metric
+		if err := h.s.m.fsync.Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram().GetSampleCount()
+	}
+	before := syncs()
+	t0 := time.Now()
+	a.Pub("m-a", "r", "one")
+	b.Pub("m-b", "r", "two")
+	a.Expect(link.OpAck)
+	took := time.Since(t0)
+	b.Expect(link.OpAck)
+	if took < delay*9/10 {
+		t.Errorf("acknowledged after %s, before the commit delay (%s)", took, delay)
+	}
+	if n := syncs() - before; n != 1 {
+		t.Errorf("%d log syncs for two publishes within the commit delay, want 1", n)
 	}
 }

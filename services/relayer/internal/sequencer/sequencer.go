@@ -67,9 +67,15 @@ type Config struct {
 	// served from the log. RetentionBytes 0 keeps only the rings.
 	RetentionBytes int64
 	RetentionAge   time.Duration
-	Logger         *slog.Logger
-	Registry       prometheus.Registerer
-	Now            func() time.Time // message timestamps; time.Now when nil
+	// CommitDelay is how long a batch may wait for more input before its
+	// log sync once nothing more is queued (0: not at all). An fsync costs
+	// about as much for one message as for a hundred: at moderate rates a
+	// short wait gathers more messages into each, for up to that much
+	// latency (docs/benchmarks.md).
+	CommitDelay time.Duration
+	Logger      *slog.Logger
+	Registry    prometheus.Registerer
+	Now         func() time.Time // message timestamps; time.Now when nil
 }
 
 // Sequencer is the relayer core. Drive it with Run; links come and go
@@ -81,9 +87,10 @@ type Sequencer struct {
 	st  *store.Log
 	m   *metrics
 
-	in      chan event
-	stopped chan struct{} // closed when Run stops taking events
-	ready   atomic.Bool
+	in          chan event
+	lingerTimer *time.Timer   // Run's, for the commit delay
+	stopped     chan struct{} // closed when Run stops taking events
+	ready       atomic.Bool
 
 	mu      sync.Mutex // guards live and closing
 	live    map[*Input]struct{}
@@ -239,6 +246,7 @@ func (s *Sequencer) Run(ctx context.Context) error {
 			batch = append(batch[:0], ev)
 		}
 		n := len(batch[0].frames)
+		var until time.Time // the commit delay's end, once the queue ran dry
 	drain:
 		for n < maxBatch {
 			select {
@@ -246,7 +254,18 @@ func (s *Sequencer) Run(ctx context.Context) error {
 				batch = append(batch, ev)
 				n += len(ev.frames)
 			default:
-				break drain
+				if s.cfg.CommitDelay <= 0 {
+					break drain
+				}
+				if until.IsZero() {
+					until = time.Now().Add(s.cfg.CommitDelay)
+				}
+				ev, ok := s.await(ctx, until)
+				if !ok {
+					break drain
+				}
+				batch = append(batch, ev)
+				n += len(ev.frames)
 			}
 		}
 		err := s.apply(batch)
@@ -254,6 +273,30 @@ func (s *Sequencer) Run(ctx context.Context) error {
 		if err != nil {
 			return s.shutdown(err)
 		}
+	}
+}
+
+// await waits until the deadline for the next event (Config.CommitDelay);
+// false when none came (or ctx ended: the next select sees it).
+func (s *Sequencer) await(ctx context.Context, deadline time.Time) (event, bool) {
+	d := time.Until(deadline)
+	if d <= 0 {
+		return event{}, false
+	}
+	if s.lingerTimer == nil {
+		s.lingerTimer = time.NewTimer(d)
+	} else {
+		s.lingerTimer.Reset(d)
+	}
+	select {
+	case ev := <-s.in:
+		s.lingerTimer.Stop()
+		return ev, true
+	case <-s.lingerTimer.C:
+		return event{}, false
+	case <-ctx.Done():
+		s.lingerTimer.Stop()
+		return event{}, false
 	}
 }
 
