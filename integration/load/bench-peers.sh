@@ -4,7 +4,7 @@
 # Markdown table (wsload table): every CPU per delivery also as a ratio to
 # the floor measured in that run. Servers of each system on CPU 0, the
 # generator on CPU 1, as make bench does: W1, W2, W5 (fan-out), W3 (idle
-# memory), W4 (connection storm). About six minutes (the first time, a
+# memory), W4 (connection storm). About four minutes here (the first time, a
 # few more to build Centrifugo).
 #
 #   integration/load/bench-peers.sh          # or: make bench-peers
