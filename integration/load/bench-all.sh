@@ -12,17 +12,9 @@ root=$(cd "$here/../.." && pwd)
 export OUT=${OUT:-$PWD/bench-results.jsonl}
 : >"$OUT"
 run() { echo "== $*" >&2; env "$@" >/dev/null; }
-# The write floor of this machine, measured in the same run (the table
-# gives every CPU per delivery as a ratio to it): one write(2) per frame to
-# 1,000 loopback sockets, the writer pinned as the servers are, the reader
-# as the generator is. At W5's rate, W1's everyday one and its highest.
-floor_bin=$(mktemp -d)/writefloor
-(cd "$root" && go build -o "$floor_bin" ./integration/cmd/writefloor)
-for rate in 10000 40000 100000; do
-	echo "== writefloor -rate $rate" >&2
-	taskset -c "${SERVER_CPUS:-0}" "$floor_bin" -rate "$rate" -reader-cpus "${GEN_CPUS:-1}" >>"$OUT"
-done
-rm -rf "$(dirname "$floor_bin")"
+# The write floor of this machine, measured in the same run: at W5's rate,
+# W1's everyday one and its highest.
+"$here/floor.sh" 10000 40000 100000
 for proto in seed extended; do
 	for rate in 40 100 120; do
 		run PROTOCOL=$proto RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W1

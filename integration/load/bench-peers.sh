@@ -32,13 +32,7 @@ if [[ ! -x $CENTRIFUGO_BIN ]]; then
 fi
 : >"$OUT"
 run() { echo "== $*" >&2; env "$@" >/dev/null; }
-floor_bin=$(mktemp -d)/writefloor
-(cd "$root" && go build -o "$floor_bin" ./integration/cmd/writefloor)
-for rate in 10000 40000 100000; do
-	echo "== writefloor -rate $rate" >&2
-	taskset -c "${SERVER_CPUS:-0}" "$floor_bin" -rate "$rate" -reader-cpus "${GEN_CPUS:-1}" >>"$OUT"
-done
-rm -rf "$(dirname "$floor_bin")"
+"$here/floor.sh" 10000 40000 100000
 # wschat with its original (seed) protocol, which is what Centrifugo's
 # insecure mode compares with: no acknowledgement needed, no identity.
 for peer in "" centrifugo; do

@@ -238,41 +238,47 @@ func (r *runner) setup(ctx context.Context, i int, room string) (*wsConn, int64,
 		ws.nc.Close()
 		return nil, 0, fmt.Errorf("%s: %w", what, err)
 	}
-	if r.cfg.centrifugo() {
-		joinStart := r.now()
-		if err := centrifugoSetup(ws, i, room); err != nil {
-			return fail("join", err)
-		}
-		r.joinLat.record(i, r.now()-joinStart)
-		_ = ws.nc.SetDeadline(time.Time{})
-		setupNs := r.now() - start
-		r.setupLat.record(i, setupNs)
-		return ws, setupNs, nil
-	}
-	joinType := protocol.TypeJoinRoom
-	if r.cfg.extended() {
-		if err := writeJSON(ws, protocol.Inbound{Type: protocol.TypeHello, Nick: fmt.Sprintf("load%d", i)}); err != nil {
-			return fail("hello", err)
-		}
-		if err := awaitFrame(ws, protocol.TypeWelcome); err != nil {
-			return fail("hello", err)
-		}
-		joinType = protocol.TypeJoin
-	}
-	joinStart := r.now()
-	if err := writeJSON(ws, protocol.Inbound{Type: joinType, Room: room, ID: "j"}); err != nil {
-		return fail("join", err)
-	}
-	if r.cfg.extended() {
-		if err := awaitFrame(ws, protocol.TypeJoined); err != nil {
-			return fail("join", err)
-		}
-		r.joinLat.record(i, r.now()-joinStart)
+	if step, err := r.join(ws, i, room); err != nil {
+		return fail(step, err)
 	}
 	_ = ws.nc.SetDeadline(time.Time{})
 	setupNs := r.now() - start
 	r.setupLat.record(i, setupNs)
 	return ws, setupNs, nil
+}
+
+// join joins connection i to room in the run's protocol, recording the
+// join's latency where the server answers it; step names what failed.
+func (r *runner) join(ws *wsConn, i int, room string) (step string, err error) {
+	if r.cfg.centrifugo() {
+		joinStart := r.now()
+		if err := centrifugoSetup(ws, i, room); err != nil {
+			return "join", err
+		}
+		r.joinLat.record(i, r.now()-joinStart)
+		return "", nil
+	}
+	joinType := protocol.TypeJoinRoom
+	if r.cfg.extended() {
+		if err := writeJSON(ws, protocol.Inbound{Type: protocol.TypeHello, Nick: fmt.Sprintf("load%d", i)}); err != nil {
+			return "hello", err
+		}
+		if err := awaitFrame(ws, protocol.TypeWelcome); err != nil {
+			return "hello", err
+		}
+		joinType = protocol.TypeJoin
+	}
+	joinStart := r.now()
+	if err := writeJSON(ws, protocol.Inbound{Type: joinType, Room: room, ID: "j"}); err != nil {
+		return "join", err
+	}
+	if r.cfg.extended() {
+		if err := awaitFrame(ws, protocol.TypeJoined); err != nil {
+			return "join", err
+		}
+		r.joinLat.record(i, r.now()-joinStart)
+	}
+	return "", nil
 }
 
 func writeJSON(ws *wsConn, v any) error {
