@@ -132,7 +132,7 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 	}
 	switch in.Type {
 	case TypeHello:
-		if err := validToken(in.Token, rules); err != nil {
+		if err := ValidToken(in.Token, rules); err != nil {
 			return bad(CodeBadRequest, "token %v", err)
 		}
 		// An empty nick is the server's to judge: a connection with a
@@ -169,7 +169,7 @@ func Decode(data []byte, rules Rules) (Inbound, *Error) {
 		if in.Token == "" {
 			return bad(CodeBadRequest, "refresh needs a token")
 		}
-		if err := validToken(in.Token, rules); err != nil {
+		if err := ValidToken(in.Token, rules); err != nil {
 			return bad(CodeBadRequest, "token %v", err)
 		}
 	case TypePing:
@@ -200,9 +200,11 @@ func ValidClientRoom(s string, max int) error {
 	return nil
 }
 
-// validToken checks a token's size and bytes; its signature and claims are
-// the server's to check.
-func validToken(s string, rules Rules) error {
+// ValidToken checks a token's size and bytes, wherever it came from (a
+// frame, an upgrade's URL); its signature and claims are the server's to
+// check. The error completes a sentence starting with "token".
+func ValidToken(s string, rules Rules) error {
+	rules = rules.withDefaults()
 	if len(s) > rules.MaxTokenBytes {
 		return fmt.Errorf("must be at most %d bytes, got %d", rules.MaxTokenBytes, len(s))
 	}

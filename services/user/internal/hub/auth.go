@@ -27,6 +27,9 @@ type refusal struct {
 
 // verify checks a token (outside h.mu: a JWKS fetch may take a while).
 func (h *Hub) verify(token string) (*auth.Identity, *refusal) {
+	if err := protocol.ValidToken(token, protocol.Rules{}); err != nil {
+		return nil, &refusal{protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, "token " + err.Error()}
+	}
 	if h.cfg.Auth == nil {
 		return nil, &refusal{protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, "this server is configured for no tokens (AUTH_MODE=anonymous without keys)"}
 	}
@@ -51,10 +54,6 @@ func (h *Hub) verify(token string) (*auth.Identity, *refusal) {
 	return id, nil
 }
 
-// maxTokenBytes bounds a token in the upgrade's URL as Decode bounds one
-// in a frame (protocol.Rules.MaxTokenBytes' default).
-const maxTokenBytes = 8192
-
 // admit decides what a new connection may do with the token of its
 // upgrade: none is fine unless tokens are required (then it must come in
 // hello, within AuthTimeout); one is verified before any frame is read.
@@ -74,11 +73,7 @@ func (h *Hub) admit(c *client, token string) {
 		})
 		return
 	}
-	var id *auth.Identity
-	rf := &refusal{protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, "token longer than 8192 bytes"}
-	if len(token) <= maxTokenBytes {
-		id, rf = h.verify(token)
-	}
+	id, rf := h.verify(token)
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if rf != nil {
@@ -92,39 +87,28 @@ func (h *Hub) admit(c *client, token string) {
 // verified first, and then names it.
 func (h *Hub) hello(c *client, in protocol.Inbound) {
 	var id *auth.Identity
+	var rf *refusal
 	if in.Token != "" {
-		var rf *refusal
-		if id, rf = h.verify(in.Token); rf != nil {
-			h.mu.Lock()
-			h.refuseLocked(c, rf.code, rf.close, rf.reason)
-			h.mu.Unlock()
-			return
-		}
+		id, rf = h.verify(in.Token)
 	}
 	h.mu.Lock()
-	if c.refused {
-		h.mu.Unlock()
+	defer h.mu.Unlock()
+	switch {
+	case c.refused:
 		return
-	}
-	if id != nil {
-		if c.ident != nil && c.ident.User != id.User {
-			h.refuseLocked(c, protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, "hello's token is for another user than the connection's")
-			h.mu.Unlock()
-			return
-		}
-		if !h.identifyLocked(c, id) {
-			h.mu.Unlock()
-			return
-		}
-	}
-	if !c.admittedLocked(in) {
-		h.mu.Unlock()
+	case rf != nil:
+		h.refuseLocked(c, rf.code, rf.close, rf.reason)
 		return
-	}
-	if c.ident == nil && in.Nick == "" {
+	case id != nil && c.ident != nil && c.ident.User != id.User:
+		h.refuseLocked(c, protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, "hello's token is for another user than the connection's")
+		return
+	case id != nil && !h.identifyLocked(c, id):
+		return
+	case !c.admittedLocked(in):
+		return
+	case c.ident == nil && in.Nick == "":
 		c.helloRetry = true
 		c.sendErrorLocked(in, protocol.CodeBadNick, "nick must not be empty (or connect with a token, which names you)")
-		h.mu.Unlock()
 		return
 	}
 	c.extended = true
@@ -140,7 +124,6 @@ func (h *Hub) hello(c *client, in protocol.Inbound) {
 	if c.ident != nil {
 		h.armExpiryLocked(c) // now extended: the notice is due to it
 	}
-	h.mu.Unlock()
 }
 
 // identifyLocked gives c the identity id: its name is the token's, and its

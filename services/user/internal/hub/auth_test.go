@@ -115,6 +115,12 @@ func TestTokensRefusedWithTheirCodes(t *testing.T) {
 			expectRefused(t, c, tc.code, tc.closeCode)
 		})
 	}
+	// A token in the URL is bounded as one in a frame, before any parsing.
+	c := wstest.DialPath(t, addr, withToken(strings.Repeat("a", 9000)))
+	if f := c.Expect(t, `"type":"error"`); !strings.Contains(f, `"code":"token_invalid"`) || !strings.Contains(f, "8192") {
+		t.Fatalf("a 9000-byte token in the URL: %s, want token_invalid naming the 8192-byte bound", f)
+	}
+	c.ExpectClose(t, protocol.CloseTokenInvalid)
 }
 
 // A frame sent right behind a refused token is not taken: the refusal
