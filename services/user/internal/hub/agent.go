@@ -28,8 +28,11 @@ type command struct {
 	At   int64  `json:"at"` // Unix milliseconds: tokens issued until then
 }
 
-// agentSession is every Agent's session (no client's can start with $):
-// the server API's chats are de-duplicated by their ids among themselves.
+// agentSession is every Agent's session: the server API's chats are
+// de-duplicated by their ids among themselves. A client that chose the
+// same session could only make its own chats look like re-sends of the
+// API's (answered with their seq, delivered to no one), as with any
+// session it shares.
 const agentSession = "$api"
 
 // Agent is an in-process extended client of the hub, for the server API.
@@ -68,12 +71,22 @@ func (p *agentPeer) Send(b []byte) {
 	var f struct {
 		ID string `json:"id"`
 	}
-	if json.Unmarshal(b, &f) != nil || f.ID == "" {
+	if json.Unmarshal(b, &f) == nil {
+		p.answer(f.ID, b)
+	}
+}
+func (p *agentPeer) SendLive([]byte) bool        { return true }
+func (p *agentPeer) SendError(e *protocol.Error) { p.answer(e.ID, protocol.Encode(e)) }
+
+// answer hands frame b, the answer to the frame with id, to the Do that
+// waits for it, if any.
+func (p *agentPeer) answer(id string, b []byte) {
+	if id == "" {
 		return
 	}
 	p.mu.Lock()
-	ch := p.waiters[f.ID]
-	delete(p.waiters, f.ID)
+	ch := p.waiters[id]
+	delete(p.waiters, id)
 	p.mu.Unlock()
 	if ch != nil {
 		select {
@@ -82,8 +95,6 @@ func (p *agentPeer) Send(b []byte) {
 		}
 	}
 }
-func (p *agentPeer) SendLive([]byte) bool        { return true }
-func (p *agentPeer) SendError(e *protocol.Error) { p.Send(protocol.Encode(e)) }
 
 // NewAgent returns an agent whose messages are from name.
 func (h *Hub) NewAgent(name string) *Agent {
