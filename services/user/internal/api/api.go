@@ -128,17 +128,23 @@ func (s *server) joined(w http.ResponseWriter, r *http.Request, room, name strin
 	defer cancel()
 	a := s.h.NewAgent(name)
 	defer a.Close()
-	b, err := a.Do(ctx, protocol.Inbound{Type: protocol.TypeJoin, Room: room})
-	var j protocol.Joined
-	if err == nil {
-		err = json.Unmarshal(b, &j)
-	}
+	j, err := ask[protocol.Joined](ctx, a, protocol.Inbound{Type: protocol.TypeJoin, Room: room})
 	if err == nil {
 		err = f(ctx, a, &j)
 	}
 	if err != nil {
 		s.fail(w, r, err)
 	}
+}
+
+// ask sends in through a and decodes the answer into a T.
+func ask[T any](ctx context.Context, a *hub.Agent, in protocol.Inbound) (T, error) {
+	var v T
+	b, err := a.Do(ctx, in)
+	if err == nil {
+		err = json.Unmarshal(b, &v)
+	}
+	return v, err
 }
 
 func (s *server) fail(w http.ResponseWriter, r *http.Request, err error) {
@@ -195,12 +201,8 @@ func (s *server) publish(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.joined(w, r, room, body.From, func(ctx context.Context, a *hub.Agent, _ *protocol.Joined) error {
-		b, err := a.Do(ctx, in)
+		ack, err := ask[protocol.Ack](ctx, a, in)
 		if err != nil {
-			return err
-		}
-		var ack protocol.Ack
-		if err := json.Unmarshal(b, &ack); err != nil {
 			return err
 		}
 		reply(w, http.StatusOK, map[string]any{"room": room, "seq": ack.Seq})
@@ -250,12 +252,8 @@ func (s *server) history(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	s.joined(w, r, room, "api", func(ctx context.Context, a *hub.Agent, _ *protocol.Joined) error {
-		b, err := a.Do(ctx, in)
+		hist, err := ask[protocol.History](ctx, a, in)
 		if err != nil {
-			return err
-		}
-		var hist protocol.History
-		if err := json.Unmarshal(b, &hist); err != nil {
 			return err
 		}
 		if hist.Messages == nil {
