@@ -49,7 +49,11 @@ func TestSecretsOverrideHandsTheSecretAsAFile(t *testing.T) {
 			t.Errorf("%s mounts secret %q, which the file does not define from a file", name, secret)
 		}
 		if v := s.Environment["RELAY_SECRET_FILE"]; v == nil || *v != "/run/secrets/"+secret {
-			t.Errorf("%s: RELAY_SECRET_FILE is %v, want /run/secrets/%s (where Compose mounts it)", name, v, secret)
+			got := "unset"
+			if v != nil {
+				got = *v
+			}
+			t.Errorf("%s: RELAY_SECRET_FILE is %s, want /run/secrets/%s (where Compose mounts it)", name, got, secret)
 		}
 		if v, ok := s.Environment["RELAY_SECRET"]; !ok || v == nil || *v != "" {
 			t.Errorf("%s: RELAY_SECRET must be emptied, or one left in .env meets the file", name)
