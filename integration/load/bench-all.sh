@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the whole benchmark suite of docs/benchmarks.md (the write floor,
-# then W1-W5, both protocols) with run-local.sh and prints its Markdown
+# then W1-W5 and the W4b burst, both protocols) with run-local.sh and prints its Markdown
 # table. Results go to
 # $OUT (default bench-results.jsonl in the current directory, replaced).
 # Takes about ten minutes; run it on an otherwise idle machine.
@@ -31,5 +31,7 @@ for proto in seed extended; do
 	# The same storm on one ws-user (the other idle on the same core): what
 	# one instance takes.
 	run PROTOCOL=$proto TARGETS=1 STORM_CAP=19000 STORM_START=1000 "$here/run-local.sh" W4 -storm-step 500ms
+	# A reconnect burst: 19,000 clients over both instances, 128 at a time.
+	run PROTOCOL=$proto BURST_CONNS=19000 BURST_CONCURRENCY=128 "$here/run-local.sh" W4b
 done
 (cd "$root/integration" && go run ./cmd/wsload table) <"$OUT"

@@ -3,9 +3,11 @@
 # Redis, side by side in one run, after the write floor, and prints one
 # Markdown table (wsload table): every CPU per delivery also as a ratio to
 # the floor measured in that run. Servers of each system on CPU 0, the
-# generator on CPU 1, as make bench does: W1, W2, W5 (fan-out), W3 (idle
-# memory), W4 (connection storm). About four minutes here (the first time, a
-# few more to build Centrifugo).
+# generator on CPU 1, as make bench does: W1 at the everyday rate and up to
+# its highest lossless one, W2, W5 (fan-out), W3 (idle memory), W4 (storm:
+# the highest sustained connection rate) and W4b (a reconnect burst: 19,000
+# clients, 128 at a time). About five minutes here (the first time, a few
+# more to build Centrifugo).
 #
 #   integration/load/bench-peers.sh          # or: make bench-peers
 #
@@ -36,7 +38,7 @@ run() { echo "== $*" >&2; env "$@" >/dev/null; }
 # wschat with its original (seed) protocol, which is what Centrifugo's
 # insecure mode compares with: no acknowledgement needed, no identity.
 for peer in "" centrifugo; do
-	for rate in 40 100; do
+	for rate in 40 100 120; do
 		run PEER=$peer PROTOCOL=seed RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W1
 	done
 	run PEER=$peer PROTOCOL=seed RATE=150 WARMUP=2s DURATION=10s "$here/run-local.sh" W2
@@ -45,5 +47,6 @@ for peer in "" centrifugo; do
 	done
 	run PEER=$peer PROTOCOL=seed IDLE_CONNS=19000 HOLD=10s "$here/run-local.sh" W3
 	run PEER=$peer PROTOCOL=seed STORM_CAP=19000 STORM_START=1000 "$here/run-local.sh" W4 -storm-step 500ms
+	run PEER=$peer PROTOCOL=seed BURST_CONNS=19000 BURST_CONCURRENCY=128 "$here/run-local.sh" W4b
 done
 (cd "$root/integration" && go run ./cmd/wsload table) <"$OUT"

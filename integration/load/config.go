@@ -62,7 +62,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	var urls, sources, pids, cgroups, containers string
-	fs.StringVar(&c.mode, "mode", "fanout", "fanout | idle | storm")
+	fs.StringVar(&c.mode, "mode", "fanout", "fanout | idle | storm | burst")
 	fs.StringVar(&c.protocol, "protocol", "extended", "extended (hello, join acked, chat acked) | seed (join-room, chat, no acks) | centrifugo (the peer: Centrifugo's JSON protocol, rooms as channels)")
 	fs.StringVar(&urls, "urls", "ws://127.0.0.1:8080/ws", "comma-separated WebSocket URLs; clients are spread round-robin")
 	fs.StringVar(&sources, "source", "", "comma-separated local IPs to dial from, round-robin (for more than ~10,000 connections per destination)")
@@ -78,7 +78,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.DurationVar(&c.drain, "drain", 5*time.Second, "fanout: longest wait for deliveries after the last send")
 	fs.DurationVar(&c.joinTimeout, "join-timeout", 10*time.Second, "seed: longest wait for every member to see a probe message")
 	fs.DurationVar(&c.settle, "settle", 0, "extra pause after all joins before traffic")
-	fs.IntVar(&c.conns, "conns", 0, "idle: connections (default rooms*members); storm: cap on connections")
+	fs.IntVar(&c.conns, "conns", 0, "idle: connections (default rooms*members); storm: cap on connections; burst: connections")
 	fs.IntVar(&c.totalConns, "total-conns", 0, "idle: connections of all generator processes together, for RSS per connection (default -conns)")
 	fs.Float64Var(&c.connectRate, "connect-rate", 0, "connections opened per second while setting up (0 = as fast as -connect-concurrency allows)")
 	fs.IntVar(&c.connectConcurrency, "connect-concurrency", 64, "connection setups in flight")
@@ -135,9 +135,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 	}
 	switch c.mode {
-	case "fanout", "idle", "storm":
+	case "fanout", "idle", "storm", "burst":
 	default:
-		bad("-mode: want fanout, idle or storm, got %q", c.mode)
+		bad("-mode: want fanout, idle, storm or burst, got %q", c.mode)
 	}
 	switch c.protocol {
 	case "seed", "extended", "centrifugo":
@@ -187,7 +187,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		if c.conns == 0 {
 			c.conns = c.rooms * c.members
 		}
-	case "storm":
+	case "storm", "burst":
 		if c.conns == 0 {
 			c.conns = 5000
 		}

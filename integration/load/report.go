@@ -46,6 +46,7 @@ type Result struct {
 	TotalConns int `json:"total_conns,omitempty"`
 
 	Storm *Storm `json:"storm,omitempty"`
+	Burst *Burst `json:"burst,omitempty"`
 
 	Errors     map[string]int64 `json:"errors"`
 	ErrorCount int64            `json:"error_count"`
@@ -114,6 +115,11 @@ func writeSummary(w io.Writer, r *Result) {
 			}
 			fmt.Fprintf(&b, "best sustained: %.0f conns/s (%.0f per instance), stopped by %s; peak achieved %.0f conns/s (%.0f per instance)\n",
 				s.BestRate, s.BestRatePerInstance, s.Stopped, s.PeakAchieved, s.PeakAchievedPerInstance)
+		}
+	case "burst":
+		if bu := r.Burst; bu != nil {
+			fmt.Fprintf(&b, "burst    : %d conns, %d at a time, set up in %.2fs: %.0f conns/s (%.0f per instance)\n",
+				r.Conns, bu.Concurrency, bu.WallS, bu.Rate, bu.RatePerInstance)
 		}
 	}
 	lat("connect", r.Connect)

@@ -4,7 +4,7 @@
 # generator does not steal the servers' CPU. Everything started here is
 # killed on exit.
 #
-#   integration/load/run-local.sh W1|W2|W3|W4|W5 [extra wsload flags...]
+#   integration/load/run-local.sh W1|W2|W3|W4|W4b|W5 [extra wsload flags...]
 #
 # W1  fan-out: 100 rooms x 10 members, 1 publisher per room, over 2 instances
 # W2  fan-out: 1 room x 1000 members, 1 publisher
@@ -14,6 +14,9 @@
 #     over several generator processes of at most PER_PROC connections
 # W4  connection storm, rate x1.5 per step until one fails, then the edge
 #     bisected (wsload -storm-refine), up to STORM_CAP connections in all
+# W4b reconnect burst: BURST_CONNS connections (19000) over the instances,
+#     BURST_CONCURRENCY (128) at a time, as fast as they are taken (wsload
+#     -mode burst): wall time and setup latency
 #
 # Environment: PEER (centrifugo: run the peer instead of wschat, two
 # Centrifugo nodes over Redis, CENTRIFUGO_BIN its binary; bench-peers.sh),
@@ -23,7 +26,8 @@
 # RELAY_COMMIT_DELAY (0s),
 # SEND_QUEUE (4096), SERVER_CPUS (0), GEN_CPUS (1), TARGETS (2: how many
 # of the two ws-users the generator connects to; both always run),
-# STORM_SOURCES (127.0.0.2-5: W4 dials from these), OUT (results file,
+# BURST_CONNS (19000), BURST_CONCURRENCY (128),
+# STORM_SOURCES (127.0.0.2-5: W4 and W4b dial from these), OUT (results file,
 # default /tmp/wsload-results.jsonl: one JSON line per generator process),
 # PPROF_DIR (if set: a CPU profile of the first ws-user, taken for
 # PPROF_SECONDS (5) after the warm-up, is written there), PERF_DIR (if set:
@@ -35,7 +39,7 @@
 # window inside the run).
 set -euo pipefail
 
-workload=${1:?usage: $0 W1|W2|W3|W4|W5 [wsload flags...]}
+workload=${1:?usage: $0 W1|W2|W3|W4|W4b|W5 [wsload flags...]}
 shift
 root=$(cd "$(dirname "$0")/../.." && pwd)
 PROTOCOL=${PROTOCOL:-extended}
@@ -47,6 +51,8 @@ IDLE_CONNS=${IDLE_CONNS:-2000}
 PER_PROC=${PER_PROC:-18000}
 STORM_CAP=${STORM_CAP:-10000}
 STORM_START=${STORM_START:-200}
+BURST_CONNS=${BURST_CONNS:-19000}
+BURST_CONCURRENCY=${BURST_CONCURRENCY:-128}
 SERVER_CPUS=${SERVER_CPUS:-0}
 GEN_CPUS=${GEN_CPUS:-1}
 OUT=${OUT:-/tmp/wsload-results.jsonl}
@@ -235,8 +241,12 @@ W4)
 	"${gen[@]}" -mode storm -conns "$STORM_CAP" -members 10 -storm-start "$STORM_START" -storm-factor 1.5 \
 		-source "${STORM_SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}" "$@" | tee -a "$OUT"
 	;;
+W4b)
+	"${gen[@]}" -mode burst -conns "$BURST_CONNS" -connect-concurrency "$BURST_CONCURRENCY" -members 10 \
+		-source "${STORM_SOURCES:-127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5}" -read-buffer 1024 "$@" | tee -a "$OUT"
+	;;
 *)
-	echo "unknown workload $workload (W1, W2, W3, W4, W5)" >&2
+	echo "unknown workload $workload (W1, W2, W3, W4, W4b, W5)" >&2
 	exit 2
 	;;
 esac

@@ -62,6 +62,8 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		res, err = r.idle(ctx)
 	case "storm":
 		res, err = r.storm(ctx)
+	case "burst":
+		res, err = r.burst(ctx)
 	}
 	if err != nil {
 		return fmt.Errorf("%s run: %w", cfg.mode, err)

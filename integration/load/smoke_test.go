@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"testing"
@@ -86,6 +87,13 @@ func TestSmokeIdleAndStorm(t *testing.T) {
 		st.BestRatePerInstance != round(st.BestRate/2) || res.Conns != 60 ||
 		st.PeakAchieved < st.Steps[0].Achieved || st.PeakAchievedPerInstance != round(st.PeakAchieved/2) {
 		t.Fatalf("storm: %+v %+v", res, st)
+	}
+	res = runLoad(t, "-mode", "burst", "-protocol", "seed", "-urls", urls, "-conns", "60", "-members", "10",
+		"-connect-concurrency", "8", "-pids", fmt.Sprint(os.Getpid()))
+	bu := res.Burst
+	if bu == nil || res.Conns != 60 || res.ConnectFailed != 0 || res.Setup.Count != 60 || bu.Concurrency != 8 || bu.WallS <= 0 ||
+		math.Abs(bu.Rate*bu.WallS-60) > 0.005*bu.Rate+1 || bu.RatePerInstance != math.Round(bu.Rate/2) || bu.ServerCPUPerConnUs <= 0 {
+		t.Fatalf("burst: %+v %+v", res, bu)
 	}
 	// A rate no server can reach (40 setups completing within 10 µs) is
 	// not "sustained", even though every connection succeeds; nor is half
