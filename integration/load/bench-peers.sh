@@ -3,10 +3,11 @@
 # Redis, side by side in one run, after the write floor, and prints one
 # Markdown table (wsload table): every CPU per delivery also as a ratio to
 # the floor measured in that run. Servers of each system on CPU 0, the
-# generator on CPU 1, as make bench does: W1 at the everyday rate and up to
-# its highest lossless one, W2, W5 (fan-out), W3 (idle memory), W4 (storm:
+# generator on CPU 1, as make bench does: W1 at 20,000 and 40,000
+# deliveries/s (the everyday rate; on a slow day here the second saturates
+# the servers' core) and up to its highest lossless rate, W2, W5 (fan-out), W3 (idle memory), W4 (storm:
 # the highest sustained connection rate) and W4b (a reconnect burst: 19,000
-# clients, 128 at a time). About five minutes here (the first time, a few
+# clients, 128 at a time). About seven minutes here (the first time, a few
 # more to build Centrifugo).
 #
 #   integration/load/bench-peers.sh          # or: make bench-peers
@@ -34,11 +35,11 @@ if [[ ! -x $CENTRIFUGO_BIN ]]; then
 fi
 : >"$OUT"
 run() { echo "== $*" >&2; env "$@" >/dev/null; }
-"$here/floor.sh" 10000 40000 100000
+"$here/floor.sh" 10000 20000 40000 100000
 # wschat with its original (seed) protocol, which is what Centrifugo's
 # insecure mode compares with: no acknowledgement needed, no identity.
 for peer in "" centrifugo; do
-	for rate in 40 100 120; do
+	for rate in 20 40 100 120; do
 		run PEER=$peer PROTOCOL=seed RATE=$rate WARMUP=2s DURATION=10s "$here/run-local.sh" W1
 	done
 	run PEER=$peer PROTOCOL=seed RATE=150 WARMUP=2s DURATION=10s "$here/run-local.sh" W2

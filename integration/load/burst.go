@@ -21,6 +21,10 @@ type Burst struct {
 	// ServerCPUPerConnUs is the servers' CPU over the burst per
 	// connection set up (with -pids, -cgroups or -containers).
 	ServerCPUPerConnUs float64 `json:"server_cpu_per_conn_us,omitempty"`
+	// TCPDrops is how much the kernel's handshake-drop counters rose over
+	// the burst (tcpDrops; only those that rose): a reason for setups of a
+	// second and more that is not the servers' work.
+	TCPDrops map[string]int64 `json:"tcp_drops,omitempty"`
 }
 
 // burst opens -conns connections, each joining a room, -connect-concurrency
@@ -35,6 +39,7 @@ func (r *runner) burst(ctx context.Context) (*Result, error) {
 		return nil, err
 	}
 	r.log.Info("burst", "conns", cfg.conns, "concurrency", cfg.connectConcurrency, "urls", len(cfg.urls))
+	drops := readTCPDrops()
 	start := r.now()
 	o, err := r.openHeld(ctx)
 	if err != nil {
@@ -42,6 +47,7 @@ func (r *runner) burst(ctx context.Context) (*Result, error) {
 	}
 	defer r.closeAll(o.conns, &o.readers)
 	wall := time.Duration(max(o.lastDone-start, 0))
+	dropped := tcpDelta(drops, readTCPDrops())
 	end, selfEnd, err := r.sample()
 	if err != nil {
 		return nil, err
@@ -49,7 +55,7 @@ func (r *runner) burst(ctx context.Context) (*Result, error) {
 	r.closeAll(o.conns, &o.readers)
 
 	res := o.result(r)
-	b := &Burst{Concurrency: cfg.connectConcurrency, WallS: round(wall.Seconds())}
+	b := &Burst{Concurrency: cfg.connectConcurrency, WallS: round(wall.Seconds()), TCPDrops: dropped}
 	if wall > 0 {
 		b.Rate = math.Round(float64(res.Conns) / wall.Seconds())
 		b.RatePerInstance = math.Round(b.Rate / float64(len(cfg.urls)))

@@ -120,6 +120,9 @@ func writeSummary(w io.Writer, r *Result) {
 		if bu := r.Burst; bu != nil {
 			fmt.Fprintf(&b, "burst    : %d conns, %d at a time, set up in %.2fs: %.0f conns/s (%.0f per instance)\n",
 				r.Conns, bu.Concurrency, bu.WallS, bu.Rate, bu.RatePerInstance)
+			if len(bu.TCPDrops) > 0 {
+				fmt.Fprintf(&b, "kernel   : handshakes dropped or retried %v\n", bu.TCPDrops)
+			}
 		}
 	}
 	lat("connect", r.Connect)

@@ -128,6 +128,9 @@ func tableRow(r *Result, floor float64) string {
 		if bu := r.Burst; bu != nil {
 			notes = cell("burst: %d at a time over %d instance(s), all set up in %.2f s: %.0f conn/s (%.0f per instance), %.0f µs of server CPU each",
 				bu.Concurrency, len(r.URLs), bu.WallS, bu.Rate, bu.RatePerInstance, bu.ServerCPUPerConnUs)
+			if len(bu.TCPDrops) > 0 {
+				notes += cell("; kernel: %v", bu.TCPDrops)
+			}
 		}
 		if l := r.Setup; l != nil {
 			lat = cell("setup %.0f / %.0f / %.0f", l.P50, l.P99, l.Max)

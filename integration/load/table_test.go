@@ -15,7 +15,7 @@ func TestWriteTable(t *testing.T) {
 	storm := Result{Label: "W4", Mode: "storm", Protocol: "extended", URLs: []string{"ws://a/ws", "ws://b/ws"}, Conns: 19000, Setup: &Latency{P50: 3, P99: 90, Max: 120},
 		Storm: &Storm{BestRate: 3375, BestRatePerInstance: 1687.5, PeakAchieved: 6100, PeakAchievedPerInstance: 3050, Stopped: "failure"}}
 	burst := Result{Label: "W4b", Mode: "burst", Protocol: "seed", URLs: []string{"ws://a/ws", "ws://b/ws"}, Conns: 19000, Setup: &Latency{P50: 12, P99: 70.4, Max: 130},
-		Burst: &Burst{Concurrency: 128, WallS: 2.5, Rate: 7600, RatePerInstance: 3800, ServerCPUPerConnUs: 180}, Server: &Usage{CPUPercent: 95}}
+		Burst: &Burst{Concurrency: 128, WallS: 2.5, Rate: 7600, RatePerInstance: 3800, ServerCPUPerConnUs: 180, TCPDrops: map[string]int64{"ListenDrops": 3}}, Server: &Usage{CPUPercent: 95}}
 	floor := Result{Label: "floor", Mode: "floor", Conns: 1000, RatePerPublisher: 40000, DeliveredPerSec: 40000,
 		Server: &Usage{CPUPercent: 25, CPUPerMsgUs: 8}}
 	farFloor := Result{Label: "floor", Mode: "floor", Conns: 1000, RatePerPublisher: 400000, DeliveredPerSec: 400000,
@@ -38,7 +38,7 @@ func TestWriteTable(t *testing.T) {
 		"| W1 | seed | 1000 | 40000 | 1.5 / 9.2 / 20 | 20.0 µs | 2.50 | 80 % | 75.0 KB | 0 / 0 / 0 |",
 		"| W3 | extended | 38000 | – | – | – | – | 0 % | 21.5 KB |",
 		"storm on 2 instance(s): sustained 3375 conn/s (1688 per instance), peak achieved 6100 (3050 per instance), stopped by failure",
-		"| W4b | seed | 19000 | – | setup 12 / 70 / 130 | – | – | 95 % | – | – | burst: 128 at a time over 2 instance(s), all set up in 2.50 s: 7600 conn/s (3800 per instance), 180 µs of server CPU each |",
+		"| W4b | seed | 19000 | – | setup 12 / 70 / 130 | – | – | 95 % | – | – | burst: 128 at a time over 2 instance(s), all set up in 2.50 s: 7600 conn/s (3800 per instance), 180 µs of server CPU each; kernel: map[ListenDrops:3] |",
 		"| floor | – | 1000 | 40000 | – | 8.0 µs | – | 25 % |",
 	} {
 		if !strings.Contains(rows[2+i], want) {
