@@ -52,6 +52,8 @@ func (r *runner) burst(ctx context.Context) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	// The samples' window: closing 19,000 connections takes a while.
+	elapsed := time.Duration(max(r.now()-start, 1))
 	r.closeAll(o.conns, &o.readers)
 
 	res := o.result(r)
@@ -61,7 +63,6 @@ func (r *runner) burst(ctx context.Context) (*Result, error) {
 		b.RatePerInstance = math.Round(b.Rate / float64(len(cfg.urls)))
 	}
 	res.Burst = b
-	elapsed := time.Duration(max(r.now()-start, 1))
 	if !r.server.empty() {
 		res.Server = makeUsage(r.server, base, base, end, elapsed, res.Conns)
 		b.ServerCPUPerConnUs = round(float64(res.Server.CPUMicros) / float64(res.Conns))
