@@ -97,7 +97,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "relayer":
 		b = relay.New(relay.Config{
 			URL: cfg.RelayerURL, Secret: cfg.RelaySecret, Instance: cfg.InstanceID,
-			PendingMax: cfg.PendingMax, QueueBytes: cfg.RelayQueueBytes, MaxFrame: 128 << 20,
+			PendingMax: cfg.PendingMax, QueueBytes: cfg.RelayQueueBytes, PublishWait: cfg.RelayPublishWait, MaxFrame: 128 << 20,
 			PingInterval: cfg.RelayPing, FlushDelay: cfg.RelayFlush, MinBackoff: cfg.ReconnectMin, MaxBackoff: cfg.ReconnectMax,
 			Logger: log,
 		}, h)

@@ -82,6 +82,7 @@ type Config struct {
 	PresenceDelay      time.Duration `env:"PRESENCE_DELAY" envDefault:"20ms"`
 	PendingMax         int           `env:"RELAY_PENDING_MAX" envDefault:"10000"`
 	RelayQueueBytes    int           `env:"RELAY_QUEUE_BYTES" envDefault:"67108864"`
+	RelayPublishWait   time.Duration `env:"RELAY_PUBLISH_WAIT" envDefault:"2s"`
 	RelayPing          time.Duration `env:"RELAY_PING_INTERVAL" envDefault:"5s"`
 	RelayFlush         time.Duration `env:"RELAY_FLUSH_DELAY" envDefault:"0s"`
 	ReconnectMin       time.Duration `env:"RELAY_RECONNECT_MIN" envDefault:"100ms"`
@@ -237,6 +238,7 @@ func (c *Config) validate() error {
 	check(c.PresenceDelay >= 0 && c.PresenceDelay <= time.Second, "PRESENCE_DELAY must be 0s..1s, got %s", c.PresenceDelay)
 	check(c.PendingMax >= 1, "RELAY_PENDING_MAX must be positive, got %d", c.PendingMax)
 	check(c.RelayQueueBytes >= 1<<16, "RELAY_QUEUE_BYTES must be at least 65536, got %d", c.RelayQueueBytes)
+	check(c.RelayPublishWait >= 0 && c.RelayPublishWait <= 30*time.Second, "RELAY_PUBLISH_WAIT must be 0s..30s, got %s", c.RelayPublishWait)
 	check(c.RelayPing > 0, "RELAY_PING_INTERVAL must be positive")
 	check(c.RelayFlush >= 0 && c.RelayFlush <= time.Second, "RELAY_FLUSH_DELAY must be 0s..1s, got %s", c.RelayFlush)
 	check(c.ReconnectMin > 0 && c.ReconnectMax >= c.ReconnectMin, "RELAY_RECONNECT_MIN must be positive and at most RELAY_RECONNECT_MAX")

@@ -27,6 +27,7 @@ func TestConfigErrors(t *testing.T) {
 		{"history", map[string]string{"HISTORY_SIZE": "100", "HISTORY_LIMIT": "10"}, []string{"HISTORY_LIMIT (10) must be at least HISTORY_SIZE (100)"}},
 		{"duration", map[string]string{"WRITE_TIMEOUT": "soon"}, []string{"WRITE_TIMEOUT"}},
 		{"rate", map[string]string{"RATE_PER_SEC": "0"}, []string{"RATE_PER_SEC must be positive"}},
+		{"publish wait", map[string]string{"RELAY_PUBLISH_WAIT": "1m"}, []string{"RELAY_PUBLISH_WAIT must be 0s..30s, got 1m0s"}},
 		{"queue bytes", map[string]string{"SEND_QUEUE_BYTES": "1000"}, []string{"SEND_QUEUE_BYTES must be at least twice MAX_FRAME_BYTES"}},
 		{"proxies", map[string]string{"TRUSTED_PROXIES": "nowhere"}, []string{"TRUSTED_PROXIES"}},
 		{"level", map[string]string{"LOG_LEVEL": "loud"}, []string{`LOG_LEVEL must be debug, info, warn or error, got "loud"`}},

@@ -5,11 +5,13 @@
 // wire format; every implementation asserts that it is a Bus at compile
 // time and passes the one table of package bustest.
 //
-// Every method of Bus only queues work and returns at once, so that the hub
-// may call them while holding its lock. It calls Subscribe, Unsubscribe,
-// Join, Leave and Fetch under it: the bus sees room changes in the order of
-// the hub's state changes. It calls Publish without it: a client's chats
-// are ordered by its reader goroutine, which calls Publish for each in turn.
+// Every method of Bus but Publish only queues work and returns at once, so
+// that the hub may call them while holding its lock. It calls Subscribe,
+// Unsubscribe, Join, Leave and Fetch under it: the bus sees room changes in
+// the order of the hub's state changes. It calls Publish without it: a
+// client's chats are ordered by its reader goroutine, which calls Publish
+// for each in turn, and Publish may wait a bounded time for room in a full
+// queue (package relay's PublishWait), which slows that client down.
 //
 // Results come back through Handler in the order the backend produced
 // them, never from inside a Bus method: Local calls it from its one
@@ -27,9 +29,10 @@ import (
 	"github.com/wschat/wschat/services/protocol"
 )
 
-// ErrUnavailable is returned by Publish when the backend is unreachable and
-// the bounded queue of unacknowledged messages is full.
-var ErrUnavailable = errors.New("message queue full while the relay is unreachable; retry later")
+// ErrUnavailable is returned by Publish when the bounded queue of
+// unacknowledged messages is full: the backend is unreachable, or behind
+// for longer than a publish may wait.
+var ErrUnavailable = errors.New("message queue full: the relay is unreachable or behind; retry later")
 
 // Bus orders and spreads room traffic between instances.
 type Bus interface {

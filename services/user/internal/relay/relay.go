@@ -27,11 +27,16 @@ import (
 
 // Config configures the link.
 type Config struct {
-	URL          string // ws://host:port, the link path is added when absent
-	Secret       string
-	Instance     string
-	PendingMax   int           // unacknowledged publishes kept for re-sending
-	QueueBytes   int           // bytes of unacknowledged publishes kept; beyond, Publish refuses
+	URL        string // ws://host:port, the link path is added when absent
+	Secret     string
+	Instance   string
+	PendingMax int // unacknowledged publishes kept for re-sending
+	QueueBytes int // bytes of unacknowledged publishes kept; beyond, Publish refuses
+	// PublishWait is how long Publish waits, while the link is up, for
+	// acknowledgements to make room before it refuses: a relayer that falls
+	// behind slows its publishers down (their readers wait, and TCP slows
+	// the clients) before their chats are refused. 0 refuses at once.
+	PublishWait  time.Duration
 	MaxFrame     int64         // read limit for one link message
 	PingInterval time.Duration // keepalive; a missed pong drops the link
 	// FlushDelay, when positive, makes the writer wait that long after
@@ -62,7 +67,13 @@ type Bus struct {
 	pending      map[string]pendingPub
 	pendingBytes int
 	nextPub      uint64
-	fetches      map[uint64]struct{}
+	// room, when not nil, is closed once acknowledgements bring the
+	// unacknowledged publishes below the low-water mark (roomLocked), or
+	// the link goes down: publishers waiting in awaitRoomLocked then look
+	// again. Waking them at a mark, not at every acknowledgement, admits
+	// them in batches.
+	room    chan struct{}
+	fetches map[uint64]struct{}
 
 	ready atomic.Bool
 }
@@ -145,7 +156,7 @@ func (b *Bus) Publish(mid, session string, m protocol.Message) error {
 	frame := link.AppendPub(make([]byte, 0, 128+len(session)+len(m.Text)), mid, session, &m)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if len(b.pending) >= b.cfg.PendingMax || b.pendingBytes+len(frame) > b.cfg.QueueBytes {
+	if b.fullLocked(len(frame)) && !b.awaitRoomLocked(len(frame)) {
 		return bus.ErrUnavailable
 	}
 	b.nextPub++
@@ -153,6 +164,56 @@ func (b *Bus) Publish(mid, session string, m protocol.Message) error {
 	b.pendingBytes += len(frame)
 	b.queueLocked(func(dst []byte) []byte { return append(dst, frame...) })
 	return nil
+}
+
+// fullLocked: a publish of n bytes does not fit among the unacknowledged
+// ones. Lock should be held.
+func (b *Bus) fullLocked(n int) bool {
+	return len(b.pending) >= b.cfg.PendingMax || b.pendingBytes+n > b.cfg.QueueBytes
+}
+
+// roomLocked: the unacknowledged publishes are below nine tenths of both
+// bounds, the mark at which waiting publishers are woken. Lock should be
+// held.
+func (b *Bus) roomLocked() bool {
+	return len(b.pending) <= b.cfg.PendingMax/10*9 && b.pendingBytes <= b.cfg.QueueBytes/10*9
+}
+
+// wakeLocked wakes the publishers waiting for room. Lock should be held.
+func (b *Bus) wakeLocked() {
+	if b.room != nil {
+		close(b.room)
+		b.room = nil
+	}
+}
+
+// awaitRoomLocked waits, while the link is up and at most
+// Config.PublishWait, until a publish of n bytes fits; false if it still
+// does not. Lock should be held; it is released while waiting.
+func (b *Bus) awaitRoomLocked(n int) bool {
+	if b.cfg.PublishWait <= 0 || !b.up {
+		return false
+	}
+	t := time.NewTimer(b.cfg.PublishWait)
+	defer t.Stop()
+	for b.fullLocked(n) {
+		if !b.up {
+			return false
+		}
+		if b.room == nil {
+			b.room = make(chan struct{})
+		}
+		woken := b.room
+		b.mu.Unlock()
+		select {
+		case <-woken:
+			b.mu.Lock()
+		case <-t.C:
+			b.mu.Lock()
+			return !b.fullLocked(n)
+		}
+	}
+	return true
 }
 
 var errLinkDown = errors.New("relay link is down; retry when the instance is ready")
@@ -343,6 +404,7 @@ func (b *Bus) down() {
 	b.ready.Store(false)
 	b.mu.Lock()
 	b.up, b.w, b.early = false, nil, nil
+	b.wakeLocked() // waiting publishers refuse: nothing will be acknowledged soon
 	failed := b.fetches
 	b.fetches = map[uint64]struct{}{}
 	b.mu.Unlock()
@@ -389,6 +451,9 @@ func (b *Bus) handle(f *link.Frame) error {
 		p, ok := b.pending[f.MID]
 		delete(b.pending, f.MID)
 		b.pendingBytes -= len(p.frame)
+		if b.room != nil && b.roomLocked() {
+			b.wakeLocked()
+		}
 		b.mu.Unlock()
 		if !ok {
 			return nil // a duplicate answer to a re-sent publish

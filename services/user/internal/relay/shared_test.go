@@ -23,12 +23,11 @@ func TestRelayIsABus(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts ws-relayer")
 	}
-	bin := filepath.Join(t.TempDir(), "ws-relayer")
-	build := exec.Command("go", "build", "-o", bin, "github.com/wschat/wschat/services/relayer/cmd/ws-relayer")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("build ws-relayer: %v\n%s", err, out)
+	bin := buildRelayer(t)
+	start := func(t *testing.T) string {
+		addr, _ := startRelayer(t, bin)
+		return addr
 	}
-	start := func(t *testing.T) string { return startRelayer(t, bin) }
 	bustest.Run(t, bustest.PerCase(start, func(addr, instance string, h bus.Handler) bus.Bus {
 		return relay.New(relay.Config{
 			URL: "ws://" + addr, Secret: "test-secret", Instance: instance,
@@ -39,9 +38,20 @@ func TestRelayIsABus(t *testing.T) {
 	}))
 }
 
+// buildRelayer builds ws-relayer from the workspace for t.
+func buildRelayer(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "ws-relayer")
+	build := exec.Command("go", "build", "-o", bin, "github.com/wschat/wschat/services/relayer/cmd/ws-relayer")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("build ws-relayer: %v\n%s", err, out)
+	}
+	return bin
+}
+
 // startRelayer runs bin on a port of its choosing until t ends, and
-// returns the address it listens on.
-func startRelayer(t *testing.T, bin string) string {
+// returns the address it listens on and its process.
+func startRelayer(t *testing.T, bin string) (string, *os.Process) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	cmd := exec.CommandContext(ctx, bin)
@@ -70,9 +80,9 @@ func startRelayer(t *testing.T, bin string) string {
 	}()
 	select {
 	case a := <-addr:
-		return a
+		return a, cmd.Process
 	case <-time.After(30 * time.Second):
 		t.Fatal("ws-relayer did not say where it listens within 30s")
-		return ""
+		return "", nil
 	}
 }
