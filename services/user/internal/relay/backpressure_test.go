@@ -51,9 +51,7 @@ func TestPublishWaitsForARelayerThatFellBehind(t *testing.T) {
 			}}, "i1")
 			bustest.Publish(t, b, rec, "r", 1)
 
-			if err := proc.Signal(syscall.SIGSTOP); err != nil {
-				t.Fatal(err)
-			}
+			stop(t, proc)
 			t.Cleanup(func() { _ = proc.Signal(syscall.SIGCONT) })
 			msg := func(i int) protocol.Message {
 				return protocol.Message{Room: "r", ID: fmt.Sprint("w", i), From: "alice", UID: "u1", Text: fmt.Sprint("text ", i)}
@@ -88,5 +86,24 @@ func TestPublishWaitsForARelayerThatFellBehind(t *testing.T) {
 				t.Fatalf("acknowledged %v, not the publish that waited", acked)
 			}
 		})
+	}
+}
+
+// stop stops p, a child of the test, and returns once all its threads have
+// stopped. kill(2) returns as soon as SIGSTOP is queued, and until one of
+// p's threads takes it the others run on: a "stopped" relayer could still
+// acknowledge the publishes sent next. The parent is told (wait4 with
+// WUNTRACED) only when the whole thread group has stopped.
+func stop(t *testing.T, p *os.Process) {
+	t.Helper()
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(p.Pid, &ws, syscall.WUNTRACED, nil); err != nil {
+		t.Fatalf("wait for ws-relayer to stop: %v", err)
+	}
+	if !ws.Stopped() {
+		t.Fatalf("ws-relayer did not stop: wait status %#x", ws)
 	}
 }
