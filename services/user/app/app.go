@@ -111,7 +111,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			Stream: cfg.NATSStream, Bucket: cfg.NATSStream + "_presence", Replicas: cfg.NATSReplicas,
 			MaxBytes: cfg.NATSMaxBytes, MaxAge: cfg.NATSMaxAge, DedupWindow: cfg.NATSDedupWindow,
 			PresenceTTL: cfg.NATSPresenceTTL, PendingMax: cfg.PendingMax, HistoryLimit: cfg.HistoryLimit,
-			PublishTimeout: cfg.NATSPublishTimeout, CatchUpMax: cfg.NATSCatchUpMax, Logger: log,
+			PublishWait: cfg.RelayPublishWait, PublishTimeout: cfg.NATSPublishTimeout, CatchUpMax: cfg.NATSCatchUpMax, Logger: log,
 		}, h)
 	}
 	h.SetBus(b)

@@ -1,6 +1,7 @@
 // Package bus is the seam between a ws-user instance and whatever orders and
 // spreads its rooms' messages: the in-process Local bus for a standalone
-// instance, package relay for ws-relayer, and later other backends. It
+// instance, package relay for ws-relayer, package natsbus for a NATS
+// JetStream cluster, and later other backends. It
 // speaks rooms, sequence numbers, messages and members, never a backend's
 // wire format; every implementation asserts that it is a Bus at compile
 // time and passes the one table of package bustest.
@@ -11,14 +12,18 @@
 // the order of the hub's state changes. It calls Publish without it: a
 // client's chats are ordered by its reader goroutine, which calls Publish
 // for each in turn, and Publish may wait a bounded time for room in a full
-// queue (package relay's PublishWait), which slows that client down.
+// queue (a backend's PublishWait, with Waiters), which slows that client
+// down.
 //
 // Results come back through Handler in the order the backend produced
 // them, never from inside a Bus method: Local calls it from its one
 // goroutine; relay from the link's reader goroutine, from Run between two
 // links (Restarted, State, LinkState, the fetches a lost link leaves
 // unanswered) and, for a Fetch while the link is down, from a goroutine of
-// its own. A Handler method may call Bus methods.
+// its own; natsbus from one goroutine per room with publishes (Ack, Nack),
+// two per subscribed room (its delivery: Subscribed, Message; its presence
+// watch: Presence), Run (Restarted, State, LinkState) and one per Fetch. A
+// Handler method may call Bus methods.
 package bus
 
 import (

@@ -66,8 +66,12 @@ type Config struct {
 	// PresenceTTL is how long a vanished instance's members stay.
 	PresenceTTL time.Duration
 	// PendingMax bounds the publishes not yet acknowledged; past it,
-	// Publish refuses with bus.ErrUnavailable.
-	PendingMax int
+	// Publish waits up to PublishWait for room, then refuses with
+	// bus.ErrUnavailable: a cluster that falls behind slows its publishers
+	// down (their readers wait, and TCP slows the clients) before their
+	// chats are refused. PublishWait 0 refuses at once.
+	PendingMax  int
+	PublishWait time.Duration
 	// HistoryLimit bounds a fetch's messages and a new subscription's
 	// tail; CatchUpMax a resumed subscription's catch-up (0: no bound).
 	HistoryLimit int
@@ -103,7 +107,11 @@ type Bus struct {
 	pending int // publishes not yet answered
 	// stuck counts the publishes sent and unanswered for longer than
 	// PublishTimeout: while any is, new ones are refused (Publish).
-	stuck   int
+	stuck int
+	// waiters wait in Publish for room; woken once answers bring pending
+	// to nine tenths of PendingMax, or when publishes are refused (stuck,
+	// or the bus stopped).
+	waiters bus.Waiters
 	stopped chan struct{}        // closed when Run returns
 	pubs    map[string]*pubQueue // by room: this instance's publishes, in order
 	wake    chan struct{}        // capacity 1: the connection changed
@@ -164,7 +172,12 @@ func (b *Bus) Run(ctx context.Context) error {
 		return fmt.Errorf("nats: connect: %w", err)
 	}
 	defer nc.Close()
-	defer close(b.stopped)
+	defer func() {
+		b.mu.Lock()
+		close(b.stopped)
+		b.waiters.Wake() // waiting publishers refuse
+		b.mu.Unlock()
+	}()
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return fmt.Errorf("nats: jetstream: %w", err)

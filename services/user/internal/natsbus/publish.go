@@ -56,7 +56,8 @@ func (q *pubQueue) kick() {
 func (b *Bus) Publish(mid, session string, m protocol.Message) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.pending >= b.cfg.PendingMax || b.stuck > 0 {
+	full := func() bool { return b.pending >= b.cfg.PendingMax }
+	if full() && !b.waiters.Await(&b.mu, b.cfg.PublishWait, full, b.refusingLocked) || b.refusingLocked() {
 		return bus.ErrUnavailable
 	}
 	b.pending++
@@ -79,6 +80,27 @@ func (b *Bus) Publish(mid, session string, m protocol.Message) error {
 	return nil
 }
 
+// refusingLocked: new publishes are refused, as the cluster has not
+// answered one in time (stuck) or the bus stopped. Lock should be held.
+func (b *Bus) refusingLocked() bool {
+	select {
+	case <-b.stopped:
+		return true
+	default:
+		return b.stuck > 0
+	}
+}
+
+// settledLocked counts n publishes, answered or refused, out of pending,
+// and lets waiting publishers in once pending is at nine tenths of
+// PendingMax. Lock should be held.
+func (b *Bus) settledLocked(n int) {
+	b.pending -= n
+	if b.waiters.Waiting() && b.pending <= b.cfg.PendingMax/10*9 {
+		b.waiters.Wake()
+	}
+}
+
 // sendAll publishes q's items in order until none is left.
 func (b *Bus) sendAll(q *pubQueue) {
 	for {
@@ -98,7 +120,7 @@ func (b *Bus) sendAll(q *pubQueue) {
 		}
 		b.mu.Lock()
 		q.items = q.items[1:]
-		b.pending--
+		b.settledLocked(1)
 		b.mu.Unlock()
 		if err != nil {
 			b.h.Nack(p.mid, err)
@@ -166,6 +188,7 @@ func (b *Bus) send(q *pubQueue, p *pub) (seq uint64, refused *protocol.Error, do
 		case time.Since(p.since) > b.cfg.PublishTimeout && !stuck:
 			stuck = true
 			b.stuck++
+			b.waiters.Wake() // waiting publishers refuse
 			refused := b.refuseUnsentLocked()
 			b.mu.Unlock()
 			b.log.Warn("nats: publish not answered in time; refusing new ones until it is", "room", q.room, "err", err)
@@ -190,7 +213,7 @@ func (b *Bus) send(q *pubQueue, p *pub) (seq uint64, refused *protocol.Error, do
 
 // refuseUnsentLocked drops every queued publish behind each room's first
 // (which sendAll owns) and returns their mids: none went to the cluster.
-// b.mu must be held.
+// Lock should be held.
 func (b *Bus) refuseUnsentLocked() []string {
 	var mids []string
 	for _, q := range b.pubs {
@@ -198,7 +221,7 @@ func (b *Bus) refuseUnsentLocked() []string {
 			for _, p := range q.items[1:] {
 				mids = append(mids, p.mid)
 			}
-			b.pending -= len(q.items) - 1
+			b.settledLocked(len(q.items) - 1)
 			q.items = q.items[:1]
 		}
 	}

@@ -67,12 +67,10 @@ type Bus struct {
 	pending      map[string]pendingPub
 	pendingBytes int
 	nextPub      uint64
-	// room, when not nil, is closed once acknowledgements bring the
-	// unacknowledged publishes below the low-water mark (roomLocked), or
-	// the link goes down: publishers waiting in awaitRoomLocked then look
-	// again. Waking them at a mark, not at every acknowledgement, admits
-	// them in batches.
-	room    chan struct{}
+	// waiters wait in Publish for room; woken once acknowledgements bring
+	// the unacknowledged publishes below the low-water mark (roomLocked),
+	// or when the link goes down (they refuse).
+	waiters bus.Waiters
 	fetches map[uint64]struct{}
 
 	ready atomic.Bool
@@ -156,7 +154,8 @@ func (b *Bus) Publish(mid, session string, m protocol.Message) error {
 	frame := link.AppendPub(make([]byte, 0, 128+len(session)+len(m.Text)), mid, session, &m)
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.fullLocked(len(frame)) && !b.awaitRoomLocked(len(frame)) {
+	if b.fullLocked(len(frame)) && !b.waiters.Await(&b.mu, b.cfg.PublishWait,
+		func() bool { return b.fullLocked(len(frame)) }, func() bool { return !b.up }) {
 		return bus.ErrUnavailable
 	}
 	b.nextPub++
@@ -177,43 +176,6 @@ func (b *Bus) fullLocked(n int) bool {
 // held.
 func (b *Bus) roomLocked() bool {
 	return len(b.pending) <= b.cfg.PendingMax/10*9 && b.pendingBytes <= b.cfg.QueueBytes/10*9
-}
-
-// wakeLocked wakes the publishers waiting for room. Lock should be held.
-func (b *Bus) wakeLocked() {
-	if b.room != nil {
-		close(b.room)
-		b.room = nil
-	}
-}
-
-// awaitRoomLocked waits, while the link is up and at most
-// Config.PublishWait, until a publish of n bytes fits; false if it still
-// does not. Lock should be held; it is released while waiting.
-func (b *Bus) awaitRoomLocked(n int) bool {
-	if b.cfg.PublishWait <= 0 || !b.up {
-		return false
-	}
-	t := time.NewTimer(b.cfg.PublishWait)
-	defer t.Stop()
-	for b.fullLocked(n) {
-		if !b.up {
-			return false
-		}
-		if b.room == nil {
-			b.room = make(chan struct{})
-		}
-		woken := b.room
-		b.mu.Unlock()
-		select {
-		case <-woken:
-			b.mu.Lock()
-		case <-t.C:
-			b.mu.Lock()
-			return !b.fullLocked(n)
-		}
-	}
-	return true
 }
 
 var errLinkDown = errors.New("relay link is down; retry when the instance is ready")
@@ -404,7 +366,7 @@ func (b *Bus) down() {
 	b.ready.Store(false)
 	b.mu.Lock()
 	b.up, b.w, b.early = false, nil, nil
-	b.wakeLocked() // waiting publishers refuse: nothing will be acknowledged soon
+	b.waiters.Wake() // waiting publishers refuse: nothing will be acknowledged soon
 	failed := b.fetches
 	b.fetches = map[uint64]struct{}{}
 	b.mu.Unlock()
@@ -451,8 +413,8 @@ func (b *Bus) handle(f *link.Frame) error {
 		p, ok := b.pending[f.MID]
 		delete(b.pending, f.MID)
 		b.pendingBytes -= len(p.frame)
-		if b.room != nil && b.roomLocked() {
-			b.wakeLocked()
+		if b.waiters.Waiting() && b.roomLocked() {
+			b.waiters.Wake()
 		}
 		b.mu.Unlock()
 		if !ok {

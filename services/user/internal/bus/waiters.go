@@ -1,0 +1,61 @@
+package bus
+
+import (
+	"sync"
+	"time"
+)
+
+// Waiters are the publishers of a backend waiting for room in its bounded
+// queue of unacknowledged publishes: a backend that falls behind slows its
+// publishers down (their readers wait, and TCP slows the clients) before
+// their chats are refused.
+//
+// The zero value is ready. Every method is called with the backend's lock
+// held, the one given to Await.
+type Waiters struct {
+	// ch, when not nil, is closed by Wake: the waiters look again.
+	ch chan struct{}
+}
+
+// Waiting reports whether a publisher waits. Lock should be held.
+func (w *Waiters) Waiting() bool { return w.ch != nil }
+
+// Wake lets every waiting publisher look again. A backend calls it when its
+// queue is back under a low-water mark, so that waiters are let in together
+// rather than one per acknowledgement, and when it stops accepting
+// publishes (they then refuse). Lock should be held.
+func (w *Waiters) Wake() {
+	if w.ch != nil {
+		close(w.ch)
+		w.ch = nil
+	}
+}
+
+// Await waits, at most d, while full reports true and refused false; it
+// reports whether the publish fits when it stops (false if refused).
+// mu should be held; it is released while waiting.
+func (w *Waiters) Await(mu *sync.Mutex, d time.Duration, full, refused func() bool) bool {
+	if d <= 0 || refused() {
+		return false
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for full() {
+		if refused() {
+			return false
+		}
+		if w.ch == nil {
+			w.ch = make(chan struct{})
+		}
+		woken := w.ch
+		mu.Unlock()
+		select {
+		case <-woken:
+			mu.Lock()
+		case <-t.C:
+			mu.Lock()
+			return !full()
+		}
+	}
+	return true
+}
