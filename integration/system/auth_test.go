@@ -2,7 +2,6 @@ package system
 
 import (
 	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"net/url"
@@ -15,15 +14,6 @@ import (
 	"github.com/wschat/wschat/integration/svctest"
 	"github.com/wschat/wschat/services/protocol"
 )
-
-func randomHex(t *testing.T, n int) string {
-	t.Helper()
-	b := make([]byte, n)
-	if _, err := rand.Read(b); err != nil {
-		t.Fatal(err)
-	}
-	return hex.EncodeToString(b)
-}
 
 // api calls a ws-user's server API and decodes its JSON answer.
 func api(t *testing.T, addr, method, path, key, body string) (int, map[string]any) {
@@ -49,7 +39,7 @@ func api(t *testing.T, addr, method, path, key, body string) (int, map[string]an
 // development endpoint: identities, the server API and a disconnect cross
 // instances; no secret or token reaches any service's log, at debug level.
 func TestAuthAcrossInstances(t *testing.T) {
-	secret, apiKey := randomHex(t, 32), randomHex(t, 24)
+	secret, apiKey := rand.Text()+rand.Text(), rand.Text()
 	env := map[string]string{"AUTH_MODE": "required", "AUTH_HMAC_SECRET": secret, "AUTH_AUDIENCE": "wschat",
 		"API_KEY": apiKey, "DEV_MODE": "true", "AUTH_DEV_TOKENS": "true"}
 	r := startRelayer(t, nil)
