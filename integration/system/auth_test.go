@@ -109,6 +109,14 @@ func TestAuthAcrossInstances(t *testing.T) {
 	if f := again.next(); f.Code != protocol.CodeTokenInvalid {
 		t.Fatalf("ann's old token after the disconnect: %s, want token_invalid", f.Raw)
 	}
+	// An instance started after the disconnect refuses it too, from the
+	// control room's kept messages, read before it is ready.
+	c := startUser(t, "c", r, env)
+	late := dial(t, c.Addr, "/ws?token="+url.QueryEscape(annTok))
+	late.send(map[string]any{"type": "hello"})
+	if f := late.next(); f.Code != protocol.CodeTokenInvalid {
+		t.Fatalf("ann's old token on an instance started after the disconnect: %s, want token_invalid", f.Raw)
+	}
 	bob.send(map[string]any{"type": "ping", "id": "p"})
 	for f := bob.next(); f.Type != "pong"; f = bob.next() {
 		if f.Type == "error" {
@@ -117,7 +125,7 @@ func TestAuthAcrossInstances(t *testing.T) {
 	}
 
 	// No secret and no token in any log, at debug level.
-	for name, s := range map[string]*proc{"relayer": r, "a": a, "b": b} {
+	for name, s := range map[string]*proc{"relayer": r, "a": a, "b": b, "c": c} {
 		log := s.Log()
 		for what, v := range map[string]string{"AUTH_HMAC_SECRET": secret, "API_KEY": apiKey, "RELAY_SECRET": svctest.Secret,
 			"a token": tokens[0], "another token": tokens[1]} {

@@ -85,6 +85,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		AuthTimeout:  cfg.AuthTimeout,
 		ExpiryNotice: cfg.AuthExpiryNotice,
 		RevokeFor:    cfg.AuthRevokeFor,
+		Control:      true,
 		Logger:       log,
 		Metrics:      hub.NewMetrics(reg),
 	})
@@ -214,6 +215,12 @@ func routes(cfg *Config, conns *conn.Server, h *hub.Hub, b bus.Bus, reg *prometh
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if !b.Ready() {
 			http.Error(w, "relay link down", http.StatusServiceUnavailable)
+			return
+		}
+		if !h.ControlReady() {
+			// Not before the disconnects it missed are known: their
+			// users' old tokens would be accepted here.
+			http.Error(w, "control room not read yet", http.StatusServiceUnavailable)
 			return
 		}
 		io.WriteString(w, "ready\n")

@@ -157,30 +157,48 @@ func (h *Hub) Disconnect(ctx context.Context, user string) error {
 	return nil
 }
 
-// ctlPeer is the instance's own member of the control room: it hands each
-// message to the goroutine of RunControl.
+// ctlPeer is the instance's own member of the control room: it hands the
+// room's kept messages, once its join completes, and then each message to
+// the goroutine of RunControl.
 type ctlPeer struct {
 	inProcess
-	mu   sync.Mutex
-	msgs [][]byte
-	wake chan struct{}
+	mu     sync.Mutex
+	kept   []protocol.Message // the room's tail at the join, not replayed yet
+	joined bool               // kept was handed over
+	msgs   [][]byte
+	wake   chan struct{}
+}
+
+// Kept implements keptPeer.
+func (p *ctlPeer) Kept(msgs []protocol.Message) {
+	p.mu.Lock()
+	p.kept, p.joined = append(p.kept, msgs...), true
+	p.mu.Unlock()
+	p.kick()
 }
 
 func (p *ctlPeer) SendLive(b []byte) bool {
 	p.mu.Lock()
 	p.msgs = append(p.msgs, b)
 	p.mu.Unlock()
+	p.kick()
+	return true
+}
+
+func (p *ctlPeer) kick() {
 	select {
 	case p.wake <- struct{}{}:
 	default:
 	}
-	return true
 }
 func (p *ctlPeer) Send([]byte)               {}
 func (p *ctlPeer) SendError(*protocol.Error) {}
 
 // RunControl joins the control room and carries out its commands until
-// ctx ends.
+// ctx ends. The commands the room still keeps from before (its last
+// HistorySize messages) are carried out first, so that an instance started
+// after a disconnect refuses the revoked tokens too; ControlReady reports
+// when they have been.
 func (h *Hub) RunControl(ctx context.Context) {
 	p := &ctlPeer{inProcess: inProcess{id: h.newID("c")}, wake: make(chan struct{}, 1)}
 	c := h.open(p)
@@ -193,30 +211,49 @@ func (h *Hub) RunControl(ctx context.Context) {
 		case <-p.wake:
 		}
 		p.mu.Lock()
-		msgs := p.msgs
-		p.msgs = nil
+		kept, joined, msgs := p.kept, p.joined, p.msgs
+		p.kept, p.msgs = nil, nil
 		p.mu.Unlock()
+		for i := range kept {
+			h.control(&kept[i], true)
+		}
+		if joined {
+			h.controlReady.Store(true)
+		}
 		for _, b := range msgs {
-			h.control(b)
+			var m protocol.Message
+			if json.Unmarshal(b, &m) != nil {
+				h.log.Warn("control room: a frame that is no message")
+				continue
+			}
+			h.control(&m, false)
 		}
 	}
 }
 
+// ControlReady reports whether the control room's kept commands have been
+// carried out (RunControl).
+func (h *Hub) ControlReady() bool { return h.controlReady.Load() }
+
 // control carries out one control room message: only the server API's
-// (user "$system") count.
-func (h *Hub) control(frame []byte) {
-	var m protocol.Message
+// (user "$system") count. A kept one (sent before this instance joined)
+// counts only while the revocation it made lasts.
+func (h *Hub) control(m *protocol.Message, kept bool) {
 	var cmd command
-	if json.Unmarshal(frame, &m) != nil || m.User != systemUser || json.Unmarshal([]byte(m.Text), &cmd) != nil {
+	if m.User != systemUser || json.Unmarshal([]byte(m.Text), &cmd) != nil {
 		h.log.Warn("control room: a message that is no command", "seq", m.Seq)
 		return
 	}
 	switch cmd.Op {
 	case "disconnect":
+		at := time.UnixMilli(cmd.At)
+		if kept && !time.Now().Before(at.Add(h.cfg.RevokeFor)) {
+			return // over before this instance started
+		}
 		h.mu.Lock()
-		n := h.disconnectUserLocked(cmd.User, time.UnixMilli(cmd.At))
+		n := h.disconnectUserLocked(cmd.User, at)
 		h.mu.Unlock()
-		h.log.Info("user disconnected by the server API", "user", cmd.User, "connections", n, "seq", m.Seq)
+		h.log.Info("user disconnected by the server API", "user", cmd.User, "connections", n, "seq", m.Seq, "kept", kept)
 	default:
 		h.log.Warn("control room: unknown command", "op", cmd.Op, "seq", m.Seq)
 	}

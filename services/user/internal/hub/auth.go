@@ -132,6 +132,11 @@ func (h *Hub) hello(c *client, in protocol.Inbound) {
 // between the check and c's admission). It reports whether c was
 // identified. h.mu must be held.
 func (h *Hub) identifyLocked(c *client, id *auth.Identity) bool {
+	if h.cfg.Control && !h.controlReady.Load() {
+		h.refuseLocked(c, protocol.CodeUnavailable, closeRestart,
+			"this instance is starting: it has not read the server's disconnects yet; connect again")
+		return false
+	}
 	if reason := h.revokedLocked(id); reason != "" {
 		h.refuseLocked(c, protocol.CodeTokenInvalid, protocol.CloseTokenInvalid, reason)
 		return false
@@ -321,9 +326,21 @@ func (h *Hub) forgetLocked(c *client) {
 // RevokeFor. h.mu must be held.
 func (h *Hub) disconnectUserLocked(user string, at time.Time) int {
 	if h.cfg.RevokeFor > 0 {
-		r := revocation{at: at, until: time.Now().Add(h.cfg.RevokeFor)}
-		if old, ok := h.revoked[user]; ok && old.at.After(at) {
-			r.at = old.at // commands may come out of order between instances' clocks
+		// From the disconnect (a kept one is replayed later), or from now
+		// if the sender's clock is ahead.
+		from := time.Now()
+		if at.Before(from) {
+			from = at
+		}
+		r := revocation{at: at, until: from.Add(h.cfg.RevokeFor)}
+		if old, ok := h.revoked[user]; ok {
+			// Commands may come out of order between instances' clocks.
+			if old.at.After(r.at) {
+				r.at = old.at
+			}
+			if old.until.After(r.until) {
+				r.until = old.until
+			}
 		}
 		h.revoked[user] = r
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/wschat/wschat/services/protocol"
 	"github.com/wschat/wschat/services/user/internal/auth"
+	"github.com/wschat/wschat/services/user/internal/bus"
 	"github.com/wschat/wschat/services/user/internal/wstest"
 )
 
@@ -60,20 +61,7 @@ func withToken(tok string) string { return "/?token=" + url.QueryEscape(tok) }
 // messages (RunControl runs aside: a command sent before would miss it).
 func waitControl(t *testing.T, h *Hub) {
 	t.Helper()
-	wstest.WaitUntil(t, "the control room joined", func() bool {
-		h.mu.Lock()
-		defer h.mu.Unlock()
-		r := h.rooms[ControlRoom]
-		if r == nil {
-			return false
-		}
-		for c, st := range r.local {
-			if _, ok := c.peer.(*ctlPeer); ok && st == joined {
-				return true
-			}
-		}
-		return false
-	})
+	wstest.WaitUntil(t, "the control room read", h.ControlReady)
 }
 
 // expectRefused reads the error frame with code, then the close with
@@ -235,14 +223,14 @@ func TestExpiryAndRefresh(t *testing.T) {
 // token is as old as the disconnect, and such tokens stay refused; a
 // token issued since is accepted.
 func TestDisconnectRevokes(t *testing.T) {
-	h, addr := startAuthHub(t, true, func(c *stackConfig) { c.control, c.RevokeFor = true, time.Hour })
+	h, addr := startAuthHub(t, true, func(c *stackConfig) { c.Control, c.RevokeFor = true, time.Hour })
+	waitControl(t, h)
 	old := mint(t, "ann", nil)
 	a1 := wstest.DialPath(t, addr, withToken(old), `{"type":"hello"}`, `{"type":"join","room":"lobby","id":"j"}`)
 	a2 := wstest.DialPath(t, addr, withToken(old), `{"type":"join-room","room":"lobby"}`)
 	bob := wstest.DialPath(t, addr, withToken(mint(t, "bob", nil)), `{"type":"hello"}`, `{"type":"join","room":"lobby","id":"j"}`)
 	a1.Expect(t, `"type":"joined"`)
 	bob.Expect(t, `"type":"joined"`)
-	waitControl(t, h)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
 	at := time.Now()
@@ -302,7 +290,7 @@ func TestRefreshNeedsAnExtendedAuthenticatedConnection(t *testing.T) {
 // After a disconnect, a token without iat cannot be told from the revoked
 // ones: it is refused, and says why.
 func TestRevocationNeedsIssuedAt(t *testing.T) {
-	h, addr := startAuthHub(t, true, func(c *stackConfig) { c.control, c.RevokeFor = true, time.Hour })
+	h, addr := startAuthHub(t, true, func(c *stackConfig) { c.Control, c.RevokeFor = true, time.Hour })
 	waitControl(t, h)
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
@@ -319,5 +307,85 @@ func TestRevocationNeedsIssuedAt(t *testing.T) {
 	f := c.Expect(t, `"type":"error"`)
 	if !strings.Contains(f, `"code":"token_invalid"`) || !strings.Contains(f, "iat") {
 		t.Fatalf("a token without iat after a disconnect: %s, want token_invalid naming iat", f)
+	}
+}
+
+// A disconnect sent before the instance read the control room (here:
+// before its RunControl started; in a deployment, before the instance
+// started) is carried out from the room's kept messages: the old token is
+// refused, a newer one accepted. One whose revocation is over by then is
+// not.
+func TestDisconnectBeforeTheControlRoomWasRead(t *testing.T) {
+	h, addr := startAuthHub(t, true, func(c *stackConfig) { c.RevokeFor = time.Hour })
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	if err := h.Disconnect(ctx, "ann"); err != nil {
+		t.Fatal(err)
+	}
+	// A disconnect of bob from two hours ago: over before this instance
+	// read it.
+	a := h.NewAgent("test")
+	defer a.Close()
+	if _, err := a.Do(ctx, protocol.Inbound{Type: protocol.TypeJoin, Room: ControlRoom}); err != nil {
+		t.Fatal(err)
+	}
+	text, _ := json.Marshal(command{Op: "disconnect", User: "bob", At: time.Now().Add(-2 * time.Hour).UnixMilli()})
+	if _, err := a.Do(ctx, protocol.Inbound{Type: protocol.TypeChat, Room: ControlRoom, Message: string(text)}); err != nil {
+		t.Fatal(err)
+	}
+	old := mint(t, "ann", nil)
+	bobs := mint(t, "bob", func(c *auth.Claims) { c.IssuedAt = time.Now().Add(-3 * time.Hour) })
+	before := wstest.DialPath(t, addr, withToken(old), `{"type":"hello"}`)
+	before.Expect(t, `"type":"welcome"`) // nothing read yet
+	bob := wstest.DialPath(t, addr, withToken(bobs), `{"type":"hello"}`)
+	bob.Expect(t, `"type":"welcome"`)
+
+	run, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		h.RunControl(run)
+	}()
+	t.Cleanup(func() {
+		stop()
+		<-done
+	})
+	waitControl(t, h)
+	expectRefused(t, before, protocol.CodeDisconnected, protocol.CloseDisconnected)
+	again := wstest.DialPath(t, addr, withToken(old))
+	expectRefused(t, again, protocol.CodeTokenInvalid, protocol.CloseTokenInvalid)
+	bob.Send(t, `{"type":"ping","id":"p"}`)
+	if f := bob.Expect(t, `"id":"p"`); !strings.Contains(f, "pong") {
+		t.Fatalf("bob, disconnected before his revocation's time, got %s", f)
+	}
+}
+
+// With the control room run (Control) but not read yet, a token is not
+// admitted, as whether it was revoked is not known: the client is told to
+// reconnect (1012). A connection without a token is not held up.
+func TestNoTokenAdmittedBeforeTheControlRoomIsRead(t *testing.T) {
+	v, err := auth.New(t.Context(), auth.Config{HMACSecret: testSecret, Audience: "wschat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, srv := startHubOn(t, func(c *stackConfig) { c.Auth, c.Control, c.RevokeFor = v, true, time.Hour },
+		func(_ *Hub, b bus.Bus) bus.Bus { return unansweredControl{b} })
+	addr := srv.Listener.Addr().String()
+	c := wstest.DialPath(t, addr, withToken(mint(t, "ann", nil)), `{"type":"hello"}`)
+	expectRefused(t, c, protocol.CodeUnavailable, closeRestart)
+	anon := wstest.Dial(t, addr, `{"type":"hello","nick":"x"}`)
+	anon.Expect(t, `"type":"welcome"`)
+	if h.ControlReady() {
+		t.Fatal("the control room read, although its subscription was never answered")
+	}
+}
+
+// unansweredControl is a bus whose control room subscription is never
+// answered (a relay tier that has not answered yet).
+type unansweredControl struct{ bus.Bus }
+
+func (b unansweredControl) Subscribe(in bus.Interest) {
+	if in.Room != ControlRoom {
+		b.Bus.Subscribe(in)
 	}
 }

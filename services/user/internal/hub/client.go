@@ -12,6 +12,11 @@ import (
 // (RFC 6455: service restart).
 const closeRestart = 1012
 
+// A keptPeer is given, when its seed join completes, the room's last
+// HistorySize messages, which a seed client is never sent: the control
+// room's reader carries out the commands sent before it joined.
+type keptPeer interface{ Kept(msgs []protocol.Message) }
+
 // Peer is a client connection as the hub sees it; *conn.Conn is one. Its
 // methods only queue work, so the hub may call them with h.mu held.
 type Peer interface {

@@ -52,8 +52,13 @@ type Config struct {
 	AuthTimeout  time.Duration
 	ExpiryNotice time.Duration
 	RevokeFor    time.Duration
-	Logger       *slog.Logger
-	Metrics      *Metrics
+	// Control: RunControl runs (the server API's disconnects). Until it
+	// has carried out the control room's kept commands, no token is
+	// admitted: whether it was revoked is not known yet (1012: the client
+	// reconnects, perhaps to another instance).
+	Control bool
+	Logger  *slog.Logger
+	Metrics *Metrics
 }
 
 // Hub is the state of one ws-user instance's rooms.
@@ -87,6 +92,10 @@ type Hub struct {
 	// disconnected through the server API (auth.go).
 	users   map[string]map[*client]struct{}
 	revoked map[string]revocation
+
+	// controlReady: the control room's kept commands were carried out
+	// (RunControl).
+	controlReady atomic.Bool
 }
 
 type joinState uint8

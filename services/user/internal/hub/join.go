@@ -89,6 +89,9 @@ func (h *Hub) join(c *client, in protocol.Inbound) {
 func (h *Hub) completeJoinLocked(r *room, c *client, in protocol.Inbound) {
 	if !c.extended {
 		h.setJoinedLocked(r, c)
+		if p, ok := c.peer.(keptPeer); ok {
+			p.Kept(r.tail(0, h.cfg.HistorySize))
+		}
 		return
 	}
 	if in.Since == nil {

@@ -28,7 +28,6 @@ type connConfig = conn.Config
 type stackConfig struct {
 	Config
 	connConfig
-	control bool // run the hub's control room (RunControl)
 }
 
 // startHub serves a hub with a standalone bus on a loopback test server;
@@ -80,7 +79,7 @@ func startHubBus(t *testing.T, set func(*stackConfig), mk func(*Hub) bus.Bus) (*
 	conns := conn.New(cfg.connConfig, h)
 	ctx, cancel := context.WithCancel(context.Background())
 	runs := []func(context.Context){func(ctx context.Context) { _ = b.Run(ctx) }, h.Run, conns.Run}
-	if cfg.control {
+	if cfg.Control {
 		runs = append(runs, h.RunControl)
 	}
 	done := make([]chan struct{}, len(runs))
