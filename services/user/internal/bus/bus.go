@@ -20,10 +20,12 @@
 // goroutine; relay from the link's reader goroutine, from Run between two
 // links (Restarted, State, LinkState, the fetches a lost link leaves
 // unanswered) and, for a Fetch while the link is down, from a goroutine of
-// its own; natsbus from one goroutine per room with publishes (Ack, Nack),
-// two per subscribed room (its delivery: Subscribed, Message; its presence
-// watch: Presence), Run (Restarted, State, LinkState) and one per Fetch. A
-// Handler method may call Bus methods.
+// its own; natsbus from one goroutine per room with publishes (Ack, Nack;
+// also, when the cluster stops answering, the Nacks of every room's unsent
+// publishes), per subscribed room from its delivery (Subscribed, and
+// Message from nats.go's consumer callback) and its presence watch
+// (Presence), from Run (Restarted, State, LinkState) and from one
+// goroutine per Fetch. A Handler method may call Bus methods.
 package bus
 
 import (

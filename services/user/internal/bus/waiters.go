@@ -31,9 +31,12 @@ func (w *Waiters) Wake() {
 	}
 }
 
-// Await waits, at most d, while full reports true and refused false; it
-// reports whether the publish fits when it stops (false if refused).
-// mu should be held; it is released while waiting.
+// Await waits, at most d, while full reports true and refused false. It
+// reports false when refused (at the start, or when woken), or when d ran
+// out with full still true; else true: the publish fits, although refused
+// may have become true after the wake that found room (a caller that must
+// refuse then checks it again). mu should be held; it is released while
+// waiting.
 func (w *Waiters) Await(mu *sync.Mutex, d time.Duration, full, refused func() bool) bool {
 	if d <= 0 || refused() {
 		return false

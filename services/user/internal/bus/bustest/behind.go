@@ -1,3 +1,5 @@
+//go:build unix
+
 package bustest
 
 import (
@@ -16,13 +18,14 @@ import (
 // child of the test), slows a publisher down before it refuses it. The
 // server falls behind for real: its process is stopped (SIGSTOP), its
 // connections stay up. pendingMax publishes are then taken at once and
-// left unanswered; one more Publish must wait until then, acting on the
-// stopped process, decides. With refused false, it is let in and every
+// left unanswered; one more Publish must wait (waiting reports that it
+// does, under the bus's lock) until then, acting on the stopped process,
+// decides; with then nil, until its wait runs out. With refused false, it is let in and every
 // publish, the one that waited included, is acknowledged. With refused
 // true, it is refused as unavailable: by Publish, or once let in (room
 // made by the refusal of those before it, which had not reached the
 // server) by a Nack.
-func Behind(t *testing.T, bb bus.Bus, rec *Recorder, proc *os.Process, pendingMax int, then func(*os.Process) error, refused bool) {
+func Behind(t *testing.T, bb bus.Bus, rec *Recorder, proc *os.Process, pendingMax int, waiting func() bool, then func(*os.Process) error, refused bool) {
 	t.Helper()
 	Publish(t, bb, rec, "r", 1)
 	Stop(t, proc)
@@ -37,8 +40,17 @@ func Behind(t *testing.T, bb bus.Bus, rec *Recorder, proc *os.Process, pendingMa
 	}
 	published := make(chan error, 1)
 	go func() { published <- bb.Publish("w-last", "", msg(pendingMax)) }()
-	if err := then(proc); err != nil {
-		t.Fatal(err)
+	if then != nil {
+		tick := time.NewTicker(time.Millisecond)
+		defer tick.Stop()
+		for deadline := time.Now().Add(10 * time.Second); !waiting(); <-tick.C {
+			if time.Now().After(deadline) {
+				t.Fatal("the publish past the bound does not wait for room after 10s")
+			}
+		}
+		if err := then(proc); err != nil {
+			t.Fatal(err)
+		}
 	}
 	var err error
 	select {
@@ -69,5 +81,24 @@ func Behind(t *testing.T, bb bus.Bus, rec *Recorder, proc *os.Process, pendingMa
 	}
 	if !acked["w-last"] {
 		t.Fatalf("acknowledged %v, not the publish that waited", acked)
+	}
+}
+
+// Stop stops p, a child of the test, and returns once all its threads have
+// stopped. kill(2) returns as soon as SIGSTOP is queued, and until one of
+// p's threads takes it the others run on: a "stopped" server could still
+// answer the publishes sent next. The parent is told (wait4 with
+// WUNTRACED) only when the whole thread group has stopped.
+func Stop(t *testing.T, p *os.Process) {
+	t.Helper()
+	if err := p.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	var ws syscall.WaitStatus
+	if _, err := syscall.Wait4(p.Pid, &ws, syscall.WUNTRACED, nil); err != nil {
+		t.Fatalf("wait for process %d to stop: %v", p.Pid, err)
+	}
+	if !ws.Stopped() {
+		t.Fatalf("process %d did not stop: wait status %#x", p.Pid, ws)
 	}
 }

@@ -3,33 +3,14 @@ package bustest
 import (
 	"bufio"
 	"context"
+	"io"
 	"os"
 	"os/exec"
 	"path"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 )
-
-// Stop stops p, a child of the test, and returns once all its threads have
-// stopped. kill(2) returns as soon as SIGSTOP is queued, and until one of
-// p's threads takes it the others run on: a "stopped" server could still
-// answer the publishes sent next. The parent is told (wait4 with
-// WUNTRACED) only when the whole thread group has stopped.
-func Stop(t *testing.T, p *os.Process) {
-	t.Helper()
-	if err := p.Signal(syscall.SIGSTOP); err != nil {
-		t.Fatal(err)
-	}
-	var ws syscall.WaitStatus
-	if _, err := syscall.Wait4(p.Pid, &ws, syscall.WUNTRACED, nil); err != nil {
-		t.Fatalf("wait for process %d to stop: %v", p.Pid, err)
-	}
-	if !ws.Stopped() {
-		t.Fatalf("process %d did not stop: wait status %#x", p.Pid, ws)
-	}
-}
 
 // Build builds the main package pkg (of the workspace, or of a module it
 // requires) for t and returns the binary's path.
@@ -72,6 +53,7 @@ func StartServer(t *testing.T, bin string, args, env []string, listening func(li
 				}
 			}
 		}
+		_, _ = io.Copy(io.Discard, stderr) // past a line too long for sc
 	}()
 	select {
 	case a := <-addrs:
