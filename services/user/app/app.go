@@ -85,7 +85,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		AuthTimeout:  cfg.AuthTimeout,
 		ExpiryNotice: cfg.AuthExpiryNotice,
 		RevokeFor:    cfg.AuthRevokeFor,
-		Control:      true,
+		Control:      cfg.AuthRevokeFor > 0, // else nothing kept counts
 		Logger:       log,
 		Metrics:      hub.NewMetrics(reg),
 	})
@@ -217,7 +217,7 @@ func routes(cfg *Config, conns *conn.Server, h *hub.Hub, b bus.Bus, reg *prometh
 			http.Error(w, "relay link down", http.StatusServiceUnavailable)
 			return
 		}
-		if !h.ControlReady() {
+		if cfg.AuthRevokeFor > 0 && !h.ControlReady() {
 			// Not before the disconnects it missed are known: their
 			// users' old tokens would be accepted here.
 			http.Error(w, "control room not read yet", http.StatusServiceUnavailable)

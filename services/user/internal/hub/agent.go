@@ -196,7 +196,7 @@ func (p *ctlPeer) SendError(*protocol.Error) {}
 
 // RunControl joins the control room and carries out its commands until
 // ctx ends. The commands the room still keeps from before (its last
-// HistorySize messages) are carried out first, so that an instance started
+// HistoryLimit messages, keepFor) are carried out first, so that an instance started
 // after a disconnect refuses the revoked tokens too; ControlReady reports
 // when they have been.
 func (h *Hub) RunControl(ctx context.Context) {

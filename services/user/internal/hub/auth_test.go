@@ -314,11 +314,13 @@ func TestRevocationNeedsIssuedAt(t *testing.T) {
 // before its RunControl started; in a deployment, before the instance
 // started) is carried out from the room's kept messages: the old token is
 // refused, a newer one accepted. One whose revocation is over by then is
-// not.
+// not. The control room keeps HistoryLimit messages, whatever HistorySize
+// (here none) the rooms keep.
 func TestDisconnectBeforeTheControlRoomWasRead(t *testing.T) {
-	h, addr := startAuthHub(t, true, func(c *stackConfig) { c.RevokeFor = time.Hour })
+	h, addr := startAuthHub(t, true, func(c *stackConfig) { c.RevokeFor, c.HistorySize = time.Hour, 0 })
 	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 	defer cancel()
+	old := mint(t, "ann", nil)
 	if err := h.Disconnect(ctx, "ann"); err != nil {
 		t.Fatal(err)
 	}
@@ -333,7 +335,6 @@ func TestDisconnectBeforeTheControlRoomWasRead(t *testing.T) {
 	if _, err := a.Do(ctx, protocol.Inbound{Type: protocol.TypeChat, Room: ControlRoom, Message: string(text)}); err != nil {
 		t.Fatal(err)
 	}
-	old := mint(t, "ann", nil)
 	bobs := mint(t, "bob", func(c *auth.Claims) { c.IssuedAt = time.Now().Add(-3 * time.Hour) })
 	before := wstest.DialPath(t, addr, withToken(old), `{"type":"hello"}`)
 	before.Expect(t, `"type":"welcome"`) // nothing read yet

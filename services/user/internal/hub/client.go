@@ -12,8 +12,8 @@ import (
 // (RFC 6455: service restart).
 const closeRestart = 1012
 
-// A keptPeer is given, when its seed join completes, the room's last
-// HistorySize messages, which a seed client is never sent: the control
+// A keptPeer is given, when its seed join completes, the room's kept
+// messages (its cache), which a seed client is never sent: the control
 // room's reader carries out the commands sent before it joined.
 type keptPeer interface{ Kept(msgs []protocol.Message) }
 

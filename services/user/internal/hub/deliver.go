@@ -57,12 +57,12 @@ func (h *Hub) deliverLocked(r *room, m *protocol.Message) {
 			// Kept from before the numbering started over: delivered
 			// already, to every member still here (the others were
 			// closed, and recover it by joining with since).
-			r.remember(m, h.cfg.HistorySize)
+			r.remember(m, r.keep)
 			return
 		}
 		r.seen, r.seenTS = 0, 0
 	}
-	r.remember(m, h.cfg.HistorySize)
+	r.remember(m, r.keep)
 	var frame []byte
 	n := 0
 	for c, st := range r.local {

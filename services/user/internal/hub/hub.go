@@ -111,6 +111,16 @@ const (
 // it gets the room's messages, live or by catching up.
 func (s joinState) member() bool { return s >= joined }
 
+// keepFor is how many messages a room's cache keeps: HistorySize, but for
+// the control room HistoryLimit (its kept commands are what an instance
+// started later carries out, and its messages are few).
+func (h *Hub) keepFor(name string) int {
+	if name == ControlRoom {
+		return max(h.cfg.HistorySize, h.cfg.HistoryLimit)
+	}
+	return h.cfg.HistorySize
+}
+
 type room struct {
 	name     string
 	synced   bool
@@ -118,7 +128,8 @@ type room struct {
 	waiting  []pendingJoin
 	fetchReq map[*client]uint64 // the fetch each fetching or behind client waits for
 	lag      map[*client]uint64 // the last seq queued to each behind client
-	cache    []protocol.Message // the last cfg.HistorySize messages, ascending
+	cache    []protocol.Message // the last keep messages, ascending
+	keep     int                // HistorySize; the control room's, HistoryLimit (keepFor)
 	last     uint64             // last seq delivered locally
 	lastTS   int64              // and its time
 	first    uint64             // oldest seq the bus still keeps

@@ -44,7 +44,7 @@ func (p *fakePeer) CloseAfter(code int, reason string) {
 func benchRoom(tb testing.TB, n int) (*Hub, *room, []*fakePeer) {
 	h := New(Config{Instance: "bench", HistorySize: 50, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Metrics: NewMetrics(prometheus.NewRegistry())})
-	r := &room{name: "bench", synced: true, local: map[*client]joinState{}, presence: map[string]protocol.Member{}}
+	r := &room{name: "bench", keep: 50, synced: true, local: map[*client]joinState{}, presence: map[string]protocol.Member{}}
 	peers := make([]*fakePeer, n)
 	for i := range peers {
 		peers[i] = &fakePeer{id: fmt.Sprint("u", i)}

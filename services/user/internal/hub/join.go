@@ -57,7 +57,7 @@ func (h *Hub) join(c *client, in protocol.Inbound) {
 	c.rooms[in.Room] = struct{}{}
 	r := h.rooms[in.Room]
 	if r == nil {
-		r = &room{name: in.Room, local: map[*client]joinState{}, presence: map[string]protocol.Member{}, fetchReq: map[*client]uint64{}}
+		r = &room{name: in.Room, keep: h.keepFor(in.Room), local: map[*client]joinState{}, presence: map[string]protocol.Member{}, fetchReq: map[*client]uint64{}}
 		h.rooms[in.Room] = r
 		h.roomsChangedLocked()
 		r.local[c] = waiting
@@ -66,7 +66,7 @@ func (h *Hub) join(c *client, in protocol.Inbound) {
 			r.presence[c.member.ID] = c.member
 			members = []protocol.Member{c.member}
 		}
-		h.bus.Subscribe(bus.Interest{Room: in.Room, Tail: h.cfg.HistorySize, Members: members})
+		h.bus.Subscribe(bus.Interest{Room: in.Room, Tail: r.keep, Members: members})
 	} else if !c.observer {
 		r.local[c] = waiting
 		h.bus.Join(in.Room, c.member)
@@ -90,7 +90,7 @@ func (h *Hub) completeJoinLocked(r *room, c *client, in protocol.Inbound) {
 	if !c.extended {
 		h.setJoinedLocked(r, c)
 		if p, ok := c.peer.(keptPeer); ok {
-			p.Kept(r.tail(0, h.cfg.HistorySize))
+			p.Kept(r.tail(0, r.keep))
 		}
 		return
 	}

@@ -111,7 +111,7 @@ func (h *Hub) State() []bus.Interest {
 	out := make([]bus.Interest, 0, len(h.rooms))
 	for _, r := range h.rooms {
 		r.behind = true // until the resync's answer
-		rs := bus.Interest{Room: r.name, Tail: h.cfg.HistorySize, Members: make([]protocol.Member, 0, len(r.local))}
+		rs := bus.Interest{Room: r.name, Tail: r.keep, Members: make([]protocol.Member, 0, len(r.local))}
 		if r.synced {
 			// Only what was missed: the cache is already full. A room
 			// still at seq 0 is owed every message too, not a tail.
