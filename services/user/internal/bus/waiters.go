@@ -17,13 +17,17 @@ type Waiters struct {
 	ch chan struct{}
 }
 
+// LowWater reports whether used, of a bound, is at the low-water mark
+// (nine tenths) at which a backend wakes its waiters: they are let in
+// together, not one per acknowledgement.
+func LowWater(used, bound int) bool { return used <= bound/10*9 }
+
 // Waiting reports whether a publisher waits. Lock should be held.
 func (w *Waiters) Waiting() bool { return w.ch != nil }
 
 // Wake lets every waiting publisher look again. A backend calls it when its
-// queue is back under a low-water mark, so that waiters are let in together
-// rather than one per acknowledgement, and when it stops accepting
-// publishes (they then refuse). Lock should be held.
+// queue is back at the low-water mark (LowWater), and when it stops
+// accepting publishes (they then refuse). Lock should be held.
 func (w *Waiters) Wake() {
 	if w.ch != nil {
 		close(w.ch)

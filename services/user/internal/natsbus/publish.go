@@ -92,11 +92,11 @@ func (b *Bus) refusingLocked() bool {
 }
 
 // settledLocked counts n publishes, answered or refused, out of pending,
-// and lets waiting publishers in once pending is at nine tenths of
+// and lets waiting publishers in once pending is at the low-water mark of
 // PendingMax. Lock should be held.
 func (b *Bus) settledLocked(n int) {
 	b.pending -= n
-	if b.waiters.Waiting() && b.pending <= b.cfg.PendingMax/10*9 {
+	if b.waiters.Waiting() && bus.LowWater(b.pending, b.cfg.PendingMax) {
 		b.waiters.Wake()
 	}
 }

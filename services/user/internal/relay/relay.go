@@ -171,11 +171,10 @@ func (b *Bus) fullLocked(n int) bool {
 	return len(b.pending) >= b.cfg.PendingMax || b.pendingBytes+n > b.cfg.QueueBytes
 }
 
-// roomLocked: the unacknowledged publishes are below nine tenths of both
-// bounds, the mark at which waiting publishers are woken. Lock should be
-// held.
+// roomLocked: the unacknowledged publishes are at the low-water mark of
+// both bounds, where waiting publishers are woken. Lock should be held.
 func (b *Bus) roomLocked() bool {
-	return len(b.pending) <= b.cfg.PendingMax/10*9 && b.pendingBytes <= b.cfg.QueueBytes/10*9
+	return bus.LowWater(len(b.pending), b.cfg.PendingMax) && bus.LowWater(b.pendingBytes, b.cfg.QueueBytes)
 }
 
 var errLinkDown = errors.New("relay link is down; retry when the instance is ready")
