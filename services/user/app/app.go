@@ -217,7 +217,7 @@ func routes(cfg *Config, conns *conn.Server, h *hub.Hub, b bus.Bus, reg *prometh
 			http.Error(w, "relay link down", http.StatusServiceUnavailable)
 			return
 		}
-		if cfg.AuthRevokeFor > 0 && !h.ControlReady() {
+		if !h.ControlReady() {
 			// Not before the disconnects it missed are known: their
 			// users' old tokens would be accepted here.
 			http.Error(w, "control room not read yet", http.StatusServiceUnavailable)

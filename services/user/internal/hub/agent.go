@@ -196,9 +196,9 @@ func (p *ctlPeer) SendError(*protocol.Error) {}
 
 // RunControl joins the control room and carries out its commands until
 // ctx ends. The commands the room still keeps from before (its last
-// HistoryLimit messages, keepFor) are carried out first, so that an instance started
-// after a disconnect refuses the revoked tokens too; ControlReady reports
-// when they have been.
+// HistoryLimit messages, keepFor) are carried out first, so that an
+// instance started after a disconnect refuses the revoked tokens too;
+// ControlReady reports when they have been.
 func (h *Hub) RunControl(ctx context.Context) {
 	p := &ctlPeer{inProcess: inProcess{id: h.newID("c")}, wake: make(chan struct{}, 1)}
 	c := h.open(p)
@@ -231,9 +231,10 @@ func (h *Hub) RunControl(ctx context.Context) {
 	}
 }
 
-// ControlReady reports whether the control room's kept commands have been
-// carried out (RunControl).
-func (h *Hub) ControlReady() bool { return h.controlReady.Load() }
+// ControlReady reports whether tokens may be admitted: the control room's
+// kept commands have been carried out (RunControl), or Config.Control is
+// off.
+func (h *Hub) ControlReady() bool { return !h.cfg.Control || h.controlReady.Load() }
 
 // control carries out one control room message: only the server API's
 // (user "$system") count. A kept one (sent before this instance joined)

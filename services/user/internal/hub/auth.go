@@ -132,7 +132,7 @@ func (h *Hub) hello(c *client, in protocol.Inbound) {
 // between the check and c's admission). It reports whether c was
 // identified. h.mu must be held.
 func (h *Hub) identifyLocked(c *client, id *auth.Identity) bool {
-	if h.cfg.Control && !h.controlReady.Load() {
+	if !h.ControlReady() {
 		h.refuseLocked(c, protocol.CodeUnavailable, closeRestart,
 			"this instance is starting: it has not read the server's disconnects yet; connect again")
 		return false

@@ -61,7 +61,7 @@ func withToken(tok string) string { return "/?token=" + url.QueryEscape(tok) }
 // messages (RunControl runs aside: a command sent before would miss it).
 func waitControl(t *testing.T, h *Hub) {
 	t.Helper()
-	wstest.WaitUntil(t, "the control room read", h.ControlReady)
+	wstest.WaitUntil(t, "the control room read", h.controlReady.Load) // also where Config.Control is off
 }
 
 // expectRefused reads the error frame with code, then the close with
