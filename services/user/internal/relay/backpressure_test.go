@@ -3,8 +3,6 @@
 package relay_test
 
 import (
-	"io"
-	"log/slog"
 	"os"
 	"syscall"
 	"testing"
@@ -24,7 +22,7 @@ func TestPublishWaitsForARelayerThatFellBehind(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts ws-relayer")
 	}
-	bin := bustest.Build(t, "github.com/wschat/wschat/services/relayer/cmd/ws-relayer")
+	bin := bustest.Build(t, relayerPkg)
 	const pendingMax = 10
 	for _, c := range []struct {
 		name    string
@@ -40,12 +38,11 @@ func TestPublishWaitsForARelayerThatFellBehind(t *testing.T) {
 			addr, proc := startRelayer(t, bin)
 			var rb *relay.Bus
 			b, rec := bustest.Start(t, bustest.Backend{New: func(_ *testing.T, instance string, h bus.Handler) bus.Bus {
-				rb = relay.New(relay.Config{
-					URL: "ws://" + addr, Secret: "test-secret", Instance: instance,
-					PendingMax: pendingMax, QueueBytes: 1 << 20, PublishWait: c.wait, MaxFrame: 1 << 20,
-					PingInterval: time.Minute, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-					Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-				}, h)
+				cfg := config(addr, instance)
+				// A stopped relayer answers no ping: the link must
+				// outlive the test's stop.
+				cfg.PendingMax, cfg.PublishWait, cfg.PingInterval = pendingMax, c.wait, time.Minute
+				rb = relay.New(cfg, h)
 				return rb
 			}}, "i1")
 			bustest.Behind(t, b, rec, proc, pendingMax, rb.WaitingForRoom, c.then, c.refused)

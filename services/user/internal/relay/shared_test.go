@@ -19,19 +19,26 @@ func TestRelayIsABus(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts ws-relayer")
 	}
-	bin := bustest.Build(t, "github.com/wschat/wschat/services/relayer/cmd/ws-relayer")
+	bin := bustest.Build(t, relayerPkg)
 	start := func(t *testing.T) string {
 		addr, _ := startRelayer(t, bin)
 		return addr
 	}
 	bustest.Run(t, bustest.PerCase(start, func(addr, instance string, h bus.Handler) bus.Bus {
-		return relay.New(relay.Config{
-			URL: "ws://" + addr, Secret: "test-secret", Instance: instance,
-			PendingMax: 100, QueueBytes: 1 << 20, MaxFrame: 1 << 20,
-			PingInterval: time.Second, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
-			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-		}, h)
+		return relay.New(config(addr, instance), h)
 	}))
+}
+
+const relayerPkg = "github.com/wschat/wschat/services/relayer/cmd/ws-relayer"
+
+// config is the tests' relay bus of instance on the ws-relayer at addr.
+func config(addr, instance string) relay.Config {
+	return relay.Config{
+		URL: "ws://" + addr, Secret: "test-secret", Instance: instance,
+		PendingMax: 100, QueueBytes: 1 << 20, MaxFrame: 1 << 20,
+		PingInterval: time.Second, MinBackoff: 10 * time.Millisecond, MaxBackoff: 100 * time.Millisecond,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	}
 }
 
 // startRelayer runs ws-relayer (bin) on a port of its choosing until t
