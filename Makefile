@@ -11,7 +11,7 @@ TEST_TIMEOUT ?= 20m
 STATICCHECK_VERSION := v0.8.2
 STATICCHECK := $(shell go env GOPATH)/bin/staticcheck
 
-.PHONY: help images project-images compose-plugin up up-nats down ps logs test test-faults-long vet lint fmt fuzz demo-screenshot bench bench-peers bench-go
+.PHONY: help images project-images compose-plugin up up-nats down ps logs test test-faults-long vet lint fmt fuzz demo-screenshot bench bench-peers bench-scaling bench-go
 
 help:
 	@echo 'make images          base images without a registry, recorded in .env for Compose (idempotent)'
@@ -26,6 +26,7 @@ help:
 	@echo 'make demo-screenshot regenerate docs/demo.png (two browser tabs on two replicas, through nginx)'
 	@echo 'make bench           the load suite of docs/benchmarks.md (the write floor, W1-W5 and the W4b burst, both protocols; ~11 min)'
 	@echo 'make bench-peers     the same workloads against wschat and Centrifugo v6 + Redis, side by side (~7 min)'
+	@echo 'make bench-scaling   the relay tiers side by side: the relayer, NATS JetStream R3 and R1 (docs/scaling.md; ~12 min)'
 	@echo 'make bench-go        the Go benchmarks (encode, decode, fan-out, write batching, relay batching)'
 
 images:
@@ -112,6 +113,9 @@ bench:
 
 bench-peers:
 	integration/load/bench-peers.sh
+
+bench-scaling:
+	integration/load/bench-scaling.sh
 
 bench-go:
 	@for m in ./services/protocol ./services/reclaim ./services/settings ./services/user ./services/relayer; do \

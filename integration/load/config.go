@@ -43,6 +43,9 @@ type config struct {
 
 	pids, cgroups, containers []string
 	cgroupRoot                string
+	// tierPIDs are the relay tier's processes (ws-relayer, nats-server):
+	// fan-out runs report their CPU apart, per delivery and per publish.
+	tierPIDs []string
 }
 
 func (c *config) extended() bool { return c.protocol == "extended" }
@@ -61,7 +64,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	}
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	var urls, sources, pids, cgroups, containers string
+	var urls, sources, pids, cgroups, containers, tierPIDs string
 	fs.StringVar(&c.mode, "mode", "fanout", "fanout | idle | storm | burst")
 	fs.StringVar(&c.protocol, "protocol", "extended", "extended (hello, join acked, chat acked) | seed (join-room, chat, no acks) | centrifugo (the peer: Centrifugo's JSON protocol, rooms as channels)")
 	fs.StringVar(&urls, "urls", "ws://127.0.0.1:8080/ws", "comma-separated WebSocket URLs; clients are spread round-robin")
@@ -95,6 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.BoolVar(&c.insecure, "insecure", false, "wss: skip certificate verification")
 	fs.DurationVar(&c.maxTime, "max-time", 0, "hard bound on the whole run (default: the schedule + 60s)")
 	fs.StringVar(&pids, "pids", "", "comma-separated server PIDs to sample (/proc)")
+	fs.StringVar(&tierPIDs, "tier-pids", "", "comma-separated PIDs of the relay tier (ws-relayer, nats-server), usually also in -pids: fan-out runs report their CPU apart as tier")
 	fs.StringVar(&cgroups, "cgroups", "", "comma-separated cgroups to sample (relative to -cgroup-root or absolute)")
 	fs.StringVar(&containers, "containers", "", "comma-separated Docker container ids or names to sample")
 	fs.StringVar(&c.cgroupRoot, "cgroup-root", "/sys/fs/cgroup", "cgroup file system root")
@@ -128,10 +132,15 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 		c.sources = append(c.sources, &net.TCPAddr{IP: ip})
 	}
-	c.pids, c.cgroups, c.containers = split(pids), split(cgroups), split(containers)
+	c.pids, c.cgroups, c.containers, c.tierPIDs = split(pids), split(cgroups), split(containers), split(tierPIDs)
 	for _, p := range c.pids {
 		if n, err := strconv.Atoi(p); err != nil || n <= 0 {
 			bad("-pids: %q is not a process id", p)
+		}
+	}
+	for _, p := range c.tierPIDs {
+		if n, err := strconv.Atoi(p); err != nil || n <= 0 {
+			bad("-tier-pids: %q is not a process id", p)
 		}
 	}
 	switch c.mode {
@@ -222,8 +231,20 @@ func split(s string) []string {
 	return out
 }
 
-// targets resolves -pids, -cgroups and -containers.
-func (c *config) targets(ctx context.Context) (usage, error) {
+// targets resolves -pids, -cgroups and -containers, and -tier-pids apart.
+func (c *config) targets(ctx context.Context) (server, tier usage, err error) {
+	for _, p := range c.tierPIDs {
+		n, _ := strconv.Atoi(p)
+		tier.targets = append(tier.targets, procTarget{pid: n, root: "/proc"})
+	}
+	if _, err := tier.sample(); err != nil {
+		return server, tier, fmt.Errorf("relay tier usage: %w", err)
+	}
+	server, err = c.serverTargets(ctx)
+	return server, tier, err
+}
+
+func (c *config) serverTargets(ctx context.Context) (usage, error) {
 	var u usage
 	for _, p := range c.pids {
 		n, _ := strconv.Atoi(p)

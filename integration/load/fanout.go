@@ -111,8 +111,10 @@ func (r *runner) fanout(ctx context.Context) (*Result, error) {
 	}
 	stats := make([]pubStat, len(pubs))
 	samples := make(chan [2]snap, 1)
+	tierSamples := make(chan [2]snap, 1)
 	selfSamples := make(chan [2]snap, 1)
 	go r.sampleWindow(ctx, r.server, win, samples)
+	go r.sampleWindow(ctx, r.tier, win, tierSamples)
 	go r.sampleWindow(ctx, r.self, win, selfSamples)
 	r.log.Info("traffic", "publishers", len(pubs), "rate", cfg.rate, "warmup", cfg.warmup, "duration", cfg.duration)
 	var wg sync.WaitGroup
@@ -124,6 +126,7 @@ func (r *runner) fanout(ctx context.Context) (*Result, error) {
 	}
 	wg.Wait()
 	win0 := <-samples
+	tier0 := <-tierSamples
 	self0 := <-selfSamples
 
 	var expected int64
@@ -179,6 +182,15 @@ func (r *runner) fanout(ctx context.Context) (*Result, error) {
 		res.Server = makeUsage(r.server, base, win0[0], win0[1], cfg.duration, established)
 		if res.Delivered > 0 {
 			res.Server.CPUPerMsgUs = round(float64(res.Server.CPUMicros) / float64(res.Delivered))
+		}
+	}
+	if !r.tier.empty() {
+		res.Tier = makeUsage(r.tier, tier0[0], tier0[0], tier0[1], cfg.duration, 0)
+		if res.Delivered > 0 {
+			res.Tier.CPUPerMsgUs = round(float64(res.Tier.CPUMicros) / float64(res.Delivered))
+		}
+		if res.Sent > 0 {
+			res.Tier.CPUPerPublishUs = round(float64(res.Tier.CPUMicros) / float64(res.Sent))
 		}
 	}
 	res.Generator = makeUsage(r.self, selfBase, self0[0], self0[1], cfg.duration, 0)

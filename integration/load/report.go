@@ -51,6 +51,7 @@ type Result struct {
 	Errors     map[string]int64 `json:"errors"`
 	ErrorCount int64            `json:"error_count"`
 	Server     *Usage           `json:"server,omitempty"`
+	Tier       *Usage           `json:"tier,omitempty"` // -tier-pids, fan-out only
 	Generator  *Usage           `json:"generator"`
 }
 
@@ -134,6 +135,10 @@ func writeSummary(w io.Writer, r *Result) {
 			fmt.Fprintf(&b, ", %.2f us/delivered msg", s.CPUPerMsgUs)
 		}
 		fmt.Fprintf(&b, ", mem %.1f -> %.1f MiB, %.0f B/conn\n", mib(s.MemBase), mib(s.MemEnd), s.MemPerConn)
+	}
+	if t := r.Tier; t != nil {
+		fmt.Fprintf(&b, "tier     : cpu %d us (%.1f%% of a core), %.2f us/published msg, %.2f us/delivered msg\n",
+			t.CPUMicros, t.CPUPercent, t.CPUPerPublishUs, t.CPUPerMsgUs)
 	}
 	if g := r.Generator; g != nil {
 		fmt.Fprintf(&b, "generator: cpu %d us (%.1f%% of a core), rss %.1f MiB\n", g.CPUMicros, g.CPUPercent, mib(g.MemEnd))

@@ -18,7 +18,12 @@
 #     BURST_CONCURRENCY (128) at a time, as fast as they are taken (wsload
 #     -mode burst): wall time and setup latency
 #
-# Environment: PEER (centrifugo: run the peer instead of wschat, two
+# Environment: BUS (relayer: one ws-relayer, the default; nats: the relay
+# tier on NATS_NODES nats-server processes (3: a cluster, R3; or 1, R1)
+# built from the Go module proxy, JetStream on disk, fsyncing as
+# NATS_SYNC says (empty: nats-server's default, every 2 minutes; always:
+# every write, as RELAY_FSYNC does); bench-scaling.sh), PEER (centrifugo:
+# run the peer instead of wschat, two
 # Centrifugo nodes over Redis, CENTRIFUGO_BIN its binary; bench-peers.sh),
 # PROTOCOL (extended|seed), RATE (msg/s per publisher, 10),
 # WARMUP (2s), DURATION (10s), HOLD (10s), IDLE_CONNS (2000), PER_PROC
@@ -58,8 +63,15 @@ GEN_CPUS=${GEN_CPUS:-1}
 OUT=${OUT:-/tmp/wsload-results.jsonl}
 SECRET=run-local-secret
 TARGETS=${TARGETS:-2}
+BUS=${BUS:-relayer}
+NATS_NODES=${NATS_NODES:-3}
+NATS_SYNC=${NATS_SYNC:-}
 # Bad settings fail here, before anything is built or started.
 ((TARGETS >= 1 && TARGETS <= 2)) || { echo "TARGETS must be 1 or 2" >&2; exit 2; }
+case $BUS in relayer | nats) ;; *) echo "BUS must be relayer or nats" >&2; exit 2 ;; esac
+case $NATS_NODES in 1 | 3) ;; *) echo "NATS_NODES must be 1 or 3" >&2; exit 2 ;; esac
+case $NATS_SYNC in "" | always) ;; *) echo "NATS_SYNC must be empty or always" >&2; exit 2 ;; esac
+if [[ $BUS == nats && -n ${PEER:-} ]]; then echo "BUS=nats runs wschat: not with PEER" >&2; exit 2; fi
 if [[ -n ${PERF_DIR:-} ]] && ! command -v perf >/dev/null; then
 	echo "PERF_DIR needs perf (Debian: apt-get install linux-perf)" >&2
 	exit 1
@@ -95,6 +107,10 @@ echo "building into $work" >&2
 (cd "$root" && go build -o "$work/ws-relayer" ./services/relayer/cmd/ws-relayer \
 	&& go build -o "$work/ws-user" ./services/user/cmd/ws-user \
 	&& go build -o "$work/wsload" ./integration/cmd/wsload)
+if [[ $BUS == nats ]]; then
+	# The version ws-user's module requires (services/user/go.mod).
+	(cd "$root/services/user" && go build -o "$work/nats-server" github.com/nats-io/nats-server/v2)
+fi
 
 # start NAME ENV... starts a server on a free loopback port and sets addr
 # from its "listening" log line. (Not in $(...): the pid must be recorded
@@ -147,23 +163,64 @@ if [[ ${PEER:-} == centrifugo ]]; then
 	done
 	PROTOCOL=centrifugo
 	echo "centrifugo $urls over redis :$rport, server pids $server_pids" >&2
-else
-start ws-relayer RELAY_SECRET=$SECRET DATA_DIR="$work/data" RELAY_FSYNC="${RELAY_FSYNC:-true}" \
-	RELAY_COMMIT_DELAY="${RELAY_COMMIT_DELAY:-0s}"
-relayer=$addr
-server_pids=${pids[-1]}
-urls=
-for i in 1 2; do
-	start "ws-user-$i" INSTANCE_ID="u$i" RELAYER_URL="ws://$relayer" RELAY_SECRET=$SECRET \
-		RATE_PER_SEC=100000 RATE_BURST=100000 MAX_CONNS_PER_ADDR=0 SEND_QUEUE="${SEND_QUEUE:-4096}" "$(debug $((6060 + i)))"
-	server_pids+=,${pids[-1]}
-	urls+=${urls:+,}ws://$addr/ws
-	for _ in $(seq 100); do
-		[[ $(curl -s -o /dev/null -w '%{http_code}' "http://$addr/readyz") == 200 ]] && break
-		sleep 0.1
+elif [[ $BUS == nats ]]; then
+	# NATS_NODES nats-server processes on loopback, pinned where the
+	# relayer would be; a cluster of three routes to each other.
+	client_ports=() route_ports=() monitor_ports=()
+	for ((i = 1; i <= NATS_NODES; i++)); do
+		client_ports+=("$(free_port)") route_ports+=("$(free_port)") monitor_ports+=("$(free_port)")
 	done
-done
-echo "relayer $relayer, ws-users $urls, server pids $server_pids" >&2
+	routes=
+	for p in "${route_ports[@]}"; do routes+=${routes:+, }\"nats-route://127.0.0.1:$p\"; done
+	nats_url= server_pids= tier_pids=
+	for ((i = 1; i <= NATS_NODES; i++)); do
+		{
+			echo "server_name: n$i"
+			echo "listen: 127.0.0.1:${client_ports[i - 1]}"
+			echo "http: 127.0.0.1:${monitor_ports[i - 1]}"
+			echo "jetstream { store_dir: \"$work/nats-$i\"${NATS_SYNC:+, sync_interval: $NATS_SYNC} }"
+			if ((NATS_NODES > 1)); then
+				echo "cluster { name: wsload, listen: 127.0.0.1:${route_ports[i - 1]}, routes: [$routes] }"
+			fi
+		} >"$work/nats-$i.conf"
+		taskset -c "$SERVER_CPUS" "$work/nats-server" -c "$work/nats-$i.conf" >"$work/nats-$i.log" 2>&1 &
+		pids+=($!)
+		server_pids+=${server_pids:+,}${pids[-1]}
+		nats_url+=${nats_url:+,}nats://127.0.0.1:${client_ports[i - 1]}
+	done
+	tier_pids=$server_pids
+	for ((i = 1; i <= NATS_NODES; i++)); do
+		for _ in $(seq 300); do
+			[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${monitor_ports[i - 1]}/healthz?js-enabled-only=true") == 200 ]] && break
+			kill -0 "${pids[i - 1 - NATS_NODES]}" 2>/dev/null || { echo "nats-server $i exited" >&2; exit 1; }
+			sleep 0.1
+		done
+	done
+	relay_env=(BUS=nats NATS_URL="$nats_url" NATS_REPLICAS="$NATS_NODES")
+	relay_desc="nats $nats_url (R$NATS_NODES${NATS_SYNC:+, sync $NATS_SYNC})"
+else
+	start ws-relayer RELAY_SECRET=$SECRET DATA_DIR="$work/data" RELAY_FSYNC="${RELAY_FSYNC:-true}" \
+		RELAY_COMMIT_DELAY="${RELAY_COMMIT_DELAY:-0s}"
+	server_pids=${pids[-1]}
+	tier_pids=$server_pids
+	relay_env=(RELAYER_URL="ws://$addr" RELAY_SECRET=$SECRET)
+	relay_desc="relayer $addr"
+fi
+if [[ ${PEER:-} != centrifugo ]]; then
+	urls=
+	for i in 1 2; do
+		start "ws-user-$i" INSTANCE_ID="u$i" "${relay_env[@]}" \
+			RATE_PER_SEC=100000 RATE_BURST=100000 MAX_CONNS_PER_ADDR=0 SEND_QUEUE="${SEND_QUEUE:-4096}" "$(debug $((6060 + i)))"
+		server_pids+=,${pids[-1]}
+		urls+=${urls:+,}ws://$addr/ws
+		ready=
+		for _ in $(seq 300); do
+			[[ $(curl -s -o /dev/null -w '%{http_code}' "http://$addr/readyz") == 200 ]] && { ready=1; break; }
+			sleep 0.1
+		done
+		[[ -n $ready ]] || { echo "ws-user-$i is not ready after 30 s" >&2; exit 1; }
+	done
+	echo "$relay_desc, ws-users $urls, server pids $server_pids" >&2
 fi
 
 if [[ -n ${PPROF_DIR:-} ]]; then
@@ -200,7 +257,10 @@ fi
 perf_done() { if [[ -n ${perf_pid:-} ]]; then wait "$perf_pid" || echo "perf failed: $(tail -n 3 "$work/perf.log")" >&2; fi; }
 
 ((TARGETS == 1)) && urls=${urls%%,*}
-gen=(taskset -c "$GEN_CPUS" "$work/wsload" -label "$workload" -protocol "$PROTOCOL" -urls "$urls" -pids "$server_pids")
+label=$workload
+[[ $BUS == nats ]] && label+=" nats-r$NATS_NODES${NATS_SYNC:+-sync-$NATS_SYNC}"
+gen=(taskset -c "$GEN_CPUS" "$work/wsload" -label "$label" -protocol "$PROTOCOL" -urls "$urls" -pids "$server_pids"
+	${tier_pids:+-tier-pids "$tier_pids"})
 
 case $workload in
 W1) "${gen[@]}" -rooms 100 -members 10 -publishers 1 -rate "$RATE" -warmup "$WARMUP" -duration "$DURATION" "$@" | tee -a "$OUT" ;;

@@ -41,11 +41,12 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
 	ctx, cancel := context.WithTimeout(ctx, cfg.maxTime)
 	defer cancel()
-	server, err := cfg.targets(ctx)
+	server, tier, err := cfg.targets(ctx)
 	if err != nil {
 		return err
 	}
 	r := newRunner(cfg, log, server)
+	r.tier = tier
 	if perPair := cfg.conns / len(cfg.urls) / max(len(cfg.sources), 1); perPair > manyPerSource {
 		// Linux's connect() takes even local ports first and searches
 		// them for a free one, slower and slower as they fill: past
@@ -88,6 +89,7 @@ type runner struct {
 	cfg    *config
 	log    *slog.Logger
 	server usage
+	tier   usage // the relay tier's processes, reported apart (fan-out)
 	self   usage
 	epoch  time.Time
 	errs   errCounter
@@ -448,6 +450,9 @@ type Usage struct {
 	MemEnd      int64    `json:"mem_end_bytes"`
 	MemPerConn  float64  `json:"mem_per_conn_bytes"` // (end - base) / connections
 	CPUPerMsgUs float64  `json:"cpu_us_per_msg,omitempty"`
+	// CPUPerPublishUs is per message published (sent), for the relay
+	// tier, whose work grows with publishes more than with deliveries.
+	CPUPerPublishUs float64 `json:"cpu_us_per_publish,omitempty"`
 }
 
 func makeUsage(u usage, base, start, end snap, window time.Duration, conns int) *Usage {

@@ -41,7 +41,7 @@ func TestSmokeFanout(t *testing.T) {
 		t.Run(proto, func(t *testing.T) {
 			res := runLoad(t, "-protocol", proto, "-urls", urls, "-rooms", "4", "-members", "5",
 				"-publishers", "2", "-rate", "20", "-warmup", "300ms", "-duration", "1s", "-drain", "3s",
-				"-pids", fmt.Sprint(os.Getpid()), "-prefix", "smoke-"+proto)
+				"-pids", fmt.Sprint(os.Getpid()), "-tier-pids", fmt.Sprint(os.Getpid()), "-prefix", "smoke-"+proto)
 			if res.Conns != 20 || res.ConnectFailed != 0 {
 				t.Fatalf("conns %d, failed %d", res.Conns, res.ConnectFailed)
 			}
@@ -65,6 +65,14 @@ func TestSmokeFanout(t *testing.T) {
 			s := res.Server
 			if s == nil || s.CPUMicros <= 0 || s.MemEnd <= 0 || s.CPUPerMsgUs <= 0 {
 				t.Fatalf("server usage %+v", s)
+			}
+			// The relay tier here is this process, the servers too: its CPU
+			// is apart, over the messages sent and over those delivered.
+			tier := res.Tier
+			if tier == nil || tier.CPUMicros <= 0 || tier.CPUPerPublishUs <= 0 || tier.CPUPerMsgUs <= 0 ||
+				math.Abs(tier.CPUPerPublishUs-float64(tier.CPUMicros)/float64(res.Sent)) > 0.01 ||
+				tier.CPUPerPublishUs < tier.CPUPerMsgUs {
+				t.Fatalf("relay tier usage %+v (sent %d, delivered %d)", tier, res.Sent, res.Delivered)
 			}
 		})
 	}

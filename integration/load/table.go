@@ -108,6 +108,9 @@ func tableRow(r *Result, floor float64) string {
 		}
 		quality = cell("%d / %d / %d", r.Lost, r.Duplicated, r.OutOfOrder)
 		notes = cell("%d rooms × %d, %d pub/room at %g/s", r.Rooms, r.Members, r.Publishers, r.RatePerPublisher)
+		if t := r.Tier; t != nil {
+			notes += cell("; relay tier %.1f µs per publish (%.0f %% of a core)", t.CPUPerPublishUs, t.CPUPercent)
+		}
 	case "idle":
 		conns = cell("%d", max(r.Conns, r.TotalConns))
 		notes = cell("idle, held %.0fs", r.HoldS)

@@ -9,7 +9,7 @@ import (
 func TestWriteTable(t *testing.T) {
 	fan := Result{Label: "W1", Mode: "fanout", Protocol: "seed", Rooms: 100, Members: 10, Publishers: 1, RatePerPublisher: 40,
 		Conns: 1000, DeliveredPerSec: 40000, Latency: &Latency{P50: 1.5, P99: 9.25, Max: 20},
-		Server: &Usage{CPUPercent: 80, CPUPerMsgUs: 20.04, MemPerConn: 75000}}
+		Server: &Usage{CPUPercent: 80, CPUPerMsgUs: 20.04, MemPerConn: 75000}, Tier: &Usage{CPUPercent: 30, CPUPerPublishUs: 75.04}}
 	idle := Result{Label: "W3", Mode: "idle", Protocol: "extended", Conns: 19000, TotalConns: 38000, HoldS: 10,
 		Server: &Usage{MemPerConn: 21500}}
 	storm := Result{Label: "W4", Mode: "storm", Protocol: "extended", URLs: []string{"ws://a/ws", "ws://b/ws"}, Conns: 19000, Setup: &Latency{P50: 3, P99: 90, Max: 120},
@@ -35,7 +35,7 @@ func TestWriteTable(t *testing.T) {
 	}
 	for i, want := range []string{
 		// 20.04 µs against the floor nearest in rate, 8 µs at 40,000/s.
-		"| W1 | seed | 1000 | 40000 | 1.5 / 9.2 / 20 | 20.0 µs | 2.50 | 80 % | 75.0 KB | 0 / 0 / 0 |",
+		"| W1 | seed | 1000 | 40000 | 1.5 / 9.2 / 20 | 20.0 µs | 2.50 | 80 % | 75.0 KB | 0 / 0 / 0 | 100 rooms × 10, 1 pub/room at 40/s; relay tier 75.0 µs per publish (30 % of a core) |",
 		"| W3 | extended | 38000 | – | – | – | – | 0 % | 21.5 KB |",
 		"storm on 2 instance(s): sustained 3375 conn/s (1688 per instance), peak achieved 6100 (3050 per instance), stopped by failure",
 		"| W4b | seed | 19000 | – | setup 12 / 70 / 130 | – | – | 95 % | – | – | burst: 128 at a time over 2 instance(s), all set up in 2.50 s: 7600 conn/s (3800 per instance), 180 µs of server CPU each; kernel: map[ListenDrops:3] |",
