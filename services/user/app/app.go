@@ -110,7 +110,7 @@ func Run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		b = natsbus.New(natsbus.Config{
 			URLs: cfg.NATSURL, Instance: cfg.InstanceID, Options: opts,
 			Stream: cfg.NATSStream, Bucket: cfg.NATSStream + "_presence", Replicas: cfg.NATSReplicas,
-			MaxBytes: cfg.NATSMaxBytes, MaxAge: cfg.NATSMaxAge, DedupWindow: cfg.NATSDedupWindow,
+			MaxBytes: cfg.NATSMaxBytes, MaxAge: cfg.NATSMaxAge, DedupWindow: cfg.NATSDedupWindow, MaxConsumers: cfg.NATSMaxConsumers,
 			PresenceTTL: cfg.NATSPresenceTTL, PendingMax: cfg.PendingMax, HistoryLimit: cfg.HistoryLimit,
 			PublishWait: cfg.RelayPublishWait, PublishTimeout: cfg.NATSPublishTimeout, CatchUpMax: cfg.NATSCatchUpMax, Logger: log,
 		}, h)

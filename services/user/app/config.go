@@ -40,6 +40,7 @@ type Config struct {
 	NATSPresenceTTL    time.Duration `env:"NATS_PRESENCE_TTL" envDefault:"15s"`
 	NATSPublishTimeout time.Duration `env:"NATS_PUBLISH_TIMEOUT" envDefault:"10s"`
 	NATSCatchUpMax     int           `env:"NATS_CATCHUP_MAX" envDefault:"100000"`
+	NATSMaxConsumers   int           `env:"NATS_MAX_CONSUMERS" envDefault:"100000"`
 	RelaySecret        string        `env:"RELAY_SECRET" settings:"file"` // or RELAY_SECRET_FILE
 	DevMode            bool          `env:"DEV_MODE" envDefault:"false"`
 	AuthMode           string        `env:"AUTH_MODE" envDefault:"anonymous"`
@@ -191,6 +192,7 @@ func (c *Config) validate() error {
 		check(c.NATSMaxAge == 0 || c.NATSDedupWindow <= c.NATSMaxAge, "NATS_DEDUP_WINDOW (%s) may not be longer than NATS_MAX_AGE (%s)", c.NATSDedupWindow, c.NATSMaxAge)
 		check(c.NATSPresenceTTL >= time.Second, "NATS_PRESENCE_TTL must be at least 1s, got %s", c.NATSPresenceTTL)
 		check(c.NATSPublishTimeout > 0, "NATS_PUBLISH_TIMEOUT must be positive, got %s", c.NATSPublishTimeout)
+		check(c.NATSMaxConsumers >= 1, "NATS_MAX_CONSUMERS must be at least 1, got %d", c.NATSMaxConsumers)
 		check(c.NATSCatchUpMax >= c.HistorySize, "NATS_CATCHUP_MAX must be at least HISTORY_SIZE (%d), got %d", c.HistorySize, c.NATSCatchUpMax)
 		check((c.NATSTLSCert == "") == (c.NATSTLSKey == ""), "NATS_TLS_CERT and NATS_TLS_KEY go together")
 	}

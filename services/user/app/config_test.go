@@ -36,6 +36,7 @@ func TestConfigErrors(t *testing.T) {
 		{"nats bus", map[string]string{"BUS": "nats"}, []string{"BUS=nats needs NATS_URL"}},
 		{"nats url", map[string]string{"BUS": "nats", "NATS_URL": "nats://a:4222,http://b"}, []string{`NATS_URL entries must look like nats://host:4222, got "http://b"`}},
 		{"nats replicas", map[string]string{"BUS": "nats", "NATS_URL": "nats://a:4222", "NATS_REPLICAS": "0"}, []string{"NATS_REPLICAS must be 1..5"}},
+		{"nats max consumers", map[string]string{"BUS": "nats", "NATS_URL": "nats://a:4222", "NATS_MAX_CONSUMERS": "0"}, []string{"NATS_MAX_CONSUMERS must be at least 1"}},
 		{"nats tls", map[string]string{"BUS": "nats", "NATS_URL": "nats://a:4222", "NATS_TLS_CERT": "c.pem"}, []string{"NATS_TLS_CERT and NATS_TLS_KEY go together"}},
 		{"several at once", map[string]string{"MAX_ROOMS": "0", "JOIN_TIMEOUT": "0s"}, []string{"MAX_ROOMS", "JOIN_TIMEOUT"}},
 		{"auth mode", map[string]string{"AUTH_MODE": "maybe"}, []string{`AUTH_MODE must be anonymous or required, got "maybe"`}},

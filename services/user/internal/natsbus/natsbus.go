@@ -63,6 +63,11 @@ type Config struct {
 	// DedupWindow is how long a publish's id is remembered: a re-send
 	// within it is the first one.
 	DedupWindow time.Duration
+	// MaxConsumers bounds the consumers of the message stream and of the
+	// presence bucket's: an instance holds one of each per room it has
+	// members in. Without it a server applies its own default (1,000 per
+	// stream on nats-server 2.15), which 1,000 rooms on one instance reach.
+	MaxConsumers int
 	// PresenceTTL is how long a vanished instance's members stay.
 	PresenceTTL time.Duration
 	// PendingMax bounds the publishes not yet acknowledged; past it,
@@ -260,17 +265,13 @@ func (b *Bus) sync(ctx context.Context) error {
 		MaxAge:     b.cfg.MaxAge,
 		Duplicates: b.cfg.DedupWindow,
 		Discard:    jetstream.DiscardOld,
+		// A server's default applies when this is 0 or -1 (unbounded).
+		MaxConsumers: max(b.cfg.MaxConsumers, 0),
 	})
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", b.cfg.Stream, err)
 	}
-	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
-		Bucket:         b.cfg.Bucket,
-		TTL:            b.cfg.PresenceTTL,
-		Replicas:       b.cfg.Replicas,
-		Storage:        jetstream.MemoryStorage,
-		LimitMarkerTTL: b.cfg.PresenceTTL,
-	})
+	kv, err := b.presenceBucket(ctx)
 	if err != nil {
 		return fmt.Errorf("presence bucket %s: %w", b.cfg.Bucket, err)
 	}
@@ -306,6 +307,41 @@ func (b *Bus) sync(ctx context.Context) error {
 	b.mu.Unlock()
 	b.log.Info("nats: up", "stream", b.cfg.Stream, "rooms", len(interests))
 	return nil
+}
+
+// presenceBucket makes or binds the presence bucket, its stream allowing
+// MaxConsumers watchers. nats.go makes a bucket's stream with no bound of
+// its own, so the server's default applies; the bound is set after.
+// Binding a bucket that already has it leaves it alone: an update would
+// put the default back for a moment, refusing other instances' watches.
+func (b *Bus) presenceBucket(ctx context.Context) (jetstream.KeyValue, error) {
+	name := "KV_" + b.cfg.Bucket // nats.go's name for a bucket's stream
+	if st, err := b.js.Stream(ctx, name); err == nil {
+		c := st.CachedInfo().Config
+		if c.MaxAge == b.cfg.PresenceTTL && c.Replicas == b.cfg.Replicas && c.MaxConsumers == b.cfg.MaxConsumers {
+			return b.js.KeyValue(ctx, b.cfg.Bucket)
+		}
+	}
+	kv, err := b.js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:         b.cfg.Bucket,
+		TTL:            b.cfg.PresenceTTL,
+		Replicas:       b.cfg.Replicas,
+		Storage:        jetstream.MemoryStorage,
+		LimitMarkerTTL: b.cfg.PresenceTTL,
+	})
+	if err != nil || b.cfg.MaxConsumers <= 0 {
+		return kv, err
+	}
+	st, err := b.js.Stream(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	c := st.CachedInfo().Config
+	c.MaxConsumers = b.cfg.MaxConsumers
+	if _, err := b.js.UpdateStream(ctx, c); err != nil {
+		return nil, fmt.Errorf("consumer bound of %s: %w", name, err)
+	}
+	return kv, nil
 }
 
 // down stops every room's delivery; the next sync starts them again.

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -247,5 +248,44 @@ func bobJoins(t *testing.T, cfg natsbus.Config, ra *bustest.Recorder) (*natsbus.
 	return c, func() {
 		cancel()
 		<-done
+	}
+}
+
+// An instance subscribes more rooms than a NATS server lets a stream have
+// consumers by default (1,000 on nats-server 2.15; 4 here): a room is an
+// ordered consumer of the message stream and a watch of the presence
+// bucket's, so the bus raises both streams' limit to MaxConsumers. Every
+// room is answered and its messages delivered.
+func TestMoreRoomsThanTheServersDefaultConsumerLimit(t *testing.T) {
+	const limit, rooms = 4, 7
+	s, err := server.NewServer(&server.Options{
+		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+		JetStreamLimits: server.JSLimitOpts{DefaultMaxConsumers: limit},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("NATS server not ready within 10s")
+	}
+	t.Cleanup(func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+	})
+	cfg := config(s.ClientURL(), "ia")
+	cfg.MaxConsumers = 2 * rooms
+	a, ra := bustest.Start(t, bustest.Backend{Shared: true, New: func(_ *testing.T, _ string, h bus.Handler) bus.Bus {
+		return natsbus.New(cfg, h)
+	}}, "ia")
+	for i := range rooms {
+		bustest.Subscribe(t, a, ra, bus.Interest{Room: fmt.Sprint("r", i), Tail: 10})
+	}
+	last := fmt.Sprint("r", rooms-1)
+	if got := bustest.Publish(t, a, ra, last, 1); got[0] != 1 {
+		t.Fatalf("the last room's first message is seq %d, want 1", got[0])
+	}
+	if m := bustest.Next[protocol.Message](t, ra); m.Room != last || m.Seq != 1 {
+		t.Fatalf("delivered %s #%d, want %s #1", m.Room, m.Seq, last)
 	}
 }
