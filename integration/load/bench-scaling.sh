@@ -7,9 +7,10 @@
 # every chat is acknowledged once the tier stored it. For each tier:
 #
 #   W5  1,000 rooms x 2 (publish-bound: a delivery per member, two per
-#       message), the rate raised step by step until a run loses messages
-#       or its p99 passes 1 s (the core is saturated: the steps above
-#       would only queue);
+#       message), first at 10 messages/s in all (what the tier costs with
+#       its rooms nearly idle), then raised step by step until a run loses
+#       messages or its p99 passes 1 s (the core is saturated: the steps
+#       above would only queue);
 #   W1  100 rooms x 10 at 1,000 messages/s (10,000 deliveries/s);
 #   W2  1 room x 1,000 at 100 messages/s (100,000 deliveries/s:
 #       delivery-bound).
@@ -23,13 +24,13 @@
 # Results go to $OUT (default bench-scaling.jsonl in the current directory,
 # replaced); the table (wsload table) is printed at the end. TIERS
 # (default "relayer nats-r3 nats-r3-always nats-r1") and W5_RATES
-# (messages/s per room, "0.25 0.5 1 2 5 10 20") choose what runs.
+# (messages/s per room, "0.01 0.25 0.5 1 2 5 10 20") choose what runs.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
 export OUT=${OUT:-$PWD/bench-scaling.jsonl}
 TIERS=${TIERS:-relayer nats-r3 nats-r3-always nats-r1}
-W5_RATES=${W5_RATES:-0.25 0.5 1 2 5 10 20}
+W5_RATES=${W5_RATES:-0.01 0.25 0.5 1 2 5 10 20}
 : >"$OUT"
 run() { echo "== $*" >&2; env "$@" >/dev/null; }
 # saturated: the last result lost messages or its p99 passed 1 s.
