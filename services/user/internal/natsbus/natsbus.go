@@ -120,6 +120,9 @@ type Bus struct {
 	stopped chan struct{}        // closed when Run returns
 	pubs    map[string]*pubQueue // by room: this instance's publishes, in order
 	wake    chan struct{}        // capacity 1: the connection changed
+	// known keeps a subscribed room's head after its queue emptied, so
+	// that its next publish need not ask the cluster for it first.
+	known map[string]roomHead
 	// dirty holds the rooms whose presence key must be written, with
 	// their members then; presenceWake tells writePresence.
 	dirty        map[string][]protocol.Member
@@ -137,6 +140,7 @@ func New(cfg Config, h bus.Handler) *Bus {
 		cfg: cfg, h: h, log: cfg.Logger,
 		rooms:        map[string]*room{},
 		pubs:         map[string]*pubQueue{},
+		known:        map[string]roomHead{},
 		wake:         make(chan struct{}, 1),
 		presenceWake: make(chan struct{}, 1),
 		stopped:      make(chan struct{}),
@@ -287,6 +291,9 @@ func (b *Bus) sync(ctx context.Context) error {
 	b.mu.Lock()
 	restarted := b.epoch != "" && b.epoch != epoch
 	b.stream, b.kv, b.heads, b.epoch = stream, kv, heads, epoch
+	if restarted {
+		clear(b.known) // the old stream's
+	}
 	b.mu.Unlock()
 	if restarted {
 		b.log.Warn("nats: the stream is new: its numbering started over", "stream", b.cfg.Stream)
@@ -437,9 +444,11 @@ func (b *Bus) recordedHead(ctx context.Context, room string) (uint64, error) {
 	return strconv.ParseUint(string(e.Value()), 10, 64)
 }
 
-// recordHead raises room's recorded head to seq, never lowering it
-// (instances record concurrently, in any order).
-func (b *Bus) recordHead(room string, seq uint64) {
+// recordHead raises q's room's recorded head to seq, never lowering it
+// (instances record concurrently, in any order): by the revision q last
+// wrote when it has one (no other instance wrote the key since), else
+// after reading the key. Called by q's sendAll.
+func (b *Bus) recordHead(q *pubQueue, seq uint64) {
 	b.mu.Lock()
 	heads := b.heads
 	b.mu.Unlock()
@@ -448,12 +457,21 @@ func (b *Bus) recordHead(room string, seq uint64) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
 	defer cancel()
-	key, val := b.headKey(room), []byte(strconv.FormatUint(seq, 10))
+	key, val := b.headKey(q.room), []byte(strconv.FormatUint(seq, 10))
+	if q.headRev > 0 {
+		if rev, err := heads.Update(ctx, key, val, q.headRev); err == nil {
+			q.headRev = rev
+			return
+		}
+	}
+	q.headRev = 0
 	for range 10 {
 		e, err := heads.Get(ctx, key)
+		var rev uint64
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
-			if _, err = heads.Create(ctx, key, val); err == nil {
+			if rev, err = heads.Create(ctx, key, val); err == nil {
+				q.headRev = rev
 				return
 			}
 		case err != nil:
@@ -462,7 +480,8 @@ func (b *Bus) recordHead(room string, seq uint64) {
 			if perr == nil && cur >= seq {
 				return
 			}
-			if _, err = heads.Update(ctx, key, val, e.Revision()); err == nil {
+			if rev, err = heads.Update(ctx, key, val, e.Revision()); err == nil {
+				q.headRev = rev
 				return
 			}
 		}
@@ -470,7 +489,7 @@ func (b *Bus) recordHead(room string, seq uint64) {
 			break
 		}
 	}
-	b.log.Warn("nats: room head not recorded", "room", room, "seq", seq)
+	b.log.Warn("nats: room head not recorded", "room", q.room, "seq", seq)
 }
 
 // first returns the room's oldest kept message number and its stream

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -287,5 +288,53 @@ func TestMoreRoomsThanTheServersDefaultConsumerLimit(t *testing.T) {
 	}
 	if m := bustest.Next[protocol.Message](t, ra); m.Room != last || m.Seq != 1 {
 		t.Fatalf("delivered %s #%d, want %s #1", m.Room, m.Seq, last)
+	}
+}
+
+// A room's publishes, one at a time (each queue empties before the next),
+// read nothing from the cluster once the instance knows the room: neither
+// the room's last message nor its recorded head. Each is one publish to
+// the stream and one update of the head, nothing else.
+func TestPublishesToAKnownRoomReadNothing(t *testing.T) {
+	b, url := backend(t)
+	a, ra := bustest.Start(t, b, "ia")
+	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+	bustest.Publish(t, a, ra, "r", 1) // learns the room's head
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	var mu sync.Mutex
+	var reads []string
+	sub, err := nc.Subscribe("$JS.API.>", func(m *nats.Msg) {
+		mu.Lock()
+		reads = append(reads, m.Subject)
+		mu.Unlock()
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		m := protocol.Message{Room: "r", ID: fmt.Sprint("k", i), From: "alice", UID: "u1", Text: "hi"}
+		if err := a.Publish(fmt.Sprint("k-", i), "", m); err != nil {
+			t.Fatal(err)
+		}
+		if ack := bustest.Next[bustest.Ack](t, ra); ack.Seq != uint64(i+2) {
+			t.Fatalf("ack %+v, want seq %d", ack, i+2)
+		}
+	}
+	if err := sub.Unsubscribe(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, s := range reads {
+		if strings.Contains(s, ".MSG.GET.") || strings.Contains(s, ".DIRECT.GET.") {
+			t.Fatalf("the publishes read from the cluster: %q", reads)
+		}
 	}
 }

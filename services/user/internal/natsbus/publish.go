@@ -24,11 +24,24 @@ type pubQueue struct {
 	running bool // sendAll runs
 	sent    bool // items[0] went to the cluster at least once
 
-	// Owned by sendAll: the room's last message as this instance knows it,
-	// its number and stream sequence (known false: ask the cluster).
-	known bool
-	last  uint64
-	lastS uint64
+	// Owned by sendAll: the room's last message as this instance knows it
+	// (known false: ask the cluster) and the revision of the room's key in
+	// the heads bucket as this instance last wrote it (0: read it first).
+	roomHead
+}
+
+// roomHead is what an instance knows of a room's last message: its number,
+// its stream sequence, and the heads bucket's revision of the room's key.
+// A queue that empties leaves it in Bus.known, for the room's next
+// publish: if another instance published since, the cluster refuses the
+// publish (wrong last sequence) or the update (wrong revision) and the
+// instance reads them again, so a stale one costs a round trip, never a
+// wrong number.
+type roomHead struct {
+	known   bool
+	last    uint64
+	lastS   uint64
+	headRev uint64
 }
 
 type pub struct {
@@ -69,7 +82,7 @@ func (b *Bus) Publish(mid, session string, m protocol.Message) error {
 	}
 	q := b.pubs[m.Room]
 	if q == nil {
-		q = &pubQueue{room: m.Room, wake: make(chan struct{}, 1)}
+		q = &pubQueue{room: m.Room, wake: make(chan struct{}, 1), roomHead: b.known[m.Room]}
 		b.pubs[m.Room] = q
 	}
 	q.items = append(q.items, pub{mid: mid, id: id, m: m, since: time.Now()})
@@ -108,6 +121,9 @@ func (b *Bus) sendAll(q *pubQueue) {
 		if len(q.items) == 0 {
 			q.running = false
 			delete(b.pubs, q.room)
+			if b.rooms[q.room] != nil { // forgotten with the room (Unsubscribe)
+				b.known[q.room] = q.roomHead
+			}
 			b.mu.Unlock()
 			return
 		}
@@ -127,7 +143,7 @@ func (b *Bus) sendAll(q *pubQueue) {
 			continue
 		}
 		b.h.Ack(p.mid, q.room, seq)
-		b.recordHead(q.room, seq)
+		b.recordHead(q, seq)
 	}
 }
 

@@ -67,6 +67,7 @@ func (b *Bus) Unsubscribe(name string) {
 	}
 	r.stop()
 	delete(b.rooms, name)
+	delete(b.known, name)
 	r.members = nil
 	b.putPresenceLocked(r)
 }
