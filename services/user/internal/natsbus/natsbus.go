@@ -64,9 +64,10 @@ type Config struct {
 	// within it is the first one.
 	DedupWindow time.Duration
 	// MaxConsumers bounds the consumers of the message stream and of the
-	// presence bucket's: an instance holds one of each per room it has
-	// members in. Without it a server applies its own default (1,000 per
-	// stream on nats-server 2.15), which 1,000 rooms on one instance reach.
+	// presence bucket's, counted over every instance: each holds one of
+	// each per room it has members in. Without it a server applies its
+	// own default (1,000 per stream on nats-server 2.15), which two
+	// instances with 500 rooms each reach.
 	MaxConsumers int
 	// PresenceTTL is how long a vanished instance's members stay.
 	PresenceTTL time.Duration
@@ -324,8 +325,11 @@ func (b *Bus) sync(ctx context.Context) error {
 func (b *Bus) presenceBucket(ctx context.Context) (jetstream.KeyValue, error) {
 	name := "KV_" + b.cfg.Bucket // nats.go's name for a bucket's stream
 	if st, err := b.js.Stream(ctx, name); err == nil {
+		// What CreateOrUpdateKeyValue below would set, as nats.go maps
+		// the bucket's settings to its stream's.
 		c := st.CachedInfo().Config
-		if c.MaxAge == b.cfg.PresenceTTL && c.Replicas == b.cfg.Replicas && c.MaxConsumers == b.cfg.MaxConsumers {
+		if c.MaxAge == b.cfg.PresenceTTL && c.Replicas == b.cfg.Replicas && c.MaxConsumers == b.cfg.MaxConsumers &&
+			c.Storage == jetstream.MemoryStorage && c.AllowMsgTTL && c.SubjectDeleteMarkerTTL == b.cfg.PresenceTTL {
 			return b.js.KeyValue(ctx, b.cfg.Bucket)
 		}
 	}
@@ -445,10 +449,14 @@ func (b *Bus) recordedHead(ctx context.Context, room string) (uint64, error) {
 }
 
 // recordHead raises q's room's recorded head to seq, never lowering it
-// (instances record concurrently, in any order): by the revision q last
-// wrote when it has one (no other instance wrote the key since), else
-// after reading the key. Called by q's sendAll.
+// (instances record concurrently, in any order; a re-send is acknowledged
+// with its first, older, number): not at all when q wrote seq or more
+// itself, by the revision q last wrote when it has one (no one wrote the
+// key since), else after reading the key. Called by q's sendAll.
 func (b *Bus) recordHead(q *pubQueue, seq uint64) {
+	if seq <= q.headVal {
+		return // the key holds what q wrote, or more
+	}
 	b.mu.Lock()
 	heads := b.heads
 	b.mu.Unlock()
@@ -458,20 +466,21 @@ func (b *Bus) recordHead(q *pubQueue, seq uint64) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
 	defer cancel()
 	key, val := b.headKey(q.room), []byte(strconv.FormatUint(seq, 10))
+	wrote := func(rev, v uint64) { q.headRev, q.headVal = rev, v }
 	if q.headRev > 0 {
 		if rev, err := heads.Update(ctx, key, val, q.headRev); err == nil {
-			q.headRev = rev
+			wrote(rev, seq)
 			return
 		}
+		q.headRev = 0
 	}
-	q.headRev = 0
 	for range 10 {
 		e, err := heads.Get(ctx, key)
 		var rev uint64
 		switch {
 		case errors.Is(err, jetstream.ErrKeyNotFound):
 			if rev, err = heads.Create(ctx, key, val); err == nil {
-				q.headRev = rev
+				wrote(rev, seq)
 				return
 			}
 		case err != nil:
@@ -481,7 +490,7 @@ func (b *Bus) recordHead(q *pubQueue, seq uint64) {
 				return
 			}
 			if rev, err = heads.Update(ctx, key, val, e.Revision()); err == nil {
-				q.headRev = rev
+				wrote(rev, seq)
 				return
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -291,33 +292,18 @@ func TestMoreRoomsThanTheServersDefaultConsumerLimit(t *testing.T) {
 	}
 }
 
-// A room's publishes, one at a time (each queue empties before the next),
-// read nothing from the cluster once the instance knows the room: neither
-// the room's last message nor its recorded head. Each is one publish to
-// the stream and one update of the head, nothing else.
+// A room's publishes, one at a time, read nothing from the cluster once
+// the instance knows the room, whether the room's queue is still there or
+// emptied in between: neither the room's last message nor its recorded
+// head. Each is one publish to the stream and one update of the head.
 func TestPublishesToAKnownRoomReadNothing(t *testing.T) {
 	b, url := backend(t)
 	a, ra := bustest.Start(t, b, "ia")
 	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+	heads := watchHeads(t, url)
 	bustest.Publish(t, a, ra, "r", 1) // learns the room's head
-	nc, err := nats.Connect(url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	var mu sync.Mutex
-	var reads []string
-	sub, err := nc.Subscribe("$JS.API.>", func(m *nats.Msg) {
-		mu.Lock()
-		reads = append(reads, m.Subject)
-		mu.Unlock()
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := nc.Flush(); err != nil {
-		t.Fatal(err)
-	}
+	heads.until(t, 1)                 // and has recorded it
+	upTo := watchRequests(t, url, "$JS.API.>", "wschat.r.>")
 	for i := range 3 {
 		m := protocol.Message{Room: "r", ID: fmt.Sprint("k", i), From: "alice", UID: "u1", Text: "hi"}
 		if err := a.Publish(fmt.Sprint("k-", i), "", m); err != nil {
@@ -326,15 +312,157 @@ func TestPublishesToAKnownRoomReadNothing(t *testing.T) {
 		if ack := bustest.Next[bustest.Ack](t, ra); ack.Seq != uint64(i+2) {
 			t.Fatalf("ack %+v, want seq %d", ack, i+2)
 		}
+		heads.until(t, uint64(i+2))
 	}
-	if err := sub.Unsubscribe(); err != nil {
-		t.Fatal(err)
-	}
-	mu.Lock()
-	defer mu.Unlock()
-	for _, s := range reads {
+	sent := upTo(".4") // the last publish, and whatever a sent before it
+	for _, s := range sent {
 		if strings.Contains(s, ".MSG.GET.") || strings.Contains(s, ".DIRECT.GET.") {
-			t.Fatalf("the publishes read from the cluster: %q", reads)
+			t.Fatalf("the publishes read from the cluster: %q", sent)
 		}
 	}
+}
+
+// An instance whose delivery saw another instance's message in a room
+// numbers its next publish after it: one attempt, not one refused by the
+// cluster (wrong last sequence) and another after reading the room.
+func TestAPublisherTakesTheHeadItsDeliverySaw(t *testing.T) {
+	b, url := backend(t)
+	a, ra := bustest.Start(t, b, "ia")
+	c, rc := bustest.Start(t, b, "ic")
+	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+	bustest.Subscribe(t, c, rc, bus.Interest{Room: "r", Tail: 10})
+	heads := watchHeads(t, url)
+	bustest.Publish(t, a, ra, "r", 1) // a knows the room at 1
+	heads.until(t, 1)
+	if got := bustest.Publish(t, c, rc, "r", 1); got[0] != 2 {
+		t.Fatalf("c's message is seq %d, want 2", got[0])
+	}
+	for { // a's delivery has c's message
+		if m := bustest.Next[protocol.Message](t, ra); m.Seq == 2 {
+			break
+		}
+	}
+	heads.until(t, 2)
+	upTo := watchRequests(t, url, "wschat.r.>")
+	m := protocol.Message{Room: "r", ID: "k", From: "alice", UID: "u1", Text: "after c"}
+	if err := a.Publish("k", "", m); err != nil {
+		t.Fatal(err)
+	}
+	if ack := bustest.Next[bustest.Ack](t, ra); ack.Seq != 3 {
+		t.Fatalf("ack %+v, want seq 3", ack)
+	}
+	if got := upTo(".3"); len(got) != 1 {
+		t.Fatalf("a's publish went to the stream %d times, want once: %q", len(got), got)
+	}
+}
+
+// watchRequests records the subjects of what is sent to any of subjects
+// from now on (a core subscription sees every request and every publish
+// attempt). upTo returns them up to the first that ends with suffix: one
+// connection's messages reach a subscriber in the order it sent them, so
+// everything the bus sent before that one is in.
+func watchRequests(t *testing.T, url string, subjects ...string) (upTo func(suffix string) []string) {
+	t.Helper()
+	nc, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	msgs := make(chan *nats.Msg, 1024)
+	for _, subj := range subjects {
+		if _, err := nc.ChanSubscribe(subj, msgs); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return func(suffix string) []string {
+		t.Helper()
+		var seen []string
+		timeout := time.After(10 * time.Second)
+		for {
+			select {
+			case m := <-msgs:
+				if seen = append(seen, m.Subject); strings.HasSuffix(m.Subject, suffix) {
+					return seen
+				}
+			case <-timeout:
+				t.Fatalf("nothing ending with %q sent within 10s: %q", suffix, seen)
+				return nil
+			}
+		}
+	}
+}
+
+// headsWatch follows every value the heads bucket's keys take.
+type headsWatch struct{ w jetstream.KeyWatcher }
+
+func watchHeads(t *testing.T, url string) headsWatch {
+	t.Helper()
+	kv, err := jetStream(t, url).KeyValue(context.Background(), "wschat_heads")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := kv.WatchAll(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = w.Stop() })
+	return headsWatch{w}
+}
+
+// until waits for a key to take the value v, and fails if one went down
+// on the way.
+func (h headsWatch) until(t *testing.T, v uint64) {
+	t.Helper()
+	timeout := time.After(10 * time.Second)
+	var last uint64
+	for {
+		select {
+		case e := <-h.w.Updates():
+			if e == nil {
+				continue // the initial values are in
+			}
+			got, err := strconv.ParseUint(string(e.Value()), 10, 64)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got < last {
+				t.Fatalf("the recorded head went down: %d after %d", got, last)
+			}
+			if last = got; got == v {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("the recorded head did not reach %d within 10s (last %d)", v, last)
+		}
+	}
+}
+
+// A client's re-send is acknowledged with its first, older, number; the
+// room's recorded head, which numbers the room once none of its messages
+// is kept, never goes down with it. Every value the heads bucket takes is
+// watched: 1, 2, 3, then 4, never back to 1 in between.
+func TestAResendNeverLowersTheRecordedHead(t *testing.T) {
+	b, url := backend(t)
+	a, ra := bustest.Start(t, b, "ia")
+	bustest.Subscribe(t, a, ra, bus.Interest{Room: "r", Tail: 10})
+	heads := watchHeads(t, url)
+	chat := func(mid, id string, want uint64) {
+		t.Helper()
+		m := protocol.Message{Room: "r", ID: id, From: "alice", UID: "u1", Text: "hi " + id}
+		if err := a.Publish(mid, "session-1", m); err != nil {
+			t.Fatal(err)
+		}
+		if ack := bustest.Next[bustest.Ack](t, ra); ack.MID != mid || ack.Seq != want {
+			t.Fatalf("ack %+v, want %s at seq %d", ack, mid, want)
+		}
+	}
+	chat("m1", "k1", 1)
+	chat("m2", "k2", 2)
+	chat("m3", "k3", 3)
+	chat("m1-again", "k1", 1) // the re-send: its first number
+	chat("m4", "k4", 4)       // recorded after the re-send's turn
+	heads.until(t, 4)         // 1, 2, 3, 4: never back to 1 on the way
 }

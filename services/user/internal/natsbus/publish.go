@@ -3,6 +3,7 @@ package natsbus
 import (
 	"context"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -24,24 +25,54 @@ type pubQueue struct {
 	running bool // sendAll runs
 	sent    bool // items[0] went to the cluster at least once
 
-	// Owned by sendAll: the room's last message as this instance knows it
-	// (known false: ask the cluster) and the revision of the room's key in
-	// the heads bucket as this instance last wrote it (0: read it first).
+	// Owned by sendAll: what this instance knows of the room's head.
 	roomHead
 }
 
-// roomHead is what an instance knows of a room's last message: its number,
-// its stream sequence, and the heads bucket's revision of the room's key.
-// A queue that empties leaves it in Bus.known, for the room's next
-// publish: if another instance published since, the cluster refuses the
-// publish (wrong last sequence) or the update (wrong revision) and the
-// instance reads them again, so a stale one costs a round trip, never a
-// wrong number.
+// roomHead is what an instance knows of a room's last message, in the
+// numbering of one stream (epoch): its number and stream sequence (known
+// false: ask the cluster), and the revision and number it last wrote to
+// the room's key in the heads bucket (0: read the key first). A queue that
+// empties leaves it in Bus.known for the room's next publish. If another
+// instance published since, the cluster refuses the publish (wrong last
+// sequence) or the update (wrong revision) and the instance reads them
+// again; the room's delivery (seenHead) usually tells it first.
 type roomHead struct {
-	known   bool
-	last    uint64
-	lastS   uint64
-	headRev uint64
+	epoch            string
+	known            bool
+	last, lastS      uint64
+	headRev, headVal uint64
+}
+
+// seenHead is the newest message of a room that the room's delivery
+// handed on: a publisher whose own head is older takes it instead of
+// being refused by the cluster first. Its own lock: raised by the
+// delivery's callback, read by the room's sendAll.
+type seenHead struct {
+	mu          sync.Mutex
+	epoch       string
+	last, lastS uint64
+}
+
+func (h *seenHead) raise(epoch string, last, lastS uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.epoch != epoch {
+		h.epoch, h.last, h.lastS = epoch, 0, 0
+	}
+	if last > h.last {
+		h.last, h.lastS = last, lastS
+	}
+}
+
+// newer returns the seen head when it is of epoch and past last.
+func (h *seenHead) newer(epoch string, last uint64) (seq, sseq uint64, ok bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.epoch != epoch || h.last <= last {
+		return 0, 0, false
+	}
+	return h.last, h.lastS, true
 }
 
 type pub struct {
@@ -121,7 +152,10 @@ func (b *Bus) sendAll(q *pubQueue) {
 		if len(q.items) == 0 {
 			q.running = false
 			delete(b.pubs, q.room)
-			if b.rooms[q.room] != nil { // forgotten with the room (Unsubscribe)
+			// Kept while the room is subscribed (Unsubscribe forgets it);
+			// not a head without a stored message (lastS 0), whose check
+			// would only say that none of the room's is kept.
+			if b.rooms[q.room] != nil && q.known && q.lastS > 0 {
 				b.known[q.room] = q.roomHead
 			}
 			b.mu.Unlock()
@@ -167,21 +201,29 @@ func (b *Bus) send(q *pubQueue, p *pub) (seq uint64, refused *protocol.Error, do
 		}
 	}()
 	for {
-		stream, _, _, err := b.state()
+		stream, _, epoch, err := b.state()
 		if err == nil {
-			if seq, err = b.try(q, p, stream); err == nil {
+			if seq, err = b.try(q, p, stream, epoch); err == nil {
 				return seq, nil, true
 			}
 			var apiErr *jetstream.APIError
 			if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 				apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-				q.known = false // another instance published first
+				// Another instance published first, and most likely
+				// recorded the head too. Its message, when the room's
+				// delivery has it, is the head to number after (try);
+				// else the cluster is asked.
+				q.headRev = 0
+				if _, _, ok := b.seenHead(q.room).newer(epoch, q.last); !ok {
+					q.known = false
+				}
 				continue
 			}
 			if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
 				b.lost("publish to room "+q.room, err) // the stream is gone
 			}
 			if errors.Is(err, nats.ErrMaxPayload) || errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamMessageExceedsMaximum {
+				q.known = false // not confirmed by this publish
 				return 0, protocol.Errorf(protocol.CodeBadRequest, "message too large for the NATS cluster: %v", err), true
 			}
 			if errors.Is(err, errOriginalGone) {
@@ -248,11 +290,20 @@ func (b *Bus) refuseUnsentLocked() []string {
 // keeps: it was stored, its number is not known any more.
 var errOriginalGone = errors.New("a re-send of a message the NATS stream stored but no longer keeps")
 
-// try publishes p once, numbered after the room's last message as q knows
-// it (asking the cluster when it does not).
-func (b *Bus) try(q *pubQueue, p *pub, stream jetstream.Stream) (uint64, error) {
+// try publishes p once to the stream of epoch, numbered after the room's
+// last message as q knows it or its delivery saw it (asking the cluster
+// when it knows neither).
+func (b *Bus) try(q *pubQueue, p *pub, stream jetstream.Stream, epoch string) (uint64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.cfg.Timeout)
 	defer cancel()
+	if q.epoch != epoch {
+		q.roomHead = roomHead{epoch: epoch} // another stream's numbers
+	}
+	if q.known {
+		if last, lastS, ok := b.seenHead(q.room).newer(epoch, q.last); ok {
+			q.last, q.lastS, q.headRev = last, lastS, 0
+		}
+	}
 	if !q.known {
 		last, lastS, err := b.head(ctx, stream, q.room)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -22,6 +23,18 @@ type room struct {
 	name    string
 	members map[string]protocol.Member // this instance's, for its presence key
 	cancel  context.CancelFunc
+	seen    *seenHead // raised by the delivery, which has its own lock
+}
+
+// seenHead returns the seen head of a subscribed room; a fresh one, which
+// knows nothing, for a room that is not.
+func (b *Bus) seenHead(name string) *seenHead {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if r := b.rooms[name]; r != nil {
+		return r.seen
+	}
+	return &seenHead{}
 }
 
 // stop ends the room's delivery and watch. b.mu must be held.
@@ -39,7 +52,7 @@ func (b *Bus) Subscribe(in bus.Interest) {
 	defer b.mu.Unlock()
 	r := b.rooms[in.Room]
 	if r == nil {
-		r = &room{name: in.Room}
+		r = &room{name: in.Room, seen: &seenHead{}}
 		b.rooms[in.Room] = r
 	}
 	r.members = map[string]protocol.Member{}
@@ -54,7 +67,7 @@ func (b *Bus) Subscribe(in bus.Interest) {
 	ctx, cancel := context.WithCancel(context.Background())
 	r.cancel = cancel
 	b.putPresenceLocked(r)
-	go b.deliver(ctx, in)
+	go b.deliver(ctx, in, r.seen)
 }
 
 // Unsubscribe implements bus.Bus.
@@ -96,7 +109,7 @@ func (b *Bus) Leave(name, memberID string) {
 // deliver answers a subscription and then hands the room's messages to
 // the hub, in order, until ctx ends: one ordered consumer of the room's
 // subjects, started at the first message the interest is owed.
-func (b *Bus) deliver(ctx context.Context, in bus.Interest) {
+func (b *Bus) deliver(ctx context.Context, in bus.Interest, seen *seenHead) {
 	stream, kv, epoch, err := b.state()
 	if err != nil {
 		return // down: the next sync subscribes the room again
@@ -173,6 +186,7 @@ func (b *Bus) deliver(ctx context.Context, in bus.Interest) {
 		if err != nil {
 			return
 		}
+		seen.raise(epoch, seq, md.Sequence.Stream)
 		m, err := decode(in.Room, seq, msg.Data(), md.Timestamp)
 		if err != nil {
 			b.log.Warn("nats: undecodable message skipped", "room", in.Room, "err", err)
@@ -305,8 +319,16 @@ func (b *Bus) startOf(ctx context.Context, stream jetstream.Stream, room string,
 // stream sequence start on.
 func (b *Bus) consumer(ctx context.Context, stream jetstream.Stream, room string, start uint64) (jetstream.Consumer, error) {
 	return stream.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{b.roomFilter(room)},
-		DeliverPolicy:  jetstream.DeliverByStartSequencePolicy,
-		OptStartSeq:    start,
+		FilterSubjects:    []string{b.roomFilter(room)},
+		DeliverPolicy:     jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:       start,
+		InactiveThreshold: consumerIdle,
 	})
 }
+
+// consumerIdle is how long the server keeps a consumer nobody pulls from.
+// Stopping an ordered consumer does not delete it: a fetch's, or a
+// subscription's after a resubscription, would count against the
+// stream's MaxConsumers for nats.go's default of five minutes. Twice the
+// client's pull expiry (30 s), so that a live one never lapses.
+const consumerIdle = time.Minute
