@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs one wsload workload against a relayer and two ws-users on loopback.
+# Runs one wsload workload against two ws-users and their relay tier (a
+# relayer, or NATS: BUS) on loopback.
 # Servers are pinned to CPU 0 and the generator to CPU 1 (taskset), so the
 # generator does not steal the servers' CPU. Everything started here is
 # killed on exit.
@@ -189,12 +190,15 @@ elif [[ $BUS == nats ]]; then
 		nats_url+=${nats_url:+,}nats://127.0.0.1:${client_ports[i - 1]}
 	done
 	tier_pids=$server_pids
+	nats_pids=("${pids[@]: -NATS_NODES}")
 	for ((i = 1; i <= NATS_NODES; i++)); do
+		ready=
 		for _ in $(seq 300); do
-			[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${monitor_ports[i - 1]}/healthz?js-enabled-only=true") == 200 ]] && break
-			kill -0 "${pids[i - 1 - NATS_NODES]}" 2>/dev/null || { echo "nats-server $i exited" >&2; exit 1; }
+			[[ $(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${monitor_ports[i - 1]}/healthz?js-enabled-only=true") == 200 ]] && { ready=1; break; }
+			kill -0 "${nats_pids[i - 1]}" 2>/dev/null || { echo "nats-server $i exited" >&2; exit 1; }
 			sleep 0.1
 		done
+		[[ -n $ready ]] || { echo "nats-server $i has no JetStream after 30 s" >&2; exit 1; }
 	done
 	relay_env=(BUS=nats NATS_URL="$nats_url" NATS_REPLICAS="$NATS_NODES")
 	relay_desc="nats $nats_url (R$NATS_NODES${NATS_SYNC:+, sync $NATS_SYNC})"
