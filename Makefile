@@ -26,7 +26,7 @@ help:
 	@echo 'make demo-screenshot regenerate docs/demo.png (two browser tabs on two replicas, through nginx)'
 	@echo 'make bench           the load suite of docs/benchmarks.md (the write floor, W1-W5 and the W4b burst, both protocols; ~11 min)'
 	@echo 'make bench-peers     the same workloads against wschat and Centrifugo v6 + Redis, side by side (~7 min)'
-	@echo 'make bench-scaling   the relay tiers side by side: the relayer, NATS JetStream R3 and R1 (docs/scaling.md; ~12 min)'
+	@echo 'make bench-scaling   the relay tiers side by side: the relayer, NATS JetStream R3 and R1 (docs/scaling.md; ~14 min)'
 	@echo 'make bench-go        the Go benchmarks (encode, decode, fan-out, write batching, relay batching)'
 
 images:

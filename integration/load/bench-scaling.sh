@@ -16,7 +16,7 @@
 #       delivery-bound).
 #
 # wsload reports the relay tier's processes apart (-tier-pids): its CPU per
-# message published, and the ws-users' as the rest. About twelve minutes
+# message published, and the ws-users' as the rest. About fourteen minutes
 # here.
 #
 #   integration/load/bench-scaling.sh          # or: make bench-scaling

@@ -260,22 +260,7 @@ func bobJoins(t *testing.T, cfg natsbus.Config, ra *bustest.Recorder) (*natsbus.
 // room is answered and its messages delivered.
 func TestMoreRoomsThanTheServersDefaultConsumerLimit(t *testing.T) {
 	const limit, rooms = 4, 7
-	s, err := server.NewServer(&server.Options{
-		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
-		JetStreamLimits: server.JSLimitOpts{DefaultMaxConsumers: limit},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("NATS server not ready within 10s")
-	}
-	t.Cleanup(func() {
-		s.Shutdown()
-		s.WaitForShutdown()
-	})
-	cfg := config(s.ClientURL(), "ia")
+	cfg := config(startNATSWith(t, server.JSLimitOpts{DefaultMaxConsumers: limit}), "ia")
 	cfg.MaxConsumers = 2 * rooms
 	a, ra := bustest.Start(t, bustest.Backend{Shared: true, New: func(_ *testing.T, _ string, h bus.Handler) bus.Bus {
 		return natsbus.New(cfg, h)

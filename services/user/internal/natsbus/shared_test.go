@@ -15,10 +15,14 @@ import (
 
 // startNATS runs a NATS server with JetStream, in process, until t ends,
 // and returns its client URL.
-func startNATS(t *testing.T) string {
+func startNATS(t *testing.T) string { return startNATSWith(t, server.JSLimitOpts{}) }
+
+// startNATSWith is startNATS with JetStream limits of its own.
+func startNATSWith(t *testing.T, limits server.JSLimitOpts) string {
 	t.Helper()
 	s, err := server.NewServer(&server.Options{
 		Host: "127.0.0.1", Port: -1, JetStream: true, StoreDir: t.TempDir(), NoLog: true, NoSigs: true,
+		JetStreamLimits: limits,
 	})
 	if err != nil {
 		t.Fatal(err)
