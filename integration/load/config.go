@@ -41,11 +41,12 @@ type config struct {
 	insecure   bool
 	maxTime    time.Duration
 
-	pids, cgroups, containers []string
-	cgroupRoot                string
+	pids                []int
+	cgroups, containers []string
+	cgroupRoot          string
 	// tierPIDs are the relay tier's processes (ws-relayer, nats-server):
 	// fan-out runs report their CPU apart, per delivery and per publish.
-	tierPIDs []string
+	tierPIDs []int
 }
 
 func (c *config) extended() bool { return c.protocol == "extended" }
@@ -132,17 +133,20 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 		}
 		c.sources = append(c.sources, &net.TCPAddr{IP: ip})
 	}
-	c.pids, c.cgroups, c.containers, c.tierPIDs = split(pids), split(cgroups), split(containers), split(tierPIDs)
-	for _, p := range c.pids {
-		if n, err := strconv.Atoi(p); err != nil || n <= 0 {
-			bad("-pids: %q is not a process id", p)
+	pidsOf := func(flag, list string) []int {
+		var out []int
+		for _, p := range split(list) {
+			n, err := strconv.Atoi(p)
+			if err != nil || n <= 0 {
+				bad("-%s: %q is not a process id", flag, p)
+				continue
+			}
+			out = append(out, n)
 		}
+		return out
 	}
-	for _, p := range c.tierPIDs {
-		if n, err := strconv.Atoi(p); err != nil || n <= 0 {
-			bad("-tier-pids: %q is not a process id", p)
-		}
-	}
+	c.pids, c.tierPIDs = pidsOf("pids", pids), pidsOf("tier-pids", tierPIDs)
+	c.cgroups, c.containers = split(cgroups), split(containers)
 	switch c.mode {
 	case "fanout", "idle", "storm", "burst":
 	default:
@@ -231,12 +235,18 @@ func split(s string) []string {
 	return out
 }
 
+// procTargets are the processes pids, sampled in /proc.
+func procTargets(pids []int) []target {
+	var ts []target
+	for _, n := range pids {
+		ts = append(ts, procTarget{pid: n, root: "/proc"})
+	}
+	return ts
+}
+
 // targets resolves -pids, -cgroups and -containers, and -tier-pids apart.
 func (c *config) targets(ctx context.Context) (server, tier usage, err error) {
-	for _, p := range c.tierPIDs {
-		n, _ := strconv.Atoi(p)
-		tier.targets = append(tier.targets, procTarget{pid: n, root: "/proc"})
-	}
+	tier.targets = procTargets(c.tierPIDs)
 	if _, err := tier.sample(); err != nil {
 		return server, tier, fmt.Errorf("relay tier usage: %w", err)
 	}
@@ -245,11 +255,7 @@ func (c *config) targets(ctx context.Context) (server, tier usage, err error) {
 }
 
 func (c *config) serverTargets(ctx context.Context) (usage, error) {
-	var u usage
-	for _, p := range c.pids {
-		n, _ := strconv.Atoi(p)
-		u.targets = append(u.targets, procTarget{pid: n, root: "/proc"})
-	}
+	u := usage{targets: procTargets(c.pids)}
 	for _, p := range c.cgroups {
 		t, err := resolveCgroup(c.cgroupRoot, p)
 		if err != nil {

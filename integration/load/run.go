@@ -107,7 +107,7 @@ func newRunner(cfg *config, log *slog.Logger, server usage) *runner {
 		cfg:        cfg,
 		log:        log,
 		server:     server,
-		self:       usage{targets: []target{procTarget{pid: os.Getpid(), root: "/proc"}}},
+		self:       usage{targets: procTargets([]int{os.Getpid()})},
 		epoch:      time.Now(),
 		errs:       errCounter{m: map[string]int64{}},
 		connectLat: newRecorder(runtime.GOMAXPROCS(0) * 2),
