@@ -292,9 +292,6 @@ func (b *Bus) sync(ctx context.Context) error {
 	b.mu.Lock()
 	restarted := b.epoch != "" && b.epoch != epoch
 	b.stream, b.kv, b.heads, b.epoch = stream, kv, heads, epoch
-	if restarted {
-		clear(b.known) // the old stream's
-	}
 	b.mu.Unlock()
 	if restarted {
 		b.log.Warn("nats: the stream is new: its numbering started over", "stream", b.cfg.Stream)

@@ -210,13 +210,9 @@ func (b *Bus) send(q *pubQueue, p *pub) (seq uint64, refused *protocol.Error, do
 			if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
 				apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 				// Another instance published first, and most likely
-				// recorded the head too. Its message, when the room's
-				// delivery has it, is the head to number after (try);
-				// else the cluster is asked.
-				q.headRev = 0
-				if _, _, ok := b.seenHead(q.room).newer(epoch, q.last); !ok {
-					q.known = false
-				}
+				// recorded the head too: try numbers after its message
+				// when the room's delivery has it, else asks the cluster.
+				q.known, q.headRev = false, 0
 				continue
 			}
 			if errors.Is(err, jetstream.ErrNoStreamResponse) || errors.Is(err, jetstream.ErrStreamNotFound) {
@@ -299,10 +295,10 @@ func (b *Bus) try(q *pubQueue, p *pub, stream jetstream.Stream, epoch string) (u
 	if q.epoch != epoch {
 		q.roomHead = roomHead{epoch: epoch} // another stream's numbers
 	}
-	if q.known {
-		if last, lastS, ok := b.seenHead(q.room).newer(epoch, q.last); ok {
-			q.last, q.lastS, q.headRev = last, lastS, 0
-		}
+	// A message past q's head that the delivery saw is a head the cluster
+	// has stored: numbered after it, unless someone published since.
+	if last, lastS, ok := b.seenHead(q.room).newer(epoch, q.last); ok {
+		q.last, q.lastS, q.known, q.headRev = last, lastS, true, 0
 	}
 	if !q.known {
 		last, lastS, err := b.head(ctx, stream, q.room)
